@@ -1,0 +1,52 @@
+/* commands.c - the table of subcommands with their help texts. */
+#include "cli/commands.h"
+
+#include <string.h>
+
+#include "util/common.h"
+
+int cli_wants_help(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return 1;
+    return 0;
+}
+
+int cmd_not_yet(int argc, char **argv) {
+    PAFT_FATAL("'paft %s' is not available in this version yet (see README.md, 'Status')", argv[0]);
+}
+
+static const Command commands[] = {
+    {"run", cmd_not_yet, "the whole PAFT job: SFT || preference training, then the merge",
+     "usage: paft run CONFIG [section.key=value ...]\n\n"
+     "Splits the ranks into an SFT group (parallel.sft_ranks, default half) and a preference group,\n"
+     "trains both at once from the same base model, then merges the two LoRA deltas on all ranks\n"
+     "into <output.dir>/merged.h5. Configuration keys: docs/CONFIG.md.\n"},
+    {"train", cmd_not_yet, "one training stage on all ranks (sft | dpo | orpo)",
+     "usage: paft train CONFIG stage=sft|dpo|orpo [section.key=value ...]\n\n"
+     "Trains one stage on every rank (individual or sequential baselines). Sequential PAFT\n"
+     "baseline: train stage=sft, then train stage=dpo model.adapter=<sft adapter.h5>.\n"},
+    {"merge", cmd_not_yet, "merge saved SFT and preference adapters into the base model",
+     "usage: paft merge CONFIG [merge.method=ties merge.density=0.5,0.5 ...]\n\n"
+     "Methods: linear, task_arithmetic, ties, dare_ties, dare_linear, magnitude, slerp.\n"},
+    {"eval", cmd_not_yet, "held-out SFT loss and preference accuracy of a model",
+     "usage: paft eval CONFIG model=PATH [eval.sft_data=... eval.pref_data=...]\n"},
+    {"export", cmd_not_yet, "merged HDF5 file -> Hugging Face safetensors directory",
+     "usage: paft export MERGED.h5 OUTDIR\n"},
+    {"inspect", cmd_inspect, "what a model, adapter, merged or data file holds",
+     "usage: paft inspect PATH\n\n"
+     "PATH is a Hugging Face model directory (config.json + *.safetensors [+ index]) or a\n"
+     "single .safetensors file. Prints the architecture, the exact parameter count and every\n"
+     "tensor with its shape and dtype. Every byte it relies on is validated first: a corrupt\n"
+     "file is an error, never a partial listing.\n"},
+    {"bench", cmd_not_yet, "training-step throughput on random weights of a preset shape",
+     "usage: paft bench [model=PRESET batch=B seq=T stage=sft|dpo]\n"},
+    {"demo", cmd_demo, "embedded demo: a generated tiny model through the pipeline",
+     "usage: paft demo [OUTDIR]     (default OUTDIR: paft-demo)\n\n"
+     "Generates a tiny Llama-family model (random weights, written as a Hugging Face directory\n"
+     "with safetensors), loads it back through the real loader, attaches LoRA adapters and runs\n"
+     "a forward and backward pass on generated tokens. Later versions run the whole PAFT\n"
+     "pipeline here (SFT, DPO, merges, evaluation table).\n"},
+    {NULL, NULL, NULL, NULL},
+};
+
+const Command *paft_commands(void) { return commands; }

@@ -1,0 +1,26 @@
+/*
+ * commands.h - the paft subcommands. Each takes the arguments after its name (argv[0] is the
+ * subcommand name) and returns the process exit status. MPI is initialised before any runs.
+ */
+#ifndef PAFT_COMMANDS_H
+#define PAFT_COMMANDS_H
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary; /* one line for `paft --help` */
+    const char *usage;   /* the full text for `paft CMD --help` */
+} Command;
+
+/* The table of subcommands, terminated by an entry with name == NULL. */
+const Command *paft_commands(void);
+
+int cmd_inspect(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
+/* The commands that later stages of the pipeline fill in report that plainly. */
+int cmd_not_yet(int argc, char **argv);
+
+/* True when argv holds -h or --help. */
+int cli_wants_help(int argc, char **argv);
+
+#endif

@@ -1,0 +1,81 @@
+/*
+ * common.h - what every paft module needs: the scalar type, fatal errors that end the whole MPI
+ * job with the failing rank's message, checked allocation and the return-code check macros.
+ *
+ * Error policy (see docs/ARCHITECTURE.md): a reader or a parallel step that finds something wrong
+ * calls PAFT_FATAL with a message naming the file and what was expected. paft_fatal prints one line
+ * "paft: error: [rank R] message (src/file.c:123)" and ends the job: MPI_Abort when MPI is running
+ * with more than one rank (so no other rank waits forever in a collective), exit(1) otherwise.
+ */
+#ifndef PAFT_COMMON_H
+#define PAFT_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/* The CPU backend computes in `real`: float in the program, double in the gradient-check build of
+ * the tests (compiled with -DPAFT_REAL_DOUBLE), so finite differences can be checked tightly. */
+#ifdef PAFT_REAL_DOUBLE
+typedef double real;
+#define PAFT_REAL_NAME "fp64"
+#else
+typedef float real;
+#define PAFT_REAL_NAME "fp32"
+#endif
+
+#if defined(__GNUC__)
+#define PAFT_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define PAFT_NORETURN __attribute__((noreturn))
+#else
+#define PAFT_PRINTF(a, b)
+#define PAFT_NORETURN
+#endif
+
+/* Print "paft: error: [rank R] <message> (file:line)" and end the job (MPI_Abort or exit(1)). */
+PAFT_NORETURN void paft_fatal(const char *file, int line, const char *fmt, ...) PAFT_PRINTF(3, 4);
+#define PAFT_FATAL(...) paft_fatal(__FILE__, __LINE__, __VA_ARGS__)
+
+/* Informational output: printed by rank 0 of MPI_COMM_WORLD only (or always without MPI). */
+void paft_log(const char *fmt, ...) PAFT_PRINTF(1, 2);
+/* This process's rank in MPI_COMM_WORLD, or 0 when MPI is not (or no longer) running. */
+int paft_world_rank(void);
+
+/* Allocation that cannot return NULL: out of memory is a fatal error naming the size and site. */
+void *paft_malloc_at(size_t size, const char *file, int line);
+void *paft_calloc_at(size_t count, size_t size, const char *file, int line);
+void *paft_realloc_at(void *ptr, size_t size, const char *file, int line);
+char *paft_strdup_at(const char *s, const char *file, int line);
+#define paft_malloc(size) paft_malloc_at((size), __FILE__, __LINE__)
+#define paft_calloc(count, size) paft_calloc_at((count), (size), __FILE__, __LINE__)
+#define paft_realloc(ptr, size) paft_realloc_at((ptr), (size), __FILE__, __LINE__)
+#define paft_strdup(s) paft_strdup_at((s), __FILE__, __LINE__)
+
+/* One check macro per library. Each names the failing call, the file, the line and the rank. */
+#define CHECK_MPI(call)                                                                            \
+    do {                                                                                           \
+        int check_mpi_rc_ = (call);                                                                \
+        if (check_mpi_rc_ != 0) paft_check_mpi_failed(check_mpi_rc_, #call, __FILE__, __LINE__);   \
+    } while (0)
+PAFT_NORETURN void paft_check_mpi_failed(int rc, const char *call, const char *file, int line);
+
+/* HDF5 calls return a negative herr_t/hid_t on failure. */
+#define CHECK_H5(call)                                                                             \
+    do {                                                                                           \
+        if ((long long)(call) < 0) paft_fatal(__FILE__, __LINE__, "HDF5 call failed: %s", #call);  \
+    } while (0)
+
+/* Read a whole (small) file into a NUL-terminated buffer; fatal error naming the file on failure. */
+char *paft_read_text_file(const char *path, size_t max_bytes, size_t *out_len);
+/* Does the path exist, and is it a directory? */
+int paft_path_exists(const char *path);
+int paft_is_directory(const char *path);
+/* Join a directory and a file name into a new string. */
+char *paft_path_join(const char *dir, const char *name);
+/* Wall-clock seconds from a monotonic clock. */
+double paft_seconds(void);
+
+#define PAFT_MIN(a, b) ((a) < (b) ? (a) : (b))
+#define PAFT_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#endif /* PAFT_COMMON_H */

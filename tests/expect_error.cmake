@@ -1,0 +1,18 @@
+# Runs CMD (a ;-list) and checks it failed cleanly: non-zero exit, not killed by a signal, a
+# message matching REGEX, and no sanitizer report. Used by paft_expect_error().
+string(REPLACE "|" ";" CMD "${CMD}")
+execute_process(COMMAND ${CMD} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+set(all "${out}${err}")
+if(rc EQUAL 0)
+  message(FATAL_ERROR "expected failure, but the command succeeded:\n${all}")
+endif()
+if(NOT rc MATCHES "^[0-9]+$" OR rc GREATER 128)
+  message(FATAL_ERROR "the command crashed (status ${rc}):\n${all}")
+endif()
+if(all MATCHES "AddressSanitizer|UndefinedBehaviorSanitizer|runtime error:")
+  message(FATAL_ERROR "sanitizer report:\n${all}")
+endif()
+if(NOT all MATCHES "${REGEX}")
+  message(FATAL_ERROR "message does not match '${REGEX}':\n${all}")
+endif()
+message(STATUS "failed as expected (status ${rc}): ${all}")
