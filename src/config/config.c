@@ -1,0 +1,294 @@
+/*
+ * config.c - the key table and the INI/override parsing (INI syntax by inih).
+ *
+ * One table row per key: where it lives in Config, its type, its default (as text, parsed by the
+ * same code as user input, so defaults are validated too) and its allowed range or choices.
+ */
+#include "config/config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/common.h"
+
+typedef enum { KEY_INT, KEY_DOUBLE, KEY_BOOL, KEY_STRING, KEY_CHOICE, KEY_PAIR } KeyType;
+
+typedef struct {
+    const char *section;
+    const char *key;
+    KeyType type;
+    size_t offset;       /* into Config */
+    size_t size;         /* for strings: the buffer size */
+    const char *fallback; /* default value, as text */
+    double min, max;     /* numeric range (inclusive) */
+    const char *choices; /* KEY_CHOICE: "a|b|c" */
+} ConfigKey;
+
+#define AT(field) offsetof(Config, field), sizeof(((Config *)0)->field)
+#define NUM(sec, key, type, field, def, lo, hi) {sec, key, type, AT(field), def, lo, hi, NULL}
+#define STR(sec, key, field, def) {sec, key, KEY_STRING, AT(field), def, 0, 0, NULL}
+#define ONE_OF(sec, key, field, def, choices) {sec, key, KEY_CHOICE, AT(field), def, 0, 0, choices}
+#define BIG 1e300
+
+/* The keys of both training stages; `s` is "sft" or "pref", `f` the StageConfig member. */
+#define STAGE_KEYS(s, f, lr_default)                                                               \
+    STR(s, "data", f.data, ""), NUM(s, "lr", KEY_DOUBLE, f.lr, lr_default, 0, 10),                 \
+        NUM(s, "steps", KEY_INT, f.steps, "0", 0, 1e9),                                            \
+        NUM(s, "batch", KEY_INT, f.batch, "64", 1, 1e7),                                           \
+        NUM(s, "micro_batch", KEY_INT, f.micro_batch, "4", 1, 1e6),                                \
+        NUM(s, "seq_len", KEY_INT, f.seq_len, "2048", 2, 1e7),                                     \
+        NUM(s, "warmup", KEY_DOUBLE, f.warmup, "0.1", 0, 1),                                       \
+        ONE_OF(s, "schedule", f.schedule, "cosine", "cosine|linear|constant"),                     \
+        NUM(s, "weight_decay", KEY_DOUBLE, f.weight_decay, "0", 0, 10),                            \
+        NUM(s, "max_grad_norm", KEY_DOUBLE, f.max_grad_norm, "1.0", 0, BIG),                       \
+        NUM(s, "seed", KEY_INT, f.seed, "42", 0, 2147483647.0)
+
+static const ConfigKey config_keys[] = {
+    STR("model", "path", model.path, ""),
+    STR("model", "adapter", model.adapter, ""),
+    ONE_OF("model", "dtype", model.dtype, "bf16", "bf16|fp32"),
+
+    NUM("lora", "r", KEY_INT, lora.r, "16", 1, 65536),
+    NUM("lora", "alpha", KEY_DOUBLE, lora.alpha, "16", 1e-9, BIG),
+    NUM("lora", "rslora", KEY_BOOL, lora.rslora, "false", 0, 1),
+    STR("lora", "targets", lora.targets, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"),
+
+    STAGE_KEYS("sft", sft, "2e-4"),
+    NUM("sft", "l1", KEY_DOUBLE, sft.l1, "1e-4", 0, BIG),
+
+    STAGE_KEYS("pref", pref, "5e-6"),
+    ONE_OF("pref", "loss", pref.loss, "dpo", "dpo|ipo|hinge|orpo"),
+    NUM("pref", "beta", KEY_DOUBLE, pref.beta, "0.1", 1e-12, BIG),
+    NUM("pref", "label_smoothing", KEY_DOUBLE, pref.label_smoothing, "0", 0, 0.5),
+
+    NUM("parallel", "sft_ranks", KEY_INT, parallel.sft_ranks, "0", 0, 1e7),
+    NUM("parallel", "tp", KEY_INT, parallel.tp, "1", 1, 1024),
+
+    STR("merge", "sft_adapter", merge.sft_adapter, ""),
+    STR("merge", "pref_adapter", merge.pref_adapter, ""),
+    STR("merge", "out", merge.out, ""),
+    ONE_OF("merge", "method", merge.method, "ties",
+           "linear|task_arithmetic|ties|dare_ties|dare_linear|magnitude|slerp"),
+    NUM("merge", "weights", KEY_PAIR, merge.weights, "1.0,1.0", -BIG, BIG),
+    NUM("merge", "density", KEY_PAIR, merge.density, "1.0,1.0", 0, 1),
+    ONE_OF("merge", "normalize", merge.normalize, "auto", "auto|true|false"),
+    NUM("merge", "lambda", KEY_DOUBLE, merge.lambda, "1.0", -BIG, BIG),
+    ONE_OF("merge", "sign", merge.sign, "sum", "sum|count"),
+    ONE_OF("merge", "rescale", merge.rescale, "density", "density|l1"),
+    NUM("merge", "seed", KEY_INT, merge.seed, "0", 0, 2147483647.0),
+    ONE_OF("merge", "dtype", merge.dtype, "bf16", "bf16|fp32"),
+
+    STR("eval", "sft_data", eval.sft_data, ""),
+    STR("eval", "pref_data", eval.pref_data, ""),
+
+    STR("output", "dir", output.dir, "runs/paft"),
+    NUM("output", "checkpoint_every", KEY_INT, output.checkpoint_every, "500", 0, 1e9),
+    NUM("output", "log_every", KEY_INT, output.log_every, "1", 1, 1e9),
+};
+#define N_CONFIG_KEYS ((int)(sizeof config_keys / sizeof config_keys[0]))
+
+static const ConfigKey *find_key(const char *section, const char *key) {
+    for (int i = 0; i < N_CONFIG_KEYS; i++)
+        if (strcmp(config_keys[i].section, section) == 0 && strcmp(config_keys[i].key, key) == 0)
+            return &config_keys[i];
+    return NULL;
+}
+
+static int section_exists(const char *section) {
+    for (int i = 0; i < N_CONFIG_KEYS; i++)
+        if (strcmp(config_keys[i].section, section) == 0) return 1;
+    return 0;
+}
+
+/* strtod/strtol that must consume the whole (whitespace-trimmed) text. */
+static int parse_double(const char *text, double *out) {
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(text, &end);
+    while (end && (*end == ' ' || *end == '\t')) end++;
+    if (end == text || !end || *end != '\0' || errno == ERANGE || !isfinite(v)) return 0;
+    *out = v;
+    return 1;
+}
+
+static int choice_allowed(const char *choices, const char *value) {
+    size_t n = strlen(value);
+    for (const char *p = choices; *p;) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && strncmp(p, value, n) == 0) return 1;
+        p += len + (bar ? 1 : 0);
+    }
+    return 0;
+}
+
+static void check_range(const ConfigKey *k, double v, const char *value, const char *origin) {
+    if (v < k->min || v > k->max)
+        PAFT_FATAL("%s: %s.%s = %s is out of range [%g, %g]", origin, k->section, k->key, value,
+                   k->min, k->max);
+}
+
+void config_set(Config *cfg, const char *section, const char *key, const char *value,
+                const char *origin) {
+    const ConfigKey *k = find_key(section, key);
+    if (!k) {
+        if (!section_exists(section))
+            PAFT_FATAL("%s: unknown section [%s] (see docs/CONFIG.md for the keys)", origin,
+                       section);
+        PAFT_FATAL("%s: unknown key '%s' in section [%s] (see docs/CONFIG.md)", origin, key,
+                   section);
+    }
+    char *slot = (char *)cfg + k->offset;
+    double v = 0;
+    switch (k->type) {
+    case KEY_INT:
+        if (!parse_double(value, &v) || v != floor(v))
+            PAFT_FATAL("%s: %s.%s = '%s' is not an integer", origin, section, key, value);
+        check_range(k, v, value, origin);
+        *(int *)slot = (int)v;
+        break;
+    case KEY_DOUBLE:
+        if (!parse_double(value, &v))
+            PAFT_FATAL("%s: %s.%s = '%s' is not a number", origin, section, key, value);
+        check_range(k, v, value, origin);
+        *(double *)slot = v;
+        break;
+    case KEY_BOOL:
+        if (strcmp(value, "true") == 0 || strcmp(value, "1") == 0 || strcmp(value, "yes") == 0)
+            *(int *)slot = 1;
+        else if (strcmp(value, "false") == 0 || strcmp(value, "0") == 0 ||
+                 strcmp(value, "no") == 0)
+            *(int *)slot = 0;
+        else
+            PAFT_FATAL("%s: %s.%s = '%s' is not a boolean (true or false)", origin, section, key,
+                       value);
+        break;
+    case KEY_CHOICE: /* checked below, stored like a string */
+    case KEY_STRING: {
+        size_t n = strlen(value);
+        /* inih keeps quotes; accept "..." so that empty paths can be written as "" */
+        if (n >= 2 && value[0] == '"' && value[n - 1] == '"') {
+            value++;
+            n -= 2;
+        }
+        if (n >= k->size)
+            PAFT_FATAL("%s: %s.%s is %zu characters long, at most %zu are supported", origin,
+                       section, key, n, k->size - 1);
+        memcpy(slot, value, n);
+        slot[n] = '\0';
+        if (k->type == KEY_CHOICE && !choice_allowed(k->choices, slot))
+            PAFT_FATAL("%s: %s.%s = '%s' is not one of %s", origin, section, key, slot,
+                       k->choices);
+        break;
+    }
+    case KEY_PAIR: {
+        const char *comma = strchr(value, ',');
+        char first[128];
+        double a = 0, b = 0;
+        if (!comma || (size_t)(comma - value) >= sizeof first)
+            PAFT_FATAL("%s: %s.%s = '%s' must be two numbers 'sft,pref'", origin, section, key,
+                       value);
+        memcpy(first, value, (size_t)(comma - value));
+        first[comma - value] = '\0';
+        if (!parse_double(first, &a) || !parse_double(comma + 1, &b))
+            PAFT_FATAL("%s: %s.%s = '%s' must be two numbers 'sft,pref'", origin, section, key,
+                       value);
+        check_range(k, a, value, origin);
+        check_range(k, b, value, origin);
+        ((double *)slot)[0] = a;
+        ((double *)slot)[1] = b;
+        break;
+    }
+    }
+}
+
+void config_defaults(Config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    for (int i = 0; i < N_CONFIG_KEYS; i++)
+        config_set(cfg, config_keys[i].section, config_keys[i].key, config_keys[i].fallback,
+                   "built-in default");
+}
+
+typedef struct {
+    Config *cfg;
+    const char *path;
+} IniContext;
+
+static int on_ini_entry(void *user, const char *section, const char *name, const char *value) {
+    IniContext *ctx = user;
+    if (!name) return 1; /* a section header alone */
+    config_set(ctx->cfg, section, name, value, ctx->path);
+    return 1;
+}
+
+void config_load_file(Config *cfg, const char *path) {
+    if (paft_is_directory(path)) PAFT_FATAL("%s: is a directory, expected an INI file", path);
+    IniContext ctx = {cfg, path};
+    int rc = ini_parse(path, on_ini_entry, &ctx);
+    if (rc == -1) PAFT_FATAL("%s: cannot open the configuration file", path);
+    if (rc == -2) PAFT_FATAL("%s: out of memory while parsing", path);
+    if (rc > 0) PAFT_FATAL("%s: line %d: not an INI line ([section] or key = value)", path, rc);
+}
+
+int config_apply_override(Config *cfg, const char *arg) {
+    const char *eq = strchr(arg, '=');
+    const char *dot = strchr(arg, '.');
+    if (!eq || !dot || dot > eq) return 0;
+    char section[64], key[64];
+    size_t slen = (size_t)(dot - arg), klen = (size_t)(eq - dot - 1);
+    if (slen == 0 || klen == 0 || slen >= sizeof section || klen >= sizeof key)
+        PAFT_FATAL("command line: '%s' is not of the form section.key=value", arg);
+    memcpy(section, arg, slen);
+    section[slen] = '\0';
+    memcpy(key, dot + 1, klen);
+    key[klen] = '\0';
+    config_set(cfg, section, key, eq + 1, "command line");
+    return 1;
+}
+
+int config_from_args(Config *cfg, int argc, char **argv, char **extra, int max_extra) {
+    config_defaults(cfg);
+    int i = 1, n_extra = 0;
+    if (argc > 1 && !strchr(argv[1], '=')) {
+        config_load_file(cfg, argv[1]);
+        i = 2;
+    }
+    for (; i < argc; i++) {
+        if (config_apply_override(cfg, argv[i])) continue;
+        if (!strchr(argv[i], '='))
+            PAFT_FATAL("command line: unexpected argument '%s' (the configuration file comes "
+                       "first, then section.key=value or name=value)",
+                       argv[i]);
+        if (n_extra >= max_extra)
+            PAFT_FATAL("command line: unexpected argument '%s' for 'paft %s'", argv[i], argv[0]);
+        extra[n_extra++] = argv[i];
+    }
+    return n_extra;
+}
+
+void config_write(const Config *cfg, FILE *out) {
+    const char *section = "";
+    for (int i = 0; i < N_CONFIG_KEYS; i++) {
+        const ConfigKey *k = &config_keys[i];
+        const char *slot = (const char *)cfg + k->offset;
+        if (strcmp(section, k->section) != 0) {
+            fprintf(out, "%s[%s]\n", i ? "\n" : "", k->section);
+            section = k->section;
+        }
+        fprintf(out, "%s = ", k->key);
+        switch (k->type) {
+        case KEY_INT: fprintf(out, "%d\n", *(const int *)slot); break;
+        case KEY_DOUBLE: fprintf(out, "%.17g\n", *(const double *)slot); break;
+        case KEY_BOOL: fprintf(out, "%s\n", *(const int *)slot ? "true" : "false"); break;
+        case KEY_PAIR:
+            fprintf(out, "%.17g,%.17g\n", ((const double *)slot)[0], ((const double *)slot)[1]);
+            break;
+        case KEY_STRING:
+        case KEY_CHOICE: fprintf(out, "\"%s\"\n", slot); break;
+        }
+    }
+}

@@ -1,0 +1,525 @@
+/*
+ * model.c - the Llama-family model with LoRA: memory layout, loading, forward and backward.
+ *
+ * Read top to bottom: names and LoRA configuration, the three layouts (base weights, LoRA,
+ * activations), loading from a Hugging Face checkpoint, then forward and backward. The math of
+ * each step lives in ops/ (one forward/backward pair per op); this file only sequences them.
+ */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/safetensors.h"
+#include "ops/ops.h"
+#include "util/rng.h"
+
+/* ---- names ---------------------------------------------------------------------------------- */
+
+static const char *const proj_modules[N_PROJ] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",
+};
+static const char *const proj_short[N_PROJ] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                               "gate_proj", "up_proj", "down_proj"};
+
+const char *proj_module_name(Proj p) { return proj_modules[p]; }
+const char *proj_short_name(Proj p) { return proj_short[p]; }
+
+void lora_config_init(LoraConfig *lora, int r, double alpha, int rslora, const char *targets,
+                      const char *origin) {
+    memset(lora, 0, sizeof *lora);
+    if (r < 1) PAFT_FATAL("%s: lora.r = %d must be at least 1", origin, r);
+    if (!(alpha > 0)) PAFT_FATAL("%s: lora.alpha = %g must be positive", origin, alpha);
+    lora->r = r;
+    lora->alpha = alpha;
+    lora->rslora = rslora;
+    lora->scale = rslora ? alpha / sqrt((double)r) : alpha / (double)r;
+    /* targets: comma-separated short names, spaces allowed */
+    const char *p = targets;
+    int any = 0;
+    while (*p) {
+        while (*p == ' ' || *p == ',') p++;
+        if (!*p) break;
+        size_t len = strcspn(p, ", ");
+        int found = 0;
+        for (int j = 0; j < N_PROJ; j++)
+            if (strlen(proj_short[j]) == len && strncmp(p, proj_short[j], len) == 0) {
+                lora->targets[j] = 1;
+                found = any = 1;
+            }
+        if (!found)
+            PAFT_FATAL("%s: lora.targets: unknown module '%.*s' (expected some of q_proj, k_proj, "
+                       "v_proj, o_proj, gate_proj, up_proj, down_proj)",
+                       origin, (int)len, p);
+        p += len;
+    }
+    if (!any) PAFT_FATAL("%s: lora.targets is empty", origin);
+}
+
+/* ---- sizes of a projection ------------------------------------------------------------------ */
+
+static int proj_in(const ModelConfig *c, Proj p) {
+    if (p == PROJ_O) return c->num_heads * c->head_dim;
+    if (p == PROJ_DOWN) return c->intermediate_size;
+    return c->hidden_size;
+}
+
+static int proj_out(const ModelConfig *c, Proj p) {
+    switch (p) {
+    case PROJ_Q: return c->num_heads * c->head_dim;
+    case PROJ_K:
+    case PROJ_V: return c->num_kv_heads * c->head_dim;
+    case PROJ_GATE:
+    case PROJ_UP: return c->intermediate_size;
+    default: return c->hidden_size; /* o, down */
+    }
+}
+
+static int proj_has_bias(const ModelConfig *c, Proj p) {
+    if (p <= PROJ_V) return c->qkv_bias;
+    if (p == PROJ_O) return c->o_bias;
+    return c->mlp_bias;
+}
+
+/* ---- layouts ---------------------------------------------------------------------------------
+ * Each layout function walks the tensors in a fixed order and hands out consecutive ranges of a
+ * flat buffer. Called with memory == NULL it only counts; with views != NULL it records names.
+ * The same function binds the weights and, over another buffer, their gradients. */
+
+typedef struct {
+    real *memory;
+    size_t cursor;
+    TensorView *views;
+    int n_views;
+} Carver;
+
+static real *carve(Carver *cv, const char *name, int64_t rows, int64_t cols) {
+    real *ptr = cv->memory ? cv->memory + cv->cursor : NULL;
+    if (cv->views) {
+        TensorView *v = &cv->views[cv->n_views];
+        snprintf(v->name, sizeof v->name, "%s", name);
+        v->offset = cv->cursor;
+        v->rows = rows;
+        v->cols = cols;
+    }
+    cv->n_views++;
+    cv->cursor += (size_t)rows * (size_t)cols;
+    return ptr;
+}
+
+static void layout_weights(const ModelConfig *c, Weights *w, Carver *cv) {
+    char name[160];
+    const int d = c->hidden_size;
+    w->embed = carve(cv, "model.embed_tokens.weight", c->vocab_size, d);
+    for (int l = 0; l < c->num_layers; l++) {
+        LayerWeights *lw = &w->layers[l];
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        lw->attn_norm = carve(cv, name, d, 1);
+        for (int p = 0; p < N_PROJ; p++) {
+            if (p == PROJ_GATE) {
+                snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+                lw->mlp_norm = carve(cv, name, d, 1);
+            }
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, proj_modules[p]);
+            lw->w[p] = carve(cv, name, proj_out(c, p), proj_in(c, p));
+            lw->b[p] = NULL;
+            if (proj_has_bias(c, p)) {
+                snprintf(name, sizeof name, "model.layers.%d.%s.bias", l, proj_modules[p]);
+                lw->b[p] = carve(cv, name, proj_out(c, p), 1);
+            }
+        }
+    }
+    w->final_norm = carve(cv, "model.norm.weight", d, 1);
+    w->lm_head = c->tie_word_embeddings ? w->embed
+                                        : carve(cv, "lm_head.weight", c->vocab_size, d);
+}
+
+static void layout_lora(const ModelConfig *c, const LoraConfig *lora, LayerLora *layers,
+                        Carver *cv) {
+    char name[160];
+    for (int l = 0; l < c->num_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            layers[l].A[p] = layers[l].B[p] = NULL;
+            if (!lora->targets[p]) continue;
+            snprintf(name, sizeof name, "model.layers.%d.%s/A", l, proj_modules[p]);
+            layers[l].A[p] = carve(cv, name, lora->r, proj_in(c, p));
+            snprintf(name, sizeof name, "model.layers.%d.%s/B", l, proj_modules[p]);
+            layers[l].B[p] = carve(cv, name, proj_out(c, p), lora->r);
+        }
+}
+
+static void layout_activations(const ModelConfig *c, const LoraConfig *lora, int B, int T,
+                               Activations *a, Carver *cv) {
+    const int64_t N = (int64_t)B * T, L = c->num_layers, d = c->hidden_size;
+    const int64_t qd = (int64_t)c->num_heads * c->head_dim, kvd = (int64_t)c->num_kv_heads * c->head_dim;
+    const int64_t ff = c->intermediate_size;
+    a->x = carve(cv, "x", (L + 1) * N, d);
+    a->ln1 = carve(cv, "ln1", L * N, d);
+    a->ln1_rstd = carve(cv, "ln1_rstd", L, N);
+    a->q = carve(cv, "q", L * N, qd);
+    a->k = carve(cv, "k", L * N, kvd);
+    a->v = carve(cv, "v", L * N, kvd);
+    a->probs = carve(cv, "probs", L * B * c->num_heads, (int64_t)T * T);
+    a->att = carve(cv, "att", L * N, qd);
+    a->x_mid = carve(cv, "x_mid", L * N, d);
+    a->ln2 = carve(cv, "ln2", L * N, d);
+    a->ln2_rstd = carve(cv, "ln2_rstd", L, N);
+    a->gate = carve(cv, "gate", L * N, ff);
+    a->up = carve(cv, "up", L * N, ff);
+    a->act = carve(cv, "act", L * N, ff);
+    a->lora_h = carve(cv, "lora_h", L * N_PROJ * N, lora->r);
+    a->lnf = carve(cv, "lnf", N, d);
+    a->lnf_rstd = carve(cv, "lnf_rstd", N, 1);
+    a->logits = carve(cv, "logits", N, c->vocab_size);
+    a->lse = carve(cv, "lse", N, 1);
+    a->logp = carve(cv, "logp", N, 1);
+}
+
+static void layout_scratch(const ModelConfig *c, const LoraConfig *lora, int B, int T,
+                           GradScratch *s, Carver *cv) {
+    const int64_t N = (int64_t)B * T, d = c->hidden_size;
+    const int64_t qd = (int64_t)c->num_heads * c->head_dim, kvd = (int64_t)c->num_kv_heads * c->head_dim;
+    const int64_t ff = c->intermediate_size;
+    s->dx = carve(cv, "dx", N, d);
+    s->dln = carve(cv, "dln", N, d);
+    s->dq = carve(cv, "dq", N, qd);
+    s->dk = carve(cv, "dk", N, kvd);
+    s->dv = carve(cv, "dv", N, kvd);
+    s->datt = carve(cv, "datt", N, qd);
+    s->dgate = carve(cv, "dgate", N, ff);
+    s->dup = carve(cv, "dup", N, ff);
+    s->dact = carve(cv, "dact", N, ff);
+    s->dlora_h = carve(cv, "dlora_h", N, lora->r);
+    s->dlogits = carve(cv, "dlogits", N, c->vocab_size);
+}
+
+/* ---- loading ---------------------------------------------------------------------------------*/
+
+static char *config_json_path(const char *path) {
+    if (paft_is_directory(path)) return paft_path_join(path, "config.json");
+    /* a single .safetensors file: its config.json sits beside it */
+    char *dir = paft_strdup(path);
+    char *slash = strrchr(dir, '/');
+    char *out;
+    if (slash) {
+        *slash = '\0';
+        out = paft_path_join(dir, "config.json");
+    } else {
+        out = paft_strdup("config.json");
+    }
+    free(dir);
+    return out;
+}
+
+static void init_lora(Model *m, uint64_t seed) {
+    /* PEFT's init: A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0, so the
+     * adapted model starts exactly at the base model. */
+    Rng rng;
+    rng_seed(&rng, seed);
+    memset(m->lora_memory, 0, m->n_lora * sizeof(real));
+    for (int l = 0; l < m->config.num_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            if (!m->lora.targets[p]) continue;
+            const int in = proj_in(&m->config, p);
+            const double bound = 1.0 / sqrt((double)in);
+            real *A = m->lora_params[l].A[p];
+            for (int64_t i = 0; i < (int64_t)m->lora.r * in; i++)
+                A[i] = (real)((2.0 * rng_uniform(&rng) - 1.0) * bound);
+        }
+}
+
+void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t seed) {
+    memset(m, 0, sizeof *m);
+    if (!paft_path_exists(path)) PAFT_FATAL("%s: model path does not exist", path);
+    char *config_path = config_json_path(path);
+    model_config_load(&m->config, config_path);
+    free(config_path);
+    m->lora = *lora;
+    m->adapters_enabled = 1;
+    const ModelConfig *c = &m->config;
+
+    /* base weights: count, allocate, bind with names */
+    m->weights.layers = paft_calloc((size_t)c->num_layers, sizeof(LayerWeights));
+    Carver count = {0};
+    layout_weights(c, &m->weights, &count);
+    m->n_weights = count.cursor;
+    m->n_weight_views = count.n_views;
+    m->weights_memory = paft_malloc(m->n_weights * sizeof(real));
+    m->weight_views = paft_calloc((size_t)count.n_views, sizeof(TensorView));
+    Carver bind = {m->weights_memory, 0, m->weight_views, 0};
+    layout_weights(c, &m->weights, &bind);
+
+    /* read every tensor, checking its shape against the config */
+    Checkpoint ckpt;
+    checkpoint_open(&ckpt, path);
+    for (int i = 0; i < m->n_weight_views; i++) {
+        const TensorView *v = &m->weight_views[i];
+        int64_t shape[2] = {v->rows, v->cols};
+        const TensorInfo *t = checkpoint_require(&ckpt, v->name, v->cols == 1 ? 1 : 2, shape);
+        checkpoint_read(&ckpt, t, m->weights_memory + v->offset);
+    }
+    checkpoint_close(&ckpt);
+
+    /* LoRA parameters and gradients */
+    m->lora_params = paft_calloc((size_t)c->num_layers, sizeof(LayerLora));
+    m->lora_grads = paft_calloc((size_t)c->num_layers, sizeof(LayerLora));
+    Carver lcount = {0};
+    layout_lora(c, &m->lora, m->lora_params, &lcount);
+    m->n_lora = lcount.cursor;
+    m->n_lora_views = lcount.n_views;
+    m->lora_memory = paft_malloc(m->n_lora * sizeof(real));
+    m->lora_grads_memory = paft_calloc(m->n_lora, sizeof(real));
+    m->lora_views = paft_calloc((size_t)lcount.n_views, sizeof(TensorView));
+    Carver lbind = {m->lora_memory, 0, m->lora_views, 0};
+    layout_lora(c, &m->lora, m->lora_params, &lbind);
+    Carver gbind = {m->lora_grads_memory, 0, NULL, 0};
+    layout_lora(c, &m->lora, m->lora_grads, &gbind);
+    init_lora(m, seed);
+}
+
+void model_enable_full_grads(Model *m) {
+    if (m->weight_grads_memory) return;
+    m->weight_grads_memory = paft_calloc(m->n_weights, sizeof(real));
+    m->weight_grads.layers = paft_calloc((size_t)m->config.num_layers, sizeof(LayerWeights));
+    Carver bind = {m->weight_grads_memory, 0, NULL, 0};
+    layout_weights(&m->config, &m->weight_grads, &bind);
+}
+
+static void build_rope_tables(Model *m, int max_pos) {
+    const ModelConfig *c = &m->config;
+    const int half = c->head_dim / 2;
+    double *inv_freq = paft_malloc((size_t)half * sizeof(double));
+    model_config_rope_inv_freq(c, inv_freq);
+    free(m->rope_cos);
+    free(m->rope_sin);
+    m->rope_cos = paft_malloc((size_t)max_pos * half * sizeof(real));
+    m->rope_sin = paft_malloc((size_t)max_pos * half * sizeof(real));
+    for (int pos = 0; pos < max_pos; pos++)
+        for (int i = 0; i < half; i++) {
+            /* transformers forms the angle as an fp32 product of fp32 inv_freq and position;
+             * doing the same keeps long-context angles identical to the reference. */
+            float angle = (float)inv_freq[i] * (float)pos;
+            m->rope_cos[(size_t)pos * half + i] = (real)cos((double)angle);
+            m->rope_sin[(size_t)pos * half + i] = (real)sin((double)angle);
+        }
+    m->rope_max_pos = max_pos;
+    free(inv_freq);
+}
+
+void model_alloc_activations(Model *m, int B, int T) {
+    const ModelConfig *c = &m->config;
+    if (c->sliding_window > 0 && T > c->sliding_window)
+        PAFT_FATAL("sequence length %d exceeds the model's sliding_window %d: sliding-window "
+                   "attention is not implemented (use seq_len <= %d)",
+                   T, c->sliding_window, c->sliding_window);
+    free(m->acts_memory);
+    free(m->scratch_memory);
+    free(m->positions);
+    Carver count = {0};
+    layout_activations(c, &m->lora, B, T, &m->acts, &count);
+    m->acts_memory = paft_calloc(count.cursor, sizeof(real));
+    Carver bind = {m->acts_memory, 0, NULL, 0};
+    layout_activations(c, &m->lora, B, T, &m->acts, &bind);
+    Carver scount = {0};
+    layout_scratch(c, &m->lora, B, T, &m->scratch, &scount);
+    m->scratch_memory = paft_calloc(scount.cursor, sizeof(real));
+    Carver sbind = {m->scratch_memory, 0, NULL, 0};
+    layout_scratch(c, &m->lora, B, T, &m->scratch, &sbind);
+    m->positions = paft_malloc((size_t)B * T * sizeof(int32_t));
+    build_rope_tables(m, T);
+    m->max_B = B;
+    m->max_T = T;
+}
+
+void model_free(Model *m) {
+    free(m->weights_memory);
+    free(m->weights.layers);
+    free(m->weight_views);
+    free(m->weight_grads_memory);
+    free(m->weight_grads.layers);
+    free(m->lora_memory);
+    free(m->lora_grads_memory);
+    free(m->lora_params);
+    free(m->lora_grads);
+    free(m->lora_views);
+    free(m->rope_cos);
+    free(m->rope_sin);
+    free(m->acts_memory);
+    free(m->scratch_memory);
+    free(m->positions);
+    model_config_free(&m->config);
+    memset(m, 0, sizeof *m);
+}
+
+int64_t model_parameter_count(const Model *m) { return (int64_t)m->n_weights; }
+
+void model_zero_grads(Model *m) {
+    memset(m->lora_grads_memory, 0, m->n_lora * sizeof(real));
+    if (m->weight_grads_memory) memset(m->weight_grads_memory, 0, m->n_weights * sizeof(real));
+}
+
+/* ---- forward ---------------------------------------------------------------------------------*/
+
+static int adapted(const Model *m, Proj p) { return m->adapters_enabled && m->lora.targets[p]; }
+
+/* out = inp W^T + b + s (inp A^T) B^T; inp A^T is saved in lora_h for the backward. */
+static void proj_forward(Model *m, int l, Proj p, real *out, const real *inp, int N, real *lora_h) {
+    const ModelConfig *c = &m->config;
+    const int in = proj_in(c, p), out_f = proj_out(c, p), r = m->lora.r;
+    const LayerWeights *lw = &m->weights.layers[l];
+    matmul_forward(out, inp, lw->w[p], lw->b[p], N, in, out_f, 1, 0);
+    if (adapted(m, p)) {
+        matmul_forward(lora_h, inp, m->lora_params[l].A[p], NULL, N, in, r, 1, 0);
+        matmul_forward(out, lora_h, m->lora_params[l].B[p], NULL, N, r, out_f,
+                       (real)m->lora.scale, 1);
+    }
+}
+
+static real *lora_h_of(const Model *m, int l, Proj p, int N) {
+    return m->acts.lora_h + ((size_t)l * N_PROJ + p) * (size_t)N * m->lora.r;
+}
+
+void model_forward(Model *m, const int32_t *tokens, const int32_t *targets, int B, int T) {
+    const ModelConfig *c = &m->config;
+    if (B > m->max_B || T > m->max_T)
+        PAFT_FATAL("batch %d x %d exceeds the activations allocated for %d x %d", B, T, m->max_B,
+                   m->max_T);
+    const int N = B * T, d = c->hidden_size, Hq = c->num_heads, Hkv = c->num_kv_heads;
+    const int D = c->head_dim, ff = c->intermediate_size;
+    const size_t nd = (size_t)N * d, nq = (size_t)N * Hq * D, nkv = (size_t)N * Hkv * D;
+    const size_t nff = (size_t)N * ff;
+    Activations *a = &m->acts;
+    m->B = B;
+    m->T = T;
+    m->tokens = tokens;
+    m->targets = targets;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) m->positions[b * T + t] = t;
+
+    embedding_forward(a->x, tokens, m->weights.embed, N, d, 0, c->vocab_size);
+    for (int l = 0; l < c->num_layers; l++) {
+        const LayerWeights *lw = &m->weights.layers[l];
+        real *x = a->x + l * nd, *x_next = a->x + (l + 1) * nd;
+        real *ln1 = a->ln1 + l * nd, *q = a->q + l * nq, *k = a->k + l * nkv, *v = a->v + l * nkv;
+        real *att = a->att + l * nq, *x_mid = a->x_mid + l * nd, *ln2 = a->ln2 + l * nd;
+        real *gate = a->gate + l * nff, *up = a->up + l * nff, *act = a->act + l * nff;
+        real *probs = a->probs + (size_t)l * B * Hq * T * T;
+
+        /* attention block: x_mid = x + o_proj(attention(rope(q), rope(k), v)) */
+        rmsnorm_forward(ln1, a->ln1_rstd + (size_t)l * N, x, lw->attn_norm, N, d,
+                        (float)c->rms_norm_eps);
+        proj_forward(m, l, PROJ_Q, q, ln1, N, lora_h_of(m, l, PROJ_Q, N));
+        proj_forward(m, l, PROJ_K, k, ln1, N, lora_h_of(m, l, PROJ_K, N));
+        proj_forward(m, l, PROJ_V, v, ln1, N, lora_h_of(m, l, PROJ_V, N));
+        rope_forward(q, m->rope_cos, m->rope_sin, m->positions, N, Hq, D);
+        rope_forward(k, m->rope_cos, m->rope_sin, m->positions, N, Hkv, D);
+        attention_forward(att, probs, q, k, v, B, T, Hq, Hkv, D);
+        proj_forward(m, l, PROJ_O, x_mid, att, N, lora_h_of(m, l, PROJ_O, N));
+        residual_forward(x_mid, x_mid, x, nd);
+
+        /* MLP block: x_next = x_mid + down_proj(silu(gate_proj(h)) * up_proj(h)) */
+        rmsnorm_forward(ln2, a->ln2_rstd + (size_t)l * N, x_mid, lw->mlp_norm, N, d,
+                        (float)c->rms_norm_eps);
+        proj_forward(m, l, PROJ_GATE, gate, ln2, N, lora_h_of(m, l, PROJ_GATE, N));
+        proj_forward(m, l, PROJ_UP, up, ln2, N, lora_h_of(m, l, PROJ_UP, N));
+        swiglu_forward(act, gate, up, nff);
+        proj_forward(m, l, PROJ_DOWN, x_next, act, N, lora_h_of(m, l, PROJ_DOWN, N));
+        residual_forward(x_next, x_next, x_mid, nd);
+    }
+    const real *x_last = a->x + (size_t)c->num_layers * nd;
+    rmsnorm_forward(a->lnf, a->lnf_rstd, x_last, m->weights.final_norm, N, d,
+                    (float)c->rms_norm_eps);
+    matmul_forward(a->logits, a->lnf, m->weights.lm_head, NULL, N, d, c->vocab_size, 1, 0);
+    logprob_forward(a->logp, a->lse, a->logits, targets, N, c->vocab_size);
+}
+
+/* ---- backward --------------------------------------------------------------------------------*/
+
+static LayerWeights *full_grads(Model *m, int l) {
+    return m->weight_grads_memory ? &m->weight_grads.layers[l] : NULL;
+}
+
+/* Backward of proj_forward: dinp += d/d inp; LoRA gradients (and W, b gradients if enabled). */
+static void proj_backward(Model *m, int l, Proj p, real *dinp, const real *dout, const real *inp,
+                          int N) {
+    const ModelConfig *c = &m->config;
+    const int in = proj_in(c, p), out_f = proj_out(c, p), r = m->lora.r;
+    const LayerWeights *lw = &m->weights.layers[l];
+    LayerWeights *g = full_grads(m, l);
+    matmul_backward(dinp, g ? g->w[p] : NULL, g ? g->b[p] : NULL, dout, inp, lw->w[p], N, in,
+                    out_f, 1);
+    if (adapted(m, p)) {
+        real *dh = m->scratch.dlora_h;
+        memset(dh, 0, (size_t)N * r * sizeof(real));
+        /* out += s h B^T with h = inp A^T */
+        matmul_backward(dh, m->lora_grads[l].B[p], NULL, dout, lora_h_of(m, l, p, N),
+                        m->lora_params[l].B[p], N, r, out_f, (real)m->lora.scale);
+        matmul_backward(dinp, m->lora_grads[l].A[p], NULL, dh, inp, m->lora_params[l].A[p], N,
+                        in, r, 1);
+    }
+}
+
+static void zero(real *p, size_t n) { memset(p, 0, n * sizeof(real)); }
+
+void model_backward(Model *m, const real *dlogp) {
+    const ModelConfig *c = &m->config;
+    const int B = m->B, T = m->T, N = B * T, d = c->hidden_size, V = c->vocab_size;
+    const int Hq = c->num_heads, Hkv = c->num_kv_heads, D = c->head_dim, ff = c->intermediate_size;
+    const size_t nd = (size_t)N * d, nq = (size_t)N * Hq * D, nkv = (size_t)N * Hkv * D;
+    const size_t nff = (size_t)N * ff;
+    const Activations *a = &m->acts;
+    GradScratch *s = &m->scratch;
+    Weights *gw = m->weight_grads_memory ? &m->weight_grads : NULL;
+
+    /* head: logp -> logits -> final norm */
+    zero(s->dlogits, (size_t)N * V);
+    logprob_backward(s->dlogits, dlogp, a->logits, a->lse, m->targets, N, V);
+    zero(s->dln, nd);
+    matmul_backward(s->dln, gw ? gw->lm_head : NULL, NULL, s->dlogits, a->lnf, m->weights.lm_head,
+                    N, d, V, 1);
+    zero(s->dx, nd);
+    rmsnorm_backward(s->dx, gw ? gw->final_norm : NULL, s->dln, a->x + (size_t)c->num_layers * nd,
+                     m->weights.final_norm, a->lnf_rstd, N, d);
+
+    /* layers in reverse; s->dx holds d loss / d x_{l+1} on entry, d loss / d x_l on exit */
+    for (int l = c->num_layers - 1; l >= 0; l--) {
+        const LayerWeights *lw = &m->weights.layers[l];
+        LayerWeights *g = full_grads(m, l);
+        const real *x = a->x + l * nd, *ln1 = a->ln1 + l * nd, *q = a->q + l * nq;
+        const real *k = a->k + l * nkv, *v = a->v + l * nkv, *att = a->att + l * nq;
+        const real *x_mid = a->x_mid + l * nd, *ln2 = a->ln2 + l * nd;
+        const real *gate = a->gate + l * nff, *up = a->up + l * nff, *act = a->act + l * nff;
+        const real *probs = a->probs + (size_t)l * B * Hq * T * T;
+
+        /* MLP block; the residual passes dx through unchanged to x_mid */
+        zero(s->dact, nff);
+        proj_backward(m, l, PROJ_DOWN, s->dact, s->dx, act, N);
+        zero(s->dgate, nff);
+        zero(s->dup, nff);
+        swiglu_backward(s->dgate, s->dup, s->dact, gate, up, nff);
+        zero(s->dln, nd);
+        proj_backward(m, l, PROJ_GATE, s->dln, s->dgate, ln2, N);
+        proj_backward(m, l, PROJ_UP, s->dln, s->dup, ln2, N);
+        rmsnorm_backward(s->dx, g ? g->mlp_norm : NULL, s->dln, x_mid, lw->mlp_norm,
+                         a->ln2_rstd + (size_t)l * N, N, d);
+
+        /* attention block; the residual passes dx through to x */
+        zero(s->datt, nq);
+        proj_backward(m, l, PROJ_O, s->datt, s->dx, att, N);
+        zero(s->dq, nq);
+        zero(s->dk, nkv);
+        zero(s->dv, nkv);
+        attention_backward(s->dq, s->dk, s->dv, s->datt, probs, q, k, v, B, T, Hq, Hkv, D);
+        rope_backward(s->dq, m->rope_cos, m->rope_sin, m->positions, N, Hq, D);
+        rope_backward(s->dk, m->rope_cos, m->rope_sin, m->positions, N, Hkv, D);
+        zero(s->dln, nd);
+        proj_backward(m, l, PROJ_Q, s->dln, s->dq, ln1, N);
+        proj_backward(m, l, PROJ_K, s->dln, s->dk, ln1, N);
+        proj_backward(m, l, PROJ_V, s->dln, s->dv, ln1, N);
+        rmsnorm_backward(s->dx, g ? g->attn_norm : NULL, s->dln, x, lw->attn_norm,
+                         a->ln1_rstd + (size_t)l * N, N, d);
+    }
+    if (gw) embedding_backward(gw->embed, s->dx, m->tokens, N, d, 0, V);
+}

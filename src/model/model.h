@@ -1,0 +1,166 @@
+/*
+ * model.h - a Llama-family causal LM with LoRA adapters on the CPU backend (fp32, OpenMP).
+ *
+ * Memory follows llm.c: the frozen base weights, the LoRA parameters, their gradients and the
+ * activations each live in ONE flat buffer; structs of named pointers (views) give every tensor a
+ * name. One flat buffer means one all-reduce for all LoRA gradients, one loop for AdamW, and one
+ * table to walk when writing an adapter file.
+ *
+ *   tokens [B][T] --embed--> x0 --layer 0--> x1 ... --layer L-1--> xL --final norm--> --lm_head-->
+ *   logits [B][T][V] --logprob--> logp [B][T]      (logp[b][t] = log p(targets[b][t] | tokens<=t))
+ *
+ * Every loss (SFT cross-entropy, DPO, ORPO) is a function of logp, so model_backward takes
+ * d loss / d logp and fills the LoRA gradients (and, when enabled, full-parameter gradients).
+ */
+#ifndef PAFT_MODEL_H
+#define PAFT_MODEL_H
+
+#include <stdint.h>
+
+#include "model/model_config.h"
+#include "util/common.h"
+
+/* The seven linear projections of a decoder layer, in HF's order. */
+typedef enum { PROJ_Q, PROJ_K, PROJ_V, PROJ_O, PROJ_GATE, PROJ_UP, PROJ_DOWN, N_PROJ } Proj;
+
+/* "self_attn.q_proj", ... (the HF module path inside model.layers.{i}) */
+const char *proj_module_name(Proj p);
+/* "q_proj", ... (the name used in lora.targets) */
+const char *proj_short_name(Proj p);
+
+typedef struct {
+    int r;
+    double alpha;
+    int rslora;                /* scale = alpha / sqrt(r) instead of alpha / r */
+    int targets[N_PROJ];       /* 1 where the projection gets an adapter */
+    double scale;              /* derived: alpha / r or alpha / sqrt(r) */
+} LoraConfig;
+
+/* Parse "q_proj,v_proj" into targets and compute the scale. `origin` names the source in errors. */
+void lora_config_init(LoraConfig *lora, int r, double alpha, int rslora, const char *targets,
+                      const char *origin);
+
+/* Views into the flat base-weight buffer (or, with the same layout, into its gradients). */
+typedef struct {
+    real *attn_norm; /* [d] */
+    real *w[N_PROJ]; /* q [Hq*D][d], k/v [Hkv*D][d], o [d][Hq*D], gate/up [ff][d], down [d][ff] */
+    real *b[N_PROJ]; /* biases [out] where the architecture has them, else NULL */
+    real *mlp_norm;  /* [d] */
+} LayerWeights;
+
+typedef struct {
+    real *embed;      /* [V][d] */
+    LayerWeights *layers;
+    real *final_norm; /* [d] */
+    real *lm_head;    /* [V][d]; == embed when tie_word_embeddings */
+} Weights;
+
+/* Views into the flat LoRA buffer: A [r][in], B [out][r], NULL where a projection is not adapted. */
+typedef struct {
+    real *A[N_PROJ];
+    real *B[N_PROJ];
+} LayerLora;
+
+/* A named tensor in a flat buffer: what an HDF5/safetensors writer or a collective walks. */
+typedef struct {
+    char name[160];  /* base: the HF tensor name, "model.layers.0.self_attn.q_proj.weight";
+                        LoRA: "<HF module path>/A" or "/B", the path under /lora in an adapter */
+    size_t offset;   /* in elements, from the start of the flat buffer */
+    int64_t rows, cols;
+} TensorView;
+
+/* Activations of one forward pass, kept for the backward (per layer where it matters). */
+typedef struct {
+    real *x;        /* [L+1][N][d] residual stream: x[0] = embeddings, x[l+1] = output of layer l */
+    real *ln1;      /* [L][N][d] input norm output */
+    real *ln1_rstd; /* [L][N] */
+    real *q;        /* [L][N][Hq*D] after RoPE */
+    real *k;        /* [L][N][Hkv*D] after RoPE */
+    real *v;        /* [L][N][Hkv*D] */
+    real *probs;    /* [L][B][Hq][T][T] attention probabilities */
+    real *att;      /* [L][N][Hq*D] attention output (input of o_proj) */
+    real *x_mid;    /* [L][N][d] residual after attention */
+    real *ln2;      /* [L][N][d] */
+    real *ln2_rstd; /* [L][N] */
+    real *gate;     /* [L][N][ff] */
+    real *up;       /* [L][N][ff] */
+    real *act;      /* [L][N][ff] silu(gate) * up (input of down_proj) */
+    real *lora_h;   /* [L][N_PROJ][N][r] x A^T of each adapted projection */
+    real *lnf;      /* [N][d] final norm output */
+    real *lnf_rstd; /* [N] */
+    real *logits;   /* [N][V] */
+    real *lse;      /* [N] */
+    real *logp;     /* [N] */
+} Activations;
+
+/* Scratch gradients of activations for the backward pass, reused layer after layer. */
+typedef struct {
+    real *dx;      /* [N][d] gradient of the residual stream */
+    real *dln;     /* [N][d] */
+    real *dq, *dk, *dv, *datt; /* [N][Hq*D] / [N][Hkv*D] */
+    real *dgate, *dup, *dact;  /* [N][ff] */
+    real *dlora_h; /* [N][r] */
+    real *dlogits; /* [N][V] */
+} GradScratch;
+
+typedef struct {
+    ModelConfig config;
+    LoraConfig lora;
+
+    /* frozen base weights */
+    real *weights_memory;
+    size_t n_weights;
+    Weights weights;
+    int n_weight_views;
+    TensorView *weight_views;
+
+    /* full-parameter gradients: allocated by model_enable_full_grads (same layout) */
+    real *weight_grads_memory;
+    Weights weight_grads;
+
+    /* LoRA parameters and gradients (same layout) */
+    real *lora_memory;
+    real *lora_grads_memory;
+    size_t n_lora;
+    LayerLora *lora_params; /* [L] */
+    LayerLora *lora_grads;  /* [L] */
+    int n_lora_views;       /* two per adapted module: A then B */
+    TensorView *lora_views;
+    int adapters_enabled; /* 0: the base model alone (DPO's reference) */
+
+    /* RoPE tables [max_pos][D/2] */
+    real *rope_cos, *rope_sin;
+    int rope_max_pos;
+
+    /* activations for up to max_B x max_T tokens */
+    int max_B, max_T;
+    real *acts_memory;
+    Activations acts;
+    real *scratch_memory;
+    GradScratch scratch;
+    int32_t *positions; /* [max_B*max_T] position of each token in its sequence */
+    int B, T;           /* shape of the last forward */
+    const int32_t *tokens, *targets; /* of the last forward (borrowed) */
+} Model;
+
+/* Load a Hugging Face model (directory or .safetensors file next to its config.json) and create
+ * LoRA adapters (A ~ U(+-1/sqrt(in)) from `seed` as PEFT's kaiming-uniform init, B = 0). */
+void model_load(Model *model, const char *path, const LoraConfig *lora, uint64_t seed);
+void model_free(Model *model);
+/* Allocate activations for batches of up to B sequences of up to T tokens. */
+void model_alloc_activations(Model *model, int B, int T);
+/* Allocate full-parameter gradients (base weights), zeroed; model_backward then fills them. */
+void model_enable_full_grads(Model *model);
+
+/* Forward pass: tokens and targets are [B][T]; a target < 0 marks a position without a loss.
+ * Fills model->acts.logp[B*T]. The arrays are borrowed until the backward. */
+void model_forward(Model *model, const int32_t *tokens, const int32_t *targets, int B, int T);
+/* Backward pass of the last forward: dlogp[B*T] = d loss / d logp. ADDS into the LoRA gradients
+ * (and full-parameter gradients when enabled). */
+void model_backward(Model *model, const real *dlogp);
+void model_zero_grads(Model *model);
+
+/* Number of base-model parameters (the exact count, tied head counted once). */
+int64_t model_parameter_count(const Model *model);
+
+#endif /* PAFT_MODEL_H */
