@@ -1,0 +1,69 @@
+/* peft.c - reading PEFT LoRA adapters (see peft.h). */
+#include "model/peft.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/safetensors.h"
+
+void peft_read_config(LoraConfig *lora, const char *adapter_dir) {
+    char *path = paft_path_join(adapter_dir, "adapter_config.json");
+    char *text = paft_read_text_file(path, 1 << 20, NULL);
+    cJSON *root = cJSON_Parse(text);
+    if (!cJSON_IsObject(root)) PAFT_FATAL("%s: not a JSON object", path);
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "r");
+    const cJSON *alpha = cJSON_GetObjectItemCaseSensitive(root, "lora_alpha");
+    const cJSON *rslora = cJSON_GetObjectItemCaseSensitive(root, "use_rslora");
+    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
+    if (!cJSON_IsNumber(r) || r->valuedouble != (int)r->valuedouble)
+        PAFT_FATAL("%s: 'r' missing or not an integer", path);
+    if (!cJSON_IsNumber(alpha)) PAFT_FATAL("%s: 'lora_alpha' missing or not a number", path);
+    /* target_modules is a list of names, or one string (a regex in PEFT; only plain names here) */
+    char list[512] = "";
+    if (cJSON_IsString(targets)) {
+        snprintf(list, sizeof list, "%s", targets->valuestring);
+    } else if (cJSON_IsArray(targets)) {
+        const cJSON *t;
+        cJSON_ArrayForEach(t, targets) {
+            if (!cJSON_IsString(t)) PAFT_FATAL("%s: target_modules holds a non-string", path);
+            if (strlen(list) + strlen(t->valuestring) + 2 > sizeof list)
+                PAFT_FATAL("%s: target_modules is too long", path);
+            if (list[0]) strcat(list, ",");
+            strcat(list, t->valuestring);
+        }
+    } else {
+        PAFT_FATAL("%s: 'target_modules' missing", path);
+    }
+    lora_config_init(lora, (int)r->valuedouble, alpha->valuedouble, cJSON_IsTrue(rslora), list,
+                     path);
+    cJSON_Delete(root);
+    free(text);
+    free(path);
+}
+
+void peft_load_adapter(Model *m, const char *adapter_dir) {
+    LoraConfig file_lora;
+    peft_read_config(&file_lora, adapter_dir);
+    if (file_lora.r != m->lora.r || file_lora.scale != m->lora.scale ||
+        memcmp(file_lora.targets, m->lora.targets, sizeof file_lora.targets) != 0)
+        PAFT_FATAL("%s: adapter (r=%d, scale %g) does not match the model's LoRA configuration "
+                   "(r=%d, scale %g) or its target modules",
+                   adapter_dir, file_lora.r, file_lora.scale, m->lora.r, m->lora.scale);
+    char *path = paft_path_join(adapter_dir, "adapter_model.safetensors");
+    Checkpoint ckpt;
+    checkpoint_open(&ckpt, path);
+    char name[256];
+    for (int i = 0; i < m->n_lora_views; i++) {
+        const TensorView *v = &m->lora_views[i];
+        /* view name "<module>/A" -> "base_model.model.<module>.lora_A.weight" */
+        size_t len = strlen(v->name);
+        snprintf(name, sizeof name, "base_model.model.%.*s.lora_%c.weight", (int)(len - 2),
+                 v->name, v->name[len - 1]);
+        int64_t shape[2] = {v->rows, v->cols};
+        const TensorInfo *t = checkpoint_require(&ckpt, name, 2, shape);
+        checkpoint_read(&ckpt, t, m->lora_memory + v->offset);
+    }
+    checkpoint_close(&ckpt);
+    free(path);
+}

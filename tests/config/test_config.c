@@ -1,0 +1,56 @@
+/* test_config.c - the configuration: defaults, INI files, overrides and their validation. */
+#include <stdio.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "test_util.h"
+
+int main(int argc, char **argv) {
+    Config cfg;
+    config_defaults(&cfg);
+    CHECK(cfg.lora.r == 16, "r %d", cfg.lora.r);
+    CHECK_CLOSE(cfg.sft.lr, 2e-4, 0, 0, "sft.lr default");
+    CHECK_CLOSE(cfg.pref.lr, 5e-6, 0, 0, "pref.lr default");
+    CHECK_CLOSE(cfg.sft.l1, 1e-4, 0, 0, "sft.l1 default");
+    CHECK(strcmp(cfg.merge.method, "ties") == 0, "method %s", cfg.merge.method);
+    CHECK(strcmp(cfg.pref.loss, "dpo") == 0, "loss %s", cfg.pref.loss);
+    CHECK(cfg.merge.weights[0] == 1.0 && cfg.merge.weights[1] == 1.0, "weights");
+
+    /* an INI file over the defaults, with comments, quotes and a pair */
+    const char *path = "test_config.ini";
+    FILE *f = fopen(path, "w");
+    fprintf(f, "; a comment\n[model]\npath = some/dir ; inline comment\nadapter = \"\"\n"
+               "[lora]\nr = 8\nalpha = 32\nrslora = true\n"
+               "[merge]\nmethod = dare_ties\ndensity = 0.5, 0.25\n[pref]\nloss = orpo\n");
+    fclose(f);
+    config_load_file(&cfg, path);
+    CHECK(strcmp(cfg.model.path, "some/dir") == 0, "path '%s'", cfg.model.path);
+    CHECK(cfg.model.adapter[0] == '\0', "adapter '%s'", cfg.model.adapter);
+    CHECK(cfg.lora.r == 8 && cfg.lora.rslora == 1, "r %d rslora %d", cfg.lora.r, cfg.lora.rslora);
+    CHECK_CLOSE(cfg.lora.alpha, 32, 0, 0, "alpha");
+    CHECK(strcmp(cfg.merge.method, "dare_ties") == 0, "method %s", cfg.merge.method);
+    CHECK(cfg.merge.density[0] == 0.5 && cfg.merge.density[1] == 0.25, "density %g %g",
+          cfg.merge.density[0], cfg.merge.density[1]);
+    CHECK(strcmp(cfg.pref.loss, "orpo") == 0, "loss %s", cfg.pref.loss);
+
+    /* overrides and command arguments */
+    char *args[] = {"train", (char *)path, "lora.r=4", "stage=dpo", "merge.weights=0.7,0.3"};
+    char *extra[4];
+    int n_extra = config_from_args(&cfg, 5, args, extra, 4);
+    CHECK(cfg.lora.r == 4, "override r %d", cfg.lora.r);
+    CHECK(n_extra == 1 && strcmp(extra[0], "stage=dpo") == 0, "extra %d", n_extra);
+    CHECK(cfg.merge.weights[0] == 0.7 && cfg.merge.weights[1] == 0.3, "weights");
+    CHECK(cfg.lora.alpha == 32, "file value kept under overrides");
+
+    /* the written configuration reads back to the same values */
+    f = fopen("test_config_out.ini", "w");
+    config_write(&cfg, f);
+    fclose(f);
+    Config again;
+    config_defaults(&again);
+    config_load_file(&again, "test_config_out.ini");
+    CHECK(memcmp(&cfg, &again, sizeof cfg) == 0, "config_write round trip");
+    (void)argc;
+    (void)argv;
+    return test_finish("test_config");
+}
