@@ -1,0 +1,260 @@
+/* h5file.c - collective parallel-HDF5 files (see h5file.h). */
+#include "io/h5file.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define H5T_REAL (sizeof(real) == 4 ? H5T_NATIVE_FLOAT : H5T_NATIVE_DOUBLE)
+
+H5Block h5_whole(int64_t rows, int64_t cols, int this_rank_writes) {
+    H5Block b = {rows, cols, 0, 0, this_rank_writes ? rows : 0, cols};
+    return b;
+}
+
+static hid_t parallel_fapl(MPI_Comm comm) {
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    CHECK_H5(fapl);
+    CHECK_H5(H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL));
+    return fapl;
+}
+
+void h5_create(H5File *f, const char *path, MPI_Comm comm) {
+    memset(f, 0, sizeof *f);
+    f->comm = comm;
+    f->path = paft_strdup(path);
+    /* one temporary name for the whole group: rank 0's pid */
+    int rank;
+    CHECK_MPI(MPI_Comm_rank(comm, &rank));
+    long pid = (long)getpid();
+    CHECK_MPI(MPI_Bcast(&pid, 1, MPI_LONG, 0, comm));
+    size_t n = strlen(path) + 32;
+    f->tmp_path = paft_malloc(n);
+    snprintf(f->tmp_path, n, "%s.tmp.%ld", path, pid);
+    hid_t fapl = parallel_fapl(comm);
+    f->file = H5Fcreate(f->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+    if (f->file < 0) PAFT_FATAL("%s: cannot create the HDF5 file (is the directory writable?)", f->tmp_path);
+    CHECK_H5(H5Pclose(fapl));
+}
+
+void h5_finish(H5File *f) {
+    CHECK_H5(H5Fclose(f->file));
+    f->file = -1;
+    CHECK_MPI(MPI_Barrier(f->comm)); /* every rank's data is on disk before the rename */
+    int rank;
+    CHECK_MPI(MPI_Comm_rank(f->comm, &rank));
+    int ok = 1;
+    if (rank == 0 && rename(f->tmp_path, f->path) != 0) ok = 0;
+    CHECK_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, f->comm));
+    if (!ok) PAFT_FATAL("%s: cannot rename %s into place: %s", f->path, f->tmp_path, strerror(errno));
+    free(f->path);
+    free(f->tmp_path);
+    memset(f, 0, sizeof *f);
+}
+
+void h5_open_read(H5File *f, const char *path, MPI_Comm comm) {
+    memset(f, 0, sizeof *f);
+    f->comm = comm;
+    f->path = paft_strdup(path);
+    if (!paft_path_exists(path)) PAFT_FATAL("%s: no such file", path);
+    /* H5Fis_hdf5 answers without printing HDF5's error stack for a non-HDF5 file */
+    htri_t is_h5 = 0;
+    H5E_BEGIN_TRY { is_h5 = H5Fis_hdf5(path); }
+    H5E_END_TRY;
+    if (is_h5 <= 0) PAFT_FATAL("%s: not an HDF5 file (or truncated)", path);
+    hid_t fapl = parallel_fapl(comm);
+    H5E_BEGIN_TRY { f->file = H5Fopen(path, H5F_ACC_RDONLY, fapl); }
+    H5E_END_TRY;
+    if (f->file < 0) PAFT_FATAL("%s: cannot open as HDF5 (corrupt or truncated?)", path);
+    CHECK_H5(H5Pclose(fapl));
+}
+
+void h5_close(H5File *f) {
+    if (f->file >= 0) CHECK_H5(H5Fclose(f->file));
+    free(f->path);
+    free(f->tmp_path);
+    memset(f, 0, sizeof *f);
+}
+
+int h5_exists(H5File *f, const char *name) {
+    /* check each prefix: H5Lexists fails on a path whose parent is missing */
+    char buf[512];
+    snprintf(buf, sizeof buf, "%s", name);
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == '\0') {
+            char saved = *p;
+            *p = '\0';
+            htri_t e = 0;
+            H5E_BEGIN_TRY { e = H5Lexists(f->file, buf, H5P_DEFAULT); }
+            H5E_END_TRY;
+            if (e <= 0) return 0;
+            *p = saved;
+            if (saved == '\0') return 1;
+        }
+    }
+}
+
+/* file and memory dataspaces of a block */
+static void block_spaces(const H5Block *b, hid_t *file_space, hid_t *mem_space) {
+    int ndim = b->global_cols > 0 ? 2 : 1;
+    hsize_t dims[2] = {(hsize_t)b->global_rows, (hsize_t)b->global_cols};
+    *file_space = H5Screate_simple(ndim, dims, NULL);
+    CHECK_H5(*file_space);
+    if (b->rows == 0 || (ndim == 2 && b->cols == 0)) {
+        CHECK_H5(H5Sselect_none(*file_space));
+        hsize_t one = 1;
+        *mem_space = H5Screate_simple(1, &one, NULL);
+        CHECK_H5(*mem_space);
+        CHECK_H5(H5Sselect_none(*mem_space));
+        return;
+    }
+    if (b->row0 < 0 || b->row0 + b->rows > b->global_rows ||
+        (ndim == 2 && (b->col0 < 0 || b->col0 + b->cols > b->global_cols)))
+        PAFT_FATAL("block [%lld+%lld, %lld+%lld] outside a %lld x %lld dataset", (long long)b->row0,
+                   (long long)b->rows, (long long)b->col0, (long long)b->cols,
+                   (long long)b->global_rows, (long long)b->global_cols);
+    hsize_t start[2] = {(hsize_t)b->row0, (hsize_t)b->col0};
+    hsize_t count[2] = {(hsize_t)b->rows, (hsize_t)b->cols};
+    CHECK_H5(H5Sselect_hyperslab(*file_space, H5S_SELECT_SET, start, NULL, count, NULL));
+    *mem_space = H5Screate_simple(ndim, count, NULL);
+    CHECK_H5(*mem_space);
+}
+
+static hid_t collective_dxpl(void) {
+    hid_t dxpl = H5Pcreate(H5P_DATASET_XFER);
+    CHECK_H5(dxpl);
+    CHECK_H5(H5Pset_dxpl_mpio(dxpl, H5FD_MPIO_COLLECTIVE));
+    return dxpl;
+}
+
+void h5_write_real(H5File *f, const char *name, const H5Block *b, const real *data) {
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    CHECK_H5(lcpl);
+    CHECK_H5(H5Pset_create_intermediate_group(lcpl, 1));
+    hid_t file_space, mem_space;
+    block_spaces(b, &file_space, &mem_space);
+    hid_t dset = H5Dcreate2(f->file, name, H5T_REAL, file_space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
+    if (dset < 0) PAFT_FATAL("%s: cannot create dataset %s", f->tmp_path, name);
+    hid_t dxpl = collective_dxpl();
+    CHECK_H5(H5Dwrite(dset, H5T_REAL, mem_space, file_space, dxpl, data));
+    CHECK_H5(H5Pclose(dxpl));
+    CHECK_H5(H5Dclose(dset));
+    CHECK_H5(H5Sclose(mem_space));
+    CHECK_H5(H5Sclose(file_space));
+    CHECK_H5(H5Pclose(lcpl));
+}
+
+int h5_shape(H5File *f, const char *name, int64_t dims[2]) {
+    if (!h5_exists(f, name)) PAFT_FATAL("%s: missing dataset %s", f->path, name);
+    hid_t dset = H5Dopen2(f->file, name, H5P_DEFAULT);
+    if (dset < 0) PAFT_FATAL("%s: %s is not a dataset", f->path, name);
+    hid_t space = H5Dget_space(dset);
+    CHECK_H5(space);
+    int ndim = H5Sget_simple_extent_ndims(space);
+    if (ndim < 1 || ndim > 2) PAFT_FATAL("%s: %s has %d dimensions, expected 1 or 2", f->path, name, ndim);
+    hsize_t d[2] = {0, 0};
+    CHECK_H5(H5Sget_simple_extent_dims(space, d, NULL));
+    dims[0] = (int64_t)d[0];
+    dims[1] = ndim == 2 ? (int64_t)d[1] : 0;
+    CHECK_H5(H5Sclose(space));
+    CHECK_H5(H5Dclose(dset));
+    return ndim;
+}
+
+void h5_read_real(H5File *f, const char *name, const H5Block *b, real *data) {
+    int64_t dims[2];
+    h5_shape(f, name, dims);
+    if (dims[0] != b->global_rows || dims[1] != b->global_cols)
+        PAFT_FATAL("%s: dataset %s is %lld x %lld, expected %lld x %lld", f->path, name,
+                   (long long)dims[0], (long long)dims[1], (long long)b->global_rows,
+                   (long long)b->global_cols);
+    hid_t dset = H5Dopen2(f->file, name, H5P_DEFAULT);
+    CHECK_H5(dset);
+    hid_t file_space, mem_space;
+    block_spaces(b, &file_space, &mem_space);
+    hid_t dxpl = collective_dxpl();
+    herr_t rc;
+    H5E_BEGIN_TRY { rc = H5Dread(dset, H5T_REAL, mem_space, file_space, dxpl, data); }
+    H5E_END_TRY;
+    if (rc < 0) PAFT_FATAL("%s: cannot read dataset %s (corrupt or truncated file?)", f->path, name);
+    CHECK_H5(H5Pclose(dxpl));
+    CHECK_H5(H5Sclose(mem_space));
+    CHECK_H5(H5Sclose(file_space));
+    CHECK_H5(H5Dclose(dset));
+}
+
+/* ---- attributes ------------------------------------------------------------------------------*/
+
+static void set_attr(H5File *f, const char *name, hid_t type, const void *value) {
+    hid_t space = H5Screate(H5S_SCALAR);
+    CHECK_H5(space);
+    hid_t attr = H5Acreate2(f->file, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    CHECK_H5(attr);
+    CHECK_H5(H5Awrite(attr, type, value));
+    CHECK_H5(H5Aclose(attr));
+    CHECK_H5(H5Sclose(space));
+}
+
+void h5_set_attr_string(H5File *f, const char *name, const char *value) {
+    hid_t type = H5Tcopy(H5T_C_S1);
+    CHECK_H5(type);
+    CHECK_H5(H5Tset_size(type, strlen(value) + 1));
+    CHECK_H5(H5Tset_cset(type, H5T_CSET_UTF8));
+    set_attr(f, name, type, value);
+    CHECK_H5(H5Tclose(type));
+}
+
+void h5_set_attr_int(H5File *f, const char *name, int64_t value) {
+    set_attr(f, name, H5T_NATIVE_INT64, &value);
+}
+
+void h5_set_attr_double(H5File *f, const char *name, double value) {
+    set_attr(f, name, H5T_NATIVE_DOUBLE, &value);
+}
+
+static hid_t open_attr(H5File *f, const char *name, H5T_class_t expect) {
+    htri_t exists = H5Aexists(f->file, name);
+    if (exists <= 0) PAFT_FATAL("%s: missing attribute '%s'", f->path, name);
+    hid_t attr = H5Aopen(f->file, name, H5P_DEFAULT);
+    CHECK_H5(attr);
+    hid_t type = H5Aget_type(attr);
+    CHECK_H5(type);
+    H5T_class_t cls = H5Tget_class(type);
+    CHECK_H5(H5Tclose(type));
+    if (cls != expect) PAFT_FATAL("%s: attribute '%s' has the wrong type", f->path, name);
+    return attr;
+}
+
+char *h5_get_attr_string(H5File *f, const char *name) {
+    hid_t attr = open_attr(f, name, H5T_STRING);
+    hid_t type = H5Aget_type(attr);
+    CHECK_H5(type);
+    if (H5Tis_variable_str(type) > 0) PAFT_FATAL("%s: attribute '%s' is a variable-length string", f->path, name);
+    size_t size = H5Tget_size(type);
+    char *out = paft_calloc(size + 1, 1);
+    hid_t mem = H5Tcopy(H5T_C_S1);
+    CHECK_H5(H5Tset_size(mem, size));
+    CHECK_H5(H5Aread(attr, mem, out));
+    CHECK_H5(H5Tclose(mem));
+    CHECK_H5(H5Tclose(type));
+    CHECK_H5(H5Aclose(attr));
+    return out;
+}
+
+int64_t h5_get_attr_int(H5File *f, const char *name) {
+    hid_t attr = open_attr(f, name, H5T_INTEGER);
+    int64_t v = 0;
+    CHECK_H5(H5Aread(attr, H5T_NATIVE_INT64, &v));
+    CHECK_H5(H5Aclose(attr));
+    return v;
+}
+
+double h5_get_attr_double(H5File *f, const char *name) {
+    hid_t attr = open_attr(f, name, H5T_FLOAT);
+    double v = 0;
+    CHECK_H5(H5Aread(attr, H5T_NATIVE_DOUBLE, &v));
+    CHECK_H5(H5Aclose(attr));
+    return v;
+}
