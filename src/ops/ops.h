@@ -47,7 +47,8 @@ void matmul_backward(real *dinp, real *dweight, real *dbias, const real *dout, c
  *   x[i]       <- x[i] cos a - x[i+D/2] sin a
  *   x[i+D/2]   <- x[i+D/2] cos a + x[i] sin a
  * cos_table/sin_table are [max_pos][D/2] (see rope_tables in model/). The backward applies the
- * transposed rotation to dx in place (dx holds d/d(rotated x) on entry, d/d(x) on exit). */
+ * transposed rotation to dx in place (dx holds d/d(rotated x) on entry, d/d(x) on exit): the one
+ * backward that overwrites instead of adding. D must be even. */
 void rope_forward(real *x, const real *cos_table, const real *sin_table, const int32_t *positions,
                   int N, int H, int D);
 void rope_backward(real *dx, const real *cos_table, const real *sin_table,
@@ -73,8 +74,9 @@ void residual_forward(real *out, const real *a, const real *b, size_t n);
 
 /* ---- token log-probabilities from logits ----------------------------------------------------
  * logits [N][V]; lse[n] = logsumexp(logits[n]); logp[n] = logits[n][targets[n]] - lse[n].
- * A target < 0 marks a row without a target: logp = 0 and no gradient. Every loss (SFT
- * cross-entropy, DPO, ORPO) is a function of logp, so this is the one softmax op.
+ * A target < 0 marks a row without a target: logp = 0 and no gradient (lse is still computed);
+ * a target >= V is a fatal error. Every loss (SFT cross-entropy, DPO, ORPO) is a function of
+ * logp, so this is the one softmax op.
  * Backward: dlogits[n][j] += dlogp[n] * (1[j == target] - exp(logits[n][j] - lse[n])). */
 void logprob_forward(real *logp, real *lse, const real *logits, const int32_t *targets, int N,
                      int V);

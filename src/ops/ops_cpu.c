@@ -1,0 +1,416 @@
+/*
+ * ops_cpu.c - the CPU backend of ops.h: plain C11 + OpenMP, computing in `real` (float in the
+ * program, double in the gradient-check build). This is the readable reference every other backend
+ * is tested against, so each op is written the obvious way first and made fast only where that
+ * costs little clarity: loops run over rows in parallel, inner loops walk contiguous memory, and no
+ * two threads ever write the same gradient element (results do not depend on the thread count).
+ *
+ * Numerics follow PyTorch/transformers in fp32 (the model tests compare logits to 1e-5):
+ *   - dot products (matmul, attention scores) accumulate in `real`, like BLAS does;
+ *   - the long reductions whose rounding error grows with the row length -- RMSNorm's sum of
+ *     squares over C, the softmax denominators, logsumexp over the vocabulary, and the column
+ *     sums over all N token rows in the weight-vector gradients (dweight of RMSNorm, dbias) --
+ *     accumulate in double. They are O(N*C) next to the O(N*C*OC) matmuls, so the cost is noise,
+ *     and they are then at least as accurate as PyTorch's (pairwise/vectorised) float reductions.
+ */
+#include "ops/ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef PAFT_REAL_DOUBLE
+#define real_exp exp
+#else
+#define real_exp expf
+#endif
+
+/* Column-block width for the reductions over token rows (the gradients of weight vectors): one
+ * thread owns a block of columns and walks the rows, so each row segment it reads is contiguous
+ * and no two threads add into the same element. 64 reals = a few cache lines. */
+#define COLUMN_BLOCK 64
+
+/* Token rows that share one pass over a weight row in the matmuls: the weight row stays in L1
+ * while the rows of the tile read it, so the whole weight matrix streams from memory N/16 times
+ * instead of N times. */
+#define MATMUL_ROW_TILE 16
+
+/* ---- embedding ----------------------------------------------------------------------------- */
+
+void embedding_forward(real *out, const int32_t *tokens, const real *table, int N, int C,
+                       int vocab_start, int vocab_rows) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        real *out_row = out + (size_t)n * C;
+        int64_t row = (int64_t)tokens[n] - vocab_start;
+        if (row >= 0 && row < vocab_rows) {
+            memcpy(out_row, table + (size_t)row * C, (size_t)C * sizeof(real));
+        } else {
+            /* Another vocab shard owns this token; the TP all-reduce of the outputs adds its row. */
+            memset(out_row, 0, (size_t)C * sizeof(real));
+        }
+    }
+}
+
+void embedding_backward(real *dtable, const real *dout, const int32_t *tokens, int N, int C,
+                        int vocab_start, int vocab_rows) {
+    if (!dtable) return;
+    /* The same token can appear in many rows, so parallelising over rows would race on its table
+     * row. Parallelise over column blocks instead: every thread sees every token, but only adds
+     * into its own columns. */
+#pragma omp parallel for schedule(static)
+    for (int c0 = 0; c0 < C; c0 += COLUMN_BLOCK) {
+        int c1 = PAFT_MIN(C, c0 + COLUMN_BLOCK);
+        for (int n = 0; n < N; n++) {
+            int64_t row = (int64_t)tokens[n] - vocab_start;
+            if (row < 0 || row >= vocab_rows) continue;
+            real *dst = dtable + (size_t)row * C;
+            const real *src = dout + (size_t)n * C;
+            for (int c = c0; c < c1; c++) dst[c] += src[c];
+        }
+    }
+}
+
+/* ---- RMSNorm ------------------------------------------------------------------------------- */
+
+void rmsnorm_forward(real *out, real *rstd, const real *inp, const real *weight, int N, int C,
+                     float eps) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const real *x = inp + (size_t)n * C;
+        real *y = out + (size_t)n * C;
+        double sum_squares = 0;  /* long reduction: double, see the top of the file */
+        for (int c = 0; c < C; c++) sum_squares += (double)x[c] * x[c];
+        real r = (real)(1.0 / sqrt(sum_squares / C + (double)eps));
+        rstd[n] = r;
+        /* HF LlamaRMSNorm: weight * (x * rsqrt(var + eps)), normalise first, then scale. */
+        for (int c = 0; c < C; c++) y[c] = (x[c] * r) * weight[c];
+    }
+}
+
+/* With r = (mean(x^2) + eps)^(-1/2) and y_c = w_c x_c r, dr/dx_j = -r^3 x_j / C, so
+ *   dx_j = r w_j dy_j - (r^3 / C) x_j sum_c(w_c dy_c x_c),   dw_c = sum_n dy_c x_c r. */
+void rmsnorm_backward(real *dinp, real *dweight, const real *dout, const real *inp,
+                      const real *weight, const real *rstd, int N, int C) {
+    if (dinp) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            const real *x = inp + (size_t)n * C;
+            const real *dy = dout + (size_t)n * C;
+            real *dx = dinp + (size_t)n * C;
+            double r = rstd[n];
+            double dot = 0;
+            for (int c = 0; c < C; c++) dot += (double)weight[c] * dy[c] * x[c];
+            real k = (real)(r * r * r * dot / C);
+            real rr = (real)r;
+            for (int c = 0; c < C; c++) dx[c] += rr * weight[c] * dy[c] - k * x[c];
+        }
+    }
+    if (dweight) {
+        /* A sum over all rows into one vector: threads own column blocks (no race, no atomics). */
+#pragma omp parallel for schedule(static)
+        for (int c0 = 0; c0 < C; c0 += COLUMN_BLOCK) {
+            int c1 = PAFT_MIN(C, c0 + COLUMN_BLOCK);
+            double acc[COLUMN_BLOCK] = {0};
+            for (int n = 0; n < N; n++) {
+                const real *x = inp + (size_t)n * C;
+                const real *dy = dout + (size_t)n * C;
+                double r = rstd[n];
+                for (int c = c0; c < c1; c++) acc[c - c0] += (double)dy[c] * x[c] * r;
+            }
+            for (int c = c0; c < c1; c++) dweight[c] += (real)acc[c - c0];
+        }
+    }
+}
+
+/* ---- linear layer -------------------------------------------------------------------------- */
+
+void matmul_forward(real *out, const real *inp, const real *weight, const real *bias, int N, int C,
+                    int OC, real alpha, int accumulate) {
+    /* Every (row tile, output feature) pair writes its own outputs, so both loops parallelise;
+     * collapsing them keeps all threads busy even when N is a single tile. */
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int n0 = 0; n0 < N; n0 += MATMUL_ROW_TILE) {
+        for (int o = 0; o < OC; o++) {
+            const real *w = weight + (size_t)o * C;
+            real b = bias ? bias[o] : 0;
+            int n1 = PAFT_MIN(N, n0 + MATMUL_ROW_TILE);
+            for (int n = n0; n < n1; n++) {
+                const real *x = inp + (size_t)n * C;
+                real sum = 0;
+#pragma omp simd reduction(+ : sum)
+                for (int c = 0; c < C; c++) sum += x[c] * w[c];
+                real value = alpha * sum + b;
+                real *y = out + (size_t)n * OC + o;
+                *y = accumulate ? *y + value : value;
+            }
+        }
+    }
+}
+
+void matmul_backward(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
+                     const real *weight, int N, int C, int OC, real alpha) {
+    /* dinp[n][:] += alpha * sum_o dout[n][o] W[o][:]: a thread owns a tile of dinp rows, and for
+     * each weight row adds a multiple of it (contiguous over C) into each row of its tile. */
+    if (dinp) {
+#pragma omp parallel for schedule(static)
+        for (int n0 = 0; n0 < N; n0 += MATMUL_ROW_TILE) {
+            int n1 = PAFT_MIN(N, n0 + MATMUL_ROW_TILE);
+            for (int o = 0; o < OC; o++) {
+                const real *w = weight + (size_t)o * C;
+                for (int n = n0; n < n1; n++) {
+                    real g = alpha * dout[(size_t)n * OC + o];
+                    real *dx = dinp + (size_t)n * C;
+#pragma omp simd
+                    for (int c = 0; c < C; c++) dx[c] += g * w[c];
+                }
+            }
+        }
+    }
+    /* dweight[o][:] += alpha * sum_n dout[n][o] inp[n][:]: a thread owns a tile of dweight rows
+     * (so no two threads add into the same row) and streams the input rows past it. */
+    if (dweight) {
+#pragma omp parallel for schedule(static)
+        for (int o0 = 0; o0 < OC; o0 += MATMUL_ROW_TILE) {
+            int o1 = PAFT_MIN(OC, o0 + MATMUL_ROW_TILE);
+            for (int n = 0; n < N; n++) {
+                const real *x = inp + (size_t)n * C;
+                for (int o = o0; o < o1; o++) {
+                    real g = alpha * dout[(size_t)n * OC + o];
+                    real *dw = dweight + (size_t)o * C;
+#pragma omp simd
+                    for (int c = 0; c < C; c++) dw[c] += g * x[c];
+                }
+            }
+        }
+    }
+    if (dbias) {
+#pragma omp parallel for schedule(static)
+        for (int o0 = 0; o0 < OC; o0 += COLUMN_BLOCK) {
+            int o1 = PAFT_MIN(OC, o0 + COLUMN_BLOCK);
+            double acc[COLUMN_BLOCK] = {0};
+            for (int n = 0; n < N; n++) {
+                const real *dy = dout + (size_t)n * OC;
+                for (int o = o0; o < o1; o++) acc[o - o0] += dy[o];
+            }
+            for (int o = o0; o < o1; o++) dbias[o] += (real)acc[o - o0];
+        }
+    }
+}
+
+/* ---- rotary position embedding ------------------------------------------------------------- */
+
+/* One routine for both directions: the backward applies the transposed rotation, which is the
+ * rotation by -a, i.e. the same formulas with sin negated. */
+static void rope_rotate(real *x, const real *cos_table, const real *sin_table,
+                        const int32_t *positions, int N, int H, int D, real sin_sign) {
+    if (D % 2 != 0) PAFT_FATAL("rope: head dimension %d is odd (expected an even D)", D);
+    int half = D / 2;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const real *cos_row = cos_table + (size_t)positions[n] * half;
+        const real *sin_row = sin_table + (size_t)positions[n] * half;
+        for (int h = 0; h < H; h++) {
+            real *head = x + ((size_t)n * H + h) * D;
+            for (int i = 0; i < half; i++) {
+                real cos_a = cos_row[i], sin_a = sin_sign * sin_row[i];
+                real x1 = head[i], x2 = head[i + half];
+                head[i] = x1 * cos_a - x2 * sin_a;
+                head[i + half] = x2 * cos_a + x1 * sin_a;
+            }
+        }
+    }
+}
+
+void rope_forward(real *x, const real *cos_table, const real *sin_table, const int32_t *positions,
+                  int N, int H, int D) {
+    rope_rotate(x, cos_table, sin_table, positions, N, H, D, 1);
+}
+
+void rope_backward(real *dx, const real *cos_table, const real *sin_table,
+                   const int32_t *positions, int N, int H, int D) {
+    rope_rotate(dx, cos_table, sin_table, positions, N, H, D, -1);
+}
+
+/* ---- causal grouped-query attention -------------------------------------------------------- */
+
+static void check_heads(const char *op, int Hq, int Hkv) {
+    if (Hkv <= 0 || Hq % Hkv != 0)
+        PAFT_FATAL("%s: %d query heads are not a multiple of %d KV heads", op, Hq, Hkv);
+}
+
+void attention_forward(real *out, real *probs, const real *q, const real *k, const real *v, int B,
+                       int T, int Hq, int Hkv, int D) {
+    check_heads("attention_forward", Hq, Hkv);
+    int group = Hq / Hkv;  /* query heads per KV head (HF repeat_kv: h -> h / group) */
+    real scale = (real)(1.0 / sqrt((double)D));
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < Hq; h++) {
+            for (int t = 0; t < T; t++) {
+                int kv_head = h / group;
+                const real *q_t = q + (((size_t)b * T + t) * Hq + h) * D;
+                real *p = probs + (((size_t)b * Hq + h) * T + t) * T;
+                /* scores of the visible positions j <= t, and their maximum */
+                real max_score = -INFINITY;
+                for (int j = 0; j <= t; j++) {
+                    const real *k_j = k + (((size_t)b * T + j) * Hkv + kv_head) * D;
+                    real dot = 0;
+                    for (int d = 0; d < D; d++) dot += q_t[d] * k_j[d];
+                    p[j] = dot * scale;
+                    if (p[j] > max_score) max_score = p[j];
+                }
+                /* softmax, max subtracted so exp cannot overflow */
+                double sum = 0;
+                for (int j = 0; j <= t; j++) {
+                    p[j] = real_exp(p[j] - max_score);
+                    sum += p[j];
+                }
+                real norm = (real)sum;
+                for (int j = 0; j <= t; j++) p[j] /= norm;
+                for (int j = t + 1; j < T; j++) p[j] = 0;  /* the causal mask */
+                /* out_t = sum_j p_j v_j */
+                real *out_t = out + (((size_t)b * T + t) * Hq + h) * D;
+                for (int d = 0; d < D; d++) out_t[d] = 0;
+                for (int j = 0; j <= t; j++) {
+                    const real *v_j = v + (((size_t)b * T + j) * Hkv + kv_head) * D;
+                    for (int d = 0; d < D; d++) out_t[d] += p[j] * v_j[d];
+                }
+            }
+        }
+    }
+}
+
+/* With s = q k^T * scale, p = softmax(s) per row, out = p v:
+ *   dv_j += sum_t p_tj dout_t,   dp_tj = dout_t . v_j,   ds_tj = p_tj (dp_tj - sum_i p_ti dp_ti),
+ *   dq_t += scale sum_j ds_tj k_j,   dk_j += scale sum_t ds_tj q_t.
+ * The query heads of one group all add into the same dk/dv head, and every query position adds
+ * into the dk/dv of all earlier positions; so a thread owns one (batch, KV head) pair with all its
+ * query heads and positions, and no two threads ever write the same element. This parallelises
+ * over B*Hkv only, which is enough for the reference backend. */
+void attention_backward(real *dq, real *dk, real *dv, const real *dout, const real *probs,
+                        const real *q, const real *k, const real *v, int B, int T, int Hq, int Hkv,
+                        int D) {
+    check_heads("attention_backward", Hq, Hkv);
+    if (!dq && !dk && !dv) return;
+    int group = Hq / Hkv;
+    real scale = (real)(1.0 / sqrt((double)D));
+#pragma omp parallel
+    {
+        real *dp = paft_malloc((size_t)T * sizeof(real));  /* one row of dL/dp, per thread */
+#pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++) {
+            for (int kv_head = 0; kv_head < Hkv; kv_head++) {
+                for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
+                    for (int t = 0; t < T; t++) {
+                        size_t row_qt = (((size_t)b * T + t) * Hq + h) * D;
+                        const real *p = probs + (((size_t)b * Hq + h) * T + t) * T;
+                        const real *dout_t = dout + row_qt;
+                        const real *q_t = q + row_qt;
+                        double p_dot_dp = 0;
+                        for (int j = 0; j <= t; j++) {
+                            size_t row_kj = (((size_t)b * T + j) * Hkv + kv_head) * D;
+                            const real *v_j = v + row_kj;
+                            real dot = 0;
+                            for (int d = 0; d < D; d++) dot += dout_t[d] * v_j[d];
+                            dp[j] = dot;
+                            p_dot_dp += (double)p[j] * dot;
+                            if (dv) {
+                                real *dv_j = dv + row_kj;
+                                for (int d = 0; d < D; d++) dv_j[d] += p[j] * dout_t[d];
+                            }
+                        }
+                        for (int j = 0; j <= t; j++) {
+                            size_t row_kj = (((size_t)b * T + j) * Hkv + kv_head) * D;
+                            real ds = p[j] * (dp[j] - (real)p_dot_dp) * scale;
+                            if (dq) {
+                                real *dq_t = dq + row_qt;
+                                const real *k_j = k + row_kj;
+                                for (int d = 0; d < D; d++) dq_t[d] += ds * k_j[d];
+                            }
+                            if (dk) {
+                                real *dk_j = dk + row_kj;
+                                for (int d = 0; d < D; d++) dk_j[d] += ds * q_t[d];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        free(dp);
+    }
+}
+
+/* ---- SwiGLU -------------------------------------------------------------------------------- */
+
+/* silu(g) = g * sigmoid(g), written as g / (1 + exp(-g)) like PyTorch; for very negative g,
+ * exp(-g) overflows to inf and the result is a clean 0, not NaN. */
+void swiglu_forward(real *out, const real *gate, const real *up, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        real g = gate[i];
+        out[i] = g / (1 + real_exp(-g)) * up[i];
+    }
+}
+
+/* d silu / dg = s + g s (1 - s) = s (1 + g (1 - s)), s = sigmoid(g). */
+void swiglu_backward(real *dgate, real *dup, const real *dout, const real *gate, const real *up,
+                     size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        real g = gate[i];
+        real s = 1 / (1 + real_exp(-g));
+        if (dgate) dgate[i] += dout[i] * up[i] * s * (1 + g * (1 - s));
+        if (dup) dup[i] += dout[i] * g * s;
+    }
+}
+
+/* ---- residual ------------------------------------------------------------------------------ */
+
+void residual_forward(real *out, const real *a, const real *b, size_t n) {
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+/* ---- token log-probabilities --------------------------------------------------------------- */
+
+static void check_targets(const char *op, const int32_t *targets, int N, int V) {
+    for (int n = 0; n < N; n++) {
+        if (targets[n] >= V)
+            PAFT_FATAL("%s: target %d of row %d is outside the vocabulary of %d tokens", op,
+                       (int)targets[n], n, V);
+    }
+}
+
+void logprob_forward(real *logp, real *lse, const real *logits, const int32_t *targets, int N,
+                     int V) {
+    check_targets("logprob_forward", targets, N, V);
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const real *x = logits + (size_t)n * V;
+        real max_logit = -INFINITY;
+        for (int j = 0; j < V; j++) max_logit = x[j] > max_logit ? x[j] : max_logit;
+        /* a sum of up to ~10^5 terms: double, see the top of the file */
+        double sum = 0;
+        for (int j = 0; j < V; j++) sum += real_exp(x[j] - max_logit);
+        double row_lse = (double)max_logit + log(sum);
+        lse[n] = (real)row_lse;
+        /* subtract before rounding, so logp keeps its digits when lse is large */
+        logp[n] = targets[n] >= 0 ? (real)((double)x[targets[n]] - row_lse) : 0;
+    }
+}
+
+void logprob_backward(real *dlogits, const real *dlogp, const real *logits, const real *lse,
+                      const int32_t *targets, int N, int V) {
+    if (!dlogits) return;
+    check_targets("logprob_backward", targets, N, V);
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        if (targets[n] < 0) continue;  /* no target: logp was the constant 0 */
+        const real *x = logits + (size_t)n * V;
+        real *dx = dlogits + (size_t)n * V;
+        real g = dlogp[n];
+        for (int j = 0; j < V; j++) dx[j] -= g * real_exp(x[j] - lse[n]);
+        dx[targets[n]] += g;
+    }
+}
