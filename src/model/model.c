@@ -230,6 +230,38 @@ static void init_lora(Model *m, uint64_t seed) {
         }
 }
 
+/* FNV-1a, 64 bits: enough to tell two base models apart, not a cryptographic digest. */
+static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001B3ULL;
+    return h;
+}
+
+void model_fingerprint(const Checkpoint *ckpt, const TensorView *views, int n_views, char out[17]) {
+    /* Names, shapes and the first values (as fp32 bits) of every base tensor. Read from the
+     * checkpoint itself, so every rank gets the same digest whatever shard it holds, and the
+     * same digest whether the model is stored in one file or in shards. */
+    uint64_t h = 0xCBF29CE484222325ULL;
+    real first[16];
+    for (int i = 0; i < n_views; i++) {
+        const TensorView *v = &views[i];
+        const TensorInfo *t = checkpoint_find(ckpt, v->name);
+        h = fnv1a(h, v->name, strlen(v->name));
+        h = fnv1a(h, &v->rows, sizeof v->rows);
+        h = fnv1a(h, &v->cols, sizeof v->cols);
+        int64_t n = v->cols == 1 ? PAFT_MIN(16, v->rows) : PAFT_MIN(16, v->cols);
+        if (v->cols == 1)
+            checkpoint_read_block(ckpt, t, 0, n, 0, 1, first);
+        else
+            checkpoint_read_block(ckpt, t, 0, 1, 0, n, first);
+        for (int64_t j = 0; j < n; j++) {
+            float f = (float)first[j];
+            h = fnv1a(h, &f, sizeof f);
+        }
+    }
+    snprintf(out, 17, "%016llx", (unsigned long long)h);
+}
+
 void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t seed) {
     memset(m, 0, sizeof *m);
     if (!paft_path_exists(path)) PAFT_FATAL("%s: model path does not exist", path);
@@ -260,6 +292,8 @@ void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t see
         const TensorInfo *t = checkpoint_require(&ckpt, v->name, v->cols == 1 ? 1 : 2, shape);
         checkpoint_read(&ckpt, t, m->weights_memory + v->offset);
     }
+    snprintf(m->path, sizeof m->path, "%s", path);
+    model_fingerprint(&ckpt, m->weight_views, m->n_weight_views, m->fingerprint);
     checkpoint_close(&ckpt);
 
     /* LoRA parameters and gradients */

@@ -17,6 +17,7 @@
 
 #include <stdint.h>
 
+#include "io/safetensors.h"
 #include "model/model_config.h"
 #include "util/common.h"
 
@@ -106,6 +107,9 @@ typedef struct {
 typedef struct {
     ModelConfig config;
     LoraConfig lora;
+    char path[1024];        /* where the base model was loaded from */
+    char fingerprint[17];   /* hex digest of the base model (see model_load): adapters record it
+                               so that merging one onto another base is refused */
 
     /* frozen base weights */
     real *weights_memory;
@@ -159,6 +163,10 @@ void model_forward(Model *model, const int32_t *tokens, const int32_t *targets, 
  * (and full-parameter gradients when enabled). */
 void model_backward(Model *model, const real *dlogp);
 void model_zero_grads(Model *model);
+
+/* The base model's fingerprint from an open checkpoint (names, shapes, first values). */
+void model_fingerprint(const Checkpoint *ckpt, const TensorView *views, int n_views,
+                       char out[17]);
 
 /* Number of base-model parameters (the exact count, tied head counted once). */
 int64_t model_parameter_count(const Model *model);
