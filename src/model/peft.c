@@ -2,6 +2,8 @@
 #include "model/peft.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,4 +68,53 @@ void peft_load_adapter(Model *m, const char *adapter_dir) {
     }
     checkpoint_close(&ckpt);
     free(path);
+}
+
+void peft_write_adapter(const Model *m, const char *adapter_dir) {
+    if (mkdir(adapter_dir, 0777) != 0 && errno != EEXIST)
+        PAFT_FATAL("%s: cannot create directory: %s", adapter_dir, strerror(errno));
+    /* adapter_config.json: the keys peft.LoraConfig needs to rebuild the same adapter */
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "peft_type", "LORA");
+    cJSON_AddStringToObject(root, "task_type", "CAUSAL_LM");
+    cJSON_AddStringToObject(root, "base_model_name_or_path", m->path);
+    cJSON_AddNumberToObject(root, "r", m->lora.r);
+    cJSON_AddNumberToObject(root, "lora_alpha", m->lora.alpha);
+    cJSON_AddNumberToObject(root, "lora_dropout", 0.0);
+    cJSON_AddBoolToObject(root, "use_rslora", m->lora.rslora);
+    cJSON_AddStringToObject(root, "bias", "none");
+    cJSON_AddBoolToObject(root, "fan_in_fan_out", 0);
+    cJSON_AddBoolToObject(root, "inference_mode", 1);
+    cJSON *targets = cJSON_AddArrayToObject(root, "target_modules");
+    for (int p = 0; p < N_PROJ; p++)
+        if (m->lora.targets[p]) cJSON_AddItemToArray(targets, cJSON_CreateString(proj_short_name(p)));
+    char *text = cJSON_Print(root);
+    char *path = paft_path_join(adapter_dir, "adapter_config.json");
+    char *tmp = paft_path_join(adapter_dir, ".adapter_config.json.tmp");
+    FILE *f = fopen(tmp, "w");
+    if (!f) PAFT_FATAL("%s: cannot create: %s", tmp, strerror(errno));
+    if (fprintf(f, "%s\n", text) < 0 || fclose(f) != 0) PAFT_FATAL("%s: write failed", tmp);
+    if (rename(tmp, path) != 0) PAFT_FATAL("%s: cannot rename into place: %s", path, strerror(errno));
+    free(tmp);
+    free(path);
+    free(text);
+    cJSON_Delete(root);
+
+    /* adapter_model.safetensors with PEFT's tensor names */
+    TensorToWrite *tensors = paft_calloc((size_t)m->n_lora_views, sizeof(TensorToWrite));
+    char **names = paft_calloc((size_t)m->n_lora_views, sizeof(char *));
+    for (int i = 0; i < m->n_lora_views; i++) {
+        const TensorView *v = &m->lora_views[i];
+        size_t len = strlen(v->name), n = len + 64;
+        names[i] = paft_malloc(n);
+        snprintf(names[i], n, "base_model.model.%.*s.lora_%c.weight", (int)(len - 2), v->name,
+                 v->name[len - 1]);
+        tensors[i] = (TensorToWrite){names[i], DTYPE_F32, 2, {v->rows, v->cols}, m->lora_memory + v->offset};
+    }
+    path = paft_path_join(adapter_dir, "adapter_model.safetensors");
+    safetensors_write(path, tensors, m->n_lora_views, "{\"format\": \"pt\"}");
+    free(path);
+    for (int i = 0; i < m->n_lora_views; i++) free(names[i]);
+    free(names);
+    free(tensors);
 }

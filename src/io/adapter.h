@@ -1,0 +1,49 @@
+/*
+ * adapter.h - LoRA adapters and training checkpoints in parallel HDF5 (docs/FILE_FORMATS.md).
+ *
+ *   /lora/<HF module path>/A   fp32 [r][in]     at GLOBAL shapes whatever the TP layout
+ *   /lora/<HF module path>/B   fp32 [out][r]
+ *   root attributes: format = "paft-adapter-1", stage, step, r, alpha, rslora, targets,
+ *                    base_fingerprint, base_model, folded_adapter, paft_version
+ * A checkpoint is an adapter plus what resuming needs:
+ *   /optim/m/<module>/A|B, /optim/v/<module>/A|B   AdamW moments (same shapes)
+ *   attributes: optim_step, epoch, cursor (records consumed in this epoch), seed, rng_state
+ *
+ * Written collectively by the ranks of `comm` (h5file.h): to a temporary name, renamed at the end.
+ */
+#ifndef PAFT_ADAPTER_H
+#define PAFT_ADAPTER_H
+
+#include <mpi.h>
+#include <stdint.h>
+
+#include "model/model.h"
+
+typedef struct {
+    char stage[16];           /* sft | dpo | ipo | hinge | orpo */
+    int64_t step;             /* optimizer steps done */
+    char folded_adapter[1024]; /* adapter folded into the base before training ("" = none) */
+} AdapterInfo;
+
+/* Where a training run stands: what a checkpoint adds to an adapter. */
+typedef struct {
+    int64_t optim_step; /* AdamW's step count */
+    int64_t epoch;      /* current epoch of the data order */
+    int64_t cursor;     /* records of this epoch already consumed */
+    int64_t seed;
+} TrainPosition;
+
+/* Write the model's LoRA parameters. With moments != NULL (m then v, each n_lora values) and pos
+ * != NULL, a checkpoint. Collective over comm; rank 0 of comm writes the (replicated) values. */
+void adapter_write(const char *path, MPI_Comm comm, const Model *model, const AdapterInfo *info,
+                   const real *moment_m, const real *moment_v, const TrainPosition *pos);
+/* Read an adapter or checkpoint into the model's LoRA parameters. Checks format, r, alpha,
+ * targets, shapes and the base fingerprint (fatal error naming the file on any mismatch). With
+ * moments/pos != NULL the file must be a checkpoint and they are filled too. */
+void adapter_read(const char *path, MPI_Comm comm, Model *model, AdapterInfo *info,
+                  real *moment_m, real *moment_v, TrainPosition *pos);
+/* Fold an adapter file (any r/alpha/targets) into the base weights: W += s B A. Its base
+ * fingerprint must match the model's. */
+void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *model);
+
+#endif
