@@ -60,13 +60,13 @@ void lora_config_init(LoraConfig *lora, int r, double alpha, int rslora, const c
 
 /* ---- sizes of a projection ------------------------------------------------------------------ */
 
-static int proj_in(const ModelConfig *c, Proj p) {
+int proj_in(const ModelConfig *c, Proj p) {
     if (p == PROJ_O) return c->num_heads * c->head_dim;
     if (p == PROJ_DOWN) return c->intermediate_size;
     return c->hidden_size;
 }
 
-static int proj_out(const ModelConfig *c, Proj p) {
+int proj_out(const ModelConfig *c, Proj p) {
     switch (p) {
     case PROJ_Q: return c->num_heads * c->head_dim;
     case PROJ_K:

@@ -29,6 +29,10 @@ const char *proj_module_name(Proj p);
 /* "q_proj", ... (the name used in lora.targets) */
 const char *proj_short_name(Proj p);
 
+/* Input and output features of a projection of this architecture. */
+int proj_in(const ModelConfig *c, Proj p);
+int proj_out(const ModelConfig *c, Proj p);
+
 typedef struct {
     int r;
     double alpha;

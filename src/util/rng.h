@@ -13,7 +13,7 @@ typedef struct {
     uint64_t state;
 } Rng;
 
-static inline uint64_t splitmix64_next(uint64_t *state) {
+static inline uint64_t rng_splitmix64(uint64_t *state) {
     uint64_t z = (*state += 0x9E3779B97F4A7C15ULL);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
@@ -21,7 +21,7 @@ static inline uint64_t splitmix64_next(uint64_t *state) {
 }
 
 static inline void rng_seed(Rng *rng, uint64_t seed) { rng->state = seed; }
-static inline uint64_t rng_u64(Rng *rng) { return splitmix64_next(&rng->state); }
+static inline uint64_t rng_u64(Rng *rng) { return rng_splitmix64(&rng->state); }
 /* Uniform in [0, 1) with 53 random bits. */
 static inline double rng_uniform(Rng *rng) { return (double)(rng_u64(rng) >> 11) * 0x1.0p-53; }
 /* Standard normal (Box-Muller; one of the pair is discarded for simplicity). */

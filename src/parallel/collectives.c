@@ -1,0 +1,30 @@
+/* collectives.c - MPI implementation of the collectives interface. */
+#include "parallel/collectives.h"
+
+#include <limits.h>
+
+/* MPI counts are int: move at most 1 Gi elements per call. */
+#define CHUNK ((size_t)1 << 30)
+
+MPI_Datatype mpi_real_type(void) { return sizeof(real) == 4 ? MPI_FLOAT : MPI_DOUBLE; }
+
+void allreduce_sum_real(real *buf, size_t n, MPI_Comm comm) {
+    for (size_t i = 0; i < n; i += CHUNK)
+        CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf + i, (int)PAFT_MIN(CHUNK, n - i),
+                                mpi_real_type(), MPI_SUM, comm));
+}
+
+void allreduce_sum_double(double *buf, size_t n, MPI_Comm comm) {
+    for (size_t i = 0; i < n; i += CHUNK)
+        CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf + i, (int)PAFT_MIN(CHUNK, n - i), MPI_DOUBLE,
+                                MPI_SUM, comm));
+}
+
+void allreduce_max_int(int *value, MPI_Comm comm) {
+    CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, value, 1, MPI_INT, MPI_MAX, comm));
+}
+
+void broadcast_real(real *buf, size_t n, int root, MPI_Comm comm) {
+    for (size_t i = 0; i < n; i += CHUNK)
+        CHECK_MPI(MPI_Bcast(buf + i, (int)PAFT_MIN(CHUNK, n - i), mpi_real_type(), root, comm));
+}

@@ -1,0 +1,24 @@
+/*
+ * collectives.h - the collectives paft uses, on a group communicator. This is the MPI
+ * implementation (CPU backend, or ranks sharing a GPU); the NCCL one joins with the CUDA backend.
+ * Counts are size_t: buffers above 2^31 elements are reduced in chunks.
+ */
+#ifndef PAFT_COLLECTIVES_H
+#define PAFT_COLLECTIVES_H
+
+#include <mpi.h>
+#include <stddef.h>
+
+#include "util/common.h"
+
+/* The MPI datatype of `real`. */
+MPI_Datatype mpi_real_type(void);
+/* In-place sum over comm. */
+void allreduce_sum_real(real *buf, size_t n, MPI_Comm comm);
+void allreduce_sum_double(double *buf, size_t n, MPI_Comm comm);
+/* In-place max over comm. */
+void allreduce_max_int(int *value, MPI_Comm comm);
+/* Broadcast from root. */
+void broadcast_real(real *buf, size_t n, int root, MPI_Comm comm);
+
+#endif

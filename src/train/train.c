@@ -1,0 +1,513 @@
+/*
+ * train.c - one training stage on a group of ranks (see train.h).
+ *
+ * Read top to bottom: the Trainer (everything one stage owns), setup (model, data, optimizer,
+ * resume), the two step functions (SFT with L1; preference losses), the optimizer step shared by
+ * both, logging and checkpoints, and the loop.
+ */
+#include "train/train.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "data/token_data.h"
+#include "io/adapter.h"
+#include "io/h5file.h"
+#include "loss/lora_delta.h"
+#include "loss/pref_loss.h"
+#include "loss/sft_loss.h"
+#include "model/model.h"
+#include "model/peft.h"
+#include "optim/adamw.h"
+#include "optim/lr_schedule.h"
+#include "parallel/collectives.h"
+#include "train/batch.h"
+
+/* The one piece of process-wide state: a signal handler can only talk to the program through a
+ * variable of type volatile sig_atomic_t. Training polls it after every optimizer step. */
+static volatile sig_atomic_t stop_requested = 0;
+
+static void on_stop_signal(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
+
+void train_install_signal_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL); /* Slurm: #SBATCH --signal=USR1@120 warns before the limit */
+}
+
+typedef struct {
+    const Config *cfg;
+    StageKind kind;
+    const StageConfig *sc;
+    const char *name; /* "sft", "dpo", "ipo", "hinge", "orpo" */
+    MPI_Comm comm;
+    int rank, size;
+
+    Model model;
+    AdamW opt;
+    TokenData *data;
+    Batch batch;
+    real *dlogp;         /* [rows * seq_len] */
+    real *delta_scratch; /* largest out x in of an adapted projection (L1 term) */
+    PrefLossParams pref;
+    double *ref_logp;   /* [2 * records]: cached reference log-probs (chosen, rejected) */
+    uint8_t *ref_known; /* [records] */
+
+    uint64_t *order; /* record order of the current epoch */
+    TrainPosition pos;
+    int64_t step, total_steps, warmup_steps;
+    int per_rank; /* records of a global batch handled by this rank */
+    LrScheduleKind schedule;
+    char *dir;
+    FILE *metrics; /* group rank 0 only */
+    double t_start;
+} Trainer;
+
+/* What one step measured, summed over the group. */
+typedef struct {
+    double loss, nll, l1, grad_norm, lr, tokens, seconds;
+    double reward_chosen, reward_rejected, reward_accuracy, reward_margin;
+    double logp_chosen, logp_rejected, log_odds_ratio, log_odds_chosen;
+    int skipped;
+} StepStats;
+
+/* ---- setup -----------------------------------------------------------------------------------*/
+
+char *train_stage_dir(const Config *cfg, StageKind kind) {
+    return paft_path_join(cfg->output.dir, kind == STAGE_SFT ? "sft" : "pref");
+}
+
+static void make_dir(const char *path) {
+    if (mkdir(path, 0777) != 0 && errno != EEXIST)
+        PAFT_FATAL("%s: cannot create directory: %s", path, strerror(errno));
+}
+
+static int64_t largest_projection(const ModelConfig *c) {
+    int64_t most = 0;
+    for (int p = 0; p < N_PROJ; p++) most = PAFT_MAX(most, (int64_t)proj_in(c, p) * proj_out(c, p));
+    return most;
+}
+
+static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm) {
+    memset(tr, 0, sizeof *tr);
+    tr->cfg = cfg;
+    tr->kind = kind;
+    tr->sc = kind == STAGE_SFT ? &cfg->sft : &cfg->pref;
+    tr->comm = comm;
+    CHECK_MPI(MPI_Comm_rank(comm, &tr->rank));
+    CHECK_MPI(MPI_Comm_size(comm, &tr->size));
+    const StageConfig *sc = tr->sc;
+    const char *section = kind == STAGE_SFT ? "sft" : "pref";
+    if (kind == STAGE_PREF) {
+        tr->pref.kind = pref_loss_kind_from_name(sc->loss);
+        tr->pref.beta = sc->beta;
+        tr->pref.label_smoothing = sc->label_smoothing;
+        tr->name = pref_loss_kind_name(tr->pref.kind);
+    } else {
+        tr->name = "sft";
+    }
+    if (!cfg->model.path[0]) PAFT_FATAL("configuration: model.path is not set");
+    if (!sc->data[0]) PAFT_FATAL("configuration: %s.data is not set", section);
+
+    /* batch arithmetic: batch = micro_batch x accumulation x ranks */
+    if (sc->batch % (sc->micro_batch * tr->size) != 0)
+        PAFT_FATAL("configuration: %s.batch = %d must be a multiple of %s.micro_batch (%d) x "
+                   "data-parallel ranks (%d)",
+                   section, sc->batch, section, sc->micro_batch, tr->size);
+    tr->per_rank = sc->batch / tr->size;
+
+    /* model: base (+ folded adapter) with fresh LoRA */
+    LoraConfig lora;
+    lora_config_init(&lora, cfg->lora.r, cfg->lora.alpha, cfg->lora.rslora, cfg->lora.targets,
+                     "configuration [lora]");
+    model_load(&tr->model, cfg->model.path, &lora, (uint64_t)sc->seed);
+    if (cfg->model.adapter[0]) adapter_fold_into_base(cfg->model.adapter, comm, &tr->model);
+    int rows = kind == STAGE_SFT ? sc->micro_batch : 2 * sc->micro_batch;
+    model_alloc_activations(&tr->model, rows, sc->seq_len);
+    batch_alloc(&tr->batch, rows, sc->seq_len);
+    tr->dlogp = paft_malloc((size_t)rows * sc->seq_len * sizeof(real));
+    tr->delta_scratch = paft_malloc((size_t)largest_projection(&tr->model.config) * sizeof(real));
+
+    /* data */
+    tr->data = token_data_open(sc->data, kind == STAGE_SFT ? TOKEN_DATA_SFT : TOKEN_DATA_PREF,
+                               (uint32_t)tr->model.config.vocab_size);
+    token_data_check_max_length(tr->data, (uint64_t)sc->seq_len);
+    int64_t steps_per_epoch = (int64_t)(tr->data->num_records / (uint64_t)sc->batch);
+    if (steps_per_epoch == 0)
+        PAFT_FATAL("%s: %llu records, fewer than one batch (%s.batch = %d)", sc->data,
+                   (unsigned long long)tr->data->num_records, section, sc->batch);
+    tr->total_steps = sc->steps > 0 ? sc->steps : steps_per_epoch;
+    tr->warmup_steps = warmup_steps_from_fraction(sc->warmup, (int)tr->total_steps);
+    tr->schedule = lr_schedule_from_name(sc->schedule);
+    tr->order = paft_malloc(tr->data->num_records * sizeof(uint64_t));
+    if (kind == STAGE_PREF && pref_loss_needs_reference(tr->pref.kind)) {
+        tr->ref_logp = paft_calloc(2 * tr->data->num_records, sizeof(double));
+        tr->ref_known = paft_calloc(tr->data->num_records, 1);
+    }
+
+    AdamWHyper hyper = adamw_default_hyper();
+    hyper.weight_decay = sc->weight_decay;
+    adamw_init(&tr->opt, tr->model.n_lora, hyper);
+    tr->pos.seed = sc->seed;
+
+    tr->dir = train_stage_dir(cfg, kind);
+    if (tr->rank == 0) {
+        make_dir(cfg->output.dir);
+        make_dir(tr->dir);
+    }
+    CHECK_MPI(MPI_Barrier(comm));
+}
+
+static void teardown(Trainer *tr) {
+    if (tr->metrics) fclose(tr->metrics);
+    token_data_close(tr->data);
+    batch_free(&tr->batch);
+    adamw_free(&tr->opt);
+    model_free(&tr->model);
+    free(tr->dlogp);
+    free(tr->delta_scratch);
+    free(tr->ref_logp);
+    free(tr->ref_known);
+    free(tr->order);
+    free(tr->dir);
+}
+
+/* ---- the global batch ------------------------------------------------------------------------*/
+
+/* Record i (0 <= i < batch) of the current step's global batch. */
+static uint64_t batch_record(const Trainer *tr, int i) { return tr->order[tr->pos.cursor + i]; }
+
+/* ---- SFT step: token-mean cross-entropy over the global batch ---------------------------------*/
+
+static void sft_step(Trainer *tr, StepStats *st) {
+    const StageConfig *sc = tr->sc;
+    Model *m = &tr->model;
+    int64_t global_targets = 0;
+    for (int i = 0; i < sc->batch; i++)
+        global_targets += sft_record_targets(tr->data, batch_record(tr, i));
+    if (global_targets == 0)
+        PAFT_FATAL("%s: a batch of %d records has no loss tokens (all masks 0)", sc->data, sc->batch);
+
+    double sums[2] = {0, 0}; /* nll, tokens */
+    uint64_t mine[1024];
+    for (int first = tr->rank * tr->per_rank; first < (tr->rank + 1) * tr->per_rank;
+         first += sc->micro_batch) {
+        int n = sc->micro_batch;
+        if (n > 1024) PAFT_FATAL("micro_batch %d exceeds 1024", n);
+        for (int i = 0; i < n; i++) mine[i] = batch_record(tr, first + i);
+        batch_fill_sft(&tr->batch, tr->data, mine, n);
+        const int N = n * tr->batch.T;
+        model_forward(m, tr->batch.tokens, tr->batch.targets, n, tr->batch.T);
+        int64_t count = 0;
+        sums[0] += sft_token_nll_sum(m->acts.logp, tr->batch.targets, N, &count);
+        for (int i = 0; i < n; i++) sums[1] += token_data_record_length(tr->data, mine[i]);
+        memset(tr->dlogp, 0, (size_t)N * sizeof(real));
+        sft_dlogp(tr->dlogp, tr->batch.targets, N, (double)global_targets);
+        model_backward(m, tr->dlogp);
+    }
+    allreduce_sum_real(m->lora_grads_memory, m->n_lora, tr->comm);
+    allreduce_sum_double(sums, 2, tr->comm);
+    st->nll = sums[0] / (double)global_targets;
+    st->tokens = sums[1];
+
+    /* PAFT's L1 term lambda * sum |s B A| on every adapted module: added after the all-reduce,
+     * identically on every rank (the LoRA replicas are identical). */
+    st->l1 = 0;
+    if (sc->l1 > 0)
+        for (int l = 0; l < m->config.num_layers; l++)
+            for (int p = 0; p < N_PROJ; p++) {
+                if (!m->lora.targets[p]) continue;
+                st->l1 += l1_penalty(m->lora_grads[l].A[p], m->lora_grads[l].B[p],
+                                     m->lora_params[l].A[p], m->lora_params[l].B[p],
+                                     proj_out(&m->config, p), proj_in(&m->config, p), m->lora.r,
+                                     (real)m->lora.scale, (real)sc->l1, tr->delta_scratch);
+            }
+    st->loss = st->nll + st->l1;
+}
+
+/* ---- preference step -------------------------------------------------------------------------*/
+
+/* Sum of logp over each row's targets. */
+static void row_sums(const real *logp, const int32_t *targets, int rows, int T, double *out) {
+    for (int r = 0; r < rows; r++) {
+        double s = 0;
+        for (int t = 0; t < T; t++)
+            if (targets[(size_t)r * T + t] >= 0) s += logp[(size_t)r * T + t];
+        out[r] = s;
+    }
+}
+
+static void pref_step(Trainer *tr, StepStats *st) {
+    const StageConfig *sc = tr->sc;
+    Model *m = &tr->model;
+    const int P = sc->batch, mb = sc->micro_batch;
+    const int orpo = tr->pref.kind == PREF_LOSS_ORPO;
+    /* ORPO's NLL is one token mean over every chosen completion token of the global batch (TRL) */
+    int64_t global_chosen = 0;
+    for (int i = 0; i < P; i++) global_chosen += token_data_pref(tr->data, batch_record(tr, i)).chosen_length;
+
+    enum { SUMS = 11 };
+    double sums[SUMS] = {0}; /* loss(or term), reward c, r, acc, margin, logp c, r, log_odds_ratio,
+                                log_odds_chosen, nll, tokens */
+    uint64_t mine[512];
+    double *policy = paft_malloc((size_t)2 * mb * sizeof(double));
+    double *ref = paft_malloc((size_t)2 * mb * sizeof(double));
+    for (int first = tr->rank * tr->per_rank; first < (tr->rank + 1) * tr->per_rank; first += mb) {
+        if (mb > 512) PAFT_FATAL("micro_batch %d exceeds 512", mb);
+        for (int i = 0; i < mb; i++) mine[i] = batch_record(tr, first + i);
+        batch_fill_pref(&tr->batch, tr->data, mine, mb);
+        const int T = tr->batch.T, rows = 2 * mb, N = rows * T;
+        for (int i = 0; i < mb; i++) sums[10] += token_data_record_length(tr->data, mine[i]);
+
+        /* reference log-probs: the base model alone, computed once per record and cached */
+        if (tr->ref_logp) {
+            int missing = 0;
+            for (int i = 0; i < mb; i++) missing |= !tr->ref_known[mine[i]];
+            if (missing) {
+                m->adapters_enabled = 0;
+                model_forward(m, tr->batch.tokens, tr->batch.targets, rows, T);
+                m->adapters_enabled = 1;
+                row_sums(m->acts.logp, tr->batch.targets, rows, T, ref);
+                for (int i = 0; i < mb; i++) {
+                    tr->ref_logp[2 * mine[i]] = ref[i];
+                    tr->ref_logp[2 * mine[i] + 1] = ref[mb + i];
+                    tr->ref_known[mine[i]] = 1;
+                }
+            }
+        }
+
+        model_forward(m, tr->batch.tokens, tr->batch.targets, rows, T);
+        row_sums(m->acts.logp, tr->batch.targets, rows, T, policy);
+        memset(tr->dlogp, 0, (size_t)N * sizeof(real));
+        for (int i = 0; i < mb; i++) {
+            PrefPair pair = {policy[i], policy[mb + i], 0, 0, tr->batch.n_targets[i],
+                             tr->batch.n_targets[mb + i]};
+            if (tr->ref_logp) {
+                pair.reference_chosen = tr->ref_logp[2 * mine[i]];
+                pair.reference_rejected = tr->ref_logp[2 * mine[i] + 1];
+            }
+            PrefLossResult res;
+            pref_loss_pair(&res, &tr->pref, &pair);
+            double dc = res.dpolicy_chosen, dr = res.dpolicy_rejected;
+            if (orpo) dc -= res.dpolicy_chosen_nll; /* the NLL part is the batch token mean below */
+            pref_spread_dlogp(tr->dlogp + (size_t)i * T, tr->batch.targets + (size_t)i * T, T, dc / P);
+            pref_spread_dlogp(tr->dlogp + (size_t)(mb + i) * T,
+                              tr->batch.targets + (size_t)(mb + i) * T, T, dr / P);
+            sums[0] += res.loss - res.nll_loss;
+            sums[1] += res.reward_chosen;
+            sums[2] += res.reward_rejected;
+            sums[3] += res.reward_accuracy;
+            sums[4] += res.reward_margin;
+            sums[5] += policy[i];
+            sums[6] += policy[mb + i];
+            sums[7] += res.log_odds_ratio;
+            sums[8] += res.log_odds_chosen;
+        }
+        if (orpo) {
+            int64_t count = 0;
+            sums[9] += sft_token_nll_sum(m->acts.logp, tr->batch.targets, mb * T, &count);
+            sft_dlogp(tr->dlogp, tr->batch.targets, mb * T, (double)global_chosen);
+        }
+        model_backward(m, tr->dlogp);
+    }
+    free(policy);
+    free(ref);
+    allreduce_sum_real(m->lora_grads_memory, m->n_lora, tr->comm);
+    allreduce_sum_double(sums, SUMS, tr->comm);
+    st->nll = orpo ? sums[9] / (double)global_chosen : 0;
+    st->loss = sums[0] / P + st->nll;
+    st->reward_chosen = sums[1] / P;
+    st->reward_rejected = sums[2] / P;
+    st->reward_accuracy = sums[3] / P;
+    st->reward_margin = sums[4] / P;
+    st->logp_chosen = sums[5] / P;
+    st->logp_rejected = sums[6] / P;
+    st->log_odds_ratio = sums[7] / P;
+    st->log_odds_chosen = sums[8] / P;
+    st->tokens = sums[10];
+}
+
+/* ---- optimizer step, shared ------------------------------------------------------------------*/
+
+static void optimizer_step(Trainer *tr, StepStats *st) {
+    Model *m = &tr->model;
+    /* gradients are identical on every rank after the all-reduce: the norm needs no collective */
+    st->grad_norm = sqrt(grad_sum_squares(m->lora_grads_memory, m->n_lora));
+    st->lr = tr->sc->lr * lr_multiplier(tr->schedule, (long)tr->step, (long)tr->warmup_steps,
+                                        (long)tr->total_steps);
+    if (!isfinite(st->grad_norm) || !isfinite(st->loss)) {
+        st->skipped = 1; /* a broken step is skipped, not applied */
+        return;
+    }
+    real coef = (real)clip_coefficient(st->grad_norm, tr->sc->max_grad_norm);
+    adamw_step(&tr->opt, m->lora_memory, m->lora_grads_memory, st->lr, coef);
+}
+
+/* ---- logging ---------------------------------------------------------------------------------*/
+
+static void log_step(Trainer *tr, const StepStats *st) {
+    if (tr->rank != 0) return;
+    if (!tr->metrics) {
+        char *path = paft_path_join(tr->dir, "metrics.jsonl");
+        tr->metrics = fopen(path, tr->step > 1 ? "a" : "w");
+        if (!tr->metrics) PAFT_FATAL("%s: cannot open for writing: %s", path, strerror(errno));
+        free(path);
+    }
+    FILE *f = tr->metrics;
+    fprintf(f, "{\"stage\": \"%s\", \"step\": %lld, \"loss\": %.8g, \"lr\": %.8g, "
+               "\"grad_norm\": %.8g, \"tokens\": %.0f, \"tokens_per_s\": %.6g, \"skipped\": %d",
+            tr->name, (long long)tr->step, st->loss, st->lr, st->grad_norm, st->tokens,
+            st->tokens / st->seconds, st->skipped);
+    if (tr->kind == STAGE_SFT) {
+        fprintf(f, ", \"nll\": %.8g, \"l1\": %.8g", st->nll, st->l1);
+    } else {
+        fprintf(f, ", \"rewards/chosen\": %.8g, \"rewards/rejected\": %.8g, "
+                   "\"rewards/accuracies\": %.8g, \"rewards/margins\": %.8g, "
+                   "\"logps/chosen\": %.8g, \"logps/rejected\": %.8g",
+                st->reward_chosen, st->reward_rejected, st->reward_accuracy, st->reward_margin,
+                st->logp_chosen, st->logp_rejected);
+        if (tr->pref.kind == PREF_LOSS_ORPO)
+            fprintf(f, ", \"nll_loss\": %.8g, \"log_odds_ratio\": %.8g, \"log_odds_chosen\": %.8g",
+                    st->nll, st->log_odds_ratio, st->log_odds_chosen);
+    }
+    fprintf(f, "}\n");
+    fflush(f);
+    if (tr->step % tr->cfg->output.log_every == 0 || tr->step == tr->total_steps) {
+        double elapsed = paft_seconds() - tr->t_start;
+        double eta = elapsed / (double)tr->step * (double)(tr->total_steps - tr->step);
+        printf("[%s] step %lld/%lld  loss %.4f", tr->name, (long long)tr->step,
+               (long long)tr->total_steps, st->loss);
+        if (tr->kind == STAGE_SFT && tr->sc->l1 > 0) printf(" (nll %.4f + l1 %.4f)", st->nll, st->l1);
+        if (tr->kind == STAGE_PREF) printf("  acc %.2f  margin %.3f", st->reward_accuracy, st->reward_margin);
+        printf("  lr %.2e  |g| %.3f  %.0f tok/s  ETA %.0fs%s\n", st->lr, st->grad_norm,
+               st->tokens / st->seconds, eta, st->skipped ? "  (skipped: non-finite)" : "");
+        fflush(stdout);
+    }
+}
+
+/* ---- checkpoints and the loop ----------------------------------------------------------------*/
+
+static void write_checkpoint(Trainer *tr) {
+    char *path = paft_path_join(tr->dir, "checkpoint.h5");
+    AdapterInfo info = {.step = tr->step};
+    snprintf(info.stage, sizeof info.stage, "%s", tr->name);
+    snprintf(info.folded_adapter, sizeof info.folded_adapter, "%s", tr->cfg->model.adapter);
+    tr->pos.optim_step = tr->opt.step;
+    adapter_write(path, tr->comm, &tr->model, &info, tr->opt.m, tr->opt.v, &tr->pos);
+    free(path);
+}
+
+static void next_batch_position(Trainer *tr) {
+    tr->pos.cursor += tr->sc->batch;
+    if ((uint64_t)(tr->pos.cursor + tr->sc->batch) > tr->data->num_records) {
+        tr->pos.epoch++;
+        tr->pos.cursor = 0;
+        token_data_permutation(tr->data->num_records, (uint64_t)tr->pos.seed,
+                               (uint64_t)tr->pos.epoch, tr->order);
+    }
+}
+
+/* An adapter.h5 that already holds the final step: the stage is done. */
+static int already_complete(Trainer *tr, const char *adapter_path) {
+    if (!paft_path_exists(adapter_path)) return 0;
+    H5File f;
+    h5_open_read(&f, adapter_path, tr->comm);
+    int64_t step = h5_get_attr_int(&f, "step");
+    h5_close(&f);
+    return step == tr->total_steps;
+}
+
+TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
+    Trainer tr;
+    setup(&tr, cfg, kind, comm);
+    char *adapter_path = paft_path_join(tr.dir, "adapter.h5");
+    char *checkpoint_path = paft_path_join(tr.dir, "checkpoint.h5");
+    if (already_complete(&tr, adapter_path)) {
+        if (tr.rank == 0)
+            printf("[%s] %s already holds step %lld/%lld: stage complete (delete it to retrain)\n",
+                   tr.name, adapter_path, (long long)tr.total_steps, (long long)tr.total_steps);
+        free(adapter_path);
+        free(checkpoint_path);
+        teardown(&tr);
+        return TRAIN_COMPLETED;
+    }
+    if (paft_path_exists(checkpoint_path)) {
+        AdapterInfo info;
+        adapter_read(checkpoint_path, comm, &tr.model, &info, tr.opt.m, tr.opt.v, &tr.pos);
+        if (tr.pos.seed != tr.sc->seed)
+            PAFT_FATAL("%s: written with seed %lld, the configuration has %d", checkpoint_path,
+                       (long long)tr.pos.seed, tr.sc->seed);
+        tr.step = info.step;
+        tr.opt.step = tr.pos.optim_step;
+        if (tr.rank == 0)
+            printf("[%s] resuming from %s at step %lld\n", tr.name, checkpoint_path, (long long)tr.step);
+    }
+    token_data_permutation(tr.data->num_records, (uint64_t)tr.pos.seed, (uint64_t)tr.pos.epoch,
+                           tr.order);
+    if (tr.rank == 0)
+        printf("[%s] %lld steps of %d %s on %d rank%s (micro-batch %d), %llu records in %s\n",
+               tr.name, (long long)tr.total_steps, tr.sc->batch,
+               kind == STAGE_SFT ? "sequences" : "pairs", tr.size, tr.size > 1 ? "s" : "",
+               tr.sc->micro_batch, (unsigned long long)tr.data->num_records, tr.sc->data);
+
+    TrainOutcome outcome = TRAIN_COMPLETED;
+    tr.t_start = paft_seconds();
+    while (tr.step < tr.total_steps) {
+        double t0 = paft_seconds();
+        StepStats st;
+        memset(&st, 0, sizeof st);
+        model_zero_grads(&tr.model);
+        if (kind == STAGE_SFT)
+            sft_step(&tr, &st);
+        else
+            pref_step(&tr, &st);
+        optimizer_step(&tr, &st);
+        tr.step++;
+        next_batch_position(&tr);
+        st.seconds = paft_seconds() - t0;
+        log_step(&tr, &st);
+
+        int stop = stop_requested;
+        allreduce_max_int(&stop, comm); /* every rank of the group stops at the same step */
+        int periodic = cfg->output.checkpoint_every > 0 &&
+                       tr.step % cfg->output.checkpoint_every == 0 && tr.step < tr.total_steps;
+        if (periodic || (stop && tr.step < tr.total_steps)) write_checkpoint(&tr);
+        if (stop && tr.step < tr.total_steps) {
+            if (tr.rank == 0)
+                printf("[%s] interrupted by a signal after step %lld/%lld: checkpoint written to "
+                       "%s; run the same command again to resume\n",
+                       tr.name, (long long)tr.step, (long long)tr.total_steps, checkpoint_path);
+            outcome = TRAIN_INTERRUPTED;
+            break;
+        }
+    }
+
+    if (outcome == TRAIN_COMPLETED) {
+        AdapterInfo info = {.step = tr.step};
+        snprintf(info.stage, sizeof info.stage, "%s", tr.name);
+        snprintf(info.folded_adapter, sizeof info.folded_adapter, "%s", cfg->model.adapter);
+        adapter_write(adapter_path, comm, &tr.model, &info, NULL, NULL, NULL);
+        if (tr.rank == 0) {
+            char *peft_dir = paft_path_join(tr.dir, "peft");
+            peft_write_adapter(&tr.model, peft_dir);
+            free(peft_dir);
+            remove(checkpoint_path); /* the adapter is the final state now */
+            printf("[%s] done in %.1f s: %s (PEFT copy in %s/peft)\n", tr.name,
+                   paft_seconds() - tr.t_start, adapter_path, tr.dir);
+        }
+    }
+    free(adapter_path);
+    free(checkpoint_path);
+    teardown(&tr);
+    return outcome;
+}

@@ -1,0 +1,41 @@
+/*
+ * train.h - one training stage (SFT with L1, or a preference loss) on a group of ranks.
+ *
+ * The group trains data-parallel: every optimizer step takes the next `batch` records of the
+ * shuffled data (seed, epoch), each rank runs its contiguous share in micro-batches of
+ * `micro_batch`, gradients are summed over the group (every loss is already normalised by the
+ * GLOBAL batch, so the sum is the gradient of the global loss and results do not depend on the
+ * split), then every rank applies the same AdamW step to its replica of the LoRA parameters.
+ *
+ * Outputs in the stage directory (<output.dir>/sft or <output.dir>/pref):
+ *   adapter.h5            the trained adapter (io/adapter.h)
+ *   peft/                 the same adapter in PEFT's format
+ *   checkpoint.h5         written every output.checkpoint_every steps and on SIGTERM/SIGUSR1
+ *   metrics.jsonl         one JSON object per logged step
+ * A stage whose adapter.h5 already holds the final step is not retrained; one with a
+ * checkpoint.h5 resumes from it, exactly (same losses, same adapter, bitwise on the CPU).
+ */
+#ifndef PAFT_TRAIN_H
+#define PAFT_TRAIN_H
+
+#include <mpi.h>
+
+#include "config/config.h"
+
+typedef enum { STAGE_SFT, STAGE_PREF } StageKind;
+
+typedef enum {
+    TRAIN_COMPLETED = 0,   /* trained to the last step (or found already complete) */
+    TRAIN_INTERRUPTED = 1, /* stopped by SIGTERM/SIGUSR1 after writing a checkpoint */
+} TrainOutcome;
+
+/* Train one stage on the ranks of comm. `stage_name` is "sft", or the preference loss name. */
+TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm);
+
+/* The stage directory: <output.dir>/sft or <output.dir>/pref (malloc'ed). */
+char *train_stage_dir(const Config *cfg, StageKind kind);
+
+/* Install the SIGTERM/SIGUSR1 handlers that ask training to checkpoint and stop. */
+void train_install_signal_handlers(void);
+
+#endif
