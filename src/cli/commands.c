@@ -21,10 +21,18 @@ static const Command commands[] = {
      "Splits the ranks into an SFT group (parallel.sft_ranks, default half) and a preference group,\n"
      "trains both at once from the same base model, then merges the two LoRA deltas on all ranks\n"
      "into <output.dir>/merged.h5. Configuration keys: docs/CONFIG.md.\n"},
-    {"train", cmd_not_yet, "one training stage on all ranks (sft | dpo | orpo)",
-     "usage: paft train CONFIG stage=sft|dpo|orpo [section.key=value ...]\n\n"
-     "Trains one stage on every rank (individual or sequential baselines). Sequential PAFT\n"
-     "baseline: train stage=sft, then train stage=dpo model.adapter=<sft adapter.h5>.\n"},
+    {"train", cmd_train, "one training stage on all ranks (sft | dpo | ipo | hinge | orpo)",
+     "usage: paft train CONFIG stage=sft|dpo|ipo|hinge|orpo [section.key=value ...]\n\n"
+     "Trains one stage on every rank, data-parallel (individual or sequential baselines):\n"
+     "  stage=sft     token-mean cross-entropy on [sft] data + sft.l1 * sum |delta| (PAFT's L1)\n"
+     "  stage=dpo     DPO on [pref] data (ipo, hinge: the other reference-based losses)\n"
+     "  stage=orpo    ORPO (no reference model)\n"
+     "Writes <output.dir>/sft or <output.dir>/pref: adapter.h5, peft/ (PEFT format),\n"
+     "metrics.jsonl, and checkpoint.h5 every output.checkpoint_every steps. A run with a\n"
+     "checkpoint resumes from it; SIGTERM or SIGUSR1 writes a checkpoint and stops cleanly.\n"
+     "Sequential baseline: train stage=sft, then train stage=dpo\n"
+     "model.adapter=<output.dir>/sft/adapter.h5 (DPO from base + SFT delta, which is also\n"
+     "DPO's reference model).\n"},
     {"merge", cmd_not_yet, "merge saved SFT and preference adapters into the base model",
      "usage: paft merge CONFIG [merge.method=ties merge.density=0.5,0.5 ...]\n\n"
      "Methods: linear, task_arithmetic, ties, dare_ties, dare_linear, magnitude, slerp.\n"},

@@ -1,0 +1,38 @@
+/*
+ * cmd_train.c - `paft train CONFIG stage=sft|dpo|ipo|hinge|orpo [section.key=value ...]`: one stage
+ * on every rank of the world (the individual and sequential baselines).
+ */
+#include <mpi.h>
+#include <string.h>
+
+#include "cli/commands.h"
+#include "config/config.h"
+#include "train/train.h"
+#include "util/common.h"
+
+int cmd_train(int argc, char **argv) {
+    Config cfg;
+    char *extra[4];
+    int n_extra = config_from_args(&cfg, argc, argv, extra, 4);
+    const char *stage = NULL;
+    for (int i = 0; i < n_extra; i++) {
+        if (strncmp(extra[i], "stage=", 6) == 0)
+            stage = extra[i] + 6;
+        else
+            PAFT_FATAL("command line: unknown argument '%s' for 'paft train' (stage=...)", extra[i]);
+    }
+    if (!stage) PAFT_FATAL("command line: 'paft train' needs stage=sft|dpo|ipo|hinge|orpo");
+    StageKind kind = STAGE_PREF;
+    if (strcmp(stage, "sft") == 0) {
+        kind = STAGE_SFT;
+    } else if (strcmp(stage, "dpo") == 0 || strcmp(stage, "ipo") == 0 ||
+               strcmp(stage, "hinge") == 0 || strcmp(stage, "orpo") == 0) {
+        /* the stage names the preference loss; pref.loss=... on the command line agrees or loses */
+        snprintf(cfg.pref.loss, sizeof cfg.pref.loss, "%s", stage);
+    } else if (strcmp(stage, "pref") != 0) {
+        PAFT_FATAL("command line: stage=%s is not one of sft, dpo, ipo, hinge, orpo, pref", stage);
+    }
+    train_install_signal_handlers();
+    train_stage(&cfg, kind, MPI_COMM_WORLD);
+    return 0;
+}
