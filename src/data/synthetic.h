@@ -1,0 +1,25 @@
+/*
+ * synthetic.h - generated tasks for the demo and the tests: small, learnable, and made so that
+ * SFT and preference training pull on the same weights.
+ *
+ * Vocabulary layout (the tiny model's vocab must be >= SYNTH_VOCAB): 0 = BOS, 1 = "assistant:"
+ * separator, 2 = EOS; prompts use tokens A = [3, 24), answers B = [24, 44), C = [44, 64).
+ *   SFT record:   BOS p_1..p_k SEP sigma(p_1)..sigma(p_k) EOS     loss on the answer and EOS
+ *   pref record:  prompt = BOS p_1..p_k SEP
+ *                 chosen = sigma(p_1)..sigma(p_k) EOS   (the SFT rule: shared with SFT)
+ *                 rejected = rho(p_1)..rho(p_k) EOS     (another rule, answers from C)
+ * sigma: A -> B and rho: A -> C are fixed permutations drawn from `task_seed`; k is 2..8.
+ */
+#ifndef PAFT_SYNTHETIC_H
+#define PAFT_SYNTHETIC_H
+
+#include <stdint.h>
+
+#define SYNTH_VOCAB 64
+
+/* Write n SFT records / n preference records to PATH (token data format). Records are drawn
+ * from `seed`; the rules sigma and rho from `task_seed` (same task_seed = same task). */
+void synthetic_write_sft(const char *path, int n, uint64_t seed, uint64_t task_seed);
+void synthetic_write_pref(const char *path, int n, uint64_t seed, uint64_t task_seed);
+
+#endif

@@ -1,0 +1,95 @@
+/* evaluate.c - held-out SFT NLL and preference accuracy (see evaluate.h). */
+#include "train/evaluate.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "loss/sft_loss.h"
+#include "parallel/collectives.h"
+#include "train/batch.h"
+
+/* Records [first, last) of n for this rank: contiguous, as even as possible. */
+static void my_range(uint64_t n, MPI_Comm comm, uint64_t *first, uint64_t *last) {
+    int rank, size;
+    CHECK_MPI(MPI_Comm_rank(comm, &rank));
+    CHECK_MPI(MPI_Comm_size(comm, &size));
+    *first = n * (uint64_t)rank / (uint64_t)size;
+    *last = n * (uint64_t)(rank + 1) / (uint64_t)size;
+}
+
+void evaluate_sft(Model *m, const TokenData *data, int micro_batch, MPI_Comm comm,
+                  EvalResult *out) {
+    memset(out, 0, sizeof *out);
+    Batch batch;
+    batch_alloc(&batch, micro_batch, m->max_T);
+    uint64_t first, last, *ids = paft_malloc((size_t)micro_batch * sizeof(uint64_t));
+    my_range(data->num_records, comm, &first, &last);
+    double sums[2] = {0, 0};
+    for (uint64_t r = first; r < last; r += (uint64_t)micro_batch) {
+        int n = (int)PAFT_MIN((uint64_t)micro_batch, last - r);
+        for (int i = 0; i < n; i++) ids[i] = r + (uint64_t)i;
+        batch_fill_sft(&batch, data, ids, n);
+        model_forward(m, batch.tokens, batch.targets, n, batch.T);
+        int64_t count = 0;
+        sums[0] += sft_token_nll_sum(m->acts.logp, batch.targets, n * batch.T, &count);
+        sums[1] += (double)count;
+    }
+    allreduce_sum_double(sums, 2, comm);
+    out->nll = sums[1] > 0 ? sums[0] / sums[1] : 0;
+    out->tokens = (int64_t)sums[1];
+    free(ids);
+    batch_free(&batch);
+}
+
+/* Summed completion log-probs of the batch's rows. */
+static void completion_logps(Model *m, const Batch *b, double *out) {
+    model_forward(m, b->tokens, b->targets, b->n_seqs, b->T);
+    for (int r = 0; r < b->n_seqs; r++) {
+        double s = 0;
+        for (int t = 0; t < b->T; t++)
+            if (b->targets[(size_t)r * b->T + t] >= 0) s += m->acts.logp[(size_t)r * b->T + t];
+        out[r] = s;
+    }
+}
+
+void evaluate_pref(Model *policy, Model *reference, const TokenData *data, int micro_batch,
+                   double beta, MPI_Comm comm, EvalResult *out) {
+    memset(out, 0, sizeof *out);
+    Batch batch;
+    batch_alloc(&batch, 2 * micro_batch, policy->max_T);
+    uint64_t first, last, *ids = paft_malloc((size_t)micro_batch * sizeof(uint64_t));
+    my_range(data->num_records, comm, &first, &last);
+    double *pol = paft_malloc((size_t)2 * micro_batch * sizeof(double));
+    double *ref = paft_malloc((size_t)2 * micro_batch * sizeof(double));
+    double sums[5] = {0}; /* correct, margin, reward chosen, reward rejected, pairs */
+    for (uint64_t r = first; r < last; r += (uint64_t)micro_batch) {
+        int n = (int)PAFT_MIN((uint64_t)micro_batch, last - r);
+        for (int i = 0; i < n; i++) ids[i] = r + (uint64_t)i;
+        batch_fill_pref(&batch, data, ids, n);
+        completion_logps(policy, &batch, pol);
+        int saved = reference->adapters_enabled;
+        if (reference == policy) reference->adapters_enabled = 0;
+        completion_logps(reference, &batch, ref);
+        reference->adapters_enabled = saved;
+        for (int i = 0; i < n; i++) {
+            double rc = beta * (pol[i] - ref[i]), rr = beta * (pol[n + i] - ref[n + i]);
+            sums[0] += rc > rr;
+            sums[1] += rc - rr;
+            sums[2] += rc;
+            sums[3] += rr;
+            sums[4] += 1;
+        }
+    }
+    allreduce_sum_double(sums, 5, comm);
+    out->pairs = (int64_t)sums[4];
+    if (sums[4] > 0) {
+        out->accuracy = sums[0] / sums[4];
+        out->margin = sums[1] / sums[4];
+        out->reward_chosen = sums[2] / sums[4];
+        out->reward_rejected = sums[3] / sums[4];
+    }
+    free(ids);
+    free(pol);
+    free(ref);
+    batch_free(&batch);
+}
