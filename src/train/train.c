@@ -417,6 +417,28 @@ static void next_batch_position(Trainer *tr) {
     }
 }
 
+/* After a crash between a checkpoint and the next one, metrics.jsonl holds steps the resumed run
+ * will redo: keep only the lines up to the checkpoint's step. */
+static void truncate_metrics(const char *dir, int64_t last_step) {
+    char *path = paft_path_join(dir, "metrics.jsonl");
+    char *tmp = paft_path_join(dir, ".metrics.jsonl.tmp");
+    FILE *in = fopen(path, "r");
+    if (in) {
+        FILE *out = fopen(tmp, "w");
+        if (!out) PAFT_FATAL("%s: cannot write: %s", tmp, strerror(errno));
+        char line[8192];
+        while (fgets(line, sizeof line, in)) {
+            const char *at = strstr(line, "\"step\": ");
+            if (at && atoll(at + 8) <= last_step) fputs(line, out);
+        }
+        fclose(in);
+        if (fclose(out) != 0 || rename(tmp, path) != 0)
+            PAFT_FATAL("%s: cannot rewrite: %s", path, strerror(errno));
+    }
+    free(path);
+    free(tmp);
+}
+
 /* An adapter.h5 that already holds the final step: the stage is done. */
 static int already_complete(Trainer *tr, const char *adapter_path) {
     if (!paft_path_exists(adapter_path)) return 0;
@@ -449,6 +471,7 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
                        (long long)tr.pos.seed, tr.sc->seed);
         tr.step = info.step;
         tr.opt.step = tr.pos.optim_step;
+        if (tr.rank == 0) truncate_metrics(tr.dir, tr.step);
         if (tr.rank == 0)
             printf("[%s] resuming from %s at step %lld\n", tr.name, checkpoint_path, (long long)tr.step);
     }
