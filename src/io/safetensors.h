@@ -32,6 +32,8 @@ typedef enum {
 
 const char *dtype_name(Dtype dtype); /* "F32", "BF16", ... as safetensors spells them */
 int dtype_size(Dtype dtype);         /* bytes per element */
+/* The dtype spelled `name` ("BF16", ...): 1 and *dtype set, or 0 when the name is unknown. */
+int dtype_from_name(const char *name, Dtype *dtype);
 
 #define TENSOR_MAX_DIMS 8
 
@@ -57,7 +59,13 @@ typedef struct {
     TensorInfo *tensors; /* sorted by name */
 } Checkpoint;
 
-/* Open and validate a .safetensors file or an HF model directory. Fatal error on any problem. */
+/* Open and validate a .safetensors file or an HF model directory. Fatal error on any problem.
+ * Beyond the per-tensor checks above, the tensors of a file must tile its data section exactly (no
+ * gap, nothing after the last one: the reference implementation refuses those files too), and
+ * for a sharded directory the index and the shards must agree: every index entry present in the
+ * shard it names, every shard tensor listed, no tensor in two shards, shard names plain file
+ * names inside the directory (no '/' or '..'). Only headers are read here; data is read with
+ * pread on demand, so opening a 100 GB checkpoint costs a few MB. */
 void checkpoint_open(Checkpoint *ckpt, const char *path);
 void checkpoint_close(Checkpoint *ckpt);
 /* The tensor of that name, or NULL. */
@@ -72,6 +80,11 @@ const TensorInfo *checkpoint_require(const Checkpoint *ckpt, const char *name, i
  * its block this way; rows outside the tensor are a fatal error. */
 void checkpoint_read_block(const Checkpoint *ckpt, const TensorInfo *t, int64_t row0,
                            int64_t nrows, int64_t col0, int64_t ncols, real *out);
+/* The 2-D view used by checkpoint_read_block: rows = shape[0], cols = the product of the other
+ * extents (1 for a 1-D tensor; a 0-D scalar is 1 x 1). */
+void tensor_as_2d(const TensorInfo *t, int64_t *rows, int64_t *cols);
+/* "[4096, 128]" into buf. */
+void tensor_shape_string(const TensorInfo *t, char *buf, int buflen);
 /* Read the whole tensor (numel values) converted to `real`. */
 void checkpoint_read(const Checkpoint *ckpt, const TensorInfo *t, real *out);
 /* The sum of numel over all tensors (the exact parameter count of a model checkpoint). */
@@ -89,12 +102,15 @@ typedef struct {
 } TensorToWrite;
 
 /* Write a .safetensors file atomically (PATH.tmp.<pid>, fsync, rename). metadata_json is a JSON
- * object of string values for "__metadata__" (may be NULL). Entries are laid out in the given
- * order, each tensor's data aligned to 8 bytes as the reference implementation does. */
+ * object of string values for "__metadata__" (may be NULL). The header is padded with spaces to a
+ * multiple of 8 bytes; tensors are packed back to back (the reference reader refuses gaps), wider
+ * dtypes first and otherwise in the given order, so each tensor's data is aligned to its element
+ * size, as the reference implementation lays them out. F64 may be written too. */
 void safetensors_write(const char *path, const TensorToWrite *tensors, int n,
                        const char *metadata_json);
 
-/* bf16 <-> fp32 (round to nearest even; NaN stays NaN). */
+/* fp32 <-> bf16 / fp16, rounding to nearest even (fp16 incl. subnormals; too large -> inf; NaN
+ * stays NaN). The widening conversions are exact. */
 uint16_t fp32_to_bf16(float x);
 float bf16_to_fp32(uint16_t x);
 uint16_t fp32_to_fp16(float x);

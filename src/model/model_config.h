@@ -22,7 +22,8 @@ typedef struct {
     int num_heads;    /* num_attention_heads */
     int num_kv_heads; /* num_key_value_heads (default num_attention_heads) */
     int head_dim;     /* head_dim (default hidden_size / num_attention_heads) */
-    int max_position_embeddings;
+    int max_position_embeddings; /* default as transformers': llama 2048, mistral 131072, qwen2
+                                    32768 */
     double rms_norm_eps;
     double rope_theta;
     RopeType rope_type;
@@ -44,10 +45,15 @@ void model_config_load(ModelConfig *cfg, const char *path);
 /* Parse JSON text; `source` names it in error messages. */
 void model_config_parse(ModelConfig *cfg, const char *json_text, const char *source);
 void model_config_free(ModelConfig *cfg);
-/* A one-line human summary ("llama: 2 layers, hidden 64, heads 4/2 x 16, ffn 96, vocab 101"). */
+/* A one-line human summary ("llama: 2 layers, hidden 64, heads 4/2 x 16, ffn 96, vocab 101,
+ * rope theta 10000", then the RoPE scaling, tied embeddings, biases, sliding window if any). */
 void model_config_describe(const ModelConfig *cfg, char *buf, int buflen);
 
-/* RoPE inverse frequencies for pair i < head_dim/2 (HF's default, linear and llama3 rules). */
+/* RoPE inverse frequencies for pair i < head_dim/2 (HF's default, linear and llama3 rules):
+ * default 1/theta^(2i/head_dim); linear that / factor; llama3 as transformers'
+ * _compute_llama3_parameters. Evaluated in fp32 one operation at a time as transformers does, so
+ * the values (widened to double) equal HF's inv_freq buffer; HF then forms position * inv_freq
+ * in fp32 too. */
 void model_config_rope_inv_freq(const ModelConfig *cfg, double *inv_freq);
 
 #endif /* PAFT_MODEL_CONFIG_H */
