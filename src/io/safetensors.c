@@ -704,6 +704,30 @@ void checkpoint_read(const Checkpoint *ckpt, const TensorInfo *t, real *out) {
     checkpoint_read_block(ckpt, t, 0, rows, 0, cols, out);
 }
 
+void checkpoint_read_int32(const Checkpoint *ckpt, const TensorInfo *t, int32_t *out) {
+    const char *path = ckpt->shard_paths[t->shard];
+    if (t->dtype != DTYPE_I32 && t->dtype != DTYPE_I64)
+        PAFT_FATAL("%s: tensor '%s' has dtype %s, expected I32 or I64", path, t->name,
+                   dtype_name(t->dtype));
+    size_t element = (size_t)dtype_size(t->dtype), n = (size_t)t->numel;
+    unsigned char *raw = paft_malloc(n * element);
+    pread_full(ckpt->shard_fds[t->shard], raw, n * element, t->file_offset, path);
+    for (size_t i = 0; i < n; i++) {
+        int64_t v;
+        if (element == 4) {
+            int32_t v32;
+            memcpy(&v32, raw + 4 * i, 4);
+            v = v32;
+        } else {
+            memcpy(&v, raw + 8 * i, 8);
+        }
+        if (v < INT32_MIN || v > INT32_MAX)
+            PAFT_FATAL("%s: tensor '%s': value %lld does not fit 32 bits", path, t->name, (long long)v);
+        out[i] = (int32_t)v;
+    }
+    free(raw);
+}
+
 /* ---- writing --------------------------------------------------------------------------------- */
 
 typedef struct {

@@ -87,6 +87,8 @@ void tensor_as_2d(const TensorInfo *t, int64_t *rows, int64_t *cols);
 void tensor_shape_string(const TensorInfo *t, char *buf, int buflen);
 /* Read the whole tensor (numel values) converted to `real`. */
 void checkpoint_read(const Checkpoint *ckpt, const TensorInfo *t, real *out);
+/* Read an integer tensor (I32 or I64, values within 32 bits) such as token ids. */
+void checkpoint_read_int32(const Checkpoint *ckpt, const TensorInfo *t, int32_t *out);
 /* The sum of numel over all tensors (the exact parameter count of a model checkpoint). */
 int64_t checkpoint_parameter_count(const Checkpoint *ckpt);
 

@@ -50,19 +50,15 @@ static void run_fixture(const char *dir) {
 
     Reference ref;
     checkpoint_open(&ref.ckpt, ref_path);
-    const TensorInfo *ids_info = checkpoint_require(&ref.ckpt, "input_ids", 2, NULL);
+    const TensorInfo *ids_info = checkpoint_require(&ref.ckpt, "input_ids", 0, NULL);
     const int B = (int)ids_info->shape[0], T = (int)ids_info->shape[1], N = B * T;
     const int V = m.config.vocab_size;
-    float *ids_f = read_tensor(&ref, "input_ids", N);
-    float *targets_f = read_tensor(&ref, "targets", N);
     int32_t *tokens = paft_malloc((size_t)N * sizeof(int32_t));
     int32_t *targets = paft_malloc((size_t)N * sizeof(int32_t));
+    checkpoint_read_int32(&ref.ckpt, ids_info, tokens);
+    checkpoint_read_int32(&ref.ckpt, checkpoint_require(&ref.ckpt, "targets", 0, NULL), targets);
     int count = 0;
-    for (int i = 0; i < N; i++) {
-        tokens[i] = (int32_t)ids_f[i];
-        targets[i] = (int32_t)targets_f[i];
-        count += targets[i] >= 0;
-    }
+    for (int i = 0; i < N; i++) count += targets[i] >= 0;
     model_alloc_activations(&m, B, T);
     model_enable_full_grads(&m);
 
@@ -114,8 +110,6 @@ static void run_fixture(const char *dir) {
         free(want);
     }
     free(dlogp);
-    free(ids_f);
-    free(targets_f);
     free(tokens);
     free(targets);
     checkpoint_close(&ref.ckpt);
