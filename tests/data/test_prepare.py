@@ -47,8 +47,10 @@ paft_data = None
 
 SENTENCES = [
     "What is the capital of France?", "The capital of France is Paris.",
-    "Tell me a joke about cats.", "Why did the cat sit on the computer? To keep an eye on the mouse.",
-    "Summarise the plot of a long novel in one line.", "A hero leaves home, suffers, and returns wiser.",
+    "Tell me a joke about cats.",
+    "Why did the cat sit on the computer? To keep an eye on the mouse.",
+    "Summarise the plot of a long novel in one line.",
+    "A hero leaves home, suffers, and returns wiser.",
     "You are a helpful assistant.", "How many legs does a spider have?", "Eight legs.",
     "Spiders have eight legs and most have eight eyes.", "Good question!",
 ]
@@ -80,14 +82,16 @@ def ultrafeedback_rows():
     rows = []
     for i, (q, good, bad) in enumerate([
             ("What is the capital of France?", "The capital of France is Paris.", "Eight legs."),
-            ("How many legs does a spider have?", "Spiders have eight legs and most have eight eyes.",
-             "Paris."),
-            ("Tell me a joke about cats.", "Why did the cat sit on the computer?", "Good question!"),
+            ("How many legs does a spider have?",
+             "Spiders have eight legs and most have eight eyes.", "Paris."),
+            ("Tell me a joke about cats.", "Why did the cat sit on the computer?",
+             "Good question!"),
             ("Summarise the plot of a long novel in one line.",
              "A hero leaves home, suffers, and returns wiser.", "What is the capital?")]):
+        user = {"role": "user", "content": q}
         rows.append({"prompt": q, "prompt_id": f"id{i}",
-                     "chosen": [{"role": "user", "content": q}, {"role": "assistant", "content": good}],
-                     "rejected": [{"role": "user", "content": q}, {"role": "assistant", "content": bad}],
+                     "chosen": [user, {"role": "assistant", "content": good}],
+                     "rejected": [user, {"role": "assistant", "content": bad}],
                      "score_chosen": 8.0, "score_rejected": 3.0})
     return rows
 
@@ -358,7 +362,8 @@ def test_pref_truncation():
     full = read_both(work("out", "uf_full_train.bin"), "pref")
     L, P = 40, 16
     (p0, c0, r0), (p1, c1, r1), (p2, c2, r2) = full
-    assert len(p0) + max(len(c0), len(r0)) > L and len(c0) <= L - P, "row 0: only the prompt is long"
+    assert len(p0) + max(len(c0), len(r0)) > L and len(c0) <= L - P, \
+        "row 0: only the prompt is long"
     assert len(p1) + len(c1) > L and len(p1) < P, "row 1: only the answer is long"
     assert len(p2) > P and len(c2) > L - P, "row 2: both are long"
     r = prepare("--kind", "pref", "--input", work("uf_trunc.jsonl"), "--tokenizer", work("bpe"),
