@@ -23,16 +23,16 @@
 
 /* Header field offsets (docs/DATA_FORMAT.md). */
 enum {
-    HDR_MAGIC = 0,          /* char[8] "PAFTTOK1" */
-    HDR_VERSION = 8,        /* u32 */
-    HDR_KIND = 12,          /* u32: 1 sft, 2 pref */
-    HDR_NUM_RECORDS = 16,   /* u64 */
-    HDR_NUM_TOKENS = 24,    /* u64 */
-    HDR_VOCAB_SIZE = 32,    /* u32 */
-    HDR_FLAGS = 36,         /* u32, must be 0 */
-    HDR_PAYLOAD_CRC = 40,   /* u32: CRC-32 of bytes [64, end of file) */
-    HDR_RESERVED = 44,      /* 16 bytes, must be 0 */
-    HDR_HEADER_CRC = 60,    /* u32: CRC-32 of bytes [0, 60) */
+    HDR_MAGIC = 0,        /* char[8] "PAFTTOK1" */
+    HDR_VERSION = 8,      /* u32 */
+    HDR_KIND = 12,        /* u32: 1 sft, 2 pref */
+    HDR_NUM_RECORDS = 16, /* u64 */
+    HDR_NUM_TOKENS = 24,  /* u64 */
+    HDR_VOCAB_SIZE = 32,  /* u32 */
+    HDR_FLAGS = 36,       /* u32, must be 0 */
+    HDR_PAYLOAD_CRC = 40, /* u32: CRC-32 of bytes [64, end of file) */
+    HDR_RESERVED = 44,    /* 16 bytes, must be 0 */
+    HDR_HEADER_CRC = 60,  /* u32: CRC-32 of bytes [0, 60) */
 };
 #define HDR_RESERVED_BYTES 16
 
@@ -41,7 +41,8 @@ static uint32_t get_u32(const uint8_t *p) {
 }
 static uint64_t get_u64(const uint8_t *p) { return get_u32(p) | (uint64_t)get_u32(p + 4) << 32; }
 static void put_u32(uint8_t *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
 }
 static void put_u64(uint8_t *p, uint64_t v) {
     put_u32(p, (uint32_t)v);
@@ -75,7 +76,8 @@ uint32_t paft_crc32(uint32_t crc, const void *data, size_t n) {
     uint32_t table[8][256];
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
-        for (int k = 0; k < 8; k++) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
         table[0][i] = c;
     }
     for (uint32_t i = 0; i < 256; i++)
@@ -92,7 +94,8 @@ uint32_t paft_crc32(uint32_t crc, const void *data, size_t n) {
         p += 8;
         n -= 8;
     }
-    while (n--) crc = table[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    while (n--)
+        crc = table[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
     return ~crc;
 }
 
@@ -120,7 +123,8 @@ static uint64_t uniform_below(uint64_t *state, uint64_t m) {
 }
 
 void token_data_permutation(uint64_t n, uint64_t seed, uint64_t epoch, uint64_t *order) {
-    for (uint64_t i = 0; i < n; i++) order[i] = i;
+    for (uint64_t i = 0; i < n; i++)
+        order[i] = i;
     uint64_t state = seed ^ splitmix64_mix(epoch + 0x9E3779B97F4A7C15ull);
     for (uint64_t i = n; i-- > 1;) {
         uint64_t j = uniform_below(&state, i + 1);
@@ -146,8 +150,10 @@ static uint64_t segment_of_token(const TokenData *d, uint64_t t) {
     uint64_t lo = 0, hi = d->num_segments; /* offsets[lo] <= t < offsets[hi] */
     while (hi - lo > 1) {
         uint64_t mid = lo + (hi - lo) / 2;
-        if (d->offsets[mid] <= t) lo = mid;
-        else hi = mid;
+        if (d->offsets[mid] <= t)
+            lo = mid;
+        else
+            hi = mid;
     }
     return lo;
 }
@@ -217,7 +223,8 @@ static void validate_offsets(const TokenData *d) {
         }
         if (end == begin) {
             describe_segment(d, s, where, sizeof where);
-            PAFT_FATAL("%s: %s is empty (offset %" PRIu64 " repeated); every segment needs at least "
+            PAFT_FATAL("%s: %s is empty (offset %" PRIu64
+                       " repeated); every segment needs at least "
                        "one token",
                        d->path, where, begin);
         }
@@ -231,7 +238,8 @@ static void validate_tokens(const TokenData *d) {
     char where[96];
     uint32_t vocab = d->vocab_size, worst = 0;
     /* A branch-free max over all ids first (fast); locate the culprit only if there is one. */
-    for (uint64_t t = 0; t < d->num_tokens; t++) worst = d->tokens[t] > worst ? d->tokens[t] : worst;
+    for (uint64_t t = 0; t < d->num_tokens; t++)
+        worst = d->tokens[t] > worst ? d->tokens[t] : worst;
     if (d->num_tokens == 0 || worst < vocab) return;
     for (uint64_t t = 0; t < d->num_tokens; t++) {
         if (d->tokens[t] < vocab) continue;
@@ -277,8 +285,8 @@ TokenData *token_data_open(const char *path, TokenDataKind expected_kind, uint32
     if (file_bytes > SIZE_MAX) PAFT_FATAL("%s: too large to map on this machine", path);
 
     void *map = mmap(NULL, (size_t)file_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (map == MAP_FAILED) PAFT_FATAL("%s: cannot mmap %" PRIu64 " bytes: %s", path, file_bytes,
-                                      strerror(errno));
+    if (map == MAP_FAILED)
+        PAFT_FATAL("%s: cannot mmap %" PRIu64 " bytes: %s", path, file_bytes, strerror(errno));
     close(fd); /* the mapping keeps the file alive */
     /* Validation reads everything front to back once; tell the kernel to read ahead. */
     madvise(map, (size_t)file_bytes, MADV_SEQUENTIAL);
@@ -442,7 +450,8 @@ void token_data_describe(const TokenData *data, FILE *out) {
     fprintf(out, "  checksum           0x%08x (verified)\n", data->payload_crc32);
     if (data->kind == TOKEN_DATA_SFT) {
         LengthStats len = {0};
-        for (uint64_t r = 0; r < data->num_records; r++) stats_add(&len, token_data_sft(data, r).length);
+        for (uint64_t r = 0; r < data->num_records; r++)
+            stats_add(&len, token_data_sft(data, r).length);
         stats_print(out, "length (tokens)", &len);
         fprintf(out, "  loss tokens        %" PRIu64 " (%.1f%% of tokens have mask 1)\n",
                 data->num_loss_tokens,
@@ -515,8 +524,8 @@ static void writer_add_segment(TokenDataWriter *w, const uint32_t *tokens, const
     w->offsets[++w->num_segments] = w->num_tokens;
 }
 
-void token_data_writer_add_sft(TokenDataWriter *writer, const uint32_t *tokens,
-                               const uint8_t *mask, uint64_t length) {
+void token_data_writer_add_sft(TokenDataWriter *writer, const uint32_t *tokens, const uint8_t *mask,
+                               uint64_t length) {
     if (writer->kind != TOKEN_DATA_SFT)
         PAFT_FATAL("%s: adding an SFT record to a %s file", writer->path,
                    token_data_kind_name(writer->kind));

@@ -45,7 +45,7 @@ int token_data_kind_from_name(const char *name);
 typedef struct {
     char *path;
     TokenDataKind kind;
-    uint32_t vocab_size;      /* from the header: every token id is below it */
+    uint32_t vocab_size; /* from the header: every token id is below it */
     uint64_t num_records;
     uint64_t num_tokens;      /* all segments together */
     uint64_t num_loss_tokens; /* sft: tokens with mask 1; pref: chosen + rejected tokens */
@@ -54,10 +54,10 @@ typedef struct {
     uint32_t payload_crc32;
     uint64_t file_bytes;
 
-    const uint64_t *offsets;  /* num_segments + 1 entries */
-    uint64_t num_segments;    /* num_records (sft) or 3 * num_records (pref) */
-    const uint32_t *tokens;   /* num_tokens ids */
-    const uint8_t *mask;      /* sft: num_tokens bytes, 0 or 1; pref: NULL */
+    const uint64_t *offsets; /* num_segments + 1 entries */
+    uint64_t num_segments;   /* num_records (sft) or 3 * num_records (pref) */
+    const uint32_t *tokens;  /* num_tokens ids */
+    const uint8_t *mask;     /* sft: num_tokens bytes, 0 or 1; pref: NULL */
 
     void *mapping;
     uint64_t mapping_bytes;
@@ -145,8 +145,8 @@ typedef struct {
 } TokenDataWriter;
 
 TokenDataWriter *token_data_writer_create(const char *path, TokenDataKind kind, uint32_t vocab);
-void token_data_writer_add_sft(TokenDataWriter *writer, const uint32_t *tokens,
-                               const uint8_t *mask, uint64_t length);
+void token_data_writer_add_sft(TokenDataWriter *writer, const uint32_t *tokens, const uint8_t *mask,
+                               uint64_t length);
 void token_data_writer_add_pref(TokenDataWriter *writer, const uint32_t *prompt,
                                 uint64_t prompt_length, const uint32_t *chosen,
                                 uint64_t chosen_length, const uint32_t *rejected,

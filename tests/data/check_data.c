@@ -17,7 +17,8 @@
 #include "data/token_data.h"
 
 static void print_ids(const uint32_t *ids, uint64_t n) {
-    for (uint64_t i = 0; i < n; i++) printf(" %u", ids[i]);
+    for (uint64_t i = 0; i < n; i++)
+        printf(" %u", ids[i]);
 }
 
 int main(int argc, char **argv) {
@@ -46,7 +47,8 @@ int main(int argc, char **argv) {
                     printf("sft %" PRIu64 ":", r);
                     print_ids(s.tokens, s.length);
                     printf(" |");
-                    for (uint64_t i = 0; i < s.length; i++) printf(" %u", s.mask[i]);
+                    for (uint64_t i = 0; i < s.length; i++)
+                        printf(" %u", s.mask[i]);
                 } else {
                     PrefRecord p = token_data_pref(data, r);
                     printf("pref %" PRIu64 ":", r);
@@ -59,12 +61,14 @@ int main(int argc, char **argv) {
                 printf("\n");
             }
         } else if (strcmp(argv[a], "--order") == 0 && a + 2 < argc) {
-            uint64_t seed = strtoull(argv[a + 1], NULL, 10), epoch = strtoull(argv[a + 2], NULL, 10);
+            uint64_t seed = strtoull(argv[a + 1], NULL, 10),
+                     epoch = strtoull(argv[a + 2], NULL, 10);
             uint64_t n = data->num_records;
             uint64_t *order = malloc((n ? n : 1) * sizeof *order);
             token_data_permutation(n, seed, epoch, order);
             printf("order:");
-            for (uint64_t i = 0; i < n; i++) printf(" %" PRIu64, order[i]);
+            for (uint64_t i = 0; i < n; i++)
+                printf(" %" PRIu64, order[i]);
             printf("\n");
             free(order);
             a += 2;

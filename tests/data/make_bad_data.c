@@ -64,12 +64,16 @@ static void save(const char *dir, const char *name, const unsigned char *bytes, 
 }
 
 static void put32(unsigned char *p, uint32_t v) {
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
 }
 static void put64(unsigned char *p, uint64_t v) {
-    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
 }
-static void fix_header_crc(Blob *b) { put32(b->bytes + OFF_HEADER_CRC, paft_crc32(0, b->bytes, 60)); }
+static void fix_header_crc(Blob *b) {
+    put32(b->bytes + OFF_HEADER_CRC, paft_crc32(0, b->bytes, 60));
+}
 static void fix_crcs(Blob *b) {
     put32(b->bytes + OFF_PAYLOAD_CRC, paft_crc32(0, b->bytes + HEADER, b->size - HEADER));
     fix_header_crc(b);
@@ -110,8 +114,8 @@ int main(int argc, char **argv) {
     /* good_sft: offsets u64[4] at 64, tokens u32[16] at 96, mask u8[16] at 160, size 176. */
     const size_t sft_tokens = HEADER + 8 * 4, sft_mask = sft_tokens + 4 * 16;
     if (sft.size != sft_mask + 16) {
-        fprintf(stderr, "make_bad_data: good_sft.bin is %zu bytes, the layout says %zu\n",
-                sft.size, sft_mask + 16);
+        fprintf(stderr, "make_bad_data: good_sft.bin is %zu bytes, the layout says %zu\n", sft.size,
+                sft_mask + 16);
         return 1;
     }
 

@@ -36,12 +36,14 @@ static unsigned char *slurp(const char *path, size_t *size) {
 
 static void test_crc32(void) {
     /* The standard check value of CRC-32/ISO-HDLC (zlib): "123456789" -> 0xCBF43926. */
-    CHECK(paft_crc32(0, "123456789", 9) == 0xCBF43926u, "got 0x%08x", paft_crc32(0, "123456789", 9));
+    CHECK(paft_crc32(0, "123456789", 9) == 0xCBF43926u, "got 0x%08x",
+          paft_crc32(0, "123456789", 9));
     CHECK(paft_crc32(0, "", 0) == 0, "empty input");
     /* Chaining over pieces (the 8-byte loop and the byte tail) equals one call on the whole. */
     unsigned char buf[1000];
     uint64_t s = 1;
-    for (int i = 0; i < 1000; i++) buf[i] = (unsigned char)lcg(&s);
+    for (int i = 0; i < 1000; i++)
+        buf[i] = (unsigned char)lcg(&s);
     uint32_t whole = paft_crc32(0, buf, 1000);
     uint32_t parts = paft_crc32(paft_crc32(paft_crc32(0, buf, 3), buf + 3, 500), buf + 503, 497);
     CHECK(whole == parts, "chained 0x%08x vs whole 0x%08x", parts, whole);
@@ -49,7 +51,8 @@ static void test_crc32(void) {
     uint32_t c = 0xFFFFFFFFu;
     for (int i = 0; i < 1000; i++) {
         c ^= buf[i];
-        for (int k = 0; k < 8; k++) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1)));
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1)));
     }
     CHECK(whole == ~c, "table 0x%08x vs bitwise 0x%08x", whole, ~c);
 }
@@ -68,8 +71,10 @@ static int is_permutation(const uint64_t *order, uint64_t n) {
     unsigned char *seen = calloc(n + 1, 1);
     int ok = 1;
     for (uint64_t i = 0; i < n; i++) {
-        if (order[i] >= n || seen[order[i]]) ok = 0;
-        else seen[order[i]] = 1;
+        if (order[i] >= n || seen[order[i]])
+            ok = 0;
+        else
+            seen[order[i]] = 1;
     }
     free(seen);
     return ok;
@@ -88,7 +93,8 @@ static void test_permutation(void) {
     CHECK(memcmp(a, c, sizeof a) != 0, "another epoch gives another order");
     CHECK(memcmp(a, d, sizeof a) != 0, "another seed gives another order");
     int fixed = 0;
-    for (int i = 0; i < N; i++) fixed += a[i] == (uint64_t)i;
+    for (int i = 0; i < N; i++)
+        fixed += a[i] == (uint64_t)i;
     CHECK(fixed < 10, "a shuffle, not the identity: %d fixed points (expected about 1)", fixed);
 
     uint64_t one = 99;
@@ -103,8 +109,8 @@ static void test_permutation(void) {
         uint64_t expect0 = (r % 2 == 1) ? 0 : 1;
         uint64_t two[2];
         token_data_permutation(2, 7, epoch, two);
-        CHECK(two[0] == expect0 && two[1] == 1 - expect0, "n=2 epoch %" PRIu64 ": [%" PRIu64
-              " %" PRIu64 "]", epoch, two[0], two[1]);
+        CHECK(two[0] == expect0 && two[1] == 1 - expect0,
+              "n=2 epoch %" PRIu64 ": [%" PRIu64 " %" PRIu64 "]", epoch, two[0], two[1]);
     }
 
     /* Unbiased: over 6000 epochs each of the 6 orders of 3 items appears about 1000 times. */
@@ -145,7 +151,8 @@ static void test_sft_round_trip(void) {
           "header: kind %d records %" PRIu64 " tokens %" PRIu64, d->kind, d->num_records,
           d->num_tokens);
     CHECK(d->vocab_size == 32000, "vocab %u", d->vocab_size);
-    CHECK(d->num_loss_tokens == ones, "loss tokens %" PRIu64 " vs %" PRIu64, d->num_loss_tokens, ones);
+    CHECK(d->num_loss_tokens == ones, "loss tokens %" PRIu64 " vs %" PRIu64, d->num_loss_tokens,
+          ones);
     CHECK(d->max_length == longest, "max length %" PRIu64 " vs %" PRIu64, d->max_length, longest);
     int same = 1;
     for (int r = 0; r < R; r++) {
@@ -165,7 +172,8 @@ static void test_sft_round_trip(void) {
     CHECK(b && size == 64 + 8 * (R + 1) + 5 * total, "file size %zu", size);
     if (b && size == 64 + 8 * (R + 1) + 5 * total) {
         CHECK(memcmp(b, "PAFTTOK1", 8) == 0, "magic");
-        CHECK(le32(b + 8) == 1 && le32(b + 12) == 1, "version %u kind %u", le32(b + 8), le32(b + 12));
+        CHECK(le32(b + 8) == 1 && le32(b + 12) == 1, "version %u kind %u", le32(b + 8),
+              le32(b + 12));
         CHECK(le64(b + 16) == R && le64(b + 24) == total && le32(b + 32) == 32000, "counts");
         CHECK(le32(b + 36) == 0, "flags");
         CHECK(le32(b + 40) == paft_crc32(0, b + 64, size - 64), "payload crc");
@@ -218,11 +226,14 @@ static void test_pref_round_trip(void) {
           d->num_loss_tokens);
     CHECK(d->max_length == 5, "max of prompt+chosen, prompt+rejected: %" PRIu64, d->max_length);
     PrefRecord a = token_data_pref(d, 0), b = token_data_pref(d, 1);
-    CHECK(a.prompt_length == 2 && a.chosen_length == 3 && a.rejected_length == 1, "record 0 lengths");
+    CHECK(a.prompt_length == 2 && a.chosen_length == 3 && a.rejected_length == 1,
+          "record 0 lengths");
     CHECK(memcmp(a.prompt, p0, 8) == 0 && memcmp(a.chosen, c0, 12) == 0 && a.rejected[0] == 10,
           "record 0 tokens");
-    CHECK(b.prompt_length == 1 && b.chosen_length == 1 && b.rejected_length == 4, "record 1 lengths");
-    CHECK(b.prompt[0] == 1 && b.chosen[0] == 2 && memcmp(b.rejected, r1, 16) == 0, "record 1 tokens");
+    CHECK(b.prompt_length == 1 && b.chosen_length == 1 && b.rejected_length == 4,
+          "record 1 lengths");
+    CHECK(b.prompt[0] == 1 && b.chosen[0] == 2 && memcmp(b.rejected, r1, 16) == 0,
+          "record 1 tokens");
     CHECK(token_data_record_length(d, 0) == 5 && token_data_record_length(d, 1) == 5, "lengths");
     token_data_check_max_length(d, 5);
     size_t size = 0;
@@ -251,7 +262,8 @@ int main(void) {
     test_sft_round_trip();
     test_pref_round_trip();
     test_empty_file_of_records();
-    CHECK(token_data_kind_from_name("pref") == TOKEN_DATA_PREF && token_data_kind_from_name("x") < 0,
+    CHECK(token_data_kind_from_name("pref") == TOKEN_DATA_PREF &&
+              token_data_kind_from_name("x") < 0,
           "kind names");
     return test_finish("test_token_data");
 }
