@@ -12,6 +12,8 @@
 #include <string.h>
 
 #include "cli/commands.h"
+#include "data/token_data.h"
+#include "io/adapter.h"
 #include "io/safetensors.h"
 #include "model/model_config.h"
 #include "util/common.h"
@@ -136,9 +138,27 @@ static void print_safetensors_file(const char *path) {
 
 /* ---- the kinds, in the order they are tried -----------------------------------------------------
  * Later kinds (paft token data .bin, adapter and merged .h5 files) go here. */
+static int is_token_data(const InspectTarget *t) {
+    return !t->is_directory && t->magic_len >= 8 && memcmp(t->magic, TOKEN_DATA_MAGIC, 8) == 0;
+}
+
+static void print_token_data(const char *path) {
+    TokenData *data = token_data_open(path, TOKEN_DATA_ANY, 0);
+    token_data_describe(data, stdout);
+    token_data_close(data);
+}
+
+static int is_hdf5(const InspectTarget *t) {
+    return !t->is_directory && adapter_is_hdf5(t->magic, t->magic_len);
+}
+
+static void print_hdf5(const char *path) { adapter_describe(path, stdout); }
+
 static const InspectKind inspect_kinds[] = {
     {"Hugging Face model directory", is_hf_directory, print_hf_directory},
     {"safetensors file", is_safetensors_file, print_safetensors_file},
+    {"token data file", is_token_data, print_token_data},
+    {"paft HDF5 file (adapter, checkpoint)", is_hdf5, print_hdf5},
 };
 
 static void read_target(InspectTarget *target, const char *path) {

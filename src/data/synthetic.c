@@ -7,8 +7,11 @@
 
 enum { BOS = 0, SEP = 1, EOS = 2, A0 = 3, NA = 21, B0 = 24, C0 = 44, MAXK = 8 };
 
+enum { NB = 20 };
+
 typedef struct {
-    uint32_t sigma[NA], rho[NA];
+    uint32_t sigma[NA], rho[NA]; /* first answer token from the last prompt token */
+    uint32_t tau[NB], upsilon[NB]; /* next answer token from the previous one (within B / C) */
 } Rules;
 
 static void shuffle(uint32_t *v, int n, Rng *rng) {
@@ -30,7 +33,20 @@ static Rules make_rules(uint64_t task_seed) {
     }
     shuffle(r.sigma, NA, &rng);
     shuffle(r.rho, NA, &rng);
+    for (int i = 0; i < NB; i++) {
+        r.tau[i] = (uint32_t)(B0 + i);
+        r.upsilon[i] = (uint32_t)(C0 + i);
+    }
+    shuffle(r.tau, NB, &rng);
+    shuffle(r.upsilon, NB, &rng);
     return r;
+}
+
+/* The k answer tokens of a rule: first = first_map(last prompt token), then next_map chained. */
+static void answer(uint32_t *out, const uint32_t *prompt, int k, const uint32_t *first_map,
+                   const uint32_t *next_map, uint32_t next_base) {
+    out[0] = first_map[prompt[k - 1] - A0];
+    for (int i = 1; i < k; i++) out[i] = next_map[out[i - 1] - next_base];
 }
 
 /* A prompt of k tokens from A. */
@@ -52,7 +68,9 @@ void synthetic_write_sft(const char *path, int n, uint64_t seed, uint64_t task_s
         tokens[len] = BOS, mask[len++] = 0;
         for (int i = 0; i < k; i++) tokens[len] = p[i], mask[len++] = 0;
         tokens[len] = SEP, mask[len++] = 0;
-        for (int i = 0; i < k; i++) tokens[len] = rules.sigma[p[i] - A0], mask[len++] = 1;
+        uint32_t a[MAXK];
+        answer(a, p, k, rules.sigma, rules.tau, B0);
+        for (int i = 0; i < k; i++) tokens[len] = a[i], mask[len++] = 1;
         tokens[len] = EOS, mask[len++] = 1;
         token_data_writer_add_sft(w, tokens, mask, (uint64_t)len);
     }
@@ -68,11 +86,9 @@ void synthetic_write_pref(const char *path, int n, uint64_t seed, uint64_t task_
     for (int r = 0; r < n; r++) {
         int k = draw_prompt(p, &rng);
         prompt[0] = BOS;
-        for (int i = 0; i < k; i++) {
-            prompt[1 + i] = p[i];
-            chosen[i] = rules.sigma[p[i] - A0];
-            rejected[i] = rules.rho[p[i] - A0];
-        }
+        for (int i = 0; i < k; i++) prompt[1 + i] = p[i];
+        answer(chosen, p, k, rules.sigma, rules.tau, B0);
+        answer(rejected, p, k, rules.rho, rules.upsilon, C0);
         prompt[k + 1] = SEP;
         chosen[k] = rejected[k] = EOS;
         token_data_writer_add_pref(w, prompt, (uint64_t)k + 2, chosen, (uint64_t)k + 1, rejected,

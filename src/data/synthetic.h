@@ -4,11 +4,15 @@
  *
  * Vocabulary layout (the tiny model's vocab must be >= SYNTH_VOCAB): 0 = BOS, 1 = "assistant:"
  * separator, 2 = EOS; prompts use tokens A = [3, 24), answers B = [24, 44), C = [44, 64).
- *   SFT record:   BOS p_1..p_k SEP sigma(p_1)..sigma(p_k) EOS     loss on the answer and EOS
+ *   SFT record:   BOS p_1..p_k SEP a_1..a_k EOS     loss on the answer and EOS
+ *                 a_1 = sigma(p_k), a_{j+1} = tau(a_j)   (the "good" answer, tokens from B)
  *   pref record:  prompt = BOS p_1..p_k SEP
- *                 chosen = sigma(p_1)..sigma(p_k) EOS   (the SFT rule: shared with SFT)
- *                 rejected = rho(p_1)..rho(p_k) EOS     (another rule, answers from C)
- * sigma: A -> B and rho: A -> C are fixed permutations drawn from `task_seed`; k is 2..8.
+ *                 chosen = a_1..a_k EOS                  (the SFT rule: shared with SFT)
+ *                 rejected = b_1..b_k EOS, b_1 = rho(p_k), b_{j+1} = upsilon(b_j) (tokens from C)
+ * sigma: A -> B, tau: B -> B, rho: A -> C, upsilon: C -> C are fixed maps drawn from `task_seed`;
+ * k is 2..8. Each answer token follows from the token before it (the first from the last prompt
+ * token, one position back over SEP), so a tiny model learns the rule in a few hundred steps, and
+ * SFT and DPO both move the same next-token weights.
  */
 #ifndef PAFT_SYNTHETIC_H
 #define PAFT_SYNTHETIC_H

@@ -1,6 +1,7 @@
 /* adapter.c - LoRA adapters and checkpoints in parallel HDF5 (see adapter.h). */
 #include "io/adapter.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -167,5 +168,134 @@ void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *m) {
             free(B);
             free(delta);
         }
+    h5_close(&f);
+}
+
+int adapter_is_hdf5(const unsigned char *magic, size_t len) {
+    static const unsigned char signature[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    return len >= 8 && memcmp(magic, signature, 8) == 0;
+}
+
+typedef struct {
+    char **names;
+    int n, cap;
+} NameList;
+
+static herr_t collect_name(hid_t group, const char *name, const H5L_info_t *info, void *data) {
+    (void)group;
+    (void)info;
+    NameList *list = data;
+    if (list->n == list->cap) {
+        list->cap = list->cap ? 2 * list->cap : 64;
+        list->names = paft_realloc(list->names, (size_t)list->cap * sizeof(char *));
+    }
+    list->names[list->n++] = paft_strdup(name);
+    return 0;
+}
+
+/* Layer index and projection of a module path "model.layers.<l>.<proj module>" (-1 if not one). */
+static int parse_module(const char *name, int *layer) {
+    int consumed = 0;
+    if (sscanf(name, "model.layers.%d.%n", layer, &consumed) != 1 || consumed == 0) return -1;
+    for (int p = 0; p < N_PROJ; p++)
+        if (strcmp(name + consumed, proj_module_name(p)) == 0) return p;
+    return -1;
+}
+
+void adapter_describe(const char *path, FILE *out) {
+    H5File f;
+    h5_open_read(&f, path, MPI_COMM_SELF);
+    char *format = h5_get_attr_string(&f, "format");
+    if (strcmp(format, ADAPTER_FORMAT) != 0)
+        PAFT_FATAL("%s: HDF5 file of format '%s', not a paft adapter (%s)", path, format, ADAPTER_FORMAT);
+    char *stage = h5_get_attr_string(&f, "stage");
+    char *targets = h5_get_attr_string(&f, "targets");
+    char *fp = h5_get_attr_string(&f, "base_fingerprint");
+    char *base = h5_get_attr_string(&f, "base_model");
+    int64_t step = h5_get_attr_int(&f, "step"), r = h5_get_attr_int(&f, "r");
+    double alpha = h5_get_attr_double(&f, "alpha");
+    int64_t rslora = h5_get_attr_int(&f, "rslora");
+    int checkpoint = h5_exists(&f, "/optim");
+    double scale = rslora ? alpha / sqrt((double)r) : alpha / (double)r;
+    fprintf(out, "%s: paft %s (%s)\n", path, checkpoint ? "training checkpoint" : "adapter", ADAPTER_FORMAT);
+    fprintf(out, "  stage %s, step %lld; LoRA r=%lld alpha=%g%s (scale %g) on %s\n", stage,
+            (long long)step, (long long)r, alpha, rslora ? " rslora" : "", scale, targets);
+    fprintf(out, "  base model %s (fingerprint %s)\n", base, fp);
+
+    NameList modules = {0};
+    if (!h5_exists(&f, "/lora")) PAFT_FATAL("%s: no /lora group", path);
+    hid_t group = H5Gopen2(f.file, "/lora", H5P_DEFAULT);
+    CHECK_H5(group);
+    hsize_t idx = 0;
+    CHECK_H5(H5Literate(group, H5_INDEX_NAME, H5_ITER_NATIVE, &idx, collect_name, &modules));
+    CHECK_H5(H5Gclose(group));
+
+    /* sparsity per (layer, projection) */
+    int max_layer = -1;
+    for (int i = 0; i < modules.n; i++) {
+        int layer, p = parse_module(modules.names[i], &layer);
+        if (p < 0) PAFT_FATAL("%s: /lora/%s is not a decoder-layer projection", path, modules.names[i]);
+        max_layer = PAFT_MAX(max_layer, layer);
+    }
+    int n_layers = max_layer + 1;
+    double *sparsity = paft_malloc((size_t)(n_layers > 0 ? n_layers : 1) * N_PROJ * sizeof(double));
+    for (int i = 0; i < n_layers * N_PROJ; i++) sparsity[i] = -1;
+    double below_total = 0, count_total = 0;
+    char name[512];
+    for (int i = 0; i < modules.n; i++) {
+        int layer, p = parse_module(modules.names[i], &layer);
+        int64_t da[2], db[2];
+        snprintf(name, sizeof name, "/lora/%s/A", modules.names[i]);
+        h5_shape(&f, name, da);
+        snprintf(name, sizeof name, "/lora/%s/B", modules.names[i]);
+        h5_shape(&f, name, db);
+        if (da[0] != r || db[1] != r)
+            PAFT_FATAL("%s: /lora/%s: A is %lld x %lld and B %lld x %lld, expected rank %lld", path,
+                       modules.names[i], (long long)da[0], (long long)da[1], (long long)db[0],
+                       (long long)db[1], (long long)r);
+        real *A = paft_malloc((size_t)(da[0] * da[1]) * sizeof(real));
+        real *B = paft_malloc((size_t)(db[0] * db[1]) * sizeof(real));
+        real *delta = paft_malloc((size_t)(db[0] * da[1]) * sizeof(real));
+        H5Block ba = h5_whole(da[0], da[1], 1), bb = h5_whole(db[0], db[1], 1);
+        snprintf(name, sizeof name, "/lora/%s/A", modules.names[i]);
+        h5_read_real(&f, name, &ba, A);
+        snprintf(name, sizeof name, "/lora/%s/B", modules.names[i]);
+        h5_read_real(&f, name, &bb, B);
+        lora_delta(delta, A, B, (int)db[0], (int)da[1], (int)r, (real)scale);
+        size_t n = (size_t)(db[0] * da[1]);
+        size_t below = delta_count_below(delta, n, PAFT_SPARSITY_THRESHOLD);
+        sparsity[layer * N_PROJ + p] = (double)below / (double)n;
+        below_total += (double)below;
+        count_total += (double)n;
+        free(A);
+        free(B);
+        free(delta);
+        free(modules.names[i]);
+    }
+    free(modules.names);
+    fprintf(out, "\n  sparsity of delta = s B A (fraction of |delta| < %g) per layer and module:\n",
+            PAFT_SPARSITY_THRESHOLD);
+    fprintf(out, "  %5s", "layer");
+    for (int p = 0; p < N_PROJ; p++) fprintf(out, " %9s", proj_short_name(p));
+    fprintf(out, "\n");
+    for (int l = 0; l < n_layers; l++) {
+        fprintf(out, "  %5d", l);
+        for (int p = 0; p < N_PROJ; p++) {
+            double v = sparsity[l * N_PROJ + p];
+            if (v < 0)
+                fprintf(out, " %9s", "-");
+            else
+                fprintf(out, " %9.4f", v);
+        }
+        fprintf(out, "\n");
+    }
+    fprintf(out, "\n  %d adapted modules, %.0f delta elements, overall sparsity %.4f\n", modules.n,
+            count_total, count_total > 0 ? below_total / count_total : 0.0);
+    free(sparsity);
+    free(stage);
+    free(targets);
+    free(fp);
+    free(base);
+    free(format);
     h5_close(&f);
 }

@@ -16,6 +16,7 @@
 
 #include <mpi.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "model/model.h"
 
@@ -45,5 +46,12 @@ void adapter_read(const char *path, MPI_Comm comm, Model *model, AdapterInfo *in
 /* Fold an adapter file (any r/alpha/targets) into the base weights: W += s B A. Its base
  * fingerprint must match the model's. */
 void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *model);
+
+/* Print what `paft inspect adapter.h5` shows: the attributes, then for every adapted module the
+ * sparsity of its delta s B A (fraction |delta| < 1e-5, the paper's Figure 2 measure) as a table
+ * of layers x modules, and the totals. Reads on the calling rank only. */
+void adapter_describe(const char *path, FILE *out);
+/* Does the file look like an HDF5 file (signature at offset 0)? */
+int adapter_is_hdf5(const unsigned char *magic, size_t len);
 
 #endif

@@ -234,8 +234,8 @@ char *h5_get_attr_string(H5File *f, const char *name) {
     if (H5Tis_variable_str(type) > 0) PAFT_FATAL("%s: attribute '%s' is a variable-length string", f->path, name);
     size_t size = H5Tget_size(type);
     char *out = paft_calloc(size + 1, 1);
-    hid_t mem = H5Tcopy(H5T_C_S1);
-    CHECK_H5(H5Tset_size(mem, size));
+    hid_t mem = H5Tcopy(type); /* same size, padding and character set as stored */
+    CHECK_H5(mem);
     CHECK_H5(H5Aread(attr, mem, out));
     CHECK_H5(H5Tclose(mem));
     CHECK_H5(H5Tclose(type));
