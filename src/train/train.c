@@ -25,7 +25,7 @@
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
 #include "parallel/collectives.h"
-#include "train/batch.h"
+#include "train/step.h"
 
 /* The one piece of process-wide state: a signal handler can only talk to the program through a
  * variable of type volatile sig_atomic_t. Training polls it after every optimizer step. */
@@ -56,30 +56,17 @@ typedef struct {
     Model model;
     AdamW opt;
     TokenData *data;
-    Batch batch;
-    real *dlogp;         /* [rows * seq_len] */
-    real *delta_scratch; /* largest out x in of an adapted projection (L1 term) */
-    PrefLossParams pref;
-    double *ref_logp;   /* [2 * records]: cached reference log-probs (chosen, rejected) */
-    uint8_t *ref_known; /* [records] */
+    StepContext step_ctx; /* the loss and gradients of a global batch */
 
     uint64_t *order; /* record order of the current epoch */
     TrainPosition pos;
     int64_t step, total_steps, warmup_steps;
-    int per_rank; /* records of a global batch handled by this rank */
     LrScheduleKind schedule;
     char *dir;
     FILE *metrics; /* group rank 0 only */
     double t_start;
 } Trainer;
 
-/* What one step measured, summed over the group. */
-typedef struct {
-    double loss, nll, l1, grad_norm, lr, tokens, seconds;
-    double reward_chosen, reward_rejected, reward_accuracy, reward_margin;
-    double logp_chosen, logp_rejected, log_odds_ratio, log_odds_chosen;
-    int skipped;
-} StepStats;
 
 /* ---- setup -----------------------------------------------------------------------------------*/
 
@@ -92,12 +79,6 @@ static void make_dir(const char *path) {
         PAFT_FATAL("%s: cannot create directory: %s", path, strerror(errno));
 }
 
-static int64_t largest_projection(const ModelConfig *c) {
-    int64_t most = 0;
-    for (int p = 0; p < N_PROJ; p++) most = PAFT_MAX(most, (int64_t)proj_in(c, p) * proj_out(c, p));
-    return most;
-}
-
 static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm) {
     memset(tr, 0, sizeof *tr);
     tr->cfg = cfg;
@@ -108,23 +89,9 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
     CHECK_MPI(MPI_Comm_size(comm, &tr->size));
     const StageConfig *sc = tr->sc;
     const char *section = kind == STAGE_SFT ? "sft" : "pref";
-    if (kind == STAGE_PREF) {
-        tr->pref.kind = pref_loss_kind_from_name(sc->loss);
-        tr->pref.beta = sc->beta;
-        tr->pref.label_smoothing = sc->label_smoothing;
-        tr->name = pref_loss_kind_name(tr->pref.kind);
-    } else {
-        tr->name = "sft";
-    }
+    tr->name = kind == STAGE_SFT ? "sft" : sc->loss;
     if (!cfg->model.path[0]) PAFT_FATAL("configuration: model.path is not set");
     if (!sc->data[0]) PAFT_FATAL("configuration: %s.data is not set", section);
-
-    /* batch arithmetic: batch = micro_batch x accumulation x ranks */
-    if (sc->batch % (sc->micro_batch * tr->size) != 0)
-        PAFT_FATAL("configuration: %s.batch = %d must be a multiple of %s.micro_batch (%d) x "
-                   "data-parallel ranks (%d)",
-                   section, sc->batch, section, sc->micro_batch, tr->size);
-    tr->per_rank = sc->batch / tr->size;
 
     /* model: base (+ folded adapter) with fresh LoRA */
     LoraConfig lora;
@@ -134,9 +101,6 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
     if (cfg->model.adapter[0]) adapter_fold_into_base(cfg->model.adapter, comm, &tr->model);
     int rows = kind == STAGE_SFT ? sc->micro_batch : 2 * sc->micro_batch;
     model_alloc_activations(&tr->model, rows, sc->seq_len);
-    batch_alloc(&tr->batch, rows, sc->seq_len);
-    tr->dlogp = paft_malloc((size_t)rows * sc->seq_len * sizeof(real));
-    tr->delta_scratch = paft_malloc((size_t)largest_projection(&tr->model.config) * sizeof(real));
 
     /* data */
     tr->data = token_data_open(sc->data, kind == STAGE_SFT ? TOKEN_DATA_SFT : TOKEN_DATA_PREF,
@@ -150,10 +114,7 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
     tr->warmup_steps = warmup_steps_from_fraction(sc->warmup, (int)tr->total_steps);
     tr->schedule = lr_schedule_from_name(sc->schedule);
     tr->order = paft_malloc(tr->data->num_records * sizeof(uint64_t));
-    if (kind == STAGE_PREF && pref_loss_needs_reference(tr->pref.kind)) {
-        tr->ref_logp = paft_calloc(2 * tr->data->num_records, sizeof(double));
-        tr->ref_known = paft_calloc(tr->data->num_records, 1);
-    }
+    step_context_init(&tr->step_ctx, &tr->model, tr->data, sc, kind, comm);
 
     AdamWHyper hyper = adamw_default_hyper();
     hyper.weight_decay = sc->weight_decay;
@@ -170,171 +131,12 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
 
 static void teardown(Trainer *tr) {
     if (tr->metrics) fclose(tr->metrics);
+    step_context_free(&tr->step_ctx);
     token_data_close(tr->data);
-    batch_free(&tr->batch);
     adamw_free(&tr->opt);
     model_free(&tr->model);
-    free(tr->dlogp);
-    free(tr->delta_scratch);
-    free(tr->ref_logp);
-    free(tr->ref_known);
     free(tr->order);
     free(tr->dir);
-}
-
-/* ---- the global batch ------------------------------------------------------------------------*/
-
-/* Record i (0 <= i < batch) of the current step's global batch. */
-static uint64_t batch_record(const Trainer *tr, int i) { return tr->order[tr->pos.cursor + i]; }
-
-/* ---- SFT step: token-mean cross-entropy over the global batch ---------------------------------*/
-
-static void sft_step(Trainer *tr, StepStats *st) {
-    const StageConfig *sc = tr->sc;
-    Model *m = &tr->model;
-    int64_t global_targets = 0;
-    for (int i = 0; i < sc->batch; i++)
-        global_targets += sft_record_targets(tr->data, batch_record(tr, i));
-    if (global_targets == 0)
-        PAFT_FATAL("%s: a batch of %d records has no loss tokens (all masks 0)", sc->data, sc->batch);
-
-    double sums[2] = {0, 0}; /* nll, tokens */
-    uint64_t mine[1024];
-    for (int first = tr->rank * tr->per_rank; first < (tr->rank + 1) * tr->per_rank;
-         first += sc->micro_batch) {
-        int n = sc->micro_batch;
-        if (n > 1024) PAFT_FATAL("micro_batch %d exceeds 1024", n);
-        for (int i = 0; i < n; i++) mine[i] = batch_record(tr, first + i);
-        batch_fill_sft(&tr->batch, tr->data, mine, n);
-        const int N = n * tr->batch.T;
-        model_forward(m, tr->batch.tokens, tr->batch.targets, n, tr->batch.T);
-        int64_t count = 0;
-        sums[0] += sft_token_nll_sum(m->acts.logp, tr->batch.targets, N, &count);
-        for (int i = 0; i < n; i++) sums[1] += token_data_record_length(tr->data, mine[i]);
-        memset(tr->dlogp, 0, (size_t)N * sizeof(real));
-        sft_dlogp(tr->dlogp, tr->batch.targets, N, (double)global_targets);
-        model_backward(m, tr->dlogp);
-    }
-    allreduce_sum_real(m->lora_grads_memory, m->n_lora, tr->comm);
-    allreduce_sum_double(sums, 2, tr->comm);
-    st->nll = sums[0] / (double)global_targets;
-    st->tokens = sums[1];
-
-    /* PAFT's L1 term lambda * sum |s B A| on every adapted module: added after the all-reduce,
-     * identically on every rank (the LoRA replicas are identical). */
-    st->l1 = 0;
-    if (sc->l1 > 0)
-        for (int l = 0; l < m->config.num_layers; l++)
-            for (int p = 0; p < N_PROJ; p++) {
-                if (!m->lora.targets[p]) continue;
-                st->l1 += l1_penalty(m->lora_grads[l].A[p], m->lora_grads[l].B[p],
-                                     m->lora_params[l].A[p], m->lora_params[l].B[p],
-                                     proj_out(&m->config, p), proj_in(&m->config, p), m->lora.r,
-                                     (real)m->lora.scale, (real)sc->l1, tr->delta_scratch);
-            }
-    st->loss = st->nll + st->l1;
-}
-
-/* ---- preference step -------------------------------------------------------------------------*/
-
-/* Sum of logp over each row's targets. */
-static void row_sums(const real *logp, const int32_t *targets, int rows, int T, double *out) {
-    for (int r = 0; r < rows; r++) {
-        double s = 0;
-        for (int t = 0; t < T; t++)
-            if (targets[(size_t)r * T + t] >= 0) s += logp[(size_t)r * T + t];
-        out[r] = s;
-    }
-}
-
-static void pref_step(Trainer *tr, StepStats *st) {
-    const StageConfig *sc = tr->sc;
-    Model *m = &tr->model;
-    const int P = sc->batch, mb = sc->micro_batch;
-    const int orpo = tr->pref.kind == PREF_LOSS_ORPO;
-    /* ORPO's NLL is one token mean over every chosen completion token of the global batch (TRL) */
-    int64_t global_chosen = 0;
-    for (int i = 0; i < P; i++) global_chosen += token_data_pref(tr->data, batch_record(tr, i)).chosen_length;
-
-    enum { SUMS = 11 };
-    double sums[SUMS] = {0}; /* loss(or term), reward c, r, acc, margin, logp c, r, log_odds_ratio,
-                                log_odds_chosen, nll, tokens */
-    uint64_t mine[512];
-    double *policy = paft_malloc((size_t)2 * mb * sizeof(double));
-    double *ref = paft_malloc((size_t)2 * mb * sizeof(double));
-    for (int first = tr->rank * tr->per_rank; first < (tr->rank + 1) * tr->per_rank; first += mb) {
-        if (mb > 512) PAFT_FATAL("micro_batch %d exceeds 512", mb);
-        for (int i = 0; i < mb; i++) mine[i] = batch_record(tr, first + i);
-        batch_fill_pref(&tr->batch, tr->data, mine, mb);
-        const int T = tr->batch.T, rows = 2 * mb, N = rows * T;
-        for (int i = 0; i < mb; i++) sums[10] += token_data_record_length(tr->data, mine[i]);
-
-        /* reference log-probs: the base model alone, computed once per record and cached */
-        if (tr->ref_logp) {
-            int missing = 0;
-            for (int i = 0; i < mb; i++) missing |= !tr->ref_known[mine[i]];
-            if (missing) {
-                m->adapters_enabled = 0;
-                model_forward(m, tr->batch.tokens, tr->batch.targets, rows, T);
-                m->adapters_enabled = 1;
-                row_sums(m->acts.logp, tr->batch.targets, rows, T, ref);
-                for (int i = 0; i < mb; i++) {
-                    tr->ref_logp[2 * mine[i]] = ref[i];
-                    tr->ref_logp[2 * mine[i] + 1] = ref[mb + i];
-                    tr->ref_known[mine[i]] = 1;
-                }
-            }
-        }
-
-        model_forward(m, tr->batch.tokens, tr->batch.targets, rows, T);
-        row_sums(m->acts.logp, tr->batch.targets, rows, T, policy);
-        memset(tr->dlogp, 0, (size_t)N * sizeof(real));
-        for (int i = 0; i < mb; i++) {
-            PrefPair pair = {policy[i], policy[mb + i], 0, 0, tr->batch.n_targets[i],
-                             tr->batch.n_targets[mb + i]};
-            if (tr->ref_logp) {
-                pair.reference_chosen = tr->ref_logp[2 * mine[i]];
-                pair.reference_rejected = tr->ref_logp[2 * mine[i] + 1];
-            }
-            PrefLossResult res;
-            pref_loss_pair(&res, &tr->pref, &pair);
-            double dc = res.dpolicy_chosen, dr = res.dpolicy_rejected;
-            if (orpo) dc -= res.dpolicy_chosen_nll; /* the NLL part is the batch token mean below */
-            pref_spread_dlogp(tr->dlogp + (size_t)i * T, tr->batch.targets + (size_t)i * T, T, dc / P);
-            pref_spread_dlogp(tr->dlogp + (size_t)(mb + i) * T,
-                              tr->batch.targets + (size_t)(mb + i) * T, T, dr / P);
-            sums[0] += res.loss - res.nll_loss;
-            sums[1] += res.reward_chosen;
-            sums[2] += res.reward_rejected;
-            sums[3] += res.reward_accuracy;
-            sums[4] += res.reward_margin;
-            sums[5] += policy[i];
-            sums[6] += policy[mb + i];
-            sums[7] += res.log_odds_ratio;
-            sums[8] += res.log_odds_chosen;
-        }
-        if (orpo) {
-            int64_t count = 0;
-            sums[9] += sft_token_nll_sum(m->acts.logp, tr->batch.targets, mb * T, &count);
-            sft_dlogp(tr->dlogp, tr->batch.targets, mb * T, (double)global_chosen);
-        }
-        model_backward(m, tr->dlogp);
-    }
-    free(policy);
-    free(ref);
-    allreduce_sum_real(m->lora_grads_memory, m->n_lora, tr->comm);
-    allreduce_sum_double(sums, SUMS, tr->comm);
-    st->nll = orpo ? sums[9] / (double)global_chosen : 0;
-    st->loss = sums[0] / P + st->nll;
-    st->reward_chosen = sums[1] / P;
-    st->reward_rejected = sums[2] / P;
-    st->reward_accuracy = sums[3] / P;
-    st->reward_margin = sums[4] / P;
-    st->logp_chosen = sums[5] / P;
-    st->logp_rejected = sums[6] / P;
-    st->log_odds_ratio = sums[7] / P;
-    st->log_odds_chosen = sums[8] / P;
-    st->tokens = sums[10];
 }
 
 /* ---- optimizer step, shared ------------------------------------------------------------------*/
@@ -376,7 +178,7 @@ static void log_step(Trainer *tr, const StepStats *st) {
                    "\"logps/chosen\": %.8g, \"logps/rejected\": %.8g",
                 st->reward_chosen, st->reward_rejected, st->reward_accuracy, st->reward_margin,
                 st->logp_chosen, st->logp_rejected);
-        if (tr->pref.kind == PREF_LOSS_ORPO)
+        if (tr->step_ctx.pref.kind == PREF_LOSS_ORPO)
             fprintf(f, ", \"nll_loss\": %.8g, \"log_odds_ratio\": %.8g, \"log_odds_chosen\": %.8g",
                     st->nll, st->log_odds_ratio, st->log_odds_chosen);
     }
@@ -489,11 +291,7 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
         double t0 = paft_seconds();
         StepStats st;
         memset(&st, 0, sizeof st);
-        model_zero_grads(&tr.model);
-        if (kind == STAGE_SFT)
-            sft_step(&tr, &st);
-        else
-            pref_step(&tr, &st);
+        step_gradients(&tr.step_ctx, tr.order + tr.pos.cursor, &st);
         optimizer_step(&tr, &st);
         tr.step++;
         next_batch_position(&tr);

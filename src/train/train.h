@@ -21,8 +21,7 @@
 #include <mpi.h>
 
 #include "config/config.h"
-
-typedef enum { STAGE_SFT, STAGE_PREF } StageKind;
+#include "train/step.h"
 
 typedef enum {
     TRAIN_COMPLETED = 0,   /* trained to the last step (or found already complete) */

@@ -1,0 +1,212 @@
+/* step.c - the loss and gradients of one global batch (see step.h). */
+#include "train/step.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "loss/lora_delta.h"
+#include "loss/sft_loss.h"
+#include "parallel/collectives.h"
+
+void step_context_init(StepContext *ctx, Model *model, const TokenData *data,
+                       const StageConfig *sc, StageKind kind, MPI_Comm comm) {
+    memset(ctx, 0, sizeof *ctx);
+    ctx->model = model;
+    ctx->data = data;
+    ctx->sc = sc;
+    ctx->kind = kind;
+    ctx->comm = comm;
+    CHECK_MPI(MPI_Comm_rank(comm, &ctx->rank));
+    CHECK_MPI(MPI_Comm_size(comm, &ctx->size));
+    const char *section = kind == STAGE_SFT ? "sft" : "pref";
+    if (sc->batch % (sc->micro_batch * ctx->size) != 0)
+        PAFT_FATAL("configuration: %s.batch = %d must be a multiple of %s.micro_batch (%d) x "
+                   "data-parallel ranks (%d)",
+                   section, sc->batch, section, sc->micro_batch, ctx->size);
+    ctx->per_rank = sc->batch / ctx->size;
+    if (kind == STAGE_PREF) {
+        ctx->pref.kind = pref_loss_kind_from_name(sc->loss);
+        if (ctx->pref.kind == PREF_LOSS_INVALID)
+            PAFT_FATAL("configuration: pref.loss = '%s' is not dpo, ipo, hinge or orpo", sc->loss);
+        ctx->pref.beta = sc->beta;
+        ctx->pref.label_smoothing = sc->label_smoothing;
+        if (pref_loss_needs_reference(ctx->pref.kind)) {
+            ctx->ref_logp = paft_calloc(2 * data->num_records, sizeof(double));
+            ctx->ref_known = paft_calloc(data->num_records, 1);
+        }
+    }
+    int rows = kind == STAGE_SFT ? sc->micro_batch : 2 * sc->micro_batch;
+    batch_alloc(&ctx->batch, rows, sc->seq_len);
+    ctx->dlogp = paft_malloc((size_t)rows * sc->seq_len * sizeof(real));
+    int64_t most = 0;
+    for (int p = 0; p < N_PROJ; p++)
+        most = PAFT_MAX(most, (int64_t)proj_in(&model->config, p) * proj_out(&model->config, p));
+    ctx->delta_scratch = paft_malloc((size_t)most * sizeof(real));
+}
+
+void step_context_free(StepContext *ctx) {
+    batch_free(&ctx->batch);
+    free(ctx->dlogp);
+    free(ctx->delta_scratch);
+    free(ctx->ref_logp);
+    free(ctx->ref_known);
+    memset(ctx, 0, sizeof *ctx);
+}
+
+/* ---- SFT step: token-mean cross-entropy over the global batch ---------------------------------*/
+
+static void sft_gradients(StepContext *tr, const uint64_t *records, StepStats *st) {
+    const StageConfig *sc = tr->sc;
+    Model *m = tr->model;
+    int64_t global_targets = 0;
+    for (int i = 0; i < sc->batch; i++)
+        global_targets += sft_record_targets(tr->data, records[i]);
+    if (global_targets == 0)
+        PAFT_FATAL("%s: a batch of %d records has no loss tokens (all masks 0)", sc->data, sc->batch);
+
+    double sums[2] = {0, 0}; /* nll, tokens */
+    uint64_t mine[1024];
+    for (int first = tr->rank * tr->per_rank; first < (tr->rank + 1) * tr->per_rank;
+         first += sc->micro_batch) {
+        int n = sc->micro_batch;
+        if (n > 1024) PAFT_FATAL("micro_batch %d exceeds 1024", n);
+        for (int i = 0; i < n; i++) mine[i] = records[first + i];
+        batch_fill_sft(&tr->batch, tr->data, mine, n);
+        const int N = n * tr->batch.T;
+        model_forward(m, tr->batch.tokens, tr->batch.targets, n, tr->batch.T);
+        int64_t count = 0;
+        sums[0] += sft_token_nll_sum(m->acts.logp, tr->batch.targets, N, &count);
+        for (int i = 0; i < n; i++) sums[1] += token_data_record_length(tr->data, mine[i]);
+        memset(tr->dlogp, 0, (size_t)N * sizeof(real));
+        sft_dlogp(tr->dlogp, tr->batch.targets, N, (double)global_targets);
+        model_backward(m, tr->dlogp);
+    }
+    allreduce_sum_real(m->lora_grads_memory, m->n_lora, tr->comm);
+    allreduce_sum_double(sums, 2, tr->comm);
+    st->nll = sums[0] / (double)global_targets;
+    st->tokens = sums[1];
+
+    /* PAFT's L1 term lambda * sum |s B A| on every adapted module: added after the all-reduce,
+     * identically on every rank (the LoRA replicas are identical). */
+    st->l1 = 0;
+    if (sc->l1 > 0)
+        for (int l = 0; l < m->config.num_layers; l++)
+            for (int p = 0; p < N_PROJ; p++) {
+                if (!m->lora.targets[p]) continue;
+                st->l1 += l1_penalty(m->lora_grads[l].A[p], m->lora_grads[l].B[p],
+                                     m->lora_params[l].A[p], m->lora_params[l].B[p],
+                                     proj_out(&m->config, p), proj_in(&m->config, p), m->lora.r,
+                                     (real)m->lora.scale, (real)sc->l1, tr->delta_scratch);
+            }
+    st->loss = st->nll + st->l1;
+}
+
+/* ---- preference step -------------------------------------------------------------------------*/
+
+/* Sum of logp over each row's targets. */
+static void row_sums(const real *logp, const int32_t *targets, int rows, int T, double *out) {
+    for (int r = 0; r < rows; r++) {
+        double s = 0;
+        for (int t = 0; t < T; t++)
+            if (targets[(size_t)r * T + t] >= 0) s += logp[(size_t)r * T + t];
+        out[r] = s;
+    }
+}
+
+static void pref_gradients(StepContext *tr, const uint64_t *records, StepStats *st) {
+    const StageConfig *sc = tr->sc;
+    Model *m = tr->model;
+    const int P = sc->batch, mb = sc->micro_batch;
+    const int orpo = tr->pref.kind == PREF_LOSS_ORPO;
+    /* ORPO's NLL is one token mean over every chosen completion token of the global batch (TRL) */
+    int64_t global_chosen = 0;
+    for (int i = 0; i < P; i++) global_chosen += token_data_pref(tr->data, records[i]).chosen_length;
+
+    enum { SUMS = 11 };
+    double sums[SUMS] = {0}; /* loss(or term), reward c, r, acc, margin, logp c, r, log_odds_ratio,
+                                log_odds_chosen, nll, tokens */
+    uint64_t mine[512];
+    double *policy = paft_malloc((size_t)2 * mb * sizeof(double));
+    double *ref = paft_malloc((size_t)2 * mb * sizeof(double));
+    for (int first = tr->rank * tr->per_rank; first < (tr->rank + 1) * tr->per_rank; first += mb) {
+        if (mb > 512) PAFT_FATAL("micro_batch %d exceeds 512", mb);
+        for (int i = 0; i < mb; i++) mine[i] = records[first + i];
+        batch_fill_pref(&tr->batch, tr->data, mine, mb);
+        const int T = tr->batch.T, rows = 2 * mb, N = rows * T;
+        for (int i = 0; i < mb; i++) sums[10] += token_data_record_length(tr->data, mine[i]);
+
+        /* reference log-probs: the base model alone, computed once per record and cached */
+        if (tr->ref_logp) {
+            int missing = 0;
+            for (int i = 0; i < mb; i++) missing |= !tr->ref_known[mine[i]];
+            if (missing) {
+                m->adapters_enabled = 0;
+                model_forward(m, tr->batch.tokens, tr->batch.targets, rows, T);
+                m->adapters_enabled = 1;
+                row_sums(m->acts.logp, tr->batch.targets, rows, T, ref);
+                for (int i = 0; i < mb; i++) {
+                    tr->ref_logp[2 * mine[i]] = ref[i];
+                    tr->ref_logp[2 * mine[i] + 1] = ref[mb + i];
+                    tr->ref_known[mine[i]] = 1;
+                }
+            }
+        }
+
+        model_forward(m, tr->batch.tokens, tr->batch.targets, rows, T);
+        row_sums(m->acts.logp, tr->batch.targets, rows, T, policy);
+        memset(tr->dlogp, 0, (size_t)N * sizeof(real));
+        for (int i = 0; i < mb; i++) {
+            PrefPair pair = {policy[i], policy[mb + i], 0, 0, tr->batch.n_targets[i],
+                             tr->batch.n_targets[mb + i]};
+            if (tr->ref_logp) {
+                pair.reference_chosen = tr->ref_logp[2 * mine[i]];
+                pair.reference_rejected = tr->ref_logp[2 * mine[i] + 1];
+            }
+            PrefLossResult res;
+            pref_loss_pair(&res, &tr->pref, &pair);
+            double dc = res.dpolicy_chosen, dr = res.dpolicy_rejected;
+            if (orpo) dc -= res.dpolicy_chosen_nll; /* the NLL part is the batch token mean below */
+            pref_spread_dlogp(tr->dlogp + (size_t)i * T, tr->batch.targets + (size_t)i * T, T, dc / P);
+            pref_spread_dlogp(tr->dlogp + (size_t)(mb + i) * T,
+                              tr->batch.targets + (size_t)(mb + i) * T, T, dr / P);
+            sums[0] += res.loss - res.nll_loss;
+            sums[1] += res.reward_chosen;
+            sums[2] += res.reward_rejected;
+            sums[3] += res.reward_accuracy;
+            sums[4] += res.reward_margin;
+            sums[5] += policy[i];
+            sums[6] += policy[mb + i];
+            sums[7] += res.log_odds_ratio;
+            sums[8] += res.log_odds_chosen;
+        }
+        if (orpo) {
+            int64_t count = 0;
+            sums[9] += sft_token_nll_sum(m->acts.logp, tr->batch.targets, mb * T, &count);
+            sft_dlogp(tr->dlogp, tr->batch.targets, mb * T, (double)global_chosen);
+        }
+        model_backward(m, tr->dlogp);
+    }
+    free(policy);
+    free(ref);
+    allreduce_sum_real(m->lora_grads_memory, m->n_lora, tr->comm);
+    allreduce_sum_double(sums, SUMS, tr->comm);
+    st->nll = orpo ? sums[9] / (double)global_chosen : 0;
+    st->loss = sums[0] / P + st->nll;
+    st->reward_chosen = sums[1] / P;
+    st->reward_rejected = sums[2] / P;
+    st->reward_accuracy = sums[3] / P;
+    st->reward_margin = sums[4] / P;
+    st->logp_chosen = sums[5] / P;
+    st->logp_rejected = sums[6] / P;
+    st->log_odds_ratio = sums[7] / P;
+    st->log_odds_chosen = sums[8] / P;
+    st->tokens = sums[10];
+}
+
+void step_gradients(StepContext *ctx, const uint64_t *records, StepStats *st) {
+    model_zero_grads(ctx->model);
+    if (ctx->kind == STAGE_SFT)
+        sft_gradients(ctx, records, st);
+    else
+        pref_gradients(ctx, records, st);
+}

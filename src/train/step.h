@@ -1,0 +1,54 @@
+/*
+ * step.h - the loss of one global batch and its gradients: what every optimizer step computes.
+ *
+ * Every loss is normalised by the GLOBAL batch (SFT: its loss-token count; preference: its pair
+ * count; ORPO's NLL: its chosen-token count), each rank computes its contiguous share of the
+ * records, and the LoRA gradients are summed over the communicator: the result is the gradient
+ * of the global loss, the same for any number of data-parallel ranks.
+ */
+#ifndef PAFT_STEP_H
+#define PAFT_STEP_H
+
+#include <mpi.h>
+
+#include "config/config.h"
+#include "data/token_data.h"
+#include "loss/pref_loss.h"
+#include "model/model.h"
+#include "train/batch.h"
+
+typedef enum { STAGE_SFT, STAGE_PREF } StageKind;
+
+/* What one step measured, reduced over the group. */
+typedef struct {
+    double loss, nll, l1, grad_norm, lr, tokens, seconds;
+    double reward_chosen, reward_rejected, reward_accuracy, reward_margin;
+    double logp_chosen, logp_rejected, log_odds_ratio, log_odds_chosen;
+    int skipped;
+} StepStats;
+
+typedef struct {
+    Model *model;
+    const TokenData *data;
+    const StageConfig *sc; /* batch, micro_batch, l1, loss, beta, label_smoothing */
+    StageKind kind;
+    PrefLossParams pref;
+    MPI_Comm comm;
+    int rank, size;
+    int per_rank; /* records of a global batch handled by this rank */
+    Batch batch;
+    real *dlogp;
+    real *delta_scratch; /* the largest projection's out x in (L1 term) */
+    double *ref_logp;    /* [2 * records] cached reference log-probs (DPO family) */
+    uint8_t *ref_known;  /* [records] */
+} StepContext;
+
+/* The model's activations must already hold the micro-batch (x2 for pairs) at sc->seq_len. */
+void step_context_init(StepContext *ctx, Model *model, const TokenData *data,
+                       const StageConfig *sc, StageKind kind, MPI_Comm comm);
+void step_context_free(StepContext *ctx);
+/* Zero the LoRA gradients and fill them with the gradient of the loss of records[0..sc->batch)
+ * (identical on every rank afterwards). Fills the loss and metrics of st. */
+void step_gradients(StepContext *ctx, const uint64_t *records, StepStats *st);
+
+#endif
