@@ -338,7 +338,7 @@ static int64_t sparsify_magnitude(const RowLayout *L, double density, const floa
  * mergekit of the PAFT paper), or with dare_rescale_l1 multiplied by ||delta||_1 / ||kept||_1 of
  * the whole tensor (mergekit since 2025; skipped, as there, when either norm is < 1e-7). */
 static int64_t sparsify_dare(const RowLayout *L, const MergeParams *p, int which,
-                             const float *delta, float *kept) {
+                             const float *delta, float *kept, double *scale_applied) {
     size_t n = (size_t)(L->n_rows * L->cols);
     double density = p->density[which];
     uint64_t key = dare_stream_key(p->seed, L->tensor_id, which);
@@ -346,6 +346,7 @@ static int64_t sparsify_dare(const RowLayout *L, const MergeParams *p, int which
     int64_t count = 0;
     const float density_f = (float)density;
     int rescale_by_density = !p->dare_rescale_l1;
+    *scale_applied = rescale_by_density ? 1.0 / density : 1.0;
 #pragma omp parallel for schedule(static) reduction(+ : count)
     for (size_t i = 0; i < n; i++) {
         int keep = dare_draw(key, first_index + i) < density;
@@ -371,7 +372,8 @@ static int64_t sparsify_dare(const RowLayout *L, const MergeParams *p, int which
         free(partials);
         const double eps = 1e-7;
         if (norms[0] >= eps && norms[1] >= eps) {
-            float scale = (float)(norms[0] / norms[1]);
+            *scale_applied = norms[0] / norms[1];
+            float scale = (float)*scale_applied;
 #pragma omp parallel for schedule(static)
             for (size_t i = 0; i < n; i++) kept[i] *= scale;
         }
@@ -446,7 +448,8 @@ static void merge_linear(const RowLayout *L, const MergeParams *p, const float *
  * is s0 * theta_sft + s1 * theta_pref of the original vectors (no renormalisation), or the lerp
  * (1 - t) theta_sft + t theta_pref when |cos| > 0.9995. */
 static void merge_slerp(const RowLayout *L, const MergeParams *p, const float *base,
-                        const float *d0, const float *d1, float *out, int64_t *small_merged) {
+                        const float *d0, const float *d1, float *out, int64_t *small_merged,
+                        double *cos_out, int *lerped) {
     size_t n = (size_t)(L->n_rows * L->cols);
     int64_t cols = L->cols;
     double *partials = paft_malloc((size_t)(L->n_rows * 3 + 1) * sizeof *partials);
@@ -473,7 +476,9 @@ static void merge_slerp(const RowLayout *L, const MergeParams *p, const float *b
     double norm0 = sqrt(sums[1]), norm1 = sqrt(sums[2]);
     double cos_angle = sums[0] / ((norm0 > eps ? norm0 : 1.0) * (norm1 > eps ? norm1 : 1.0));
     float s0, s1;
-    if (fabs(cos_angle) > dot_threshold) {
+    *cos_out = cos_angle;
+    *lerped = fabs(cos_angle) > dot_threshold;
+    if (*lerped) {
         s0 = (float)(1.0 - t);
         s1 = (float)t;
     } else {
@@ -532,6 +537,8 @@ void merge_tensor_rows(const MergeParams *p, MPI_Comm comm, uint64_t tensor_id, 
 
     /* counts[]: small_sft, small_pref, small_merged, kept_sft, kept_pref (this rank's part). */
     int64_t counts[5] = {0, 0, 0, (int64_t)n, (int64_t)n};
+    double slerp_cos = 0, dare_scale[2] = {1, 1};
+    int slerp_lerped = 0;
     counts[0] = check_delta(&L, delta_sft, "sft");
     counts[1] = check_delta(&L, delta_pref, "pref");
 
@@ -539,7 +546,8 @@ void merge_tensor_rows(const MergeParams *p, MPI_Comm comm, uint64_t tensor_id, 
     if (m == MERGE_LINEAR) {
         merge_linear(&L, p, base, delta_sft, delta_pref, out, &counts[2]);
     } else if (m == MERGE_SLERP) {
-        merge_slerp(&L, p, base, delta_sft, delta_pref, out, &counts[2]);
+        merge_slerp(&L, p, base, delta_sft, delta_pref, out, &counts[2], &slerp_cos,
+                    &slerp_lerped);
     } else {
         /* Step 1: sparsify into scratch copies (a density of 1 keeps the delta as it is). */
         const float *kept[2] = {delta_sft, delta_pref};
@@ -551,7 +559,8 @@ void merge_tensor_rows(const MergeParams *p, MPI_Comm comm, uint64_t tensor_id, 
                 counts[3 + which] = sparsify_magnitude(&L, p->density[which], delta[which],
                                                        scratch[which]);
             else
-                counts[3 + which] = sparsify_dare(&L, p, which, delta[which], scratch[which]);
+                counts[3 + which] = sparsify_dare(&L, p, which, delta[which], scratch[which],
+                                                  &dare_scale[which]);
             kept[which] = scratch[which];
         }
         /* Steps 2-4: weight, elect signs, mix, normalise, scale, add to the base. */
@@ -568,6 +577,10 @@ void merge_tensor_rows(const MergeParams *p, MPI_Comm comm, uint64_t tensor_id, 
         stats->small_merged = counts[2];
         stats->kept[0] = counts[3];
         stats->kept[1] = counts[4];
+        stats->slerp_cos = slerp_cos;
+        stats->slerp_lerped = slerp_lerped;
+        stats->dare_scale[0] = dare_scale[0];
+        stats->dare_scale[1] = dare_scale[1];
     }
     layout_free(&L);
 }

@@ -69,14 +69,19 @@ void merge_params_resolve(MergeParams *params);
  * in rank order, the first rows % size ranks one row longer. */
 void merge_row_range(int64_t rows, int rank, int size, int64_t *start, int64_t *count);
 
-/* Whole-tensor counts, filled when merge_tensor_rows gets a non-NULL stats (the same on every
- * rank). "small" means |x| < MERGE_SPARSITY_EPS; the merged delta is out - base in fp32. */
+/* Whole-tensor statistics, filled when merge_tensor_rows gets a non-NULL stats (the same on
+ * every rank, bit for bit). "small" means |x| < MERGE_SPARSITY_EPS; the merged delta is
+ * out - base in fp32. */
 typedef struct {
     int64_t numel;
     int64_t small_sft;    /* of delta_sft, before sparsification */
     int64_t small_pref;   /* of delta_pref, before sparsification */
     int64_t small_merged; /* of the merged delta */
     int64_t kept[2];      /* elements kept by sparsification (numel when the method keeps all) */
+    double slerp_cos;     /* slerp: the cosine of the angle between theta_sft and theta_pref */
+    int slerp_lerped;     /* slerp: 1 when |cos| > 0.9995 made it a linear interpolation */
+    double dare_scale[2]; /* DARE: the factor applied to the kept values (1/density or the L1
+                             ratio); 1 for other methods or density 1 */
 } MergeStats;
 
 /*

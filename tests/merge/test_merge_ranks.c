@@ -6,7 +6,9 @@
  * one-rank run computes) and distributed over MPI_COMM_WORLD under several row splits (the even
  * split of merge_row_range, a skewed split with empty ranks, a tensor with fewer rows than
  * ranks); the distributed rows are gathered and must equal the single-rank result bit for bit,
- * and so must the statistics. The cases cover every method, DARE with both rescales, magnitude
+ * and so must the statistics (including the doubles reduced over the whole tensor: slerp's
+ * cosine and DARE's L1 ratio, which are more sensitive to the order of a sum than the fp32
+ * output that depends on them). The cases cover every method, DARE with both rescales, magnitude
  * top-k whose threshold sits inside a large run of equal magnitudes spanning rank boundaries,
  * and slerp (whose dot product and norms are whole-tensor reductions).
  */
@@ -51,7 +53,9 @@ static void split_rows(Split split, int64_t rows, int rank, int size, int64_t *s
 static int stats_equal(const MergeStats *a, const MergeStats *b) {
     return a->numel == b->numel && a->small_sft == b->small_sft && a->small_pref == b->small_pref &&
            a->small_merged == b->small_merged && a->kept[0] == b->kept[0] &&
-           a->kept[1] == b->kept[1];
+           a->kept[1] == b->kept[1] && a->slerp_lerped == b->slerp_lerped &&
+           memcmp(&a->slerp_cos, &b->slerp_cos, sizeof(double)) == 0 &&
+           memcmp(a->dare_scale, b->dare_scale, sizeof a->dare_scale) == 0;
 }
 
 static void run_case(const char *label, MergeParams p, int64_t rows, int64_t cols, int quantized,

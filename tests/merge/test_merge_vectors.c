@@ -145,6 +145,20 @@ static void test_slerp(void) {
     merge_all(&p, 1, 2, (const float[]){1, 1}, (const float[]){1, -1}, (const float[]){-1, 3}, out,
               NULL);
     check_vec(out, (const float[]){1.41421356f, 2.82842712f}, 2, 1e-6, "slerp unnormalised");
+
+    /* The lerp threshold |cos| > 0.9995: (1, 0.02) is at cos 0.99980 (lerp), (1, 0.04) at
+     * 0.99920 (slerp: s0 = s1 = sin(a/2) / sin(a) = 0.50009991). */
+    MergeStats st;
+    merge_all(&p, 1, 2, (const float[]){0, 0}, (const float[]){1, 0}, (const float[]){1, 0.02f},
+              out, &st);
+    check_vec(out, (const float[]){1.0f, 0.01f}, 2, 1e-7, "slerp just above the threshold");
+    CHECK(st.slerp_lerped == 1, "lerped");
+    CHECK_CLOSE(st.slerp_cos, 0.99980006, 1e-7, 0, "slerp cos");
+    merge_all(&p, 1, 2, (const float[]){0, 0}, (const float[]){1, 0}, (const float[]){1, 0.04f},
+              out, &st);
+    check_vec(out, (const float[]){1.00019982f, 0.020003996f}, 2, 1e-7,
+              "slerp just below the threshold");
+    CHECK(st.slerp_lerped == 0, "not lerped");
 }
 
 static void test_linear_and_task_arithmetic(void) {
@@ -204,6 +218,8 @@ static void test_dare(void) {
     CHECK(mismatches == 0, "%d elements differ from the generator's mask / 0.3", mismatches);
     CHECK(st.kept[0] == kept && st.kept[1] == N, "kept %lld (generator %d)", (long long)st.kept[0],
           kept);
+    CHECK(st.dare_scale[0] == 1 / 0.3 && st.dare_scale[1] == 1, "dare scale %g %g",
+          st.dare_scale[0], st.dare_scale[1]);
     /* A fair coin: 0.3 * 6400 = 1920, sd 37. */
     CHECK(fabs(kept - 0.3 * N) < 5 * sqrt(N * 0.3 * 0.7), "kept %d of %d at density 0.3", kept, N);
 
@@ -226,10 +242,14 @@ static void test_dare(void) {
 
     /* L1 rescale: the kept values carry the L1 norm of the whole delta. */
     p.dare_rescale_l1 = 1;
-    merge_tensor_rows(&p, MPI_COMM_SELF, 5, ROWS, COLS, 0, ROWS, base, d0, d1, out, NULL);
-    double l1_out = 0;
-    for (int i = 0; i < N; i++) l1_out += fabs(out[i]);
+    merge_tensor_rows(&p, MPI_COMM_SELF, 5, ROWS, COLS, 0, ROWS, base, d0, d1, out, &st);
+    double l1_out = 0, l1_kept = 0;
+    for (int i = 0; i < N; i++) {
+        l1_out += fabs(out[i]);
+        if (merge_dare_uniform(42, 5, 0, (uint64_t)i) < 0.3) l1_kept += fabs(d0[i]);
+    }
     CHECK_CLOSE(l1_out, l1, 1e-5, 0, "L1 norm preserved");
+    CHECK_CLOSE(st.dare_scale[0], l1 / l1_kept, 1e-12, 0, "L1 ratio");
 
     /* Density 1 keeps everything unscaled: dare_ties = ties = sign election only. */
     MergeParams a = params(MERGE_DARE_TIES, 1, 1), b = params(MERGE_TIES, 1, 1);
