@@ -252,9 +252,10 @@ static void sum_row_partials(const RowLayout *L, int nvals, const double *row_pa
 
 /* ---- sparsification by magnitude: the exact global top-k ----------------------------------
  * For a finite float x, the bit pattern of |x| (sign bit cleared) read as uint32 orders exactly
- * like |x|. The k-th largest pattern T is found by a most-significant-digit radix select: four
- * rounds of a 256-bin histogram of the next 8 bits among the elements that match the prefix
- * chosen so far, all-reduced (integer counts, exact). Then every element above T is kept and,
+ * like |x|. The k-th largest pattern T is found by a most-significant-digit radix select over its
+ * 31 bits in three digits (bits 30-20, 19-10, 9-0): per digit, a histogram of that digit among
+ * the elements matching the digits chosen so far, all-reduced (integer counts: exact), and the
+ * digit where the running count from the top reaches k. Then every element above T is kept and,
  * among the elements equal to T, the `take_equal` with the lowest global index (their position
  * across ranks comes from an MPI_Exscan of the per-rank counts). The kept set is exactly the
  * top-k with ties broken by index, whatever the number of ranks. */
@@ -271,34 +272,43 @@ typedef struct {
     int64_t equal_before; /* elements equal to T on lower ranks */
 } TopkCut;
 
+enum { TOPK_MAX_BINS = 1 << 11 };
+
 static TopkCut magnitude_topk_cut(const RowLayout *L, const float *x, int64_t k) {
+    static const int digit_shift[3] = {20, 10, 0}, digit_bits[3] = {11, 10, 10};
     size_t n = (size_t)(L->n_rows * L->cols);
     uint32_t prefix = 0, prefix_mask = 0;
     int64_t remaining = k; /* how many of the elements matching the prefix are still to keep */
-    for (int shift = 24; shift >= 0; shift -= 8) {
-        int64_t hist[256] = {0};
+    int64_t *hist = paft_malloc(TOPK_MAX_BINS * sizeof *hist);
+    int64_t equal_here = 0; /* elements equal to T on this rank: the last local histogram's bin */
+    for (int round = 0; round < 3; round++) {
+        const int shift = digit_shift[round], bins = 1 << digit_bits[round];
+        const uint32_t digit_mask = (uint32_t)bins - 1;
+        memset(hist, 0, (size_t)bins * sizeof *hist);
 #pragma omp parallel
         {
-            int64_t local[256] = {0};
+            int64_t *local = paft_calloc((size_t)bins, sizeof *local);
 #pragma omp for schedule(static)
             for (size_t i = 0; i < n; i++) {
                 uint32_t b = magnitude_bits(x[i]);
-                if ((b & prefix_mask) == prefix) local[(b >> shift) & 0xFF]++;
+                if ((b & prefix_mask) == prefix) local[(b >> shift) & digit_mask]++;
             }
 #pragma omp critical
-            for (int d = 0; d < 256; d++) hist[d] += local[d];
+            for (int d = 0; d < bins; d++) hist[d] += local[d];
+            free(local);
         }
-        CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, hist, 256, MPI_INT64_T, MPI_SUM, L->comm));
+        int64_t *global = paft_malloc((size_t)bins * sizeof *global);
+        CHECK_MPI(MPI_Allreduce(hist, global, bins, MPI_INT64_T, MPI_SUM, L->comm));
         /* The histogram counts at least `remaining` elements in all, so a digit is found. */
-        int digit = 255;
-        while (digit > 0 && hist[digit] < remaining) remaining -= hist[digit--];
+        int digit = bins - 1;
+        while (digit > 0 && global[digit] < remaining) remaining -= global[digit--];
+        equal_here = hist[digit];
+        free(global);
         prefix |= (uint32_t)digit << shift;
-        prefix_mask |= 0xFFu << shift;
+        prefix_mask |= digit_mask << shift;
     }
+    free(hist);
     TopkCut cut = {.threshold = prefix, .take_equal = remaining, .equal_before = 0};
-    int64_t equal_here = 0;
-#pragma omp parallel for schedule(static) reduction(+ : equal_here)
-    for (size_t i = 0; i < n; i++) equal_here += magnitude_bits(x[i]) == prefix;
     CHECK_MPI(MPI_Exscan(&equal_here, &cut.equal_before, 1, MPI_INT64_T, MPI_SUM, L->comm));
     if (L->rank == 0) cut.equal_before = 0; /* MPI_Exscan leaves rank 0's result undefined */
     return cut;
@@ -321,14 +331,27 @@ static int64_t sparsify_magnitude(const RowLayout *L, double density, const floa
         return (int64_t)n;
     }
     TopkCut cut = magnitude_topk_cut(L, delta, k);
-    /* One sequential pass: the running count of threshold-equal elements decides the ties. */
-    int64_t equal_seen = cut.equal_before, count = 0;
+    const uint32_t threshold = cut.threshold;
+    int64_t count = 0, equal = 0;
+#pragma omp parallel for schedule(static) reduction(+ : count, equal)
     for (size_t i = 0; i < n; i++) {
         uint32_t b = magnitude_bits(delta[i]);
-        int keep = b > cut.threshold;
-        if (b == cut.threshold) keep = equal_seen++ < cut.take_equal;
-        kept[i] = keep ? delta[i] : 0.0f;
-        count += keep;
+        kept[i] = b >= threshold ? delta[i] : 0.0f;
+        count += b >= threshold;
+        equal += b == threshold;
+    }
+    /* Above, every element equal to T was kept. Where the cut falls inside a run of equal
+     * magnitudes, drop those past the first take_equal in global index order (rare with real
+     * deltas, common with quantized ones): a sequential pass, since it counts. */
+    if (cut.equal_before + equal > cut.take_equal) {
+        int64_t equal_seen = cut.equal_before;
+        for (size_t i = 0; i < n; i++) {
+            if (magnitude_bits(delta[i]) != threshold) continue;
+            if (equal_seen++ >= cut.take_equal) {
+                kept[i] = 0.0f;
+                count--;
+            }
+        }
     }
     return count;
 }
@@ -343,13 +366,17 @@ static int64_t sparsify_dare(const RowLayout *L, const MergeParams *p, int which
     double density = p->density[which];
     uint64_t key = dare_stream_key(p->seed, L->tensor_id, which);
     uint64_t first_index = (uint64_t)(L->row_start * L->cols);
+    /* draw < density  <=>  (r >> 11) < density * 2^53  <=>  (r >> 11) < ceil(density * 2^53):
+     * the same test as dare_draw() < density, in integers. */
+    const uint64_t keep_below = (uint64_t)ceil(density * 0x1.0p53);
     int64_t count = 0;
     const float density_f = (float)density;
     int rescale_by_density = !p->dare_rescale_l1;
     *scale_applied = rescale_by_density ? 1.0 / density : 1.0;
 #pragma omp parallel for schedule(static) reduction(+ : count)
     for (size_t i = 0; i < n; i++) {
-        int keep = dare_draw(key, first_index + i) < density;
+        uint64_t r = splitmix64_mix(key + (first_index + i + 1) * SPLITMIX_GOLDEN);
+        int keep = (r >> 11) < keep_below;
         float value = rescale_by_density ? delta[i] / density_f : delta[i];
         kept[i] = keep ? value : 0.0f;
         count += keep;
@@ -383,7 +410,27 @@ static int64_t sparsify_dare(const RowLayout *L, const MergeParams *p, int which
 
 /* ---- the methods ---------------------------------------------------------------------------- */
 
-static inline int sign_of(float x) { return (x > 0.0f) - (x < 0.0f); }
+/* Branch-free tests on IEEE-754 bit patterns (+-0 is neither positive nor negative). Integer logic
+ * cannot raise floating-point exceptions, so GCC if-converts and vectorizes the loops that use
+ * these, which it refuses to do for float compares feeding selects (-ftrapping-math). */
+static inline uint32_t float_bits(float x) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    return b;
+}
+static inline float bits_float(uint32_t b) {
+    float x;
+    memcpy(&x, &b, sizeof x);
+    return x;
+}
+static inline uint32_t is_zero(float x) { return (float_bits(x) << 1) == 0; }
+static inline uint32_t is_negative(float x) { return (float_bits(x) >> 31) & !is_zero(x); }
+static inline uint32_t is_positive(float x) { return ((float_bits(x) >> 31) ^ 1u) & !is_zero(x); }
+/* cond (0 or 1) ? a : b */
+static inline float select_float(uint32_t cond, float a, float b) {
+    uint32_t all = 0u - cond;
+    return bits_float((all & float_bits(a)) | (~all & float_bits(b)));
+}
 
 /* Theta of the task-arithmetic family: base + lambda * mix(w_i * kept_i), mergekit's
  * GeneralizedTaskArithmetic, in fp32 with the same operation order. */
@@ -392,34 +439,47 @@ static void mix_task_arithmetic(const RowLayout *L, const MergeParams *p, const 
                                 int64_t *small_merged) {
     size_t n = (size_t)(L->n_rows * L->cols);
     const float w0 = (float)p->weight[0], w1 = (float)p->weight[1];
+    /* mergekit skips the division without normalize and the product when lambda is 1; dividing
+     * by 1 and multiplying by 1 are exact in IEEE arithmetic, so the loops below do both always
+     * (no branches: they vectorize). */
     const float lambda = (float)p->lambda;
-    const int consensus = uses_sign_election(p->method), by_count = p->sign_by_count;
-    const int normalize = p->normalize, scale = p->lambda != 1.0;
-    float weight_sum = w0 + w1;
-    if (fabsf(weight_sum) < 1e-8f) weight_sum = 1.0f; /* mergekit's guard without consensus */
+    const int consensus = uses_sign_election(p->method);
+    const int normalize = p->normalize;
+    float sum_divisor = normalize ? w0 + w1 : 1.0f;
+    if (fabsf(sum_divisor) < 1e-8f) sum_divisor = 1.0f; /* mergekit's guard without consensus */
     int64_t small = 0;
+    if (consensus) {
+        /* Elect a sign per element (+ on a tie), keep the weighted deltas that carry it (a zero
+         * carries no sign) through a 0/1 mask as mergekit does, divide by the weights of those
+         * kept (0 -> 1). Written with integer logic on the bit patterns (merge_simd helpers)
+         * and no branches, because GCC will not vectorize float compares feeding selects. */
+        const uint32_t by_count = p->sign_by_count != 0, by_sum = !by_count;
+        const uint32_t no_normalize = !normalize;
 #pragma omp parallel for schedule(static) reduction(+ : small)
-    for (size_t i = 0; i < n; i++) {
-        float W0 = k0[i] * w0, W1 = k1[i] * w1;
-        float mixed, divisor;
-        if (consensus) {
-            /* Elect a sign per element (+1 on a tie), keep the weighted deltas that carry it
-             * (a zero carries no sign), divide by the weights of those kept (0 -> 1). */
-            int majority = by_count ? (sign_of(W0) + sign_of(W1) >= 0 ? 1 : -1)
-                                    : (W0 + W1 >= 0.0f ? 1 : -1);
-            int agree0 = sign_of(W0) == majority, agree1 = sign_of(W1) == majority;
-            mixed = (agree0 ? W0 : 0.0f) + (agree1 ? W1 : 0.0f);
-            divisor = (agree0 ? w0 : 0.0f) + (agree1 ? w1 : 0.0f);
-            if (divisor == 0.0f) divisor = 1.0f;
-        } else {
-            mixed = W0 + W1;
-            divisor = weight_sum;
+        for (size_t i = 0; i < n; i++) {
+            float W0 = k0[i] * w0, W1 = k1[i] * w1;
+            uint32_t pos0 = is_positive(W0), neg0 = is_negative(W0);
+            uint32_t pos1 = is_positive(W1), neg1 = is_negative(W1);
+            uint32_t positive = (by_count & (pos0 + pos1 >= neg0 + neg1)) |
+                                (by_sum & !is_negative(W0 + W1)); /* -0 counts as >= 0 */
+            float mask0 = (float)((positive & pos0) | ((positive ^ 1u) & neg0));
+            float mask1 = (float)((positive & pos1) | ((positive ^ 1u) & neg1));
+            float mixed = W0 * mask0 + W1 * mask1;
+            float divisor = w0 * mask0 + w1 * mask1;
+            divisor = select_float(is_zero(divisor) | no_normalize, 1.0f, divisor);
+            mixed = mixed / divisor * lambda; /* x / 1 and x * 1 are exact */
+            float theta = base[i] + mixed;
+            small += fabsf(theta - base[i]) < MERGE_SPARSITY_EPS;
+            out[i] = theta;
         }
-        if (normalize) mixed /= divisor;
-        if (scale) mixed *= lambda;
-        float theta = base[i] + mixed;
-        small += fabsf(theta - base[i]) < MERGE_SPARSITY_EPS;
-        out[i] = theta;
+    } else {
+#pragma omp parallel for schedule(static) reduction(+ : small)
+        for (size_t i = 0; i < n; i++) {
+            float mixed = (k0[i] * w0 + k1[i] * w1) / sum_divisor * lambda;
+            float theta = base[i] + mixed;
+            small += fabsf(theta - base[i]) < MERGE_SPARSITY_EPS;
+            out[i] = theta;
+        }
     }
     *small_merged = small;
 }
@@ -503,17 +563,21 @@ static void merge_slerp(const RowLayout *L, const MergeParams *p, const float *b
  * number of |delta| < MERGE_SPARSITY_EPS. */
 static int64_t check_delta(const RowLayout *L, const float *delta, const char *which) {
     size_t n = (size_t)(L->n_rows * L->cols);
-    int64_t small = 0, bad = INT64_MAX; /* the first non-finite element, if any */
-#pragma omp parallel for schedule(static) reduction(+ : small) reduction(min : bad)
+    int64_t small = 0, nonfinite = 0;
+#pragma omp parallel for schedule(static) reduction(+ : small, nonfinite)
     for (size_t i = 0; i < n; i++) {
-        if (!isfinite(delta[i]) && (int64_t)i < bad) bad = (int64_t)i;
+        uint32_t b = magnitude_bits(delta[i]);
+        nonfinite += b >= 0x7F800000u; /* exponent all ones: Inf or NaN */
         small += fabsf(delta[i]) < MERGE_SPARSITY_EPS;
     }
-    if (bad != INT64_MAX)
+    size_t bad = 0;
+    while (nonfinite > 0 && isfinite(delta[bad])) bad++;
+    if (nonfinite > 0)
         PAFT_FATAL("merge of tensor %llu: delta_%s has a non-finite value (%g) at row %lld column "
                    "%lld: the adapter is broken (did training diverge?)",
                    (unsigned long long)L->tensor_id, which, (double)delta[bad],
-                   (long long)(L->row_start + bad / L->cols), (long long)(bad % L->cols));
+                   (long long)(L->row_start + (int64_t)bad / L->cols),
+                   (long long)((int64_t)bad % L->cols));
     return small;
 }
 
