@@ -76,7 +76,10 @@ void merge_params_resolve(MergeParams *p) {
 
     /* mergekit's defaults: LinearMerge normalize=True; of the task-arithmetic family only ties
      * (and della) default to normalize=True; slerp has no normalize at all. */
-    if (p->normalize == MERGE_NORMALIZE_AUTO) p->normalize = (m == MERGE_LINEAR || m == MERGE_TIES);
+    if (m == MERGE_SLERP && p->normalize == 1)
+        paft_log("paft: note: merge.normalize is not used by method slerp (ignored)\n");
+    if (m == MERGE_SLERP || p->normalize == MERGE_NORMALIZE_AUTO)
+        p->normalize = (m == MERGE_LINEAR || m == MERGE_TIES);
     if (p->normalize != 0 && p->normalize != 1)
         PAFT_FATAL("merge.normalize: expected true, false or auto, got %d", p->normalize);
 
