@@ -11,16 +11,17 @@
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
-    if (argc != 2) {
-        fprintf(stderr, "usage: make_task DIR\n");
+    if (argc != 2 && argc != 3) {
+        fprintf(stderr, "usage: make_task DIR [MODEL_SEED]\n");
         return 2;
     }
+    uint64_t model_seed = argc == 3 ? strtoull(argv[2], NULL, 10) : 5;
     const char *dir = argv[1];
     mkdir(dir, 0777);
     char path[1024];
     TinyModelSpec spec = tiny_model_default();
     snprintf(path, sizeof path, "%s/model", dir);
-    tiny_model_write(path, &spec, 5);
+    tiny_model_write(path, &spec, model_seed);
     snprintf(path, sizeof path, "%s/sft_train.bin", dir);
     synthetic_write_sft(path, 256, 1, 77);
     snprintf(path, sizeof path, "%s/pref_train.bin", dir);
