@@ -83,4 +83,21 @@ void logprob_forward(real *logp, real *lse, const real *logits, const int32_t *t
 void logprob_backward(real *dlogits, const real *dlogp, const real *logits, const real *lse,
                       const int32_t *targets, int N, int V);
 
+/* ---- vocab-parallel log-probabilities (tensor parallelism) ----------------------------------
+ * This rank's logits hold vocabulary columns [vocab_start, vocab_start + V) of each row. The
+ * caller combines the local pieces with all-reduces across the tensor-parallel group:
+ *   row_max  = MAX over ranks of logits_row_max
+ *   sumexp   = SUM over ranks of logits_row_sumexp(..., row_max)      (with the global max)
+ *   target   = SUM over ranks of logits_target (only the owning rank is non-zero)
+ *   lse = row_max + log(sumexp),  logp = target - lse   (0 where target < 0)
+ * logprob_forward/backward are exactly these with vocab_start = 0 and nothing to reduce. */
+void logits_row_max(real *row_max, const real *logits, int N, int V);
+void logits_row_sumexp(double *sumexp, const real *logits, const real *row_max, int N, int V);
+void logits_target(double *target_logit, const real *logits, const int32_t *targets,
+                   int vocab_start, int N, int V);
+/* dlogits[n][j] += dlogp[n] * (1[vocab_start + j == target] - exp(logits[n][j] - lse[n])); no
+ * communication: the gradient of each shard's logits is local. */
+void logprob_backward_shard(real *dlogits, const real *dlogp, const real *logits, const real *lse,
+                            const int32_t *targets, int vocab_start, int N, int V);
+
 #endif /* PAFT_OPS_H */

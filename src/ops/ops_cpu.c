@@ -382,35 +382,81 @@ static void check_targets(const char *op, const int32_t *targets, int N, int V) 
     }
 }
 
-void logprob_forward(real *logp, real *lse, const real *logits, const int32_t *targets, int N,
-                     int V) {
-    check_targets("logprob_forward", targets, N, V);
+/* ---- vocab-parallel pieces ---------------------------------------------------------------
+ * A tensor-parallel rank holds the logits of vocabulary columns [vocab_start, vocab_start + V).
+ * logp = target logit - lse needs three whole-row reductions; each piece below is the local part
+ * of one, and the model all-reduces between them (max, then sum, then sum). With the whole
+ * vocabulary on one rank (vocab_start = 0) they compose into logprob_forward. */
+
+void logits_row_max(real *row_max, const real *logits, int N, int V) {
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) {
         const real *x = logits + (size_t)n * V;
-        real max_logit = -INFINITY;
-        for (int j = 0; j < V; j++) max_logit = x[j] > max_logit ? x[j] : max_logit;
+        real m = -INFINITY;
+        for (int j = 0; j < V; j++) m = x[j] > m ? x[j] : m;
+        row_max[n] = m;
+    }
+}
+
+void logits_row_sumexp(double *sumexp, const real *logits, const real *row_max, int N, int V) {
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        const real *x = logits + (size_t)n * V;
         /* a sum of up to ~10^5 terms: double, see the top of the file */
         double sum = 0;
-        for (int j = 0; j < V; j++) sum += real_exp(x[j] - max_logit);
-        double row_lse = (double)max_logit + log(sum);
+        for (int j = 0; j < V; j++) sum += real_exp(x[j] - row_max[n]);
+        sumexp[n] = sum;
+    }
+}
+
+void logits_target(double *target_logit, const real *logits, const int32_t *targets,
+                   int vocab_start, int N, int V) {
+    for (int n = 0; n < N; n++) {
+        int local = targets[n] - vocab_start;
+        target_logit[n] = targets[n] >= 0 && local >= 0 && local < V
+                              ? (double)logits[(size_t)n * V + local]
+                              : 0.0;
+    }
+}
+
+void logprob_backward_shard(real *dlogits, const real *dlogp, const real *logits, const real *lse,
+                            const int32_t *targets, int vocab_start, int N, int V) {
+    if (!dlogits) return;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) {
+        if (targets[n] < 0) continue; /* no target: logp was the constant 0 */
+        const real *x = logits + (size_t)n * V;
+        real *dx = dlogits + (size_t)n * V;
+        real g = dlogp[n];
+        for (int j = 0; j < V; j++) dx[j] -= g * real_exp(x[j] - lse[n]);
+        int local = targets[n] - vocab_start;
+        if (local >= 0 && local < V) dx[local] += g;
+    }
+}
+
+void logprob_forward(real *logp, real *lse, const real *logits, const int32_t *targets, int N,
+                     int V) {
+    check_targets("logprob_forward", targets, N, V);
+    real *row_max = paft_malloc((size_t)N * sizeof(real));
+    double *sumexp = paft_malloc((size_t)N * sizeof(double));
+    double *target = paft_malloc((size_t)N * sizeof(double));
+    logits_row_max(row_max, logits, N, V);
+    logits_row_sumexp(sumexp, logits, row_max, N, V);
+    logits_target(target, logits, targets, 0, N, V);
+    for (int n = 0; n < N; n++) {
+        double row_lse = (double)row_max[n] + log(sumexp[n]);
         lse[n] = (real)row_lse;
         /* subtract before rounding, so logp keeps its digits when lse is large */
-        logp[n] = targets[n] >= 0 ? (real)((double)x[targets[n]] - row_lse) : 0;
+        logp[n] = targets[n] >= 0 ? (real)(target[n] - row_lse) : 0;
     }
+    free(row_max);
+    free(sumexp);
+    free(target);
 }
 
 void logprob_backward(real *dlogits, const real *dlogp, const real *logits, const real *lse,
                       const int32_t *targets, int N, int V) {
     if (!dlogits) return;
     check_targets("logprob_backward", targets, N, V);
-#pragma omp parallel for schedule(static)
-    for (int n = 0; n < N; n++) {
-        if (targets[n] < 0) continue;  /* no target: logp was the constant 0 */
-        const real *x = logits + (size_t)n * V;
-        real *dx = dlogits + (size_t)n * V;
-        real g = dlogp[n];
-        for (int j = 0; j < V; j++) dx[j] -= g * real_exp(x[j] - lse[n]);
-        dx[targets[n]] += g;
-    }
+    logprob_backward_shard(dlogits, dlogp, logits, lse, targets, 0, N, V);
 }
