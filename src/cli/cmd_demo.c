@@ -41,7 +41,7 @@ int cmd_demo(int argc, char **argv) {
     lora_config_init(&lora, 4, 8.0, 0, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                      "demo");
     Model model;
-    model_load(&model, model_dir, &lora, 42);
+    model_load(&model, model_dir, &lora, 42, MPI_COMM_SELF);
     char summary[256];
     model_config_describe(&model.config, summary, sizeof summary);
     paft_log("paft demo on %d rank%s: %s\n", world, world > 1 ? "s" : "", summary);

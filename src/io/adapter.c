@@ -19,13 +19,21 @@ static void targets_string(const LoraConfig *lora, char *out, size_t n) {
         }
 }
 
+/* The block of the global dataset a view holds (empty when this rank does not write it). */
+static H5Block view_block(const TensorView *v, int writes) {
+    H5Block b = {v->global_rows, v->global_cols, v->row0, v->col0, writes ? v->rows : 0, v->cols};
+    return b;
+}
+
 static void write_views(H5File *f, const char *prefix, const Model *m, const real *memory,
-                        int writer) {
+                        int writer_replica) {
     char name[256];
     for (int i = 0; i < m->n_lora_views; i++) {
         const TensorView *v = &m->lora_views[i];
         snprintf(name, sizeof name, "%s/%s", prefix, v->name);
-        H5Block block = h5_whole(v->rows, v->cols, writer);
+        /* a replicated factor is written once, by tensor-parallel rank 0 */
+        int writes = writer_replica && (!view_is_whole(v) || m->tp_rank == 0);
+        H5Block block = view_block(v, writes);
         h5_write_real(f, name, &block, memory + v->offset);
     }
 }
@@ -35,15 +43,14 @@ static void read_views(H5File *f, const char *prefix, const Model *m, real *memo
     for (int i = 0; i < m->n_lora_views; i++) {
         const TensorView *v = &m->lora_views[i];
         snprintf(name, sizeof name, "%s/%s", prefix, v->name);
-        H5Block block = h5_whole(v->rows, v->cols, 1);
+        H5Block block = view_block(v, 1);
         h5_read_real(f, name, &block, memory + v->offset);
     }
 }
 
 void adapter_write(const char *path, MPI_Comm comm, const Model *m, const AdapterInfo *info,
-                   const real *moment_m, const real *moment_v, const TrainPosition *pos) {
-    int rank;
-    CHECK_MPI(MPI_Comm_rank(comm, &rank));
+                   const real *moment_m, const real *moment_v, const TrainPosition *pos,
+                   int writer_replica) {
     H5File f;
     h5_create(&f, path, comm);
     char targets[256];
@@ -59,10 +66,10 @@ void adapter_write(const char *path, MPI_Comm comm, const Model *m, const Adapte
     h5_set_attr_string(&f, "base_fingerprint", m->fingerprint);
     h5_set_attr_string(&f, "base_model", m->path);
     h5_set_attr_string(&f, "folded_adapter", info->folded_adapter);
-    write_views(&f, "/lora", m, m->lora_memory, rank == 0);
+    write_views(&f, "/lora", m, m->lora_memory, writer_replica);
     if (moment_m && moment_v && pos) {
-        write_views(&f, "/optim/m", m, moment_m, rank == 0);
-        write_views(&f, "/optim/v", m, moment_v, rank == 0);
+        write_views(&f, "/optim/m", m, moment_m, writer_replica);
+        write_views(&f, "/optim/v", m, moment_v, writer_replica);
         h5_set_attr_int(&f, "optim_step", pos->optim_step);
         h5_set_attr_int(&f, "epoch", pos->epoch);
         h5_set_attr_int(&f, "cursor", pos->cursor);
@@ -142,28 +149,29 @@ void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *m) {
     lora_config_init(&lora, (int)h5_get_attr_int(&f, "r"), h5_get_attr_double(&f, "alpha"),
                      (int)h5_get_attr_int(&f, "rslora"), targets, path);
     free(targets);
+    /* W += s B A on this rank's block of W: rows [row0, +rows) x columns [col0, +cols) needs
+     * B's rows and A's columns of that block */
     const ModelConfig *c = &m->config;
     char name[256];
     for (int l = 0; l < c->num_layers; l++)
         for (int p = 0; p < N_PROJ; p++) {
             if (!lora.targets[p]) continue;
-            /* the base view tells the projection's shape */
             const TensorView *w = NULL;
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, proj_module_name(p));
             for (int i = 0; i < m->n_weight_views && !w; i++)
                 if (strcmp(m->weight_views[i].name, name) == 0) w = &m->weight_views[i];
-            const int64_t out = w->rows, in = w->cols;
-            real *A = paft_malloc((size_t)(lora.r * in) * sizeof(real));
-            real *B = paft_malloc((size_t)(out * lora.r) * sizeof(real));
-            real *delta = paft_malloc((size_t)(out * in) * sizeof(real));
-            H5Block ba = h5_whole(lora.r, in, 1), bb = h5_whole(out, lora.r, 1);
+            real *A = paft_malloc((size_t)(lora.r * w->cols) * sizeof(real));
+            real *B = paft_malloc((size_t)(w->rows * lora.r) * sizeof(real));
+            real *delta = paft_malloc((size_t)(w->rows * w->cols) * sizeof(real));
+            H5Block ba = {lora.r, w->global_cols, 0, w->col0, lora.r, w->cols};
+            H5Block bb = {w->global_rows, lora.r, w->row0, 0, w->rows, lora.r};
             snprintf(name, sizeof name, "/lora/model.layers.%d.%s/A", l, proj_module_name(p));
             h5_read_real(&f, name, &ba, A);
             snprintf(name, sizeof name, "/lora/model.layers.%d.%s/B", l, proj_module_name(p));
             h5_read_real(&f, name, &bb, B);
-            lora_delta(delta, A, B, (int)out, (int)in, lora.r, (real)lora.scale);
+            lora_delta(delta, A, B, (int)w->rows, (int)w->cols, lora.r, (real)lora.scale);
             real *W = m->weights_memory + w->offset;
-            for (int64_t i = 0; i < out * in; i++) W[i] += delta[i];
+            for (int64_t i = 0; i < w->rows * w->cols; i++) W[i] += delta[i];
             free(A);
             free(B);
             free(delta);

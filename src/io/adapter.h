@@ -34,11 +34,15 @@ typedef struct {
     int64_t seed;
 } TrainPosition;
 
-/* Write the model's LoRA parameters. With moments != NULL (m then v, each n_lora values) and pos
- * != NULL, a checkpoint. Collective over comm; rank 0 of comm writes the (replicated) values. */
+/* Write the model's LoRA parameters at their global shapes. With moments != NULL (m then v, each
+ * n_lora values) and pos != NULL, a checkpoint. Collective over comm (the training group); the
+ * ranks of one model replica (writer_replica = 1, e.g. data-parallel rank 0) write: each its own
+ * shards, tensor-parallel rank 0 the replicated factors. */
 void adapter_write(const char *path, MPI_Comm comm, const Model *model, const AdapterInfo *info,
-                   const real *moment_m, const real *moment_v, const TrainPosition *pos);
-/* Read an adapter or checkpoint into the model's LoRA parameters. Checks format, r, alpha,
+                   const real *moment_m, const real *moment_v, const TrainPosition *pos,
+                   int writer_replica);
+/* Read an adapter or checkpoint into the model's LoRA parameters (each rank its own blocks, so a
+ * checkpoint written under one tensor-parallel layout resumes under another). Checks format, r, alpha,
  * targets, shapes and the base fingerprint (fatal error naming the file on any mismatch). With
  * moments/pos != NULL the file must be a checkpoint and they are filled too. */
 void adapter_read(const char *path, MPI_Comm comm, Model *model, AdapterInfo *info,

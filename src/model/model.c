@@ -13,6 +13,7 @@
 
 #include "io/safetensors.h"
 #include "ops/ops.h"
+#include "parallel/collectives.h"
 #include "util/rng.h"
 
 /* ---- names ---------------------------------------------------------------------------------- */
@@ -77,6 +78,12 @@ int proj_out(const ModelConfig *c, Proj p) {
     }
 }
 
+int proj_is_row_parallel(Proj p) { return p == PROJ_O || p == PROJ_DOWN; }
+
+int view_is_whole(const TensorView *v) {
+    return v->rows == v->global_rows && v->cols == v->global_cols;
+}
+
 static int proj_has_bias(const ModelConfig *c, Proj p) {
     if (p <= PROJ_V) return c->qkv_bias;
     if (p == PROJ_O) return c->o_bias;
@@ -93,9 +100,12 @@ typedef struct {
     size_t cursor;
     TensorView *views;
     int n_views;
+    int tp_rank, tp; /* which shard to lay out */
 } Carver;
 
-static real *carve(Carver *cv, const char *name, int64_t rows, int64_t cols) {
+/* A block of a global tensor: rows [row0, row0 + rows) x columns [col0, col0 + cols). */
+static real *carve_block(Carver *cv, const char *name, int64_t rows, int64_t cols,
+                         int64_t global_rows, int64_t global_cols, int64_t row0, int64_t col0) {
     real *ptr = cv->memory ? cv->memory + cv->cursor : NULL;
     if (cv->views) {
         TensorView *v = &cv->views[cv->n_views];
@@ -103,16 +113,37 @@ static real *carve(Carver *cv, const char *name, int64_t rows, int64_t cols) {
         v->offset = cv->cursor;
         v->rows = rows;
         v->cols = cols;
+        v->global_rows = global_rows;
+        v->global_cols = global_cols;
+        v->row0 = row0;
+        v->col0 = col0;
     }
     cv->n_views++;
     cv->cursor += (size_t)rows * (size_t)cols;
     return ptr;
 }
 
+/* A whole (replicated) tensor. */
+static real *carve(Carver *cv, const char *name, int64_t rows, int64_t cols) {
+    return carve_block(cv, name, rows, cols, rows, cols, 0, 0);
+}
+
+/* This rank's rows of a tensor split by rows over the tensor-parallel group. */
+static real *carve_rows(Carver *cv, const char *name, int64_t rows, int64_t cols) {
+    int64_t local = rows / cv->tp;
+    return carve_block(cv, name, local, cols, rows, cols, cv->tp_rank * local, 0);
+}
+
+/* This rank's columns of a tensor split by columns. */
+static real *carve_cols(Carver *cv, const char *name, int64_t rows, int64_t cols) {
+    int64_t local = cols / cv->tp;
+    return carve_block(cv, name, rows, local, rows, cols, 0, cv->tp_rank * local);
+}
+
 static void layout_weights(const ModelConfig *c, Weights *w, Carver *cv) {
     char name[160];
     const int d = c->hidden_size;
-    w->embed = carve(cv, "model.embed_tokens.weight", c->vocab_size, d);
+    w->embed = carve_rows(cv, "model.embed_tokens.weight", c->vocab_size, d);
     for (int l = 0; l < c->num_layers; l++) {
         LayerWeights *lw = &w->layers[l];
         snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
@@ -123,45 +154,68 @@ static void layout_weights(const ModelConfig *c, Weights *w, Carver *cv) {
                 lw->mlp_norm = carve(cv, name, d, 1);
             }
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, proj_modules[p]);
-            lw->w[p] = carve(cv, name, proj_out(c, p), proj_in(c, p));
+            const int row_parallel = proj_is_row_parallel(p);
+            lw->w[p] = row_parallel ? carve_cols(cv, name, proj_out(c, p), proj_in(c, p))
+                                    : carve_rows(cv, name, proj_out(c, p), proj_in(c, p));
             lw->b[p] = NULL;
-            if (proj_has_bias(c, p)) {
+            if (proj_has_bias(c, p)) { /* follows the output: split for column-parallel */
                 snprintf(name, sizeof name, "model.layers.%d.%s.bias", l, proj_modules[p]);
-                lw->b[p] = carve(cv, name, proj_out(c, p), 1);
+                lw->b[p] = row_parallel ? carve(cv, name, proj_out(c, p), 1)
+                                        : carve_rows(cv, name, proj_out(c, p), 1);
             }
         }
     }
     w->final_norm = carve(cv, "model.norm.weight", d, 1);
     w->lm_head = c->tie_word_embeddings ? w->embed
-                                        : carve(cv, "lm_head.weight", c->vocab_size, d);
+                                        : carve_rows(cv, "lm_head.weight", c->vocab_size, d);
 }
 
-static void layout_lora(const ModelConfig *c, const LoraConfig *lora, LayerLora *layers,
-                        Carver *cv) {
+/* Two regions: first the factors every tensor-parallel rank holds whole (A of column-parallel,
+ * B of row-parallel projections), then the shards (B of column-parallel split by rows, A of
+ * row-parallel split by columns). Returns the size of the first region. */
+static size_t layout_lora(const ModelConfig *c, const LoraConfig *lora, LayerLora *layers,
+                          Carver *cv) {
     char name[160];
-    for (int l = 0; l < c->num_layers; l++)
-        for (int p = 0; p < N_PROJ; p++) {
-            layers[l].A[p] = layers[l].B[p] = NULL;
-            if (!lora->targets[p]) continue;
-            snprintf(name, sizeof name, "model.layers.%d.%s/A", l, proj_modules[p]);
-            layers[l].A[p] = carve(cv, name, lora->r, proj_in(c, p));
-            snprintf(name, sizeof name, "model.layers.%d.%s/B", l, proj_modules[p]);
-            layers[l].B[p] = carve(cv, name, proj_out(c, p), lora->r);
-        }
+    size_t replicated = 0;
+    for (int region = 0; region < 2; region++) {
+        for (int l = 0; l < c->num_layers; l++)
+            for (int p = 0; p < N_PROJ; p++) {
+                if (!lora->targets[p]) {
+                    layers[l].A[p] = layers[l].B[p] = NULL;
+                    continue;
+                }
+                const int row_parallel = proj_is_row_parallel(p);
+                /* region 0: the whole factor; region 1: the split one */
+                if ((region == 0) != row_parallel) {
+                    snprintf(name, sizeof name, "model.layers.%d.%s/A", l, proj_modules[p]);
+                    layers[l].A[p] = row_parallel ? carve_cols(cv, name, lora->r, proj_in(c, p))
+                                                  : carve(cv, name, lora->r, proj_in(c, p));
+                }
+                if ((region == 0) == row_parallel) {
+                    snprintf(name, sizeof name, "model.layers.%d.%s/B", l, proj_modules[p]);
+                    layers[l].B[p] = row_parallel ? carve(cv, name, proj_out(c, p), lora->r)
+                                                  : carve_rows(cv, name, proj_out(c, p), lora->r);
+                }
+            }
+        if (region == 0) replicated = cv->cursor;
+    }
+    return replicated;
 }
 
-static void layout_activations(const ModelConfig *c, const LoraConfig *lora, int B, int T,
-                               Activations *a, Carver *cv) {
+static void layout_activations(const Model *m, int B, int T, Activations *a, Carver *cv) {
+    const ModelConfig *c = &m->config;
+    const LoraConfig *lora = &m->lora;
     const int64_t N = (int64_t)B * T, L = c->num_layers, d = c->hidden_size;
-    const int64_t qd = (int64_t)c->num_heads * c->head_dim, kvd = (int64_t)c->num_kv_heads * c->head_dim;
-    const int64_t ff = c->intermediate_size;
+    const int64_t qd = (int64_t)m->local_heads * c->head_dim;
+    const int64_t kvd = (int64_t)m->local_kv_heads * c->head_dim;
+    const int64_t ff = m->local_ffn;
     a->x = carve(cv, "x", (L + 1) * N, d);
     a->ln1 = carve(cv, "ln1", L * N, d);
     a->ln1_rstd = carve(cv, "ln1_rstd", L, N);
     a->q = carve(cv, "q", L * N, qd);
     a->k = carve(cv, "k", L * N, kvd);
     a->v = carve(cv, "v", L * N, kvd);
-    a->probs = carve(cv, "probs", L * B * c->num_heads, (int64_t)T * T);
+    a->probs = carve(cv, "probs", L * B * m->local_heads, (int64_t)T * T);
     a->att = carve(cv, "att", L * N, qd);
     a->x_mid = carve(cv, "x_mid", L * N, d);
     a->ln2 = carve(cv, "ln2", L * N, d);
@@ -172,16 +226,18 @@ static void layout_activations(const ModelConfig *c, const LoraConfig *lora, int
     a->lora_h = carve(cv, "lora_h", L * N_PROJ * N, lora->r);
     a->lnf = carve(cv, "lnf", N, d);
     a->lnf_rstd = carve(cv, "lnf_rstd", N, 1);
-    a->logits = carve(cv, "logits", N, c->vocab_size);
+    a->logits = carve(cv, "logits", N, m->local_vocab);
     a->lse = carve(cv, "lse", N, 1);
     a->logp = carve(cv, "logp", N, 1);
 }
 
-static void layout_scratch(const ModelConfig *c, const LoraConfig *lora, int B, int T,
-                           GradScratch *s, Carver *cv) {
+static void layout_scratch(const Model *m, int B, int T, GradScratch *s, Carver *cv) {
+    const ModelConfig *c = &m->config;
+    const LoraConfig *lora = &m->lora;
     const int64_t N = (int64_t)B * T, d = c->hidden_size;
-    const int64_t qd = (int64_t)c->num_heads * c->head_dim, kvd = (int64_t)c->num_kv_heads * c->head_dim;
-    const int64_t ff = c->intermediate_size;
+    const int64_t qd = (int64_t)m->local_heads * c->head_dim;
+    const int64_t kvd = (int64_t)m->local_kv_heads * c->head_dim;
+    const int64_t ff = m->local_ffn;
     s->dx = carve(cv, "dx", N, d);
     s->dln = carve(cv, "dln", N, d);
     s->dq = carve(cv, "dq", N, qd);
@@ -192,7 +248,7 @@ static void layout_scratch(const ModelConfig *c, const LoraConfig *lora, int B, 
     s->dup = carve(cv, "dup", N, ff);
     s->dact = carve(cv, "dact", N, ff);
     s->dlora_h = carve(cv, "dlora_h", N, lora->r);
-    s->dlogits = carve(cv, "dlogits", N, c->vocab_size);
+    s->dlogits = carve(cv, "dlogits", N, m->local_vocab);
 }
 
 /* ---- loading ---------------------------------------------------------------------------------*/
@@ -215,18 +271,25 @@ static char *config_json_path(const char *path) {
 
 static void init_lora(Model *m, uint64_t seed) {
     /* PEFT's init: A ~ kaiming_uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)); B = 0, so the
-     * adapted model starts exactly at the base model. */
+     * adapted model starts exactly at the base model. Every rank draws every module's WHOLE A in
+     * the same order and keeps its block, so the values do not depend on the TP layout. */
     Rng rng;
     rng_seed(&rng, seed);
     memset(m->lora_memory, 0, m->n_lora * sizeof(real));
+    const int r = m->lora.r;
     for (int l = 0; l < m->config.num_layers; l++)
         for (int p = 0; p < N_PROJ; p++) {
             if (!m->lora.targets[p]) continue;
             const int in = proj_in(&m->config, p);
             const double bound = 1.0 / sqrt((double)in);
+            const int split = proj_is_row_parallel(p) && m->tp_size > 1;
+            const int local_in = split ? in / m->tp_size : in, col0 = split ? m->tp_rank * local_in : 0;
             real *A = m->lora_params[l].A[p];
-            for (int64_t i = 0; i < (int64_t)m->lora.r * in; i++)
-                A[i] = (real)((2.0 * rng_uniform(&rng) - 1.0) * bound);
+            for (int i = 0; i < r; i++)
+                for (int j = 0; j < in; j++) {
+                    real value = (real)((2.0 * rng_uniform(&rng) - 1.0) * bound);
+                    if (j >= col0 && j < col0 + local_in) A[(size_t)i * local_in + (j - col0)] = value;
+                }
         }
 }
 
@@ -238,8 +301,8 @@ static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
 }
 
 void model_fingerprint(const Checkpoint *ckpt, const TensorView *views, int n_views, char out[17]) {
-    /* Names, shapes and the first values (as fp32 bits) of every base tensor. Read from the
-     * checkpoint itself, so every rank gets the same digest whatever shard it holds, and the
+    /* Names, global shapes and the first values (as fp32 bits) of every base tensor. Read from
+     * the checkpoint itself, so every rank gets the same digest whatever shard it holds, and the
      * same digest whether the model is stored in one file or in shards. */
     uint64_t h = 0xCBF29CE484222325ULL;
     real first[16];
@@ -247,10 +310,10 @@ void model_fingerprint(const Checkpoint *ckpt, const TensorView *views, int n_vi
         const TensorView *v = &views[i];
         const TensorInfo *t = checkpoint_find(ckpt, v->name);
         h = fnv1a(h, v->name, strlen(v->name));
-        h = fnv1a(h, &v->rows, sizeof v->rows);
-        h = fnv1a(h, &v->cols, sizeof v->cols);
-        int64_t n = v->cols == 1 ? PAFT_MIN(16, v->rows) : PAFT_MIN(16, v->cols);
-        if (v->cols == 1)
+        h = fnv1a(h, &v->global_rows, sizeof v->global_rows);
+        h = fnv1a(h, &v->global_cols, sizeof v->global_cols);
+        int64_t n = v->global_cols == 1 ? PAFT_MIN(16, v->global_rows) : PAFT_MIN(16, v->global_cols);
+        if (v->global_cols == 1)
             checkpoint_read_block(ckpt, t, 0, n, 0, 1, first);
         else
             checkpoint_read_block(ckpt, t, 0, 1, 0, n, first);
@@ -262,7 +325,33 @@ void model_fingerprint(const Checkpoint *ckpt, const TensorView *views, int n_vi
     snprintf(out, 17, "%016llx", (unsigned long long)h);
 }
 
-void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t seed) {
+/* Shard sizes for a tensor-parallel group of tp ranks, or a fatal error naming what does not
+ * divide. */
+static void set_shard_sizes(Model *m, const char *path) {
+    const ModelConfig *c = &m->config;
+    const int tp = m->tp_size;
+    const struct { const char *what; int n; } sizes[] = {
+        {"num_attention_heads", c->num_heads},
+        {"num_key_value_heads", c->num_kv_heads},
+        {"intermediate_size", c->intermediate_size},
+        {"vocab_size", c->vocab_size},
+    };
+    for (int i = 0; i < 4; i++)
+        if (sizes[i].n % tp != 0)
+            PAFT_FATAL("%s: %s = %d does not divide by parallel.tp = %d (replicating KV heads is "
+                       "not supported: choose tp dividing every one of heads %d, KV heads %d, "
+                       "ffn %d and vocab %d)",
+                       path, sizes[i].what, sizes[i].n, tp, c->num_heads, c->num_kv_heads,
+                       c->intermediate_size, c->vocab_size);
+    m->local_heads = c->num_heads / tp;
+    m->local_kv_heads = c->num_kv_heads / tp;
+    m->local_ffn = c->intermediate_size / tp;
+    m->local_vocab = c->vocab_size / tp;
+    m->vocab_start = m->tp_rank * m->local_vocab;
+}
+
+void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t seed,
+                MPI_Comm tp_comm) {
     memset(m, 0, sizeof *m);
     if (!paft_path_exists(path)) PAFT_FATAL("%s: model path does not exist", path);
     char *config_path = config_json_path(path);
@@ -270,27 +359,36 @@ void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t see
     free(config_path);
     m->lora = *lora;
     m->adapters_enabled = 1;
+    m->tp_comm = tp_comm;
+    m->tp_rank = 0;
+    m->tp_size = 1;
+    if (tp_comm != MPI_COMM_SELF) { /* MPI_COMM_SELF: no tensor parallelism, no MPI needed */
+        CHECK_MPI(MPI_Comm_rank(tp_comm, &m->tp_rank));
+        CHECK_MPI(MPI_Comm_size(tp_comm, &m->tp_size));
+    }
+    set_shard_sizes(m, path);
     const ModelConfig *c = &m->config;
 
     /* base weights: count, allocate, bind with names */
     m->weights.layers = paft_calloc((size_t)c->num_layers, sizeof(LayerWeights));
-    Carver count = {0};
+    Carver count = {.tp_rank = m->tp_rank, .tp = m->tp_size};
     layout_weights(c, &m->weights, &count);
     m->n_weights = count.cursor;
     m->n_weight_views = count.n_views;
     m->weights_memory = paft_malloc(m->n_weights * sizeof(real));
     m->weight_views = paft_calloc((size_t)count.n_views, sizeof(TensorView));
-    Carver bind = {m->weights_memory, 0, m->weight_views, 0};
+    Carver bind = {m->weights_memory, 0, m->weight_views, 0, m->tp_rank, m->tp_size};
     layout_weights(c, &m->weights, &bind);
 
-    /* read every tensor, checking its shape against the config */
+    /* read this rank's block of every tensor, checking the whole shape against the config */
     Checkpoint ckpt;
     checkpoint_open(&ckpt, path);
     for (int i = 0; i < m->n_weight_views; i++) {
         const TensorView *v = &m->weight_views[i];
-        int64_t shape[2] = {v->rows, v->cols};
-        const TensorInfo *t = checkpoint_require(&ckpt, v->name, v->cols == 1 ? 1 : 2, shape);
-        checkpoint_read(&ckpt, t, m->weights_memory + v->offset);
+        int64_t shape[2] = {v->global_rows, v->global_cols};
+        const TensorInfo *t = checkpoint_require(&ckpt, v->name, v->global_cols == 1 ? 1 : 2, shape);
+        checkpoint_read_block(&ckpt, t, v->row0, v->rows, v->col0, v->cols,
+                              m->weights_memory + v->offset);
     }
     snprintf(m->path, sizeof m->path, "%s", path);
     model_fingerprint(&ckpt, m->weight_views, m->n_weight_views, m->fingerprint);
@@ -299,16 +397,16 @@ void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t see
     /* LoRA parameters and gradients */
     m->lora_params = paft_calloc((size_t)c->num_layers, sizeof(LayerLora));
     m->lora_grads = paft_calloc((size_t)c->num_layers, sizeof(LayerLora));
-    Carver lcount = {0};
-    layout_lora(c, &m->lora, m->lora_params, &lcount);
+    Carver lcount = {.tp_rank = m->tp_rank, .tp = m->tp_size};
+    m->n_lora_replicated = layout_lora(c, &m->lora, m->lora_params, &lcount);
     m->n_lora = lcount.cursor;
     m->n_lora_views = lcount.n_views;
     m->lora_memory = paft_malloc(m->n_lora * sizeof(real));
     m->lora_grads_memory = paft_calloc(m->n_lora, sizeof(real));
     m->lora_views = paft_calloc((size_t)lcount.n_views, sizeof(TensorView));
-    Carver lbind = {m->lora_memory, 0, m->lora_views, 0};
+    Carver lbind = {m->lora_memory, 0, m->lora_views, 0, m->tp_rank, m->tp_size};
     layout_lora(c, &m->lora, m->lora_params, &lbind);
-    Carver gbind = {m->lora_grads_memory, 0, NULL, 0};
+    Carver gbind = {m->lora_grads_memory, 0, NULL, 0, m->tp_rank, m->tp_size};
     layout_lora(c, &m->lora, m->lora_grads, &gbind);
     init_lora(m, seed);
 }
@@ -317,7 +415,7 @@ void model_enable_full_grads(Model *m) {
     if (m->weight_grads_memory) return;
     m->weight_grads_memory = paft_calloc(m->n_weights, sizeof(real));
     m->weight_grads.layers = paft_calloc((size_t)m->config.num_layers, sizeof(LayerWeights));
-    Carver bind = {m->weight_grads_memory, 0, NULL, 0};
+    Carver bind = {m->weight_grads_memory, 0, NULL, 0, m->tp_rank, m->tp_size};
     layout_weights(&m->config, &m->weight_grads, &bind);
 }
 
@@ -351,17 +449,23 @@ void model_alloc_activations(Model *m, int B, int T) {
     free(m->acts_memory);
     free(m->scratch_memory);
     free(m->positions);
+    free(m->row_max);
+    free(m->row_sumexp);
+    free(m->row_target);
     Carver count = {0};
-    layout_activations(c, &m->lora, B, T, &m->acts, &count);
+    layout_activations(m, B, T, &m->acts, &count);
     m->acts_memory = paft_calloc(count.cursor, sizeof(real));
-    Carver bind = {m->acts_memory, 0, NULL, 0};
-    layout_activations(c, &m->lora, B, T, &m->acts, &bind);
+    Carver bind = {m->acts_memory, 0, NULL, 0, 0, 1};
+    layout_activations(m, B, T, &m->acts, &bind);
     Carver scount = {0};
-    layout_scratch(c, &m->lora, B, T, &m->scratch, &scount);
+    layout_scratch(m, B, T, &m->scratch, &scount);
     m->scratch_memory = paft_calloc(scount.cursor, sizeof(real));
-    Carver sbind = {m->scratch_memory, 0, NULL, 0};
-    layout_scratch(c, &m->lora, B, T, &m->scratch, &sbind);
+    Carver sbind = {m->scratch_memory, 0, NULL, 0, 0, 1};
+    layout_scratch(m, B, T, &m->scratch, &sbind);
     m->positions = paft_malloc((size_t)B * T * sizeof(int32_t));
+    m->row_max = paft_malloc((size_t)B * T * sizeof(real));
+    m->row_sumexp = paft_malloc((size_t)B * T * sizeof(double));
+    m->row_target = paft_malloc((size_t)B * T * sizeof(double));
     build_rope_tables(m, T);
     m->max_B = B;
     m->max_T = T;
@@ -383,6 +487,9 @@ void model_free(Model *m) {
     free(m->acts_memory);
     free(m->scratch_memory);
     free(m->positions);
+    free(m->row_max);
+    free(m->row_sumexp);
+    free(m->row_target);
     model_config_free(&m->config);
     memset(m, 0, sizeof *m);
 }
@@ -398,21 +505,72 @@ void model_zero_grads(Model *m) {
 
 static int adapted(const Model *m, Proj p) { return m->adapters_enabled && m->lora.targets[p]; }
 
-/* out = inp W^T + b + s (inp A^T) B^T; inp A^T is saved in lora_h for the backward. */
-static void proj_forward(Model *m, int l, Proj p, real *out, const real *inp, int N, real *lora_h) {
-    const ModelConfig *c = &m->config;
-    const int in = proj_in(c, p), out_f = proj_out(c, p), r = m->lora.r;
-    const LayerWeights *lw = &m->weights.layers[l];
-    matmul_forward(out, inp, lw->w[p], lw->b[p], N, in, out_f, 1, 0);
-    if (adapted(m, p)) {
-        matmul_forward(lora_h, inp, m->lora_params[l].A[p], NULL, N, in, r, 1, 0);
-        matmul_forward(out, lora_h, m->lora_params[l].B[p], NULL, N, r, out_f,
-                       (real)m->lora.scale, 1);
-    }
+/* Sum a buffer over the tensor-parallel group (nothing to do without tensor parallelism). */
+static void tp_sum(Model *m, real *buf, size_t n) {
+    if (m->tp_size > 1) allreduce_sum_real(buf, n, m->tp_comm);
+}
+
+/* This rank's input and output features of a projection. */
+static int local_in(const Model *m, Proj p) {
+    int in = proj_in(&m->config, p);
+    return proj_is_row_parallel(p) ? in / m->tp_size : in;
+}
+static int local_out(const Model *m, Proj p) {
+    int out = proj_out(&m->config, p);
+    return proj_is_row_parallel(p) ? out : out / m->tp_size;
 }
 
 static real *lora_h_of(const Model *m, int l, Proj p, int N) {
     return m->acts.lora_h + ((size_t)l * N_PROJ + p) * (size_t)N * m->lora.r;
+}
+
+/* out = inp W^T + b + s (inp A^T) B^T, with inp A^T saved in lora_h for the backward.
+ * Column-parallel: inp is whole, out is this rank's slice of the outputs: no communication.
+ * Row-parallel: inp is this rank's slice of the inputs, so inp W^T and inp A^T are partial sums:
+ * inp A^T (N x r) is all-reduced before the replicated B, inp W^T (N x out) once; the bias and
+ * the LoRA term are added after the reduction, on every rank alike. */
+static void proj_forward(Model *m, int l, Proj p, real *out, const real *inp, int N) {
+    const int in = local_in(m, p), out_f = local_out(m, p), r = m->lora.r;
+    const LayerWeights *lw = &m->weights.layers[l];
+    real *h = lora_h_of(m, l, p, N);
+    if (!proj_is_row_parallel(p)) {
+        matmul_forward(out, inp, lw->w[p], lw->b[p], N, in, out_f, 1, 0);
+        if (adapted(m, p)) {
+            matmul_forward(h, inp, m->lora_params[l].A[p], NULL, N, in, r, 1, 0);
+            matmul_forward(out, h, m->lora_params[l].B[p], NULL, N, r, out_f, (real)m->lora.scale, 1);
+        }
+        return;
+    }
+    matmul_forward(out, inp, lw->w[p], NULL, N, in, out_f, 1, 0);
+    if (adapted(m, p)) {
+        matmul_forward(h, inp, m->lora_params[l].A[p], NULL, N, in, r, 1, 0);
+        tp_sum(m, h, (size_t)N * r);
+    }
+    tp_sum(m, out, (size_t)N * out_f);
+    if (lw->b[p])
+        for (int n = 0; n < N; n++)
+            for (int o = 0; o < out_f; o++) out[(size_t)n * out_f + o] += lw->b[p][o];
+    if (adapted(m, p))
+        matmul_forward(out, h, m->lora_params[l].B[p], NULL, N, r, out_f, (real)m->lora.scale, 1);
+}
+
+/* logp[n] = logits[n][target] - logsumexp(logits[n]) over the whole vocabulary, from this rank's
+ * vocabulary shard: three all-reduces of N values (max, sum of exponentials, target logit). */
+static void vocab_parallel_logprob(Model *m, const int32_t *targets, int N) {
+    Activations *a = &m->acts;
+    logits_row_max(m->row_max, a->logits, N, m->local_vocab);
+    if (m->tp_size > 1) allreduce_max_real(m->row_max, (size_t)N, m->tp_comm);
+    logits_row_sumexp(m->row_sumexp, a->logits, m->row_max, N, m->local_vocab);
+    logits_target(m->row_target, a->logits, targets, m->vocab_start, N, m->local_vocab);
+    if (m->tp_size > 1) {
+        allreduce_sum_double(m->row_sumexp, (size_t)N, m->tp_comm);
+        allreduce_sum_double(m->row_target, (size_t)N, m->tp_comm);
+    }
+    for (int n = 0; n < N; n++) {
+        double lse = (double)m->row_max[n] + log(m->row_sumexp[n]);
+        a->lse[n] = (real)lse;
+        a->logp[n] = targets[n] >= 0 ? (real)(m->row_target[n] - lse) : 0;
+    }
 }
 
 void model_forward(Model *m, const int32_t *tokens, const int32_t *targets, int B, int T) {
@@ -420,10 +578,15 @@ void model_forward(Model *m, const int32_t *tokens, const int32_t *targets, int 
     if (B > m->max_B || T > m->max_T)
         PAFT_FATAL("batch %d x %d exceeds the activations allocated for %d x %d", B, T, m->max_B,
                    m->max_T);
-    const int N = B * T, d = c->hidden_size, Hq = c->num_heads, Hkv = c->num_kv_heads;
-    const int D = c->head_dim, ff = c->intermediate_size;
+    const int N = B * T, d = c->hidden_size, Hq = m->local_heads, Hkv = m->local_kv_heads;
+    const int D = c->head_dim, ff = m->local_ffn;
     const size_t nd = (size_t)N * d, nq = (size_t)N * Hq * D, nkv = (size_t)N * Hkv * D;
     const size_t nff = (size_t)N * ff;
+    for (int n = 0; n < N; n++)
+        if (tokens[n] < 0 || tokens[n] >= c->vocab_size || targets[n] >= c->vocab_size)
+            PAFT_FATAL("token or target id %d at position %d is outside the vocabulary of %d",
+                       tokens[n] < 0 || tokens[n] >= c->vocab_size ? tokens[n] : targets[n], n,
+                       c->vocab_size);
     Activations *a = &m->acts;
     m->B = B;
     m->T = T;
@@ -432,7 +595,9 @@ void model_forward(Model *m, const int32_t *tokens, const int32_t *targets, int 
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) m->positions[b * T + t] = t;
 
-    embedding_forward(a->x, tokens, m->weights.embed, N, d, 0, c->vocab_size);
+    /* vocab-parallel embedding: each rank fills the rows of its tokens, the sum completes x0 */
+    embedding_forward(a->x, tokens, m->weights.embed, N, d, m->vocab_start, m->local_vocab);
+    tp_sum(m, a->x, nd);
     for (int l = 0; l < c->num_layers; l++) {
         const LayerWeights *lw = &m->weights.layers[l];
         real *x = a->x + l * nd, *x_next = a->x + (l + 1) * nd;
@@ -441,32 +606,32 @@ void model_forward(Model *m, const int32_t *tokens, const int32_t *targets, int 
         real *gate = a->gate + l * nff, *up = a->up + l * nff, *act = a->act + l * nff;
         real *probs = a->probs + (size_t)l * B * Hq * T * T;
 
-        /* attention block: x_mid = x + o_proj(attention(rope(q), rope(k), v)) */
+        /* attention block: x_mid = x + o_proj(attention(rope(q), rope(k), v)); this rank's heads */
         rmsnorm_forward(ln1, a->ln1_rstd + (size_t)l * N, x, lw->attn_norm, N, d,
                         (float)c->rms_norm_eps);
-        proj_forward(m, l, PROJ_Q, q, ln1, N, lora_h_of(m, l, PROJ_Q, N));
-        proj_forward(m, l, PROJ_K, k, ln1, N, lora_h_of(m, l, PROJ_K, N));
-        proj_forward(m, l, PROJ_V, v, ln1, N, lora_h_of(m, l, PROJ_V, N));
+        proj_forward(m, l, PROJ_Q, q, ln1, N);
+        proj_forward(m, l, PROJ_K, k, ln1, N);
+        proj_forward(m, l, PROJ_V, v, ln1, N);
         rope_forward(q, m->rope_cos, m->rope_sin, m->positions, N, Hq, D);
         rope_forward(k, m->rope_cos, m->rope_sin, m->positions, N, Hkv, D);
         attention_forward(att, probs, q, k, v, B, T, Hq, Hkv, D);
-        proj_forward(m, l, PROJ_O, x_mid, att, N, lora_h_of(m, l, PROJ_O, N));
+        proj_forward(m, l, PROJ_O, x_mid, att, N);
         residual_forward(x_mid, x_mid, x, nd);
 
-        /* MLP block: x_next = x_mid + down_proj(silu(gate_proj(h)) * up_proj(h)) */
+        /* MLP block: x_next = x_mid + down_proj(silu(gate_proj(h)) * up_proj(h)); this rank's ffn */
         rmsnorm_forward(ln2, a->ln2_rstd + (size_t)l * N, x_mid, lw->mlp_norm, N, d,
                         (float)c->rms_norm_eps);
-        proj_forward(m, l, PROJ_GATE, gate, ln2, N, lora_h_of(m, l, PROJ_GATE, N));
-        proj_forward(m, l, PROJ_UP, up, ln2, N, lora_h_of(m, l, PROJ_UP, N));
+        proj_forward(m, l, PROJ_GATE, gate, ln2, N);
+        proj_forward(m, l, PROJ_UP, up, ln2, N);
         swiglu_forward(act, gate, up, nff);
-        proj_forward(m, l, PROJ_DOWN, x_next, act, N, lora_h_of(m, l, PROJ_DOWN, N));
+        proj_forward(m, l, PROJ_DOWN, x_next, act, N);
         residual_forward(x_next, x_next, x_mid, nd);
     }
     const real *x_last = a->x + (size_t)c->num_layers * nd;
     rmsnorm_forward(a->lnf, a->lnf_rstd, x_last, m->weights.final_norm, N, d,
                     (float)c->rms_norm_eps);
-    matmul_forward(a->logits, a->lnf, m->weights.lm_head, NULL, N, d, c->vocab_size, 1, 0);
-    logprob_forward(a->logp, a->lse, a->logits, targets, N, c->vocab_size);
+    matmul_forward(a->logits, a->lnf, m->weights.lm_head, NULL, N, d, m->local_vocab, 1, 0);
+    vocab_parallel_logprob(m, targets, N);
 }
 
 /* ---- backward --------------------------------------------------------------------------------*/
@@ -475,11 +640,14 @@ static LayerWeights *full_grads(Model *m, int l) {
     return m->weight_grads_memory ? &m->weight_grads.layers[l] : NULL;
 }
 
-/* Backward of proj_forward: dinp += d/d inp; LoRA gradients (and W, b gradients if enabled). */
+/* Backward of proj_forward: dinp += d/d inp; LoRA gradients (and W, b gradients if enabled).
+ * Column-parallel: dinp gets this rank's PARTIAL sum (the caller all-reduces it once per block),
+ * and so does the replicated A's gradient (summed over the group by the training step).
+ * Row-parallel: dout is whole, so dinp (this rank's input slice) and A's shard gradient are
+ * complete; the replicated B's gradient is complete and the same on every rank. */
 static void proj_backward(Model *m, int l, Proj p, real *dinp, const real *dout, const real *inp,
                           int N) {
-    const ModelConfig *c = &m->config;
-    const int in = proj_in(c, p), out_f = proj_out(c, p), r = m->lora.r;
+    const int in = local_in(m, p), out_f = local_out(m, p), r = m->lora.r;
     const LayerWeights *lw = &m->weights.layers[l];
     LayerWeights *g = full_grads(m, l);
     matmul_backward(dinp, g ? g->w[p] : NULL, g ? g->b[p] : NULL, dout, inp, lw->w[p], N, in,
@@ -499,25 +667,27 @@ static void zero(real *p, size_t n) { memset(p, 0, n * sizeof(real)); }
 
 void model_backward(Model *m, const real *dlogp) {
     const ModelConfig *c = &m->config;
-    const int B = m->B, T = m->T, N = B * T, d = c->hidden_size, V = c->vocab_size;
-    const int Hq = c->num_heads, Hkv = c->num_kv_heads, D = c->head_dim, ff = c->intermediate_size;
+    const int B = m->B, T = m->T, N = B * T, d = c->hidden_size, V = m->local_vocab;
+    const int Hq = m->local_heads, Hkv = m->local_kv_heads, D = c->head_dim, ff = m->local_ffn;
     const size_t nd = (size_t)N * d, nq = (size_t)N * Hq * D, nkv = (size_t)N * Hkv * D;
     const size_t nff = (size_t)N * ff;
     const Activations *a = &m->acts;
     GradScratch *s = &m->scratch;
     Weights *gw = m->weight_grads_memory ? &m->weight_grads : NULL;
 
-    /* head: logp -> logits -> final norm */
+    /* head: logp -> this rank's logits -> final norm (the input gradient is partial: one sum) */
     zero(s->dlogits, (size_t)N * V);
-    logprob_backward(s->dlogits, dlogp, a->logits, a->lse, m->targets, N, V);
+    logprob_backward_shard(s->dlogits, dlogp, a->logits, a->lse, m->targets, m->vocab_start, N, V);
     zero(s->dln, nd);
     matmul_backward(s->dln, gw ? gw->lm_head : NULL, NULL, s->dlogits, a->lnf, m->weights.lm_head,
                     N, d, V, 1);
+    tp_sum(m, s->dln, nd);
     zero(s->dx, nd);
     rmsnorm_backward(s->dx, gw ? gw->final_norm : NULL, s->dln, a->x + (size_t)c->num_layers * nd,
                      m->weights.final_norm, a->lnf_rstd, N, d);
 
-    /* layers in reverse; s->dx holds d loss / d x_{l+1} on entry, d loss / d x_l on exit */
+    /* layers in reverse; s->dx holds d loss / d x_{l+1} on entry, d loss / d x_l on exit (whole
+     * and identical on every rank of the tensor-parallel group) */
     for (int l = c->num_layers - 1; l >= 0; l--) {
         const LayerWeights *lw = &m->weights.layers[l];
         LayerWeights *g = full_grads(m, l);
@@ -536,6 +706,7 @@ void model_backward(Model *m, const real *dlogp) {
         zero(s->dln, nd);
         proj_backward(m, l, PROJ_GATE, s->dln, s->dgate, ln2, N);
         proj_backward(m, l, PROJ_UP, s->dln, s->dup, ln2, N);
+        tp_sum(m, s->dln, nd); /* the MLP block's one backward all-reduce */
         rmsnorm_backward(s->dx, g ? g->mlp_norm : NULL, s->dln, x_mid, lw->mlp_norm,
                          a->ln2_rstd + (size_t)l * N, N, d);
 
@@ -552,8 +723,9 @@ void model_backward(Model *m, const real *dlogp) {
         proj_backward(m, l, PROJ_Q, s->dln, s->dq, ln1, N);
         proj_backward(m, l, PROJ_K, s->dln, s->dk, ln1, N);
         proj_backward(m, l, PROJ_V, s->dln, s->dv, ln1, N);
+        tp_sum(m, s->dln, nd); /* the attention block's one backward all-reduce */
         rmsnorm_backward(s->dx, g ? g->attn_norm : NULL, s->dln, x, lw->attn_norm,
                          a->ln1_rstd + (size_t)l * N, N, d);
     }
-    if (gw) embedding_backward(gw->embed, s->dx, m->tokens, N, d, 0, V);
+    if (gw) embedding_backward(gw->embed, s->dx, m->tokens, N, d, m->vocab_start, m->local_vocab);
 }

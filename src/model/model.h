@@ -11,10 +11,21 @@
  *
  * Every loss (SFT cross-entropy, DPO, ORPO) is a function of logp, so model_backward takes
  * d loss / d logp and fills the LoRA gradients (and, when enabled, full-parameter gradients).
+ *
+ * Tensor parallelism (Megatron): with tp ranks in tp_comm, each rank holds a shard.
+ *   column-parallel q, k, v, gate, up: W split by output rows (heads / ffn), LoRA A replicated,
+ *     B split by rows; the backward all-reduces the input gradient (once per block: q,k,v
+ *     together, gate,up together).
+ *   row-parallel o, down: W split by input columns, LoRA A split by columns, its N x r partial
+ *     product all-reduced before the replicated B; the output all-reduced once.
+ *   embedding and LM head: split by vocabulary rows; the log-probabilities reduce max, sum of
+ *     exponentials and target logit across the group, so no rank ever holds full logits.
+ * Norms are replicated. With tp = 1 every shard is the whole tensor and nothing is reduced.
  */
 #ifndef PAFT_MODEL_H
 #define PAFT_MODEL_H
 
+#include <mpi.h>
 #include <stdint.h>
 
 #include "io/safetensors.h"
@@ -29,9 +40,11 @@ const char *proj_module_name(Proj p);
 /* "q_proj", ... (the name used in lora.targets) */
 const char *proj_short_name(Proj p);
 
-/* Input and output features of a projection of this architecture. */
+/* Input and output features of a projection of this architecture (whole tensors). */
 int proj_in(const ModelConfig *c, Proj p);
 int proj_out(const ModelConfig *c, Proj p);
+/* Column-parallel (q, k, v, gate, up: output rows split) or row-parallel (o, down). */
+int proj_is_row_parallel(Proj p);
 
 typedef struct {
     int r;
@@ -66,13 +79,19 @@ typedef struct {
     real *B[N_PROJ];
 } LayerLora;
 
-/* A named tensor in a flat buffer: what an HDF5/safetensors writer or a collective walks. */
+/* A named tensor in a flat buffer: what an HDF5/safetensors writer or a collective walks. Under
+ * tensor parallelism the buffer holds this rank's block of the global tensor. */
 typedef struct {
     char name[160];  /* base: the HF tensor name, "model.layers.0.self_attn.q_proj.weight";
                         LoRA: "<HF module path>/A" or "/B", the path under /lora in an adapter */
     size_t offset;   /* in elements, from the start of the flat buffer */
-    int64_t rows, cols;
+    int64_t rows, cols;               /* this rank's block (cols = 1 for a vector) */
+    int64_t global_rows, global_cols; /* the whole tensor */
+    int64_t row0, col0;               /* where the block starts in the whole tensor */
 } TensorView;
+
+/* Is the view the whole tensor (replicated across the tensor-parallel group)? */
+int view_is_whole(const TensorView *v);
 
 /* Activations of one forward pass, kept for the backward (per layer where it matters). */
 typedef struct {
@@ -126,15 +145,24 @@ typedef struct {
     real *weight_grads_memory;
     Weights weight_grads;
 
-    /* LoRA parameters and gradients (same layout) */
+    /* LoRA parameters and gradients (same layout). The first n_lora_replicated values are the
+     * factors every tensor-parallel rank holds whole (A of column-parallel and B of row-parallel
+     * projections), the rest are this rank's shards: one all-reduce over tp_comm covers the
+     * replicated region. */
     real *lora_memory;
     real *lora_grads_memory;
     size_t n_lora;
+    size_t n_lora_replicated;
     LayerLora *lora_params; /* [L] */
     LayerLora *lora_grads;  /* [L] */
     int n_lora_views;       /* two per adapted module: A then B */
     TensorView *lora_views;
     int adapters_enabled; /* 0: the base model alone (DPO's reference) */
+
+    /* tensor parallelism: this rank's shard sizes */
+    MPI_Comm tp_comm;
+    int tp_rank, tp_size;
+    int local_heads, local_kv_heads, local_ffn, local_vocab, vocab_start;
 
     /* RoPE tables [max_pos][D/2] */
     real *rope_cos, *rope_sin;
@@ -147,13 +175,19 @@ typedef struct {
     real *scratch_memory;
     GradScratch scratch;
     int32_t *positions; /* [max_B*max_T] position of each token in its sequence */
+    real *row_max;      /* [max_B*max_T] vocab-parallel log-prob pieces */
+    double *row_sumexp, *row_target;
     int B, T;           /* shape of the last forward */
     const int32_t *tokens, *targets; /* of the last forward (borrowed) */
 } Model;
 
 /* Load a Hugging Face model (directory or .safetensors file next to its config.json) and create
- * LoRA adapters (A ~ U(+-1/sqrt(in)) from `seed` as PEFT's kaiming-uniform init, B = 0). */
-void model_load(Model *model, const char *path, const LoraConfig *lora, uint64_t seed);
+ * LoRA adapters (A ~ U(+-1/sqrt(in)) from `seed` as PEFT's kaiming-uniform init, B = 0; the same
+ * values whatever the tensor-parallel layout). Each rank of tp_comm (MPI_COMM_SELF: no tensor
+ * parallelism) reads only its shard of every tensor. Heads, KV heads, ffn and vocabulary must
+ * divide by the group size (fatal error naming the size otherwise). */
+void model_load(Model *model, const char *path, const LoraConfig *lora, uint64_t seed,
+                MPI_Comm tp_comm);
 void model_free(Model *model);
 /* Allocate activations for batches of up to B sequences of up to T tokens. */
 void model_alloc_activations(Model *model, int B, int T);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/h5file.h"
 #include "io/safetensors.h"
 
 void peft_read_config(LoraConfig *lora, const char *adapter_dir) {
@@ -70,51 +71,89 @@ void peft_load_adapter(Model *m, const char *adapter_dir) {
     free(path);
 }
 
-void peft_write_adapter(const Model *m, const char *adapter_dir) {
+void peft_write_adapter(const char *adapter_h5, const char *adapter_dir) {
     if (mkdir(adapter_dir, 0777) != 0 && errno != EEXIST)
         PAFT_FATAL("%s: cannot create directory: %s", adapter_dir, strerror(errno));
+    H5File f;
+    h5_open_read(&f, adapter_h5, MPI_COMM_SELF);
+    char *base = h5_get_attr_string(&f, "base_model");
+    char *targets_text = h5_get_attr_string(&f, "targets");
+    LoraConfig lora;
+    lora_config_init(&lora, (int)h5_get_attr_int(&f, "r"), h5_get_attr_double(&f, "alpha"),
+                     (int)h5_get_attr_int(&f, "rslora"), targets_text, adapter_h5);
+
     /* adapter_config.json: the keys peft.LoraConfig needs to rebuild the same adapter */
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "peft_type", "LORA");
     cJSON_AddStringToObject(root, "task_type", "CAUSAL_LM");
-    cJSON_AddStringToObject(root, "base_model_name_or_path", m->path);
-    cJSON_AddNumberToObject(root, "r", m->lora.r);
-    cJSON_AddNumberToObject(root, "lora_alpha", m->lora.alpha);
+    cJSON_AddStringToObject(root, "base_model_name_or_path", base);
+    cJSON_AddNumberToObject(root, "r", lora.r);
+    cJSON_AddNumberToObject(root, "lora_alpha", lora.alpha);
     cJSON_AddNumberToObject(root, "lora_dropout", 0.0);
-    cJSON_AddBoolToObject(root, "use_rslora", m->lora.rslora);
+    cJSON_AddBoolToObject(root, "use_rslora", lora.rslora);
     cJSON_AddStringToObject(root, "bias", "none");
     cJSON_AddBoolToObject(root, "fan_in_fan_out", 0);
     cJSON_AddBoolToObject(root, "inference_mode", 1);
     cJSON *targets = cJSON_AddArrayToObject(root, "target_modules");
     for (int p = 0; p < N_PROJ; p++)
-        if (m->lora.targets[p]) cJSON_AddItemToArray(targets, cJSON_CreateString(proj_short_name(p)));
+        if (lora.targets[p]) cJSON_AddItemToArray(targets, cJSON_CreateString(proj_short_name(p)));
     char *text = cJSON_Print(root);
     char *path = paft_path_join(adapter_dir, "adapter_config.json");
     char *tmp = paft_path_join(adapter_dir, ".adapter_config.json.tmp");
-    FILE *f = fopen(tmp, "w");
-    if (!f) PAFT_FATAL("%s: cannot create: %s", tmp, strerror(errno));
-    if (fprintf(f, "%s\n", text) < 0 || fclose(f) != 0) PAFT_FATAL("%s: write failed", tmp);
+    FILE *out = fopen(tmp, "w");
+    if (!out) PAFT_FATAL("%s: cannot create: %s", tmp, strerror(errno));
+    if (fprintf(out, "%s\n", text) < 0 || fclose(out) != 0) PAFT_FATAL("%s: write failed", tmp);
     if (rename(tmp, path) != 0) PAFT_FATAL("%s: cannot rename into place: %s", path, strerror(errno));
     free(tmp);
     free(path);
     free(text);
     cJSON_Delete(root);
 
-    /* adapter_model.safetensors with PEFT's tensor names */
-    TensorToWrite *tensors = paft_calloc((size_t)m->n_lora_views, sizeof(TensorToWrite));
-    char **names = paft_calloc((size_t)m->n_lora_views, sizeof(char *));
-    for (int i = 0; i < m->n_lora_views; i++) {
-        const TensorView *v = &m->lora_views[i];
-        size_t len = strlen(v->name), n = len + 64;
-        names[i] = paft_malloc(n);
-        snprintf(names[i], n, "base_model.model.%.*s.lora_%c.weight", (int)(len - 2), v->name,
-                 v->name[len - 1]);
-        tensors[i] = (TensorToWrite){names[i], DTYPE_F32, 2, {v->rows, v->cols}, m->lora_memory + v->offset};
+    /* adapter_model.safetensors: every /lora/<module>/A|B under PEFT's names */
+    int n_layers = 0;
+    while (1) {
+        char probe[256];
+        snprintf(probe, sizeof probe, "/lora/model.layers.%d", n_layers);
+        int any = 0;
+        for (int p = 0; p < N_PROJ && !any; p++) {
+            snprintf(probe, sizeof probe, "/lora/model.layers.%d.%s", n_layers, proj_module_name(p));
+            any = h5_exists(&f, probe);
+        }
+        if (!any) break;
+        n_layers++;
     }
+    int n = 0, cap = 2 * N_PROJ * (n_layers > 0 ? n_layers : 1);
+    TensorToWrite *tensors = paft_calloc((size_t)cap, sizeof(TensorToWrite));
+    char **names = paft_calloc((size_t)cap, sizeof(char *));
+    real **data = paft_calloc((size_t)cap, sizeof(real *));
+    for (int l = 0; l < n_layers; l++)
+        for (int p = 0; p < N_PROJ; p++)
+            for (int part = 0; part < 2 && lora.targets[p]; part++) {
+                char dataset[256];
+                snprintf(dataset, sizeof dataset, "/lora/model.layers.%d.%s/%c", l,
+                         proj_module_name(p), part ? 'B' : 'A');
+                int64_t dims[2];
+                h5_shape(&f, dataset, dims);
+                H5Block block = h5_whole(dims[0], dims[1], 1);
+                data[n] = paft_malloc((size_t)(dims[0] * dims[1]) * sizeof(real));
+                h5_read_real(&f, dataset, &block, data[n]);
+                names[n] = paft_malloc(256);
+                snprintf(names[n], 256, "base_model.model.model.layers.%d.%s.lora_%c.weight", l,
+                         proj_module_name(p), part ? 'B' : 'A');
+                tensors[n] = (TensorToWrite){names[n], DTYPE_F32, 2, {dims[0], dims[1]}, data[n]};
+                n++;
+            }
     path = paft_path_join(adapter_dir, "adapter_model.safetensors");
-    safetensors_write(path, tensors, m->n_lora_views, "{\"format\": \"pt\"}");
+    safetensors_write(path, tensors, n, "{\"format\": \"pt\"}");
     free(path);
-    for (int i = 0; i < m->n_lora_views; i++) free(names[i]);
+    for (int i = 0; i < n; i++) {
+        free(names[i]);
+        free(data[i]);
+    }
     free(names);
+    free(data);
     free(tensors);
+    free(base);
+    free(targets_text);
+    h5_close(&f);
 }

@@ -16,8 +16,8 @@ void peft_read_config(LoraConfig *lora, const char *adapter_dir);
 /* Load the adapter's A and B into the model, whose LoRA configuration must match. */
 void peft_load_adapter(Model *model, const char *adapter_dir);
 
-/* Write the model's LoRA parameters as a PEFT adapter directory (created if needed):
- * adapter_config.json and adapter_model.safetensors (F32). Call on one rank. */
-void peft_write_adapter(const Model *model, const char *adapter_dir);
+/* Convert a paft adapter file (adapter.h5, global shapes) into a PEFT adapter directory (created if
+ * needed): adapter_config.json and adapter_model.safetensors (F32). Call on one rank. */
+void peft_write_adapter(const char *adapter_h5, const char *adapter_dir);
 
 #endif

@@ -24,6 +24,12 @@ void allreduce_max_int(int *value, MPI_Comm comm) {
     CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, value, 1, MPI_INT, MPI_MAX, comm));
 }
 
+void allreduce_max_real(real *buf, size_t n, MPI_Comm comm) {
+    for (size_t i = 0; i < n; i += CHUNK)
+        CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, buf + i, (int)PAFT_MIN(CHUNK, n - i),
+                                mpi_real_type(), MPI_MAX, comm));
+}
+
 void broadcast_real(real *buf, size_t n, int root, MPI_Comm comm) {
     for (size_t i = 0; i < n; i += CHUNK)
         CHECK_MPI(MPI_Bcast(buf + i, (int)PAFT_MIN(CHUNK, n - i), mpi_real_type(), root, comm));

@@ -18,6 +18,7 @@ void allreduce_sum_real(real *buf, size_t n, MPI_Comm comm);
 void allreduce_sum_double(double *buf, size_t n, MPI_Comm comm);
 /* In-place max over comm. */
 void allreduce_max_int(int *value, MPI_Comm comm);
+void allreduce_max_real(real *buf, size_t n, MPI_Comm comm);
 /* Broadcast from root. */
 void broadcast_real(real *buf, size_t n, int root, MPI_Comm comm);
 

@@ -1,23 +1,25 @@
 /* step.c - the loss and gradients of one global batch (see step.h). */
 #include "train/step.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "loss/lora_delta.h"
 #include "loss/sft_loss.h"
+#include "optim/adamw.h"
 #include "parallel/collectives.h"
 
 void step_context_init(StepContext *ctx, Model *model, const TokenData *data,
-                       const StageConfig *sc, StageKind kind, MPI_Comm comm) {
+                       const StageConfig *sc, StageKind kind, const Layout *layout) {
     memset(ctx, 0, sizeof *ctx);
     ctx->model = model;
     ctx->data = data;
     ctx->sc = sc;
     ctx->kind = kind;
-    ctx->comm = comm;
-    CHECK_MPI(MPI_Comm_rank(comm, &ctx->rank));
-    CHECK_MPI(MPI_Comm_size(comm, &ctx->size));
+    ctx->layout = layout;
+    ctx->rank = layout->dp_rank;
+    ctx->size = layout->dp;
     const char *section = kind == STAGE_SFT ? "sft" : "pref";
     if (sc->batch % (sc->micro_batch * ctx->size) != 0)
         PAFT_FATAL("configuration: %s.batch = %d must be a multiple of %s.micro_batch (%d) x "
@@ -53,6 +55,63 @@ void step_context_free(StepContext *ctx) {
     memset(ctx, 0, sizeof *ctx);
 }
 
+/* ---- reductions -------------------------------------------------------------------------------
+ * After the micro-batches: (1) sum the LoRA gradients and the metric sums over the data-parallel
+ * replicas; (2) add the L1 term's gradient, once, from this rank's block of each delta; (3) sum the
+ * replicated factors' gradients over the tensor-parallel group. In (3) a replicated factor's
+ * gradient is either partial on each rank (A of column-parallel projections, and every L1 term)
+ * or complete and identical (B of row-parallel projections from the data term): the latter is
+ * kept on tensor-parallel rank 0 only, so the sum counts it once. */
+
+static void reduce_data_parallel(StepContext *ctx, double *sums, int n_sums) {
+    Model *m = ctx->model;
+    if (ctx->layout->dp > 1) {
+        allreduce_sum_real(m->lora_grads_memory, m->n_lora, ctx->layout->dp_comm);
+        allreduce_sum_double(sums, (size_t)n_sums, ctx->layout->dp_comm);
+    }
+    if (m->tp_size > 1 && m->tp_rank != 0)
+        for (int l = 0; l < m->config.num_layers; l++)
+            for (int p = 0; p < N_PROJ; p++)
+                if (m->lora.targets[p] && proj_is_row_parallel(p))
+                    memset(m->lora_grads[l].B[p], 0,
+                           (size_t)proj_out(&m->config, p) * m->lora.r * sizeof(real));
+}
+
+/* lambda * sum |s B A| over this rank's blocks; adds its gradient; returns the whole sum. */
+static double add_l1_penalty(StepContext *ctx, double lambda) {
+    Model *m = ctx->model;
+    const int tp = m->tp_size;
+    double l1 = 0;
+    for (int l = 0; l < m->config.num_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            if (!m->lora.targets[p]) continue;
+            int out = proj_out(&m->config, p), in = proj_in(&m->config, p);
+            if (proj_is_row_parallel(p))
+                in /= tp; /* delta's columns of this rank */
+            else
+                out /= tp; /* delta's rows of this rank */
+            l1 += l1_penalty(m->lora_grads[l].A[p], m->lora_grads[l].B[p], m->lora_params[l].A[p],
+                             m->lora_params[l].B[p], out, in, m->lora.r, (real)m->lora.scale,
+                             (real)lambda, ctx->delta_scratch);
+        }
+    if (tp > 1) allreduce_sum_double(&l1, 1, m->tp_comm);
+    return l1;
+}
+
+static void reduce_tensor_parallel(StepContext *ctx) {
+    Model *m = ctx->model;
+    if (m->tp_size > 1) allreduce_sum_real(m->lora_grads_memory, m->n_lora_replicated, m->tp_comm);
+}
+
+double step_grad_norm(const StepContext *ctx) {
+    const Model *m = ctx->model;
+    double replicated = grad_sum_squares(m->lora_grads_memory, m->n_lora_replicated);
+    double shards = grad_sum_squares(m->lora_grads_memory + m->n_lora_replicated,
+                                     m->n_lora - m->n_lora_replicated);
+    if (m->tp_size > 1) allreduce_sum_double(&shards, 1, m->tp_comm);
+    return sqrt(replicated + shards);
+}
+
 /* ---- SFT step: token-mean cross-entropy over the global batch ---------------------------------*/
 
 static void sft_gradients(StepContext *tr, const uint64_t *records, StepStats *st) {
@@ -81,23 +140,12 @@ static void sft_gradients(StepContext *tr, const uint64_t *records, StepStats *s
         sft_dlogp(tr->dlogp, tr->batch.targets, N, (double)global_targets);
         model_backward(m, tr->dlogp);
     }
-    allreduce_sum_real(m->lora_grads_memory, m->n_lora, tr->comm);
-    allreduce_sum_double(sums, 2, tr->comm);
+    reduce_data_parallel(tr, sums, 2);
     st->nll = sums[0] / (double)global_targets;
     st->tokens = sums[1];
-
-    /* PAFT's L1 term lambda * sum |s B A| on every adapted module: added after the all-reduce,
-     * identically on every rank (the LoRA replicas are identical). */
-    st->l1 = 0;
-    if (sc->l1 > 0)
-        for (int l = 0; l < m->config.num_layers; l++)
-            for (int p = 0; p < N_PROJ; p++) {
-                if (!m->lora.targets[p]) continue;
-                st->l1 += l1_penalty(m->lora_grads[l].A[p], m->lora_grads[l].B[p],
-                                     m->lora_params[l].A[p], m->lora_params[l].B[p],
-                                     proj_out(&m->config, p), proj_in(&m->config, p), m->lora.r,
-                                     (real)m->lora.scale, (real)sc->l1, tr->delta_scratch);
-            }
+    /* PAFT's L1 term lambda * sum |s B A|, on this rank's block of every delta */
+    st->l1 = sc->l1 > 0 ? add_l1_penalty(tr, sc->l1) : 0;
+    reduce_tensor_parallel(tr);
     st->loss = st->nll + st->l1;
 }
 
@@ -188,8 +236,8 @@ static void pref_gradients(StepContext *tr, const uint64_t *records, StepStats *
     }
     free(policy);
     free(ref);
-    allreduce_sum_real(m->lora_grads_memory, m->n_lora, tr->comm);
-    allreduce_sum_double(sums, SUMS, tr->comm);
+    reduce_data_parallel(tr, sums, SUMS);
+    reduce_tensor_parallel(tr);
     st->nll = orpo ? sums[9] / (double)global_chosen : 0;
     st->loss = sums[0] / P + st->nll;
     st->reward_chosen = sums[1] / P;

@@ -15,6 +15,7 @@
 #include "data/token_data.h"
 #include "loss/pref_loss.h"
 #include "model/model.h"
+#include "parallel/layout.h"
 #include "train/batch.h"
 
 typedef enum { STAGE_SFT, STAGE_PREF } StageKind;
@@ -33,9 +34,9 @@ typedef struct {
     const StageConfig *sc; /* batch, micro_batch, l1, loss, beta, label_smoothing */
     StageKind kind;
     PrefLossParams pref;
-    MPI_Comm comm;
-    int rank, size;
-    int per_rank; /* records of a global batch handled by this rank */
+    const Layout *layout; /* data parallel over dp_comm, tensor parallel over tp_comm */
+    int rank, size;       /* this rank's data-parallel index and the number of replicas */
+    int per_rank;         /* records of a global batch handled by this replica */
     Batch batch;
     real *dlogp;
     real *delta_scratch; /* the largest projection's out x in (L1 term) */
@@ -45,10 +46,13 @@ typedef struct {
 
 /* The model's activations must already hold the micro-batch (x2 for pairs) at sc->seq_len. */
 void step_context_init(StepContext *ctx, Model *model, const TokenData *data,
-                       const StageConfig *sc, StageKind kind, MPI_Comm comm);
+                       const StageConfig *sc, StageKind kind, const Layout *layout);
 void step_context_free(StepContext *ctx);
 /* Zero the LoRA gradients and fill them with the gradient of the loss of records[0..sc->batch)
  * (identical on every rank afterwards). Fills the loss and metrics of st. */
 void step_gradients(StepContext *ctx, const uint64_t *records, StepStats *st);
+/* The global norm of the LoRA gradients (replicated factors counted once, shards summed over
+ * the tensor-parallel group): what clipping and the logs use. */
+double step_grad_norm(const StepContext *ctx);
 
 #endif

@@ -25,6 +25,7 @@
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
 #include "parallel/collectives.h"
+#include "parallel/layout.h"
 #include "train/step.h"
 
 /* The one piece of process-wide state: a signal handler can only talk to the program through a
@@ -50,8 +51,9 @@ typedef struct {
     StageKind kind;
     const StageConfig *sc;
     const char *name; /* "sft", "dpo", "ipo", "hinge", "orpo" */
-    MPI_Comm comm;
+    MPI_Comm comm; /* the training group */
     int rank, size;
+    Layout layout; /* its TP x DP grid */
 
     Model model;
     AdamW opt;
@@ -97,7 +99,8 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
     LoraConfig lora;
     lora_config_init(&lora, cfg->lora.r, cfg->lora.alpha, cfg->lora.rslora, cfg->lora.targets,
                      "configuration [lora]");
-    model_load(&tr->model, cfg->model.path, &lora, (uint64_t)sc->seed);
+    layout_create(&tr->layout, comm, cfg->parallel.tp);
+    model_load(&tr->model, cfg->model.path, &lora, (uint64_t)sc->seed, tr->layout.tp_comm);
     if (cfg->model.adapter[0]) adapter_fold_into_base(cfg->model.adapter, comm, &tr->model);
     int rows = kind == STAGE_SFT ? sc->micro_batch : 2 * sc->micro_batch;
     model_alloc_activations(&tr->model, rows, sc->seq_len);
@@ -114,7 +117,7 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
     tr->warmup_steps = warmup_steps_from_fraction(sc->warmup, (int)tr->total_steps);
     tr->schedule = lr_schedule_from_name(sc->schedule);
     tr->order = paft_malloc(tr->data->num_records * sizeof(uint64_t));
-    step_context_init(&tr->step_ctx, &tr->model, tr->data, sc, kind, comm);
+    step_context_init(&tr->step_ctx, &tr->model, tr->data, sc, kind, &tr->layout);
 
     AdamWHyper hyper = adamw_default_hyper();
     hyper.weight_decay = sc->weight_decay;
@@ -135,6 +138,7 @@ static void teardown(Trainer *tr) {
     token_data_close(tr->data);
     adamw_free(&tr->opt);
     model_free(&tr->model);
+    layout_free(&tr->layout);
     free(tr->order);
     free(tr->dir);
 }
@@ -143,8 +147,7 @@ static void teardown(Trainer *tr) {
 
 static void optimizer_step(Trainer *tr, StepStats *st) {
     Model *m = &tr->model;
-    /* gradients are identical on every rank after the all-reduce: the norm needs no collective */
-    st->grad_norm = sqrt(grad_sum_squares(m->lora_grads_memory, m->n_lora));
+    st->grad_norm = step_grad_norm(&tr->step_ctx);
     st->lr = tr->sc->lr * lr_multiplier(tr->schedule, (long)tr->step, (long)tr->warmup_steps,
                                         (long)tr->total_steps);
     if (!isfinite(st->grad_norm) || !isfinite(st->loss)) {
@@ -205,7 +208,8 @@ static void write_checkpoint(Trainer *tr) {
     snprintf(info.stage, sizeof info.stage, "%s", tr->name);
     snprintf(info.folded_adapter, sizeof info.folded_adapter, "%s", tr->cfg->model.adapter);
     tr->pos.optim_step = tr->opt.step;
-    adapter_write(path, tr->comm, &tr->model, &info, tr->opt.m, tr->opt.v, &tr->pos);
+    adapter_write(path, tr->comm, &tr->model, &info, tr->opt.m, tr->opt.v, &tr->pos,
+                  tr->layout.dp_rank == 0);
     free(path);
 }
 
@@ -317,10 +321,10 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
         AdapterInfo info = {.step = tr.step};
         snprintf(info.stage, sizeof info.stage, "%s", tr.name);
         snprintf(info.folded_adapter, sizeof info.folded_adapter, "%s", cfg->model.adapter);
-        adapter_write(adapter_path, comm, &tr.model, &info, NULL, NULL, NULL);
+        adapter_write(adapter_path, comm, &tr.model, &info, NULL, NULL, NULL, tr.layout.dp_rank == 0);
         if (tr.rank == 0) {
             char *peft_dir = paft_path_join(tr.dir, "peft");
-            peft_write_adapter(&tr.model, peft_dir);
+            peft_write_adapter(adapter_path, peft_dir);
             free(peft_dir);
             remove(checkpoint_path); /* the adapter is the final state now */
             printf("[%s] done in %.1f s: %s (PEFT copy in %s/peft)\n", tr.name,

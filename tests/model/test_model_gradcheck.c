@@ -60,7 +60,7 @@ static void run_case(const char *dir, TinyModelSpec spec, const char *targets_li
     LoraConfig lora;
     lora_config_init(&lora, 3, 5.0, rslora, targets_list, "test");
     Model m;
-    model_load(&m, dir, &lora, 11);
+    model_load(&m, dir, &lora, 11, MPI_COMM_SELF);
     model_alloc_activations(&m, B, T);
     model_enable_full_grads(&m);
     Rng rng;

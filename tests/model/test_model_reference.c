@@ -45,7 +45,7 @@ static void run_fixture(const char *dir) {
     LoraConfig lora;
     peft_read_config(&lora, adapter_dir);
     Model m;
-    model_load(&m, dir, &lora, 1234);
+    model_load(&m, dir, &lora, 1234, MPI_COMM_SELF);
     peft_load_adapter(&m, adapter_dir);
 
     Reference ref;

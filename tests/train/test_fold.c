@@ -26,10 +26,10 @@ int main(int argc, char **argv) {
 
     /* an adapter with random A and B, written through the real writer */
     Model with;
-    model_load(&with, "fold_model", &lora, 1);
+    model_load(&with, "fold_model", &lora, 1, MPI_COMM_SELF);
     for (size_t i = 0; i < with.n_lora; i++) with.lora_memory[i] = (real)(0.2 * rng_normal(&rng));
     AdapterInfo info = {.stage = "sft", .step = 7};
-    adapter_write("fold_adapter.h5", MPI_COMM_WORLD, &with, &info, NULL, NULL, NULL);
+    adapter_write("fold_adapter.h5", MPI_COMM_WORLD, &with, &info, NULL, NULL, NULL, 1);
     model_alloc_activations(&with, B, T);
     model_forward(&with, tokens, targets, B, T);
 
@@ -37,7 +37,7 @@ int main(int argc, char **argv) {
     LoraConfig other;
     lora_config_init(&other, 2, 2.0, 1, "gate_proj,up_proj", "test");
     Model folded;
-    model_load(&folded, "fold_model", &other, 9);
+    model_load(&folded, "fold_model", &other, 9, MPI_COMM_SELF);
     adapter_fold_into_base("fold_adapter.h5", MPI_COMM_WORLD, &folded);
     model_alloc_activations(&folded, B, T);
     model_forward(&folded, tokens, targets, B, T);
@@ -47,7 +47,7 @@ int main(int argc, char **argv) {
     CHECK(err < 1e-5, "folded model differs: %.3g", err);
     /* and the fold really changed the model */
     Model base;
-    model_load(&base, "fold_model", &other, 9);
+    model_load(&base, "fold_model", &other, 9, MPI_COMM_SELF);
     model_alloc_activations(&base, B, T);
     model_forward(&base, tokens, targets, B, T);
     double moved = max_rel_error(base.acts.logits, with.acts.logits, (size_t)B * T * 64);

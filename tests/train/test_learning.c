@@ -48,7 +48,7 @@ static void evaluate(const Config *cfg, const char *adapter, EvalResult *sft, Ev
     LoraConfig lora;
     lora_config_init(&lora, cfg->lora.r, cfg->lora.alpha, 0, cfg->lora.targets, "test");
     Model m;
-    model_load(&m, cfg->model.path, &lora, 1);
+    model_load(&m, cfg->model.path, &lora, 1, MPI_COMM_SELF);
     if (adapter) adapter_read(adapter, MPI_COMM_WORLD, &m, NULL, NULL, NULL, NULL);
     model_alloc_activations(&m, 16, 24);
     TokenData *sd = token_data_open("learn/sft_val.bin", TOKEN_DATA_SFT, 64);

@@ -55,7 +55,7 @@ static void load(Model *m, const char *dir, int rows, int T) {
     char *adapter = paft_path_join(dir, "adapter");
     LoraConfig lora;
     peft_read_config(&lora, adapter);
-    model_load(m, dir, &lora, 1);
+    model_load(m, dir, &lora, 1, MPI_COMM_SELF);
     peft_load_adapter(m, adapter);
     model_alloc_activations(m, rows, T);
     free(adapter);
@@ -89,8 +89,10 @@ static void sft_case(const char *dir, int micro_batch) {
     load(&m, dir, micro_batch, T);
     TokenData *data = token_data_open("step_sft.bin", TOKEN_DATA_SFT, (uint32_t)m.config.vocab_size);
     StageConfig sc = {.batch = B, .micro_batch = micro_batch, .seq_len = T, .l1 = 0};
+    Layout layout;
+    layout_create(&layout, MPI_COMM_WORLD, 1);
     StepContext ctx;
-    step_context_init(&ctx, &m, data, &sc, STAGE_SFT, MPI_COMM_WORLD);
+    step_context_init(&ctx, &m, data, &sc, STAGE_SFT, &layout);
     uint64_t records[64];
     for (int i = 0; i < B; i++) records[i] = (uint64_t)i;
     StepStats st;
@@ -102,6 +104,7 @@ static void sft_case(const char *dir, int micro_batch) {
     compare_grads(&m, &ref, "grad.", what);
     free(loss);
     step_context_free(&ctx);
+    layout_free(&layout);
     token_data_close(data);
     model_free(&m);
     checkpoint_close(&ref);
@@ -142,8 +145,10 @@ static void pref_case(const char *dir, const char *kind, int micro_batch) {
     StageConfig sc = {.batch = (int)P, .micro_batch = micro_batch, .seq_len = longest,
                       .beta = 0.1, .label_smoothing = strcmp(kind, "dpo") == 0 ? 0.1 : 0};
     snprintf(sc.loss, sizeof sc.loss, "%s", kind);
+    Layout layout;
+    layout_create(&layout, MPI_COMM_WORLD, 1);
     StepContext ctx;
-    step_context_init(&ctx, &m, data, &sc, STAGE_PREF, MPI_COMM_WORLD);
+    step_context_init(&ctx, &m, data, &sc, STAGE_PREF, &layout);
     uint64_t records[64];
     for (int i = 0; i < P; i++) records[i] = (uint64_t)i;
     StepStats st;
@@ -168,6 +173,7 @@ static void pref_case(const char *dir, const char *kind, int micro_batch) {
     free(rc);
     free(rr);
     step_context_free(&ctx);
+    layout_free(&layout);
     token_data_close(data);
     model_free(&m);
     checkpoint_close(&ref);

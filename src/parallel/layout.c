@@ -1,0 +1,50 @@
+/* layout.c - groups and the TP x DP grid (see layout.h). */
+#include "parallel/layout.h"
+
+#include <string.h>
+
+#include "util/common.h"
+
+void layout_create(Layout *l, MPI_Comm group, int tp) {
+    memset(l, 0, sizeof *l);
+    l->group = group;
+    CHECK_MPI(MPI_Comm_rank(group, &l->group_rank));
+    CHECK_MPI(MPI_Comm_size(group, &l->group_size));
+    if (tp < 1 || l->group_size % tp != 0)
+        PAFT_FATAL("configuration: parallel.tp = %d does not divide the %d ranks of the group", tp,
+                   l->group_size);
+    l->tp = tp;
+    l->dp = l->group_size / tp;
+    l->tp_rank = l->group_rank % tp;
+    l->dp_rank = l->group_rank / tp;
+    if (tp == 1) {
+        l->tp_comm = MPI_COMM_SELF;
+    } else {
+        CHECK_MPI(MPI_Comm_split(group, l->dp_rank, l->tp_rank, &l->tp_comm));
+    }
+    CHECK_MPI(MPI_Comm_split(group, l->tp_rank, l->dp_rank, &l->dp_comm));
+}
+
+void layout_free(Layout *l) {
+    if (l->tp_comm != MPI_COMM_SELF && l->tp_comm != MPI_COMM_NULL) MPI_Comm_free(&l->tp_comm);
+    if (l->dp_comm != MPI_COMM_NULL) MPI_Comm_free(&l->dp_comm);
+    memset(l, 0, sizeof *l);
+}
+
+MPI_Comm layout_split_world(int sft_ranks, int *is_sft, int *n_sft) {
+    int rank, size;
+    CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+    CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
+    int s = sft_ranks > 0 ? sft_ranks : size / 2;
+    if (size < 2)
+        PAFT_FATAL("paft run needs at least 2 ranks (one SFT, one preference); got %d. Use "
+                   "paft train for one stage on one rank.", size);
+    if (s < 1 || s >= size)
+        PAFT_FATAL("configuration: parallel.sft_ranks = %d leaves no rank for one of the groups "
+                   "(world of %d ranks)", s, size);
+    *is_sft = rank < s;
+    *n_sft = s;
+    MPI_Comm group;
+    CHECK_MPI(MPI_Comm_split(MPI_COMM_WORLD, *is_sft ? 0 : 1, rank, &group));
+    return group;
+}
