@@ -16,7 +16,7 @@ int cmd_not_yet(int argc, char **argv) {
 }
 
 static const Command commands[] = {
-    {"run", cmd_not_yet, "the whole PAFT job: SFT || preference training, then the merge",
+    {"run", cmd_run, "the whole PAFT job: SFT || preference training, then the merge",
      "usage: paft run CONFIG [section.key=value ...]\n\n"
      "Splits the ranks into an SFT group (parallel.sft_ranks, default half) and a preference group,\n"
      "trains both at once from the same base model, then merges the two LoRA deltas on all ranks\n"

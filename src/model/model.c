@@ -411,6 +411,18 @@ void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t see
     init_lora(m, seed);
 }
 
+int model_weight_views(const ModelConfig *c, TensorView **views) {
+    Weights w = {0};
+    w.layers = paft_calloc((size_t)c->num_layers, sizeof(LayerWeights));
+    Carver count = {.tp_rank = 0, .tp = 1};
+    layout_weights(c, &w, &count);
+    *views = paft_calloc((size_t)count.n_views, sizeof(TensorView));
+    Carver bind = {NULL, 0, *views, 0, 0, 1};
+    layout_weights(c, &w, &bind);
+    free(w.layers);
+    return bind.n_views;
+}
+
 void model_enable_full_grads(Model *m) {
     if (m->weight_grads_memory) return;
     m->weight_grads_memory = paft_calloc(m->n_weights, sizeof(real));

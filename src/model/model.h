@@ -206,6 +206,11 @@ void model_zero_grads(Model *model);
 void model_fingerprint(const Checkpoint *ckpt, const TensorView *views, int n_views,
                        char out[17]);
 
+/* The base model's tensors as model_load lays them out (names, whole shapes, order), computed
+ * from the configuration alone without reading a weight (the merge stage and the fingerprint of a
+ * base use it). Returns the count; *views is malloc'ed. */
+int model_weight_views(const ModelConfig *config, TensorView **views);
+
 /* Number of base-model parameters (the exact count, tied head counted once). */
 int64_t model_parameter_count(const Model *model);
 
