@@ -88,6 +88,7 @@ static const ConfigKey config_keys[] = {
     STR("output", "dir", output.dir, "runs/paft"),
     NUM("output", "checkpoint_every", KEY_INT, output.checkpoint_every, "500", 0, 1e9),
     NUM("output", "log_every", KEY_INT, output.log_every, "1", 1, 1e9),
+    NUM("output", "stop_after", KEY_INT, output.stop_after, "0", 0, 1e9),
 };
 #define N_CONFIG_KEYS ((int)(sizeof config_keys / sizeof config_keys[0]))
 

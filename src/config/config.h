@@ -75,6 +75,7 @@ typedef struct {
         char dir[CONFIG_PATH_MAX];
         int checkpoint_every;
         int log_every;
+        int stop_after; /* checkpoint and stop after this many steps of one invocation (0: never) */
     } output;
 } Config;
 

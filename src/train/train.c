@@ -289,8 +289,16 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
                kind == STAGE_SFT ? "sequences" : "pairs", tr.size, tr.size > 1 ? "s" : "",
                tr.sc->micro_batch, (unsigned long long)tr.data->num_records, tr.sc->data);
 
+    /* PAFT_FAULT_INJECT=WORLD_RANK:STEP makes that rank fail with a fatal error after that step:
+     * how the tests prove that an error on one rank ends the whole job instead of hanging it. */
+    int fail_rank = -1, fail_step = -1;
+    const char *fault = getenv("PAFT_FAULT_INJECT");
+    if (fault && sscanf(fault, "%d:%d", &fail_rank, &fail_step) != 2)
+        PAFT_FATAL("PAFT_FAULT_INJECT='%s' is not WORLD_RANK:STEP", fault);
+
     TrainOutcome outcome = TRAIN_COMPLETED;
     tr.t_start = paft_seconds();
+    const int64_t first_step = tr.step;
     while (tr.step < tr.total_steps) {
         double t0 = paft_seconds();
         StepStats st;
@@ -301,20 +309,26 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
         next_batch_position(&tr);
         st.seconds = paft_seconds() - t0;
         log_step(&tr, &st);
+        if (paft_world_rank() == fail_rank && tr.step == fail_step)
+            PAFT_FATAL("fault injected by PAFT_FAULT_INJECT after step %lld", (long long)tr.step);
 
         int stop = stop_requested;
         allreduce_max_int(&stop, comm); /* every rank of the group stops at the same step */
+        /* output.stop_after: a fixed slice of steps per job (queues with short time limits) */
+        int sliced = cfg->output.stop_after > 0 && tr.step - first_step >= cfg->output.stop_after;
         int periodic = cfg->output.checkpoint_every > 0 &&
                        tr.step % cfg->output.checkpoint_every == 0 && tr.step < tr.total_steps;
-        if (periodic || (stop && tr.step < tr.total_steps)) write_checkpoint(&tr);
-        if (stop && tr.step < tr.total_steps) {
+        if ((stop || sliced) && tr.step < tr.total_steps) {
+            write_checkpoint(&tr);
             if (tr.rank == 0)
-                printf("[%s] interrupted by a signal after step %lld/%lld: checkpoint written to "
-                       "%s; run the same command again to resume\n",
-                       tr.name, (long long)tr.step, (long long)tr.total_steps, checkpoint_path);
+                printf("[%s] %s after step %lld/%lld: checkpoint written to %s; run the same "
+                       "command again to resume\n",
+                       tr.name, stop ? "interrupted by a signal" : "stopped (output.stop_after)",
+                       (long long)tr.step, (long long)tr.total_steps, checkpoint_path);
             outcome = TRAIN_INTERRUPTED;
             break;
         }
+        if (periodic) write_checkpoint(&tr);
     }
 
     if (outcome == TRAIN_COMPLETED) {
