@@ -49,14 +49,18 @@ static void answer(uint32_t *out, const uint32_t *prompt, int k, const uint32_t 
     for (int i = 1; i < k; i++) out[i] = next_map[out[i - 1] - next_base];
 }
 
-/* A prompt of k tokens from A. */
-static int draw_prompt(uint32_t *p, Rng *rng) {
+/* A prompt of k tokens from A (k = prompt_len, or random in 2..MAXK when 0). */
+static int draw_prompt(uint32_t *p, Rng *rng, int prompt_len) {
+    if (prompt_len < 0 || prompt_len == 1 || prompt_len > MAXK)
+        PAFT_FATAL("synthetic task: prompt length %d is not 0 or 2..%d", prompt_len, MAXK);
     int k = 2 + (int)(rng_u64(rng) % (MAXK - 1));
+    if (prompt_len) k = prompt_len;
     for (int i = 0; i < k; i++) p[i] = (uint32_t)(A0 + rng_u64(rng) % NA);
     return k;
 }
 
-void synthetic_write_sft(const char *path, int n, uint64_t seed, uint64_t task_seed) {
+void synthetic_write_sft(const char *path, int n, uint64_t seed, uint64_t task_seed,
+                         int prompt_len) {
     Rules rules = make_rules(task_seed);
     Rng rng;
     rng_seed(&rng, seed);
@@ -64,7 +68,7 @@ void synthetic_write_sft(const char *path, int n, uint64_t seed, uint64_t task_s
     uint32_t p[MAXK], tokens[2 * MAXK + 3];
     uint8_t mask[2 * MAXK + 3];
     for (int r = 0; r < n; r++) {
-        int k = draw_prompt(p, &rng), len = 0;
+        int k = draw_prompt(p, &rng, prompt_len), len = 0;
         tokens[len] = BOS, mask[len++] = 0;
         for (int i = 0; i < k; i++) tokens[len] = p[i], mask[len++] = 0;
         tokens[len] = SEP, mask[len++] = 0;
@@ -77,14 +81,15 @@ void synthetic_write_sft(const char *path, int n, uint64_t seed, uint64_t task_s
     token_data_writer_finish(w);
 }
 
-void synthetic_write_pref(const char *path, int n, uint64_t seed, uint64_t task_seed) {
+void synthetic_write_pref(const char *path, int n, uint64_t seed, uint64_t task_seed,
+                          int prompt_len) {
     Rules rules = make_rules(task_seed);
     Rng rng;
     rng_seed(&rng, seed);
     TokenDataWriter *w = token_data_writer_create(path, TOKEN_DATA_PREF, SYNTH_VOCAB);
     uint32_t p[MAXK], prompt[MAXK + 2], chosen[MAXK + 1], rejected[MAXK + 1];
     for (int r = 0; r < n; r++) {
-        int k = draw_prompt(p, &rng);
+        int k = draw_prompt(p, &rng, prompt_len);
         prompt[0] = BOS;
         for (int i = 0; i < k; i++) prompt[1 + i] = p[i];
         answer(chosen, p, k, rules.sigma, rules.tau, B0);

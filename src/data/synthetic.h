@@ -22,8 +22,12 @@
 #define SYNTH_VOCAB 64
 
 /* Write n SFT records / n preference records to PATH (token data format). Records are drawn
- * from `seed`; the rules sigma and rho from `task_seed` (same task_seed = same task). */
-void synthetic_write_sft(const char *path, int n, uint64_t seed, uint64_t task_seed);
-void synthetic_write_pref(const char *path, int n, uint64_t seed, uint64_t task_seed);
+ * from `seed`; the rules sigma and rho from `task_seed` (same task_seed = same task). prompt_len
+ * fixes k for every record (2..8; 0 = random per record): fixed-length data makes the padded
+ * batch shapes, and so the communication volume, the same at every step. */
+void synthetic_write_sft(const char *path, int n, uint64_t seed, uint64_t task_seed,
+                         int prompt_len);
+void synthetic_write_pref(const char *path, int n, uint64_t seed, uint64_t task_seed,
+                          int prompt_len);
 
 #endif

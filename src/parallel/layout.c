@@ -23,6 +23,9 @@ void layout_create(Layout *l, MPI_Comm group, int tp) {
         CHECK_MPI(MPI_Comm_split(group, l->dp_rank, l->tp_rank, &l->tp_comm));
     }
     CHECK_MPI(MPI_Comm_split(group, l->tp_rank, l->dp_rank, &l->dp_comm));
+    /* names show up in MPI tools and profilers (tests/parallel/mpi_count.c counts by them) */
+    if (tp > 1) CHECK_MPI(MPI_Comm_set_name(l->tp_comm, "paft-tp"));
+    CHECK_MPI(MPI_Comm_set_name(l->dp_comm, "paft-dp"));
 }
 
 void layout_free(Layout *l) {

@@ -11,11 +11,12 @@
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
-    if (argc != 2 && argc != 3) {
-        fprintf(stderr, "usage: make_task DIR [MODEL_SEED]\n");
+    if (argc < 2 || argc > 4) {
+        fprintf(stderr, "usage: make_task DIR [MODEL_SEED [PROMPT_LEN]]\n");
         return 2;
     }
-    uint64_t model_seed = argc == 3 ? strtoull(argv[2], NULL, 10) : 5;
+    uint64_t model_seed = argc >= 3 ? strtoull(argv[2], NULL, 10) : 5;
+    int prompt_len = argc >= 4 ? atoi(argv[3]) : 0; /* 0: random lengths */
     const char *dir = argv[1];
     mkdir(dir, 0777);
     char path[1024];
@@ -23,9 +24,9 @@ int main(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/model", dir);
     tiny_model_write(path, &spec, model_seed);
     snprintf(path, sizeof path, "%s/sft_train.bin", dir);
-    synthetic_write_sft(path, 256, 1, 77);
+    synthetic_write_sft(path, 256, 1, 77, prompt_len);
     snprintf(path, sizeof path, "%s/pref_train.bin", dir);
-    synthetic_write_pref(path, 256, 3, 77);
+    synthetic_write_pref(path, 256, 3, 77, prompt_len);
     snprintf(path, sizeof path, "%s/task.ini", dir);
     FILE *f = fopen(path, "w");
     fprintf(f,
