@@ -34,3 +34,13 @@ void broadcast_real(real *buf, size_t n, int root, MPI_Comm comm) {
     for (size_t i = 0; i < n; i += CHUNK)
         CHECK_MPI(MPI_Bcast(buf + i, (int)PAFT_MIN(CHUNK, n - i), mpi_real_type(), root, comm));
 }
+
+void allgather_real(const real *in, real *out, size_t n, MPI_Comm comm) {
+    if (n > (size_t)INT_MAX) PAFT_FATAL("allgather of %zu values per rank: above MPI's int count", n);
+    CHECK_MPI(MPI_Allgather(in, (int)n, mpi_real_type(), out, (int)n, mpi_real_type(), comm));
+}
+
+void reduce_scatter_real(const real *in, real *out, size_t n, MPI_Comm comm) {
+    if (n > (size_t)INT_MAX) PAFT_FATAL("reduce-scatter of %zu values per rank: above MPI's int count", n);
+    CHECK_MPI(MPI_Reduce_scatter_block(in, out, (int)n, mpi_real_type(), MPI_SUM, comm));
+}
