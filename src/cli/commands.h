@@ -18,6 +18,8 @@ const Command *paft_commands(void);
 int cmd_inspect(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_train(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 /* The commands that later stages of the pipeline fill in report that plainly. */
 int cmd_not_yet(int argc, char **argv);
 
