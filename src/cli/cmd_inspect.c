@@ -14,6 +14,7 @@
 #include "cli/commands.h"
 #include "data/token_data.h"
 #include "io/adapter.h"
+#include "io/merged_h5.h"
 #include "io/safetensors.h"
 #include "model/model_config.h"
 #include "util/common.h"
@@ -152,13 +153,17 @@ static int is_hdf5(const InspectTarget *t) {
     return !t->is_directory && adapter_is_hdf5(t->magic, t->magic_len);
 }
 
-static void print_hdf5(const char *path) { adapter_describe(path, stdout); }
+/* paft's HDF5 files say what they are in the root attribute "format". */
+static void print_hdf5(const char *path) {
+    if (merged_is_merged_file(path)) merged_describe(path, stdout);
+    else adapter_describe(path, stdout);
+}
 
 static const InspectKind inspect_kinds[] = {
     {"Hugging Face model directory", is_hf_directory, print_hf_directory},
     {"safetensors file", is_safetensors_file, print_safetensors_file},
     {"token data file", is_token_data, print_token_data},
-    {"paft HDF5 file (adapter, checkpoint)", is_hdf5, print_hdf5},
+    {"paft HDF5 file (adapter, checkpoint, merged model)", is_hdf5, print_hdf5},
 };
 
 static void read_target(InspectTarget *target, const char *path) {

@@ -10,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "config/config.h"
+#include "merge/merge_stage.h"
 #include "parallel/collectives.h"
 #include "parallel/layout.h"
 #include "train/train.h"
@@ -39,6 +40,6 @@ int cmd_run(int argc, char **argv) {
         paft_log("paft run: training was interrupted; run the same command again to resume\n");
         return 0;
     }
-    paft_log("paft run: both stages trained; the merge stage joins in the next step of the build\n");
+    merge_stage_run(&cfg, MPI_COMM_WORLD);
     return 0;
 }

@@ -33,18 +33,38 @@ static const Command commands[] = {
      "Sequential baseline: train stage=sft, then train stage=dpo\n"
      "model.adapter=<output.dir>/sft/adapter.h5 (DPO from base + SFT delta, which is also\n"
      "DPO's reference model).\n"},
-    {"merge", cmd_not_yet, "merge saved SFT and preference adapters into the base model",
+    {"merge", cmd_merge, "merge saved SFT and preference adapters into the base model",
      "usage: paft merge CONFIG [merge.method=ties merge.density=0.5,0.5 ...]\n\n"
-     "Methods: linear, task_arithmetic, ties, dare_ties, dare_linear, magnitude, slerp.\n"},
+     "Every rank merges delta_sft and delta_pref (the LoRA adapters merge.sft_adapter and\n"
+     "merge.pref_adapter, default <output.dir>/sft/adapter.h5 and <output.dir>/pref/adapter.h5)\n"
+     "into the base model model.path and writes its rows of every tensor into one parallel-HDF5\n"
+     "file, merge.out (default <output.dir>/merged.h5), in merge.dtype (bf16 or fp32), with the\n"
+     "sparsity of both deltas and of the merged delta per tensor. The file is the same, bit for\n"
+     "bit, for any number of ranks. Everything is validated before anything is written.\n\n"
+     "  merge.method     linear | task_arithmetic | ties | dare_ties | dare_linear | magnitude |\n"
+     "                   slerp (mergekit's semantics: docs/MERGE.md)\n"
+     "  merge.weights    w_sft,w_pref           merge.density  d_sft,d_pref in (0, 1]\n"
+     "  merge.normalize  auto | true | false    merge.lambda   scale of the mixed delta\n"
+     "  merge.sign       sum | count (TIES)     merge.rescale  density | l1 (DARE)\n"
+     "  merge.seed       DARE's random stream   merge.dtype    bf16 | fp32\n\n"
+     "Then: paft inspect MERGED.h5 (sparsity tables), paft export MERGED.h5 OUTDIR.\n"},
     {"eval", cmd_not_yet, "held-out SFT loss and preference accuracy of a model",
      "usage: paft eval CONFIG model=PATH [eval.sft_data=... eval.pref_data=...]\n"},
-    {"export", cmd_not_yet, "merged HDF5 file -> Hugging Face safetensors directory",
-     "usage: paft export MERGED.h5 OUTDIR\n"},
+    {"export", cmd_export, "merged HDF5 file -> Hugging Face safetensors directory",
+     "usage: paft export MERGED.h5 OUTDIR [max_shard_size=5GB]\n\n"
+     "Writes a Hugging Face model directory that transformers loads: config.json (the base's),\n"
+     "the weights in BF16 as model.safetensors, or as model-0000i-of-0000N.safetensors shards of\n"
+     "at most max_shard_size bytes (decimal KB/MB/GB or bytes) with model.safetensors.index.json,\n"
+     "and the tokenizer files and generation_config.json of the base model directory recorded\n"
+     "in MERGED.h5. OUTDIR must be new or empty. Under mpirun the ranks write the shards in turn.\n"},
     {"inspect", cmd_inspect, "what a model, adapter, merged or data file holds",
      "usage: paft inspect PATH\n\n"
-     "PATH is a Hugging Face model directory (config.json + *.safetensors [+ index]) or a\n"
-     "single .safetensors file. Prints the architecture, the exact parameter count and every\n"
-     "tensor with its shape and dtype. Every byte it relies on is validated first: a corrupt\n"
+     "PATH is a Hugging Face model directory (config.json + *.safetensors [+ index]), a single\n"
+     ".safetensors file, token data (.bin), a paft adapter or checkpoint (.h5: the sparsity of\n"
+     "its delta per layer and module) or a merged model (.h5: the sparsity of delta_sft,\n"
+     "delta_pref and the merged delta per layer and module, and a summary). For a model: the\n"
+     "architecture, the exact parameter count and every tensor with its shape and dtype.\n"
+     "Every byte it relies on is validated first: a corrupt\n"
      "file is an error, never a partial listing.\n"},
     {"bench", cmd_not_yet, "training-step throughput on random weights of a preset shape",
      "usage: paft bench [model=PRESET batch=B seq=T stage=sft|dpo]\n"},

@@ -19,6 +19,8 @@ int cmd_inspect(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_run(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 /* The commands that later stages of the pipeline fill in report that plainly. */
 int cmd_not_yet(int argc, char **argv);
 

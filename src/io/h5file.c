@@ -258,3 +258,166 @@ double h5_get_attr_double(H5File *f, const char *name) {
     CHECK_H5(H5Aclose(attr));
     return v;
 }
+
+/* ---- floating-point datasets with a chosen stored type -------------------------------------- */
+
+hid_t h5_bf16_type(void) {
+    /* Start from IEEE fp32 little-endian and shrink it: the fields are set before the precision
+     * and size, because HDF5 checks that the fields fit the current precision at every step. */
+    hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+    CHECK_H5(t);
+    CHECK_H5(H5Tset_fields(t, 15, 7, 8, 0, 7)); /* sign bit, exponent pos/size, mantissa pos/size */
+    CHECK_H5(H5Tset_offset(t, 0));
+    CHECK_H5(H5Tset_precision(t, 16));
+    CHECK_H5(H5Tset_size(t, 2));
+    CHECK_H5(H5Tset_ebias(t, 127));
+    return t;
+}
+
+int h5_float_type_size(H5FloatType type) { return type == H5_BFLOAT16 ? 2 : 4; }
+const char *h5_float_type_name(H5FloatType type) { return type == H5_BFLOAT16 ? "bf16" : "fp32"; }
+
+/* The memory/file type of a H5FloatType (a new handle, closed by the caller). */
+static hid_t float_type_handle(H5FloatType type) {
+    if (type == H5_BFLOAT16) return h5_bf16_type();
+    hid_t t = H5Tcopy(H5T_IEEE_F32LE);
+    CHECK_H5(t);
+    return t;
+}
+
+void h5_create_group(H5File *f, const char *name) {
+    hid_t gcpl = H5Pcreate(H5P_GROUP_CREATE);
+    CHECK_H5(gcpl);
+    CHECK_H5(H5Pset_obj_track_times(gcpl, 0));
+    hid_t g = H5Gcreate2(f->file, name, H5P_DEFAULT, gcpl, H5P_DEFAULT);
+    if (g < 0) PAFT_FATAL("%s: cannot create group %s", f->tmp_path ? f->tmp_path : f->path, name);
+    CHECK_H5(H5Gclose(g));
+    CHECK_H5(H5Pclose(gcpl));
+}
+
+void h5_create_float_dataset(H5File *f, const char *name, int64_t rows, int64_t cols,
+                             H5FloatType type) {
+    const int ndim = cols > 0 ? 2 : 1;
+    hsize_t dims[2] = {(hsize_t)rows, (hsize_t)(cols > 0 ? cols : 1)};
+    /* whole rows per chunk, ~1 MiB: a rank's contiguous rows map to few chunks, and a reader of a
+     * row block touches no more than it needs */
+    const int64_t row_bytes = (cols > 0 ? cols : 1) * h5_float_type_size(type);
+    int64_t chunk_rows = PAFT_MAX((int64_t)1, ((int64_t)1 << 20) / row_bytes);
+    chunk_rows = PAFT_MIN(chunk_rows, PAFT_MAX(rows, (int64_t)1));
+    hsize_t chunk[2] = {(hsize_t)chunk_rows, dims[1]};
+    hid_t space = H5Screate_simple(ndim, dims, NULL);
+    CHECK_H5(space);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    CHECK_H5(dcpl);
+    if (rows > 0) CHECK_H5(H5Pset_chunk(dcpl, ndim, chunk));
+    CHECK_H5(H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY)); /* parallel HDF5 needs it anyway */
+    CHECK_H5(H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER));   /* every element is written */
+    CHECK_H5(H5Pset_obj_track_times(dcpl, 0));
+    hid_t ftype = float_type_handle(type);
+    hid_t dset = H5Dcreate2(f->file, name, ftype, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+    if (dset < 0) PAFT_FATAL("%s: cannot create dataset %s", f->tmp_path ? f->tmp_path : f->path, name);
+    CHECK_H5(H5Dclose(dset));
+    CHECK_H5(H5Tclose(ftype));
+    CHECK_H5(H5Pclose(dcpl));
+    CHECK_H5(H5Sclose(space));
+}
+
+void h5_write_float_block(H5File *f, const char *name, const H5Block *b, H5FloatType type,
+                          const void *data) {
+    hid_t dset = H5Dopen2(f->file, name, H5P_DEFAULT);
+    if (dset < 0) PAFT_FATAL("%s: no dataset %s to write", f->tmp_path ? f->tmp_path : f->path, name);
+    hid_t file_space, mem_space;
+    block_spaces(b, &file_space, &mem_space);
+    hid_t mtype = float_type_handle(type);
+    hid_t dxpl = collective_dxpl();
+    herr_t rc = H5Dwrite(dset, mtype, mem_space, file_space, dxpl, data);
+    if (rc < 0) PAFT_FATAL("%s: cannot write dataset %s (disk full?)", f->tmp_path ? f->tmp_path : f->path, name);
+    CHECK_H5(H5Pclose(dxpl));
+    CHECK_H5(H5Tclose(mtype));
+    CHECK_H5(H5Sclose(mem_space));
+    CHECK_H5(H5Sclose(file_space));
+    CHECK_H5(H5Dclose(dset));
+}
+
+H5FloatType h5_dataset_float_type(H5File *f, const char *name) {
+    if (!h5_exists(f, name)) PAFT_FATAL("%s: missing dataset %s", f->path, name);
+    hid_t dset = H5Dopen2(f->file, name, H5P_DEFAULT);
+    if (dset < 0) PAFT_FATAL("%s: %s is not a dataset", f->path, name);
+    hid_t t = H5Dget_type(dset);
+    CHECK_H5(t);
+    int found = -1;
+    for (int candidate = H5_FLOAT32; candidate <= H5_BFLOAT16 && found < 0; candidate++) {
+        hid_t want = float_type_handle((H5FloatType)candidate);
+        if (H5Tequal(t, want) > 0) found = candidate;
+        CHECK_H5(H5Tclose(want));
+    }
+    CHECK_H5(H5Tclose(t));
+    CHECK_H5(H5Dclose(dset));
+    if (found < 0)
+        PAFT_FATAL("%s: dataset %s is neither fp32 nor paft's bf16 (16-bit float, sign bit 15, "
+                   "exponent bits 7-14, bias 127, mantissa bits 0-6)", f->path, name);
+    return (H5FloatType)found;
+}
+
+void h5_read_float_block(H5File *f, const char *name, const H5Block *b, H5FloatType type,
+                         void *data) {
+    int64_t dims[2];
+    h5_shape(f, name, dims);
+    if (dims[0] != b->global_rows || dims[1] != b->global_cols)
+        PAFT_FATAL("%s: dataset %s is %lld x %lld, expected %lld x %lld", f->path, name,
+                   (long long)dims[0], (long long)dims[1], (long long)b->global_rows,
+                   (long long)b->global_cols);
+    H5FloatType stored = h5_dataset_float_type(f, name);
+    if (stored == H5_FLOAT32 && type == H5_BFLOAT16)
+        PAFT_FATAL("%s: dataset %s is fp32; reading it as bf16 would round by HDF5's rules "
+                   "(read fp32 and round with fp32_to_bf16)", f->path, name);
+    hid_t dset = H5Dopen2(f->file, name, H5P_DEFAULT);
+    CHECK_H5(dset);
+    hid_t file_space, mem_space;
+    block_spaces(b, &file_space, &mem_space);
+    hid_t mtype = float_type_handle(type);
+    hid_t dxpl = collective_dxpl();
+    herr_t rc;
+    H5E_BEGIN_TRY { rc = H5Dread(dset, mtype, mem_space, file_space, dxpl, data); }
+    H5E_END_TRY;
+    if (rc < 0) PAFT_FATAL("%s: cannot read dataset %s (corrupt or truncated file?)", f->path, name);
+    CHECK_H5(H5Pclose(dxpl));
+    CHECK_H5(H5Tclose(mtype));
+    CHECK_H5(H5Sclose(mem_space));
+    CHECK_H5(H5Sclose(file_space));
+    CHECK_H5(H5Dclose(dset));
+}
+
+typedef struct {
+    char **names;
+    int n, cap;
+} LinkNames;
+
+static herr_t add_link_name(hid_t group, const char *name, const H5L_info_t *info, void *data) {
+    (void)group;
+    (void)info;
+    LinkNames *list = data;
+    if (list->n == list->cap) {
+        list->cap = list->cap ? 2 * list->cap : 64;
+        list->names = paft_realloc(list->names, (size_t)list->cap * sizeof(char *));
+    }
+    list->names[list->n++] = paft_strdup(name);
+    return 0;
+}
+
+static int compare_names(const void *a, const void *b) {
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+char **h5_list_group(H5File *f, const char *name, int *n) {
+    if (!h5_exists(f, name)) PAFT_FATAL("%s: missing group %s", f->path, name);
+    hid_t group = H5Gopen2(f->file, name, H5P_DEFAULT);
+    if (group < 0) PAFT_FATAL("%s: %s is not a group", f->path, name);
+    LinkNames list = {0};
+    hsize_t idx = 0;
+    CHECK_H5(H5Literate(group, H5_INDEX_NAME, H5_ITER_NATIVE, &idx, add_link_name, &list));
+    CHECK_H5(H5Gclose(group));
+    if (list.n > 1) qsort(list.names, (size_t)list.n, sizeof(char *), compare_names);
+    *n = list.n;
+    return list.names;
+}

@@ -63,4 +63,44 @@ char *h5_get_attr_string(H5File *f, const char *name);
 int64_t h5_get_attr_int(H5File *f, const char *name);
 double h5_get_attr_double(H5File *f, const char *name);
 
+/* ---- floating-point datasets with a chosen stored type (the merged model) ---------------------
+ * bf16 is stored as an HDF5 user-defined float: 16 bits, sign bit 15, exponent bits 7-14 with
+ * bias 127, mantissa bits 0-6, little-endian. Because the type is fully described, h5dump and
+ * h5py (ds.astype('f4')) convert it to wider floats exactly. paft writes and reads the bit
+ * patterns as they are (uint16_t in memory, no HDF5 conversion); rounding fp32 to bf16 is the
+ * caller's (fp32_to_bf16: round to nearest even). */
+typedef enum { H5_FLOAT32, H5_BFLOAT16 } H5FloatType;
+
+/* A new HDF5 datatype handle for bf16 as above (close it with H5Tclose). */
+hid_t h5_bf16_type(void);
+/* Bytes per element and a name ("fp32", "bf16"). */
+int h5_float_type_size(H5FloatType type);
+const char *h5_float_type_name(H5FloatType type);
+
+/* Collective: create group NAME (parents must exist). Objects paft creates record no
+ * modification times, so a file's bytes depend on its contents alone. */
+void h5_create_group(H5File *f, const char *name);
+/* Collective: create a chunked dataset NAME of shape rows x cols (cols 0: 1-D of rows) stored as
+ * `type`. Chunks are whole rows, about 1 MiB each; space is allocated at creation and never
+ * pre-filled. Its parent group must exist. */
+void h5_create_float_dataset(H5File *f, const char *name, int64_t rows, int64_t cols,
+                             H5FloatType type);
+/* Collective: write this rank's block of an existing dataset from data: float for H5_FLOAT32,
+ * uint16_t bit patterns for H5_BFLOAT16 (must be the dataset's stored type). Every rank of the
+ * file calls it (a rank with nothing to write passes an empty block). */
+void h5_write_float_block(H5File *f, const char *name, const H5Block *block, H5FloatType type,
+                          const void *data);
+/* The stored type of an existing dataset; fatal error naming the file unless it is fp32 or bf16
+ * exactly as described above. */
+H5FloatType h5_dataset_float_type(H5File *f, const char *name);
+/* Read this rank's block of NAME (its shape must equal the block's global shape) as `type`:
+ * float for H5_FLOAT32, uint16_t bf16 bit patterns for H5_BFLOAT16. Reading a dataset as its own
+ * stored type copies the bits; reading bf16 as fp32 widens exactly; fp32 as bf16 is refused
+ * (HDF5's narrowing would not round to nearest even). */
+void h5_read_float_block(H5File *f, const char *name, const H5Block *block, H5FloatType type,
+                         void *data);
+
+/* Names of the links in group NAME, sorted by name (byte order); *n set. Free each and the array. */
+char **h5_list_group(H5File *f, const char *name, int *n);
+
 #endif

@@ -1,0 +1,628 @@
+/*
+ * merge_stage.c - the collective merge stage (merge_stage.h): validate everything on rank 0, then
+ * every rank merges and writes its rows of every tensor into one parallel-HDF5 file.
+ *
+ * Read top to bottom: the base model's tensor list, the inputs and their validation, the
+ * attributes of the output file, the per-tensor work (copy or merge), and merge_stage_run.
+ */
+#include "merge/merge_stage.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "io/h5file.h"
+#include "io/merged_h5.h"
+#include "io/safetensors.h"
+#include "loss/lora_delta.h"
+#include "merge/merge.h"
+
+#define ADAPTER_FORMAT "paft-adapter-1"
+
+/* A rank handles at most this many elements at once when it copies a tensor (the 128k x 8k
+ * embedding of a 70B model would otherwise need GBs on a single rank). */
+#define COPY_PIECE_ELEMENTS ((int64_t)1 << 22)
+
+/* `given` when set, else <dir>/<name>; too long a path is an error, never a truncated name. */
+static void path_or_default(char *dst, const char *given, const char *dir, const char *name,
+                            const char *key) {
+    int n = given[0] ? snprintf(dst, CONFIG_PATH_MAX, "%s", given)
+                     : snprintf(dst, CONFIG_PATH_MAX, "%s/%s", dir, name);
+    if (n < 0 || n >= CONFIG_PATH_MAX)
+        PAFT_FATAL("%s: the path is longer than %d characters", key, CONFIG_PATH_MAX - 1);
+}
+
+void merge_stage_paths(const Config *cfg, char *sft_adapter, char *pref_adapter, char *out) {
+    const char *dir = cfg->output.dir;
+    path_or_default(sft_adapter, cfg->merge.sft_adapter, dir, "sft/adapter.h5", "merge.sft_adapter");
+    path_or_default(pref_adapter, cfg->merge.pref_adapter, dir, "pref/adapter.h5", "merge.pref_adapter");
+    path_or_default(out, cfg->merge.out, dir, "merged.h5", "merge.out");
+}
+
+/* config.json of a model path: inside a directory, or beside a single .safetensors file. */
+static char *config_json_of(const char *model_path) {
+    if (paft_is_directory(model_path)) return paft_path_join(model_path, "config.json");
+    char *dir = paft_strdup(model_path);
+    char *slash = strrchr(dir, '/');
+    char *out;
+    if (slash) {
+        *slash = '\0';
+        out = paft_path_join(dir, "config.json");
+    } else {
+        out = paft_strdup("config.json");
+    }
+    free(dir);
+    return out;
+}
+
+/* A tensor of the merge, in the order of the output file (sorted HF names). */
+typedef struct {
+    const TensorView *view;
+    const TensorInfo *info; /* in the base checkpoint */
+    int layer, proj;        /* the decoder projection it is the weight of; proj -1 otherwise */
+} StageTensor;
+
+static int compare_tensors(const void *a, const void *b) {
+    return strcmp(((const StageTensor *)a)->view->name, ((const StageTensor *)b)->view->name);
+}
+
+/* Layer and projection of "model.layers.<l>.<proj module>.weight" (-1 if not a projection). */
+static int projection_of(const char *name, int *layer) {
+    int consumed = 0;
+    if (sscanf(name, "model.layers.%d.%n", layer, &consumed) != 1 || consumed == 0) return -1;
+    for (int p = 0; p < N_PROJ; p++) {
+        const char *module = proj_module_name((Proj)p);
+        size_t len = strlen(module);
+        if (strncmp(name + consumed, module, len) == 0 && strcmp(name + consumed + len, ".weight") == 0)
+            return p;
+    }
+    return -1;
+}
+
+/* ---- the inputs --------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *role; /* "sft" or "pref" */
+    const char *key;  /* the configuration key naming it */
+    char path[CONFIG_PATH_MAX];
+    LoraConfig lora;
+    char stage[16];
+    int64_t step;
+    H5File file; /* open on every rank during the merge */
+} StageAdapter;
+
+typedef struct {
+    char base[CONFIG_PATH_MAX];
+    char out[CONFIG_PATH_MAX];
+    StageAdapter adapter[2]; /* sft, pref */
+    MergeParams params;
+    H5FloatType dtype;
+    ModelConfig config;
+    Checkpoint ckpt;
+    TensorView *views;
+    int n_views;
+    StageTensor *tensors; /* n_views, sorted by name */
+    char fingerprint[17];
+} Stage;
+
+/* Absolute form of an existing path (for the file's record); the path itself if that fails. */
+static void absolute_path(const char *path, char *out, size_t n) {
+    char buf[PATH_MAX];
+    if (realpath(path, buf)) snprintf(out, n, "%s", buf);
+    else snprintf(out, n, "%s", path);
+}
+
+static void check_finite(const real *x, int64_t n, const char *path, const char *dataset) {
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite((double)x[i]))
+            PAFT_FATAL("%s: %s holds a non-finite value (%g at element %lld): a diverged adapter "
+                       "is not merged", path, dataset, (double)x[i], (long long)i);
+}
+
+/* Rank 0: everything about one adapter file that could stop the merge, checked before the output
+ * file exists. Fills a->lora, a->stage, a->step. */
+static void validate_adapter(StageAdapter *a, const Stage *s) {
+    const char *path = a->path;
+    if (!paft_path_exists(path))
+        PAFT_FATAL("%s: no such file (%s; train the %s stage first, or set %s)", path, a->key,
+                   a->role, a->key);
+    if (paft_is_directory(path)) PAFT_FATAL("%s: is a directory, expected a paft adapter file (%s)", path, a->key);
+    H5File f;
+    h5_open_read(&f, path, MPI_COMM_SELF); /* fatal when not HDF5 or truncated */
+    if (H5Aexists(f.file, "format") <= 0)
+        PAFT_FATAL("%s: HDF5 file without a 'format' attribute: not a paft adapter (%s)", path,
+                   ADAPTER_FORMAT);
+    char *format = h5_get_attr_string(&f, "format");
+    if (strcmp(format, ADAPTER_FORMAT) != 0)
+        PAFT_FATAL("%s: format '%s', expected a paft adapter (%s) for %s", path, format,
+                   ADAPTER_FORMAT, a->key);
+    free(format);
+    char *fingerprint = h5_get_attr_string(&f, "base_fingerprint");
+    if (strcmp(fingerprint, s->fingerprint) != 0)
+        PAFT_FATAL("%s: adapter was trained on another base model (fingerprint %s; the base %s "
+                   "has %s)", path, fingerprint, s->base, s->fingerprint);
+    free(fingerprint);
+    char *folded = h5_get_attr_string(&f, "folded_adapter");
+    if (folded[0])
+        PAFT_FATAL("%s: adapter was trained on the base with %s folded in (a sequential run): its "
+                   "delta is relative to that model, not to %s, so it cannot be merged here", path,
+                   folded, s->base);
+    free(folded);
+    int64_t r = h5_get_attr_int(&f, "r");
+    double alpha = h5_get_attr_double(&f, "alpha");
+    int64_t rslora = h5_get_attr_int(&f, "rslora");
+    if (r < 1 || r > 1 << 20) PAFT_FATAL("%s: attribute r = %lld is not a valid LoRA rank", path, (long long)r);
+    char *targets = h5_get_attr_string(&f, "targets");
+    lora_config_init(&a->lora, (int)r, alpha, rslora != 0, targets, path);
+    char *stage = h5_get_attr_string(&f, "stage");
+    snprintf(a->stage, sizeof a->stage, "%s", stage);
+    free(stage);
+    a->step = h5_get_attr_int(&f, "step");
+
+    /* every module under /lora is an adapted projection of this model ... */
+    int n_modules = 0;
+    char **modules = h5_list_group(&f, "/lora", &n_modules);
+    for (int i = 0; i < n_modules; i++) {
+        char weight[256];
+        snprintf(weight, sizeof weight, "%s.weight", modules[i]);
+        int layer, p = projection_of(weight, &layer);
+        if (p < 0 || layer >= s->config.num_layers || !a->lora.targets[p])
+            PAFT_FATAL("%s: /lora/%s is not an adapted module of this model (%d layers, targets "
+                       "%s)", path, modules[i], s->config.num_layers, targets);
+        free(modules[i]);
+    }
+    free(modules);
+    /* ... and every adapted projection has A [r][in] and B [out][r] with finite values */
+    char name[256];
+    for (int l = 0; l < s->config.num_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            if (!a->lora.targets[p]) continue;
+            const int64_t in = proj_in(&s->config, (Proj)p), out = proj_out(&s->config, (Proj)p);
+            const int64_t want[2][2] = {{r, in}, {out, r}};
+            for (int k = 0; k < 2; k++) {
+                snprintf(name, sizeof name, "/lora/model.layers.%d.%s/%c", l,
+                         proj_module_name((Proj)p), k == 0 ? 'A' : 'B');
+                if (!h5_exists(&f, name))
+                    PAFT_FATAL("%s: missing dataset %s (targets %s)", path, name, targets);
+                int64_t dims[2];
+                int ndim = h5_shape(&f, name, dims);
+                if (ndim != 2 || dims[0] != want[k][0] || dims[1] != want[k][1])
+                    PAFT_FATAL("%s: dataset %s is %lld x %lld, expected %lld x %lld (r = %lld from "
+                               "the attributes)", path, name, (long long)dims[0],
+                               (long long)dims[1], (long long)want[k][0], (long long)want[k][1],
+                               (long long)r);
+                real *values = paft_malloc((size_t)(dims[0] * dims[1]) * sizeof(real));
+                H5Block whole = h5_whole(dims[0], dims[1], 1);
+                h5_read_real(&f, name, &whole, values);
+                check_finite(values, dims[0] * dims[1], path, name);
+                free(values);
+            }
+        }
+    free(targets);
+    h5_close(&f);
+}
+
+/* The merge parameters of [merge], resolved (fatal on invalid values). */
+static MergeParams params_from_config(const Config *cfg) {
+    MergeParams p = merge_params_default(merge_method_from_name(cfg->merge.method));
+    for (int i = 0; i < 2; i++) {
+        p.weight[i] = cfg->merge.weights[i];
+        p.density[i] = cfg->merge.density[i];
+    }
+    if (strcmp(cfg->merge.normalize, "true") == 0) p.normalize = 1;
+    else if (strcmp(cfg->merge.normalize, "false") == 0) p.normalize = 0;
+    else if (strcmp(cfg->merge.normalize, "auto") == 0) p.normalize = MERGE_NORMALIZE_AUTO;
+    else PAFT_FATAL("merge.normalize: '%s' (expected auto, true or false)", cfg->merge.normalize);
+    p.lambda = cfg->merge.lambda;
+    if (strcmp(cfg->merge.sign, "sum") == 0) p.sign_by_count = 0;
+    else if (strcmp(cfg->merge.sign, "count") == 0) p.sign_by_count = 1;
+    else PAFT_FATAL("merge.sign: '%s' (expected sum or count)", cfg->merge.sign);
+    if (strcmp(cfg->merge.rescale, "density") == 0) p.dare_rescale_l1 = 0;
+    else if (strcmp(cfg->merge.rescale, "l1") == 0) p.dare_rescale_l1 = 1;
+    else PAFT_FATAL("merge.rescale: '%s' (expected density or l1)", cfg->merge.rescale);
+    if (cfg->merge.seed < 0) PAFT_FATAL("merge.seed: %d must not be negative", cfg->merge.seed);
+    p.seed = (uint64_t)cfg->merge.seed;
+    merge_params_resolve(&p);
+    return p;
+}
+
+static H5FloatType dtype_from_config(const Config *cfg) {
+    if (strcmp(cfg->merge.dtype, "bf16") == 0) return H5_BFLOAT16;
+    if (strcmp(cfg->merge.dtype, "fp32") == 0) return H5_FLOAT32;
+    PAFT_FATAL("merge.dtype: '%s' (expected bf16 or fp32)", cfg->merge.dtype);
+}
+
+/* Rank 0: the output can be created, and it is none of the inputs. */
+static void validate_output(const Stage *s) {
+    const char *out = s->out;
+    if (paft_is_directory(out)) PAFT_FATAL("%s: merge.out is a directory, expected a file name", out);
+    char *dir = paft_strdup(out);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir) dir[1] = '\0';
+    else if (slash) *slash = '\0';
+    else snprintf(dir, 2, ".");
+    if (!paft_is_directory(dir))
+        PAFT_FATAL("%s: the directory %s of merge.out does not exist", out, dir);
+    if (access(dir, W_OK | X_OK) != 0)
+        PAFT_FATAL("%s: the directory %s of merge.out is not writable", out, dir);
+    free(dir);
+    if (paft_path_exists(out)) {
+        char a[PATH_MAX], b[PATH_MAX];
+        absolute_path(out, a, sizeof a);
+        const char *inputs[2] = {s->adapter[0].path, s->adapter[1].path};
+        for (int i = 0; i < 2; i++) {
+            absolute_path(inputs[i], b, sizeof b);
+            if (strcmp(a, b) == 0)
+                PAFT_FATAL("%s: merge.out is the %s adapter itself", out, s->adapter[i].role);
+        }
+    }
+}
+
+/* Rank 0: the base model, both adapters, the parameters, the output. Returns nothing: any problem
+ * ends the job here, before a file is created. */
+static void validate(Stage *s, const Config *cfg) {
+    if (cfg->model.adapter[0])
+        PAFT_FATAL("model.adapter = %s: the merge combines two adapters over the plain base "
+                   "model, so model.adapter must be empty for paft merge", cfg->model.adapter);
+    /* the base: config, every tensor at its shape, the fingerprint */
+    for (int i = 0; i < s->n_views; i++) {
+        const TensorView *v = &s->views[i];
+        int64_t shape[2] = {v->rows, v->cols};
+        checkpoint_require(&s->ckpt, v->name, v->cols == 1 ? 1 : 2, shape);
+    }
+    model_fingerprint(&s->ckpt, s->views, s->n_views, s->fingerprint);
+    for (int a = 0; a < 2; a++) validate_adapter(&s->adapter[a], s);
+    /* magnitude top-k must keep something in every tensor it sparsifies */
+    const MergeParams *p = &s->params;
+    if (p->method == MERGE_TIES || p->method == MERGE_MAGNITUDE)
+        for (int i = 0; i < s->n_views; i++) {
+            const StageTensor *t = &s->tensors[i];
+            if (t->proj < 0 || !(s->adapter[0].lora.targets[t->proj] || s->adapter[1].lora.targets[t->proj]))
+                continue;
+            int64_t numel = t->view->rows * t->view->cols;
+            for (int k = 0; k < 2; k++)
+                if (p->density[k] < 1 && (int64_t)(p->density[k] * (double)numel) <= 0)
+                    PAFT_FATAL("merge.density: density %g (%s) keeps int(density * numel) = 0 of "
+                               "the %lld elements of %s (expected at least one)", p->density[k],
+                               s->adapter[k].role, (long long)numel, t->view->name);
+        }
+    validate_output(s);
+}
+
+/* ---- the attributes of the output file ---------------------------------------------------------- */
+
+static char *parameters_json(const Stage *s, const Config *cfg) {
+    const MergeParams *p = &s->params;
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "method", merge_method_name(p->method));
+    cJSON_AddItemToObject(root, "weights", cJSON_CreateDoubleArray(p->weight, 2));
+    cJSON_AddItemToObject(root, "density", cJSON_CreateDoubleArray(p->density, 2));
+    cJSON_AddBoolToObject(root, "normalize", p->normalize);
+    cJSON_AddStringToObject(root, "normalize_setting", cfg->merge.normalize);
+    cJSON_AddNumberToObject(root, "lambda", p->lambda);
+    cJSON_AddStringToObject(root, "sign", p->sign_by_count ? "count" : "sum");
+    cJSON_AddStringToObject(root, "rescale", p->dare_rescale_l1 ? "l1" : "density");
+    cJSON_AddNumberToObject(root, "seed", (double)p->seed);
+    cJSON_AddStringToObject(root, "dtype", h5_float_type_name(s->dtype));
+    char *text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return text;
+}
+
+static char *sources_json(const Stage *s) {
+    char path[PATH_MAX];
+    cJSON *root = cJSON_CreateObject();
+    absolute_path(s->base, path, sizeof path);
+    cJSON_AddStringToObject(root, "base", path);
+    cJSON_AddStringToObject(root, "base_fingerprint", s->fingerprint);
+    for (int i = 0; i < 2; i++) {
+        const StageAdapter *a = &s->adapter[i];
+        cJSON *o = cJSON_AddObjectToObject(root, i == 0 ? "sft_adapter" : "pref_adapter");
+        absolute_path(a->path, path, sizeof path);
+        cJSON_AddStringToObject(o, "path", path);
+        cJSON_AddStringToObject(o, "stage", a->stage);
+        cJSON_AddNumberToObject(o, "step", (double)a->step);
+        cJSON_AddNumberToObject(o, "r", a->lora.r);
+        cJSON_AddNumberToObject(o, "alpha", a->lora.alpha);
+        cJSON_AddBoolToObject(o, "rslora", a->lora.rslora);
+        cJSON *targets = cJSON_AddArrayToObject(o, "targets");
+        for (int p = 0; p < N_PROJ; p++)
+            if (a->lora.targets[p]) cJSON_AddItemToArray(targets, cJSON_CreateString(proj_short_name((Proj)p)));
+    }
+    char *text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    return text;
+}
+
+/* Rank 0's string to every rank (malloc'ed there; root's own pointer is returned as is). */
+static char *bcast_string(char *text, MPI_Comm comm) {
+    int rank;
+    CHECK_MPI(MPI_Comm_rank(comm, &rank));
+    long long len = rank == 0 ? (long long)strlen(text) + 1 : 0;
+    CHECK_MPI(MPI_Bcast(&len, 1, MPI_LONG_LONG, 0, comm));
+    if (rank != 0) text = paft_malloc((size_t)len);
+    CHECK_MPI(MPI_Bcast(text, (int)len, MPI_CHAR, 0, comm));
+    return text;
+}
+
+/* ---- per-tensor work ---------------------------------------------------------------------------- */
+
+/* Buffers of one rank, grown as needed and reused tensor after tensor. */
+typedef struct {
+    real *base, *delta[2], *A, *B;
+    size_t cap_base, cap_delta[2], cap_A, cap_B;
+    float *base_f, *delta_f[2]; /* the fp64 test build only: merge_tensor_rows computes in float */
+    uint16_t *bf16;
+    size_t cap_bf16;
+} Scratch;
+
+static void grow(void **buf, size_t *cap, size_t need, size_t elem) {
+    need = PAFT_MAX(need, (size_t)1); /* HDF5 wants a buffer even for an empty selection */
+    if (need <= *cap) return;
+    free(*buf);
+    *buf = paft_malloc(need * elem);
+    *cap = need;
+}
+
+/* The float form of a real buffer: the buffer itself in the program (real is float). */
+static float *as_float(real *data, float **converted, size_t n) {
+    if (sizeof(real) == sizeof(float)) return (float *)(void *)data;
+    *converted = paft_realloc(*converted, PAFT_MAX(n, (size_t)1) * sizeof(float));
+    for (size_t i = 0; i < n; i++) (*converted)[i] = (float)data[i];
+    return *converted;
+}
+
+typedef struct {
+    double read, compute, write;
+} StageTimes;
+
+/* This rank's block of a tensor in the output file's notation (cols 0 for a 1-D tensor). */
+static H5Block out_block(const StageTensor *t, int64_t row0, int64_t n) {
+    int64_t cols = t->info->ndim == 1 ? 0 : t->view->cols;
+    H5Block b = {t->view->rows, cols, row0, 0, n, cols};
+    return b;
+}
+
+static void write_rows(H5File *out, const char *dataset, const StageTensor *t, int64_t row0,
+                       int64_t n, const float *values, H5FloatType dtype, Scratch *sc) {
+    H5Block b = out_block(t, row0, n);
+    size_t count = (size_t)(n * t->view->cols);
+    if (dtype == H5_FLOAT32) {
+        h5_write_float_block(out, dataset, &b, H5_FLOAT32, values);
+        return;
+    }
+    grow((void **)&sc->bf16, &sc->cap_bf16, count, sizeof(uint16_t));
+#pragma omp parallel for schedule(static)
+    for (size_t i = 0; i < count; i++) sc->bf16[i] = fp32_to_bf16(values[i]);
+    h5_write_float_block(out, dataset, &b, H5_BFLOAT16, sc->bf16);
+}
+
+/* Copy an untouched tensor, each rank its rows, in pieces of bounded size. Every rank makes the
+ * same number of (collective) writes, some of them empty. */
+static void copy_tensor(Stage *s, H5File *out, const char *dataset, const StageTensor *t,
+                        int rank, int size, Scratch *sc, StageTimes *tm) {
+    const int64_t rows = t->view->rows, cols = t->view->cols;
+    int64_t row0, n;
+    merge_row_range(rows, rank, size, &row0, &n);
+    const int64_t piece = PAFT_MAX((int64_t)1, COPY_PIECE_ELEMENTS / cols);
+    const int64_t most = (rows + size - 1) / size; /* rank 0 holds the longest block */
+    const int64_t pieces = (most + piece - 1) / piece;
+    grow((void **)&sc->base, &sc->cap_base, (size_t)(PAFT_MIN(piece, n) * cols), sizeof(real));
+    for (int64_t k = 0; k < pieces; k++) {
+        int64_t start = PAFT_MIN(k * piece, n), count = PAFT_MIN(piece, n - start);
+        double t0 = MPI_Wtime();
+        if (count > 0) checkpoint_read_block(&s->ckpt, t->info, row0 + start, count, 0, cols, sc->base);
+        double t1 = MPI_Wtime();
+        float *values = as_float(sc->base, &sc->base_f, (size_t)(count * cols));
+        write_rows(out, dataset, t, row0 + start, count, values, s->dtype, sc);
+        tm->read += t1 - t0;
+        tm->write += MPI_Wtime() - t1;
+    }
+}
+
+/* This rank's rows of delta = s B A of one adapter (zero when it does not adapt the module). */
+static void form_delta(StageAdapter *a, const StageTensor *t, int64_t row0, int64_t n,
+                       real *A, real *B, real *delta) {
+    const int64_t in = t->view->cols, out = t->view->rows;
+    const int r = a->lora.r;
+    if (!a->lora.targets[t->proj]) {
+        memset(delta, 0, (size_t)(n * in) * sizeof(real));
+        return;
+    }
+    char name[256];
+    snprintf(name, sizeof name, "/lora/model.layers.%d.%s/A", t->layer, proj_module_name((Proj)t->proj));
+    H5Block whole_A = h5_whole(r, in, 1); /* every rank needs all of A */
+    h5_read_real(&a->file, name, &whole_A, A);
+    snprintf(name, sizeof name, "/lora/model.layers.%d.%s/B", t->layer, proj_module_name((Proj)t->proj));
+    H5Block rows_B = {out, r, row0, 0, n, r};
+    h5_read_real(&a->file, name, &rows_B, B);
+    lora_delta(delta, A, B, (int)n, (int)in, r, (real)a->lora.scale);
+}
+
+static void merge_tensor(Stage *s, H5File *out, const char *dataset, const StageTensor *t,
+                         uint64_t tensor_id, int rank, int size, MPI_Comm comm, Scratch *sc,
+                         StageTimes *tm, MergeStats *stats) {
+    const int64_t rows = t->view->rows, cols = t->view->cols;
+    int64_t row0, n;
+    merge_row_range(rows, rank, size, &row0, &n);
+    const size_t count = (size_t)(n * cols);
+    grow((void **)&sc->base, &sc->cap_base, count, sizeof(real));
+    for (int k = 0; k < 2; k++) grow((void **)&sc->delta[k], &sc->cap_delta[k], count, sizeof(real));
+    const int max_r = PAFT_MAX(s->adapter[0].lora.r, s->adapter[1].lora.r);
+    grow((void **)&sc->A, &sc->cap_A, (size_t)(max_r * cols), sizeof(real));
+    grow((void **)&sc->B, &sc->cap_B, (size_t)(n * max_r), sizeof(real));
+
+    double t0 = MPI_Wtime();
+    if (n > 0) checkpoint_read_block(&s->ckpt, t->info, row0, n, 0, cols, sc->base);
+    for (int k = 0; k < 2; k++) form_delta(&s->adapter[k], t, row0, n, sc->A, sc->B, sc->delta[k]);
+    double t1 = MPI_Wtime();
+    float *base = as_float(sc->base, &sc->base_f, count);
+    float *d0 = as_float(sc->delta[0], &sc->delta_f[0], count);
+    float *d1 = as_float(sc->delta[1], &sc->delta_f[1], count);
+    merge_tensor_rows(&s->params, comm, tensor_id, rows, cols, row0, n, base, d0, d1, base, stats);
+    double t2 = MPI_Wtime();
+    write_rows(out, dataset, t, row0, n, base, s->dtype, sc);
+    tm->read += t1 - t0; /* includes forming delta: it is a few % of reading W */
+    tm->compute += t2 - t1;
+    tm->write += MPI_Wtime() - t2;
+}
+
+/* ---- the stage -------------------------------------------------------------------------------- */
+
+static void open_base(Stage *s) {
+    char *config_path = config_json_of(s->base);
+    model_config_load(&s->config, config_path);
+    free(config_path);
+    checkpoint_open(&s->ckpt, s->base);
+    s->n_views = model_weight_views(&s->config, &s->views);
+    s->tensors = paft_calloc((size_t)s->n_views, sizeof(StageTensor));
+    for (int i = 0; i < s->n_views; i++) {
+        StageTensor *t = &s->tensors[i];
+        t->view = &s->views[i];
+        int64_t shape[2] = {t->view->rows, t->view->cols};
+        t->info = checkpoint_require(&s->ckpt, t->view->name, t->view->cols == 1 ? 1 : 2, shape);
+        t->proj = projection_of(t->view->name, &t->layer);
+    }
+    qsort(s->tensors, (size_t)s->n_views, sizeof(StageTensor), compare_tensors);
+}
+
+void merge_stage_run(const Config *cfg, MPI_Comm world) {
+    int rank, size;
+    CHECK_MPI(MPI_Comm_rank(world, &rank));
+    CHECK_MPI(MPI_Comm_size(world, &size));
+    const double t_start = MPI_Wtime();
+    Stage s;
+    memset(&s, 0, sizeof s);
+    snprintf(s.base, sizeof s.base, "%s", cfg->model.path);
+    merge_stage_paths(cfg, s.adapter[0].path, s.adapter[1].path, s.out);
+    s.adapter[0].role = "sft";
+    s.adapter[0].key = "merge.sft_adapter";
+    s.adapter[1].role = "pref";
+    s.adapter[1].key = "merge.pref_adapter";
+
+    /* 1. validation on rank 0 (one message, not one per rank); the others wait for its verdict */
+    char *parameters = NULL, *sources = NULL;
+    if (rank == 0) {
+        if (!paft_path_exists(s.base)) PAFT_FATAL("%s: model.path does not exist", s.base);
+        s.params = params_from_config(cfg);
+        s.dtype = dtype_from_config(cfg);
+        open_base(&s);
+        validate(&s, cfg);
+        parameters = parameters_json(&s, cfg);
+        sources = sources_json(&s);
+    }
+    int ok = 1;
+    CHECK_MPI(MPI_Bcast(&ok, 1, MPI_INT, 0, world));
+    if (rank != 0) open_base(&s);
+    CHECK_MPI(MPI_Bcast(&s.params, (int)sizeof s.params, MPI_BYTE, 0, world));
+    CHECK_MPI(MPI_Bcast(&s.dtype, (int)sizeof s.dtype, MPI_BYTE, 0, world));
+    CHECK_MPI(MPI_Bcast(s.fingerprint, (int)sizeof s.fingerprint, MPI_CHAR, 0, world));
+    for (int a = 0; a < 2; a++) {
+        CHECK_MPI(MPI_Bcast(&s.adapter[a].lora, (int)sizeof(LoraConfig), MPI_BYTE, 0, world));
+        CHECK_MPI(MPI_Bcast(s.adapter[a].stage, (int)sizeof s.adapter[a].stage, MPI_CHAR, 0, world));
+        CHECK_MPI(MPI_Bcast(&s.adapter[a].step, 1, MPI_INT64_T, 0, world));
+    }
+    parameters = bcast_string(parameters, world);
+    sources = bcast_string(sources, world);
+
+    int n_merged = 0;
+    for (int i = 0; i < s.n_views; i++) {
+        const StageTensor *t = &s.tensors[i];
+        n_merged += t->proj >= 0 && (s.adapter[0].lora.targets[t->proj] || s.adapter[1].lora.targets[t->proj]);
+    }
+    paft_log("merge: %s of %s (sft) and %s (pref) into %s: %d tensors, %d merged, %s, %d rank%s\n",
+             merge_method_name(s.params.method), s.adapter[0].path, s.adapter[1].path, s.base,
+             s.n_views, n_merged, h5_float_type_name(s.dtype), size, size == 1 ? "" : "s");
+
+    /* 2. the output file: attributes, then every tensor in sorted order */
+    for (int a = 0; a < 2; a++) h5_open_read(&s.adapter[a].file, s.adapter[a].path, world);
+    H5File out;
+    h5_create(&out, s.out, world);
+    h5_set_attr_string(&out, "format", MERGED_FORMAT);
+    h5_set_attr_string(&out, "paft_version", PAFT_VERSION);
+    h5_set_attr_string(&out, "config", s.config.json_text);
+    h5_set_attr_string(&out, "method", merge_method_name(s.params.method));
+    h5_set_attr_string(&out, "parameters", parameters);
+    h5_set_attr_string(&out, "sources", sources);
+    char base_abs[PATH_MAX];
+    absolute_path(s.base, base_abs, sizeof base_abs);
+    char *base_attr = bcast_string(rank == 0 ? paft_strdup(base_abs) : NULL, world);
+    h5_set_attr_string(&out, "base_model", base_attr);
+    free(base_attr);
+    h5_set_attr_string(&out, "base_fingerprint", s.fingerprint);
+    h5_set_attr_string(&out, "dtype", h5_float_type_name(s.dtype));
+    h5_create_group(&out, "/weights");
+    h5_create_group(&out, "/stats");
+
+    Scratch sc;
+    memset(&sc, 0, sizeof sc);
+    StageTimes tm = {0, 0, 0};
+    double small_total[3] = {0, 0, 0}, numel_total = 0;
+    char dataset[256];
+    for (int i = 0; i < s.n_views; i++) {
+        const StageTensor *t = &s.tensors[i];
+        snprintf(dataset, sizeof dataset, "/weights/%s", t->view->name);
+        h5_create_float_dataset(&out, dataset, t->view->rows, t->info->ndim == 1 ? 0 : t->view->cols,
+                                s.dtype);
+        int merged = t->proj >= 0 && (s.adapter[0].lora.targets[t->proj] ||
+                                      s.adapter[1].lora.targets[t->proj]);
+        if (!merged) {
+            copy_tensor(&s, &out, dataset, t, rank, size, &sc, &tm);
+            continue;
+        }
+        MergeStats stats;
+        merge_tensor(&s, &out, dataset, t, (uint64_t)i, rank, size, world, &sc, &tm, &stats);
+        MergedTensorStats record = {
+            .numel = stats.numel,
+            .sparsity_sft = (double)stats.small_sft / (double)stats.numel,
+            .sparsity_pref = (double)stats.small_pref / (double)stats.numel,
+            .sparsity_merged = (double)stats.small_merged / (double)stats.numel,
+            .small_sft = stats.small_sft,
+            .small_pref = stats.small_pref,
+            .small_merged = stats.small_merged,
+            .kept_sft = stats.kept[0],
+            .kept_pref = stats.kept[1],
+            .in_sft = s.adapter[0].lora.targets[t->proj],
+            .in_pref = s.adapter[1].lora.targets[t->proj],
+            .slerp_cos = s.params.method == MERGE_SLERP ? stats.slerp_cos : 0.0,
+            .dare_scale_sft = stats.dare_scale[0],
+            .dare_scale_pref = stats.dare_scale[1],
+        };
+        merged_write_stats(&out, t->view->name, &record, rank == 0);
+        small_total[0] += (double)stats.small_sft;
+        small_total[1] += (double)stats.small_pref;
+        small_total[2] += (double)stats.small_merged;
+        numel_total += (double)stats.numel;
+    }
+    double t_close = MPI_Wtime();
+    h5_finish(&out);
+    tm.write += MPI_Wtime() - t_close;
+    for (int a = 0; a < 2; a++) h5_close(&s.adapter[a].file);
+
+    paft_log("merge: wrote %s in %.2f s (rank 0: read %.2f s, merge %.2f s, write %.2f s)\n", s.out,
+             MPI_Wtime() - t_start, tm.read, tm.compute, tm.write);
+    if (numel_total > 0)
+        paft_log("merge: sparsity (|delta| < 1e-5) of delta_sft %.4f, delta_pref %.4f, merged %.4f\n",
+                 small_total[0] / numel_total, small_total[1] / numel_total,
+                 small_total[2] / numel_total);
+
+    free(sc.base);
+    free(sc.delta[0]);
+    free(sc.delta[1]);
+    free(sc.A);
+    free(sc.B);
+    free(sc.base_f);
+    free(sc.delta_f[0]);
+    free(sc.delta_f[1]);
+    free(sc.bf16);
+    free(parameters);
+    free(sources);
+    free(s.tensors);
+    free(s.views);
+    checkpoint_close(&s.ckpt);
+    model_config_free(&s.config);
+}
