@@ -48,8 +48,12 @@ static const Command commands[] = {
      "  merge.sign       sum | count (TIES)     merge.rescale  density | l1 (DARE)\n"
      "  merge.seed       DARE's random stream   merge.dtype    bf16 | fp32\n\n"
      "Then: paft inspect MERGED.h5 (sparsity tables), paft export MERGED.h5 OUTDIR.\n"},
-    {"eval", cmd_not_yet, "held-out SFT loss and preference accuracy of a model",
-     "usage: paft eval CONFIG model=PATH [eval.sft_data=... eval.pref_data=...]\n"},
+    {"eval", cmd_eval, "held-out SFT loss and preference accuracy of a model",
+     "usage: paft eval CONFIG model=PATH [eval.sft_data=... eval.pref_data=...]\n\n"
+     "PATH: a Hugging Face model, a merged file (merged.h5) or an adapter (adapter.h5 on\n"
+     "model.path). Prints the mean NLL over the loss-mask tokens of eval.sft_data and the\n"
+     "implicit-reward accuracy and margin on eval.pref_data against the base model.path\n"
+     "(beta = pref.beta), then the same as one JSON line ('eval: {...}').\n"},
     {"export", cmd_export, "merged HDF5 file -> Hugging Face safetensors directory",
      "usage: paft export MERGED.h5 OUTDIR [max_shard_size=5GB]\n\n"
      "Writes a Hugging Face model directory that transformers loads: config.json (the base's),\n"

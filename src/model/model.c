@@ -11,6 +11,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/h5file.h"
+#include "io/merged_h5.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
 #include "parallel/collectives.h"
@@ -300,29 +302,92 @@ static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
     return h;
 }
 
-void model_fingerprint(const Checkpoint *ckpt, const TensorView *views, int n_views, char out[17]) {
-    /* Names, global shapes and the first values (as fp32 bits) of every base tensor. Read from
-     * the checkpoint itself, so every rank gets the same digest whatever shard it holds, and the
-     * same digest whether the model is stored in one file or in shards. */
+/* ---- where the base weights come from -------------------------------------------------------
+ * A Hugging Face safetensors checkpoint, or a paft merged file (/weights/<HF name> in bf16 or
+ * fp32, config.json text in its "config" attribute), so a merged model can be evaluated or trained
+ * further like any base. */
+typedef struct {
+    int merged; /* 1: a paft merged HDF5 file */
+    Checkpoint ckpt;
+    H5File h5;
+    const char *path;
+} WeightSource;
+
+static void source_open(WeightSource *src, const char *path, ModelConfig *config) {
+    memset(src, 0, sizeof *src);
+    src->path = path;
+    if (!paft_is_directory(path) && merged_is_merged_file(path)) {
+        src->merged = 1;
+        h5_open_read(&src->h5, path, MPI_COMM_SELF);
+        char *text = h5_get_attr_string(&src->h5, "config");
+        char source_name[1100];
+        snprintf(source_name, sizeof source_name, "%s (attribute config)", path);
+        model_config_parse(config, text, source_name);
+        free(text);
+        return;
+    }
+    char *config_path = config_json_path(path);
+    model_config_load(config, config_path);
+    free(config_path);
+    checkpoint_open(&src->ckpt, path);
+}
+
+/* Read rows [row0, +rows) x columns [col0, +cols) of tensor `name` (global shape checked). */
+static void source_read(WeightSource *src, const char *name, int64_t global_rows,
+                        int64_t global_cols, int64_t row0, int64_t rows, int64_t col0,
+                        int64_t cols, real *out) {
+    if (!src->merged) {
+        int64_t shape[2] = {global_rows, global_cols};
+        const TensorInfo *t = checkpoint_require(&src->ckpt, name, global_cols == 1 ? 1 : 2, shape);
+        checkpoint_read_block(&src->ckpt, t, row0, rows, col0, cols, out);
+        return;
+    }
+    char dataset[256];
+    snprintf(dataset, sizeof dataset, "/weights/%s", name);
+    if (!h5_exists(&src->h5, dataset)) PAFT_FATAL("%s: missing dataset %s", src->path, dataset);
+    /* the merged file stores vectors as 1-D datasets (cols 0 in an H5Block) */
+    H5Block block = {global_rows, global_cols == 1 ? 0 : global_cols, row0, col0, rows,
+                     global_cols == 1 ? 0 : cols};
+    float *tmp = paft_malloc((size_t)(rows * cols) * sizeof(float));
+    h5_read_float_block(&src->h5, dataset, &block, H5_FLOAT32, tmp);
+    for (int64_t i = 0; i < rows * cols; i++) out[i] = (real)tmp[i];
+    free(tmp);
+}
+
+static void source_close(WeightSource *src) {
+    if (src->merged)
+        h5_close(&src->h5);
+    else
+        checkpoint_close(&src->ckpt);
+}
+
+/* FNV-1a over names, global shapes and the first values (as fp32 bits) of every tensor. Read
+ * from the source itself, so every rank gets the same digest whatever shard it holds, and the
+ * same digest whether the model is stored in one file or in shards. */
+static void fingerprint_of(WeightSource *src, const TensorView *views, int n_views, char out[17]) {
     uint64_t h = 0xCBF29CE484222325ULL;
     real first[16];
     for (int i = 0; i < n_views; i++) {
         const TensorView *v = &views[i];
-        const TensorInfo *t = checkpoint_find(ckpt, v->name);
         h = fnv1a(h, v->name, strlen(v->name));
         h = fnv1a(h, &v->global_rows, sizeof v->global_rows);
         h = fnv1a(h, &v->global_cols, sizeof v->global_cols);
         int64_t n = v->global_cols == 1 ? PAFT_MIN(16, v->global_rows) : PAFT_MIN(16, v->global_cols);
         if (v->global_cols == 1)
-            checkpoint_read_block(ckpt, t, 0, n, 0, 1, first);
+            source_read(src, v->name, v->global_rows, 1, 0, n, 0, 1, first);
         else
-            checkpoint_read_block(ckpt, t, 0, 1, 0, n, first);
+            source_read(src, v->name, v->global_rows, v->global_cols, 0, 1, 0, n, first);
         for (int64_t j = 0; j < n; j++) {
             float f = (float)first[j];
             h = fnv1a(h, &f, sizeof f);
         }
     }
     snprintf(out, 17, "%016llx", (unsigned long long)h);
+}
+
+void model_fingerprint(const Checkpoint *ckpt, const TensorView *views, int n_views, char out[17]) {
+    WeightSource src = {.merged = 0, .ckpt = *ckpt, .path = ckpt->path};
+    fingerprint_of(&src, views, n_views, out);
 }
 
 /* Shard sizes for a tensor-parallel group of tp ranks, or a fatal error naming what does not
@@ -354,9 +419,8 @@ void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t see
                 MPI_Comm tp_comm) {
     memset(m, 0, sizeof *m);
     if (!paft_path_exists(path)) PAFT_FATAL("%s: model path does not exist", path);
-    char *config_path = config_json_path(path);
-    model_config_load(&m->config, config_path);
-    free(config_path);
+    WeightSource src;
+    source_open(&src, path, &m->config);
     m->lora = *lora;
     m->adapters_enabled = 1;
     m->tp_comm = tp_comm;
@@ -381,18 +445,14 @@ void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t see
     layout_weights(c, &m->weights, &bind);
 
     /* read this rank's block of every tensor, checking the whole shape against the config */
-    Checkpoint ckpt;
-    checkpoint_open(&ckpt, path);
     for (int i = 0; i < m->n_weight_views; i++) {
         const TensorView *v = &m->weight_views[i];
-        int64_t shape[2] = {v->global_rows, v->global_cols};
-        const TensorInfo *t = checkpoint_require(&ckpt, v->name, v->global_cols == 1 ? 1 : 2, shape);
-        checkpoint_read_block(&ckpt, t, v->row0, v->rows, v->col0, v->cols,
-                              m->weights_memory + v->offset);
+        source_read(&src, v->name, v->global_rows, v->global_cols, v->row0, v->rows, v->col0,
+                    v->cols, m->weights_memory + v->offset);
     }
     snprintf(m->path, sizeof m->path, "%s", path);
-    model_fingerprint(&ckpt, m->weight_views, m->n_weight_views, m->fingerprint);
-    checkpoint_close(&ckpt);
+    fingerprint_of(&src, m->weight_views, m->n_weight_views, m->fingerprint);
+    source_close(&src);
 
     /* LoRA parameters and gradients */
     m->lora_params = paft_calloc((size_t)c->num_layers, sizeof(LayerLora));
