@@ -49,18 +49,21 @@ static void answer(uint32_t *out, const uint32_t *prompt, int k, const uint32_t 
     for (int i = 1; i < k; i++) out[i] = next_map[out[i - 1] - next_base];
 }
 
-/* A prompt of k tokens from A (k = prompt_len, or random in 2..MAXK when 0). */
-static int draw_prompt(uint32_t *p, Rng *rng, int prompt_len) {
+/* A prompt of k tokens from A (k = prompt_len, or random in 2..MAXK when 0), its last token from
+ * the domain's half of A. */
+static int draw_prompt(uint32_t *p, Rng *rng, int prompt_len, SynthDomain domain) {
     if (prompt_len < 0 || prompt_len == 1 || prompt_len > MAXK)
         PAFT_FATAL("synthetic task: prompt length %d is not 0 or 2..%d", prompt_len, MAXK);
     int k = 2 + (int)(rng_u64(rng) % (MAXK - 1));
     if (prompt_len) k = prompt_len;
     for (int i = 0; i < k; i++) p[i] = (uint32_t)(A0 + rng_u64(rng) % NA);
+    if (domain == SYNTH_SFT_DOMAIN) p[k - 1] = (uint32_t)(A0 + rng_u64(rng) % 10);
+    if (domain == SYNTH_PREF_DOMAIN) p[k - 1] = (uint32_t)(A0 + 10 + rng_u64(rng) % (NA - 10));
     return k;
 }
 
 void synthetic_write_sft(const char *path, int n, uint64_t seed, uint64_t task_seed,
-                         int prompt_len) {
+                         int prompt_len, SynthDomain domain) {
     Rules rules = make_rules(task_seed);
     Rng rng;
     rng_seed(&rng, seed);
@@ -68,7 +71,7 @@ void synthetic_write_sft(const char *path, int n, uint64_t seed, uint64_t task_s
     uint32_t p[MAXK], tokens[2 * MAXK + 3];
     uint8_t mask[2 * MAXK + 3];
     for (int r = 0; r < n; r++) {
-        int k = draw_prompt(p, &rng, prompt_len), len = 0;
+        int k = draw_prompt(p, &rng, prompt_len, domain), len = 0;
         tokens[len] = BOS, mask[len++] = 0;
         for (int i = 0; i < k; i++) tokens[len] = p[i], mask[len++] = 0;
         tokens[len] = SEP, mask[len++] = 0;
@@ -82,14 +85,14 @@ void synthetic_write_sft(const char *path, int n, uint64_t seed, uint64_t task_s
 }
 
 void synthetic_write_pref(const char *path, int n, uint64_t seed, uint64_t task_seed,
-                          int prompt_len) {
+                          int prompt_len, SynthDomain domain) {
     Rules rules = make_rules(task_seed);
     Rng rng;
     rng_seed(&rng, seed);
     TokenDataWriter *w = token_data_writer_create(path, TOKEN_DATA_PREF, SYNTH_VOCAB);
     uint32_t p[MAXK], prompt[MAXK + 2], chosen[MAXK + 1], rejected[MAXK + 1];
     for (int r = 0; r < n; r++) {
-        int k = draw_prompt(p, &rng, prompt_len);
+        int k = draw_prompt(p, &rng, prompt_len, domain);
         prompt[0] = BOS;
         for (int i = 0; i < k; i++) prompt[1 + i] = p[i];
         answer(chosen, p, k, rules.sigma, rules.tau, B0);

@@ -13,6 +13,12 @@
  * k is 2..8. Each answer token follows from the token before it (the first from the last prompt
  * token, one position back over SEP), so a tiny model learns the rule in a few hundred steps, and
  * SFT and DPO both move the same next-token weights.
+ *
+ * Prompt domains: SYNTH_ALL draws prompt tokens from all of A; the demo gives SFT the prompts
+ * ending in A_sft = [3, 13) and the preference data those ending in A_pref = [13, 24): the first
+ * answer token (sigma of the last prompt token) is then a skill only one stage teaches, while the
+ * chain tau is shared, so each stage alone is good at its own metric and merging the two deltas
+ * is what gets both.
  */
 #ifndef PAFT_SYNTHETIC_H
 #define PAFT_SYNTHETIC_H
@@ -21,13 +27,15 @@
 
 #define SYNTH_VOCAB 64
 
+typedef enum { SYNTH_ALL = 0, SYNTH_SFT_DOMAIN = 1, SYNTH_PREF_DOMAIN = 2 } SynthDomain;
+
 /* Write n SFT records / n preference records to PATH (token data format). Records are drawn
  * from `seed`; the rules sigma and rho from `task_seed` (same task_seed = same task). prompt_len
  * fixes k for every record (2..8; 0 = random per record): fixed-length data makes the padded
  * batch shapes, and so the communication volume, the same at every step. */
 void synthetic_write_sft(const char *path, int n, uint64_t seed, uint64_t task_seed,
-                         int prompt_len);
+                         int prompt_len, SynthDomain domain);
 void synthetic_write_pref(const char *path, int n, uint64_t seed, uint64_t task_seed,
-                          int prompt_len);
+                          int prompt_len, SynthDomain domain);
 
 #endif

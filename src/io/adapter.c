@@ -210,29 +210,18 @@ static int parse_module(const char *name, int *layer) {
     return -1;
 }
 
-void adapter_describe(const char *path, FILE *out) {
-    H5File f;
-    h5_open_read(&f, path, MPI_COMM_SELF);
-    char *format = h5_get_attr_string(&f, "format");
-    if (strcmp(format, ADAPTER_FORMAT) != 0)
-        PAFT_FATAL("%s: HDF5 file of format '%s', not a paft adapter (%s)", path, format, ADAPTER_FORMAT);
-    char *stage = h5_get_attr_string(&f, "stage");
-    char *targets = h5_get_attr_string(&f, "targets");
-    char *fp = h5_get_attr_string(&f, "base_fingerprint");
-    char *base = h5_get_attr_string(&f, "base_model");
-    int64_t step = h5_get_attr_int(&f, "step"), r = h5_get_attr_int(&f, "r");
-    double alpha = h5_get_attr_double(&f, "alpha");
-    int64_t rslora = h5_get_attr_int(&f, "rslora");
-    int checkpoint = h5_exists(&f, "/optim");
-    double scale = rslora ? alpha / sqrt((double)r) : alpha / (double)r;
-    fprintf(out, "%s: paft %s (%s)\n", path, checkpoint ? "training checkpoint" : "adapter", ADAPTER_FORMAT);
-    fprintf(out, "  stage %s, step %lld; LoRA r=%lld alpha=%g%s (scale %g) on %s\n", stage,
-            (long long)step, (long long)r, alpha, rslora ? " rslora" : "", scale, targets);
-    fprintf(out, "  base model %s (fingerprint %s)\n", base, fp);
+/* The sparsity of delta = s B A of every module of an open adapter file. */
+typedef struct {
+    int n_layers, n_modules;
+    double *per_module; /* [n_layers][N_PROJ], -1 where not adapted (malloc'ed) */
+    double elements, overall;
+} DeltaSparsity;
 
+static void delta_sparsity_of(H5File *f, const char *path, int64_t r, double scale,
+                              DeltaSparsity *out) {
     NameList modules = {0};
-    if (!h5_exists(&f, "/lora")) PAFT_FATAL("%s: no /lora group", path);
-    hid_t group = H5Gopen2(f.file, "/lora", H5P_DEFAULT);
+    if (!h5_exists(f, "/lora")) PAFT_FATAL("%s: no /lora group", path);
+    hid_t group = H5Gopen2(f->file, "/lora", H5P_DEFAULT);
     CHECK_H5(group);
     hsize_t idx = 0;
     CHECK_H5(H5Literate(group, H5_INDEX_NAME, H5_ITER_NATIVE, &idx, collect_name, &modules));
@@ -254,9 +243,9 @@ void adapter_describe(const char *path, FILE *out) {
         int layer, p = parse_module(modules.names[i], &layer);
         int64_t da[2], db[2];
         snprintf(name, sizeof name, "/lora/%s/A", modules.names[i]);
-        h5_shape(&f, name, da);
+        h5_shape(f, name, da);
         snprintf(name, sizeof name, "/lora/%s/B", modules.names[i]);
-        h5_shape(&f, name, db);
+        h5_shape(f, name, db);
         if (da[0] != r || db[1] != r)
             PAFT_FATAL("%s: /lora/%s: A is %lld x %lld and B %lld x %lld, expected rank %lld", path,
                        modules.names[i], (long long)da[0], (long long)da[1], (long long)db[0],
@@ -266,9 +255,9 @@ void adapter_describe(const char *path, FILE *out) {
         real *delta = paft_malloc((size_t)(db[0] * da[1]) * sizeof(real));
         H5Block ba = h5_whole(da[0], da[1], 1), bb = h5_whole(db[0], db[1], 1);
         snprintf(name, sizeof name, "/lora/%s/A", modules.names[i]);
-        h5_read_real(&f, name, &ba, A);
+        h5_read_real(f, name, &ba, A);
         snprintf(name, sizeof name, "/lora/%s/B", modules.names[i]);
-        h5_read_real(&f, name, &bb, B);
+        h5_read_real(f, name, &bb, B);
         lora_delta(delta, A, B, (int)db[0], (int)da[1], (int)r, (real)scale);
         size_t n = (size_t)(db[0] * da[1]);
         size_t below = delta_count_below(delta, n, PAFT_SPARSITY_THRESHOLD);
@@ -281,6 +270,50 @@ void adapter_describe(const char *path, FILE *out) {
         free(modules.names[i]);
     }
     free(modules.names);
+    out->n_layers = n_layers;
+    out->n_modules = modules.n;
+    out->per_module = sparsity;
+    out->elements = count_total;
+    out->overall = count_total > 0 ? below_total / count_total : 0.0;
+}
+
+double adapter_delta_sparsity(const char *path) {
+    H5File f;
+    h5_open_read(&f, path, MPI_COMM_SELF);
+    int64_t r = h5_get_attr_int(&f, "r");
+    double alpha = h5_get_attr_double(&f, "alpha");
+    double scale = h5_get_attr_int(&f, "rslora") ? alpha / sqrt((double)r) : alpha / (double)r;
+    DeltaSparsity ds;
+    delta_sparsity_of(&f, path, r, scale, &ds);
+    free(ds.per_module);
+    h5_close(&f);
+    return ds.overall;
+}
+
+void adapter_describe(const char *path, FILE *out) {
+    H5File f;
+    h5_open_read(&f, path, MPI_COMM_SELF);
+    char *format = h5_get_attr_string(&f, "format");
+    if (strcmp(format, ADAPTER_FORMAT) != 0)
+        PAFT_FATAL("%s: HDF5 file of format '%s', not a paft adapter (%s)", path, format, ADAPTER_FORMAT);
+    char *stage = h5_get_attr_string(&f, "stage");
+    char *targets = h5_get_attr_string(&f, "targets");
+    char *fp = h5_get_attr_string(&f, "base_fingerprint");
+    char *base = h5_get_attr_string(&f, "base_model");
+    int64_t step = h5_get_attr_int(&f, "step"), r = h5_get_attr_int(&f, "r");
+    double alpha = h5_get_attr_double(&f, "alpha");
+    int64_t rslora = h5_get_attr_int(&f, "rslora");
+    int checkpoint = h5_exists(&f, "/optim");
+    double scale = rslora ? alpha / sqrt((double)r) : alpha / (double)r;
+    fprintf(out, "%s: paft %s (%s)\n", path, checkpoint ? "training checkpoint" : "adapter", ADAPTER_FORMAT);
+    fprintf(out, "  stage %s, step %lld; LoRA r=%lld alpha=%g%s (scale %g) on %s\n", stage,
+            (long long)step, (long long)r, alpha, rslora ? " rslora" : "", scale, targets);
+    fprintf(out, "  base model %s (fingerprint %s)\n", base, fp);
+
+    DeltaSparsity ds;
+    delta_sparsity_of(&f, path, r, scale, &ds);
+    const int n_layers = ds.n_layers;
+    const double *sparsity = ds.per_module;
     fprintf(out, "\n  sparsity of delta = s B A (fraction of |delta| < %g) per layer and module:\n",
             PAFT_SPARSITY_THRESHOLD);
     fprintf(out, "  %5s", "layer");
@@ -297,9 +330,9 @@ void adapter_describe(const char *path, FILE *out) {
         }
         fprintf(out, "\n");
     }
-    fprintf(out, "\n  %d adapted modules, %.0f delta elements, overall sparsity %.4f\n", modules.n,
-            count_total, count_total > 0 ? below_total / count_total : 0.0);
-    free(sparsity);
+    fprintf(out, "\n  %d adapted modules, %.0f delta elements, overall sparsity %.4f\n", ds.n_modules,
+            ds.elements, ds.overall);
+    free(ds.per_module);
     free(stage);
     free(targets);
     free(fp);

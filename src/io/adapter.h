@@ -55,6 +55,8 @@ void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *model);
  * sparsity of its delta s B A (fraction |delta| < 1e-5, the paper's Figure 2 measure) as a table
  * of layers x modules, and the totals. Reads on the calling rank only. */
 void adapter_describe(const char *path, FILE *out);
+/* The overall sparsity of an adapter file's delta s B A (fraction |delta| < 1e-5, all modules). */
+double adapter_delta_sparsity(const char *path);
 /* Does the file look like an HDF5 file (signature at offset 0)? */
 int adapter_is_hdf5(const unsigned char *magic, size_t len);
 

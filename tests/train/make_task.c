@@ -24,9 +24,9 @@ int main(int argc, char **argv) {
     snprintf(path, sizeof path, "%s/model", dir);
     tiny_model_write(path, &spec, model_seed);
     snprintf(path, sizeof path, "%s/sft_train.bin", dir);
-    synthetic_write_sft(path, 256, 1, 77, prompt_len);
+    synthetic_write_sft(path, 256, 1, 77, prompt_len, SYNTH_ALL);
     snprintf(path, sizeof path, "%s/pref_train.bin", dir);
-    synthetic_write_pref(path, 256, 3, 77, prompt_len);
+    synthetic_write_pref(path, 256, 3, 77, prompt_len, SYNTH_ALL);
     snprintf(path, sizeof path, "%s/task.ini", dir);
     FILE *f = fopen(path, "w");
     fprintf(f,

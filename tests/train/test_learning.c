@@ -81,10 +81,10 @@ int main(int argc, char **argv) {
         TinyModelSpec spec = tiny_model_default();
         if (system("rm -rf learn && mkdir -p learn") != 0) return 1;
         tiny_model_write("learn/model", &spec, 5);
-        synthetic_write_sft("learn/sft_train.bin", 512, 1, 77, 0);
-        synthetic_write_sft("learn/sft_val.bin", 64, 2, 77, 0);
-        synthetic_write_pref("learn/pref_train.bin", 512, 3, 77, 0);
-        synthetic_write_pref("learn/pref_val.bin", 64, 4, 77, 0);
+        synthetic_write_sft("learn/sft_train.bin", 512, 1, 77, 0, SYNTH_ALL);
+        synthetic_write_sft("learn/sft_val.bin", 64, 2, 77, 0, SYNTH_ALL);
+        synthetic_write_pref("learn/pref_train.bin", 512, 3, 77, 0, SYNTH_ALL);
+        synthetic_write_pref("learn/pref_val.bin", 64, 4, 77, 0, SYNTH_ALL);
     }
     MPI_Barrier(MPI_COMM_WORLD);
 
