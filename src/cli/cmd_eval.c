@@ -14,30 +14,9 @@
 #include "cli/commands.h"
 #include "config/config.h"
 #include "data/token_data.h"
-#include "io/adapter.h"
-#include "io/merged_h5.h"
 #include "model/model.h"
 #include "train/evaluate.h"
 #include "util/common.h"
-
-/* The longest sequence the model must hold for either data file. */
-static int longest(const TokenData *sft, const TokenData *pref) {
-    uint64_t n = 1;
-    if (sft) n = PAFT_MAX(n, sft->max_length);
-    if (pref) n = PAFT_MAX(n, pref->max_length);
-    return (int)n;
-}
-
-/* Is PATH a paft adapter (an HDF5 file that is not a merged model)? */
-static int is_adapter_file(const char *path) {
-    if (paft_is_directory(path)) return 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return 0;
-    unsigned char magic[8];
-    size_t n = fread(magic, 1, 8, f);
-    fclose(f);
-    return adapter_is_hdf5(magic, n) && !merged_is_merged_file(path);
-}
 
 int cmd_eval(int argc, char **argv) {
     Config cfg;
@@ -55,36 +34,18 @@ int cmd_eval(int argc, char **argv) {
         PAFT_FATAL("configuration: set eval.sft_data and/or eval.pref_data");
     if (!cfg.model.path[0]) PAFT_FATAL("configuration: model.path (the base model) is not set");
 
-    LoraConfig lora;
-    lora_config_init(&lora, cfg.lora.r, cfg.lora.alpha, cfg.lora.rslora, cfg.lora.targets,
-                     "configuration [lora]");
-    int adapter = is_adapter_file(path);
-    /* the policy: the base with the adapter, or the model at PATH (its LoRA stays at B = 0) */
-    Model policy, reference;
-    model_load(&policy, adapter ? cfg.model.path : path, &lora, 0, MPI_COMM_SELF);
-    if (adapter) adapter_read(path, MPI_COMM_WORLD, &policy, NULL, NULL, NULL, NULL);
-    TokenData *sft = cfg.eval.sft_data[0]
-                         ? token_data_open(cfg.eval.sft_data, TOKEN_DATA_SFT, (uint32_t)policy.config.vocab_size)
-                         : NULL;
-    TokenData *pref = cfg.eval.pref_data[0]
-                          ? token_data_open(cfg.eval.pref_data, TOKEN_DATA_PREF, (uint32_t)policy.config.vocab_size)
-                          : NULL;
-    const int mb_sft = cfg.sft.micro_batch, mb_pref = cfg.pref.micro_batch;
-    const int T = longest(sft, pref);
-    model_alloc_activations(&policy, PAFT_MAX(mb_sft, 2 * mb_pref), T);
-
-    EvalResult es = {0}, ep = {0};
-    if (sft) evaluate_sft(&policy, sft, mb_sft, MPI_COMM_WORLD, &es);
-    if (pref) {
-        Model *ref = &policy; /* an adapter: its base is the policy with adapters disabled */
-        if (!adapter) {
-            model_load(&reference, cfg.model.path, &lora, 0, MPI_COMM_SELF);
-            model_alloc_activations(&reference, 2 * mb_pref, T);
-            ref = &reference;
-        }
-        evaluate_pref(&policy, ref, pref, mb_pref, cfg.pref.beta, MPI_COMM_WORLD, &ep);
-        if (!adapter) model_free(&reference);
+    TokenData *sft = NULL, *pref = NULL;
+    {
+        /* the vocabulary to check the data against: the base model's */
+        ModelConfig base;
+        model_config_of_path(cfg.model.path, &base);
+        uint32_t vocab = (uint32_t)base.vocab_size;
+        model_config_free(&base);
+        if (cfg.eval.sft_data[0]) sft = token_data_open(cfg.eval.sft_data, TOKEN_DATA_SFT, vocab);
+        if (cfg.eval.pref_data[0]) pref = token_data_open(cfg.eval.pref_data, TOKEN_DATA_PREF, vocab);
     }
+    EvalResult es, ep;
+    evaluate_model_path(&cfg, path, sft, pref, MPI_COMM_WORLD, &es, &ep);
     paft_log("%s:", path);
     if (sft) paft_log("  SFT NLL %.4f over %lld tokens;", es.nll, (long long)es.tokens);
     if (pref)
@@ -99,6 +60,5 @@ int cmd_eval(int argc, char **argv) {
     paft_log("}\n");
     if (sft) token_data_close(sft);
     if (pref) token_data_close(pref);
-    model_free(&policy);
     return 0;
 }

@@ -361,6 +361,22 @@ static void source_close(WeightSource *src) {
         checkpoint_close(&src->ckpt);
 }
 
+void model_config_of_path(const char *path, ModelConfig *config) {
+    if (!paft_path_exists(path)) PAFT_FATAL("%s: model path does not exist", path);
+    if (!paft_is_directory(path) && merged_is_merged_file(path)) {
+        H5File f;
+        h5_open_read(&f, path, MPI_COMM_SELF);
+        char *text = h5_get_attr_string(&f, "config");
+        model_config_parse(config, text, path);
+        free(text);
+        h5_close(&f);
+        return;
+    }
+    char *config_path = config_json_path(path);
+    model_config_load(config, config_path);
+    free(config_path);
+}
+
 /* FNV-1a over names, global shapes and the first values (as fp32 bits) of every tensor. Read
  * from the source itself, so every rank gets the same digest whatever shard it holds, and the
  * same digest whether the model is stored in one file or in shards. */

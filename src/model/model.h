@@ -189,6 +189,9 @@ typedef struct {
 void model_load(Model *model, const char *path, const LoraConfig *lora, uint64_t seed,
                 MPI_Comm tp_comm);
 void model_free(Model *model);
+/* The architecture of the model at PATH (config.json, or a merged file's config) without its
+ * weights. */
+void model_config_of_path(const char *path, ModelConfig *config);
 /* Allocate activations for batches of up to B sequences of up to T tokens. */
 void model_alloc_activations(Model *model, int B, int T);
 /* Allocate full-parameter gradients (base weights), zeroed; model_backward then fills them. */

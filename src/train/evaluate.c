@@ -4,6 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/adapter.h"
+#include "io/h5file.h"
+#include "io/merged_h5.h"
 #include "loss/sft_loss.h"
 #include "parallel/collectives.h"
 #include "train/batch.h"
@@ -92,4 +95,71 @@ void evaluate_pref(Model *policy, Model *reference, const TokenData *data, int m
     free(pol);
     free(ref);
     batch_free(&batch);
+}
+
+/* Is PATH a paft adapter (an HDF5 file that is not a merged model)? */
+static int is_adapter_file(const char *path) {
+    if (paft_is_directory(path)) return 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0;
+    unsigned char magic[8];
+    size_t n = fread(magic, 1, 8, f);
+    fclose(f);
+    return adapter_is_hdf5(magic, n) && !merged_is_merged_file(path);
+}
+
+/* The adapter an adapter file was trained on top of ("" when none). */
+static void folded_adapter_of(const char *path, char *out, size_t n) {
+    H5File f;
+    h5_open_read(&f, path, MPI_COMM_SELF);
+    char *folded = h5_get_attr_string(&f, "folded_adapter");
+    snprintf(out, n, "%s", folded);
+    free(folded);
+    h5_close(&f);
+}
+
+static int longest(const TokenData *sft, const TokenData *pref) {
+    uint64_t n = 1;
+    if (sft) n = PAFT_MAX(n, sft->max_length);
+    if (pref) n = PAFT_MAX(n, pref->max_length);
+    return (int)n;
+}
+
+void evaluate_model_path(const Config *cfg, const char *path, const TokenData *sft_data,
+                         const TokenData *pref_data, MPI_Comm comm, EvalResult *sft,
+                         EvalResult *pref) {
+    memset(sft, 0, sizeof *sft);
+    memset(pref, 0, sizeof *pref);
+    LoraConfig lora;
+    lora_config_init(&lora, cfg->lora.r, cfg->lora.alpha, cfg->lora.rslora, cfg->lora.targets,
+                     "configuration [lora]");
+    const int adapter = is_adapter_file(path);
+    Model policy;
+    model_load(&policy, adapter ? cfg->model.path : path, &lora, 0, MPI_COMM_SELF);
+    if (adapter) {
+        char folded[CONFIG_PATH_MAX];
+        folded_adapter_of(path, folded, sizeof folded);
+        if (folded[0]) adapter_fold_into_base(folded, comm, &policy);
+        adapter_read(path, comm, &policy, NULL, NULL, NULL, NULL);
+    }
+    const int mb_sft = cfg->sft.micro_batch, mb_pref = cfg->pref.micro_batch;
+    const int T = longest(sft_data, pref_data);
+    model_alloc_activations(&policy, PAFT_MAX(mb_sft, 2 * mb_pref), T);
+    if (sft_data) evaluate_sft(&policy, sft_data, mb_sft, comm, sft);
+    if (pref_data) {
+        /* the reference is the base model: for an adapter on the plain base that is the policy
+         * with its adapters off; otherwise a second model */
+        Model reference, *ref = &policy;
+        char folded[CONFIG_PATH_MAX] = "";
+        if (adapter) folded_adapter_of(path, folded, sizeof folded);
+        const int separate = !adapter || folded[0];
+        if (separate) {
+            model_load(&reference, cfg->model.path, &lora, 0, MPI_COMM_SELF);
+            model_alloc_activations(&reference, 2 * mb_pref, T);
+            ref = &reference;
+        }
+        evaluate_pref(&policy, ref, pref_data, mb_pref, cfg->pref.beta, comm, pref);
+        if (separate) model_free(&reference);
+    }
+    model_free(&policy);
 }

@@ -12,6 +12,7 @@
 
 #include <mpi.h>
 
+#include "config/config.h"
 #include "data/token_data.h"
 #include "model/model.h"
 
@@ -28,5 +29,15 @@ void evaluate_sft(Model *model, const TokenData *data, int micro_batch, MPI_Comm
                   EvalResult *out);
 void evaluate_pref(Model *policy, Model *reference, const TokenData *data, int micro_batch,
                    double beta, MPI_Comm comm, EvalResult *out);
+
+/* Evaluate the model at PATH as `paft eval` does: a Hugging Face model, a paft merged file, or an
+ * adapter file applied to cfg->model.path (an adapter trained on base + another adapter, as the
+ * sequential baseline's, gets that one folded in first). sft_data / pref_data may be NULL (that
+ * result is then zeroed); the preference reference is the base cfg->model.path; beta =
+ * cfg->pref.beta; micro-batches of cfg->sft.micro_batch / cfg->pref.micro_batch. Collective over
+ * comm (records split between the ranks). */
+void evaluate_model_path(const Config *cfg, const char *path, const TokenData *sft_data,
+                         const TokenData *pref_data, MPI_Comm comm, EvalResult *sft,
+                         EvalResult *pref);
 
 #endif
