@@ -76,11 +76,6 @@ char *train_stage_dir(const Config *cfg, StageKind kind) {
     return paft_path_join(cfg->output.dir, kind == STAGE_SFT ? "sft" : "pref");
 }
 
-static void make_dir(const char *path) {
-    if (mkdir(path, 0777) != 0 && errno != EEXIST)
-        PAFT_FATAL("%s: cannot create directory: %s", path, strerror(errno));
-}
-
 static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm) {
     memset(tr, 0, sizeof *tr);
     tr->cfg = cfg;
@@ -126,8 +121,7 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
 
     tr->dir = train_stage_dir(cfg, kind);
     if (tr->rank == 0) {
-        make_dir(cfg->output.dir);
-        make_dir(tr->dir);
+        paft_make_dirs(tr->dir);
     }
     CHECK_MPI(MPI_Barrier(comm));
 }

@@ -110,6 +110,22 @@ int paft_is_directory(const char *path) {
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+void paft_make_dirs(const char *path) {
+    char *p = paft_strdup(path);
+    for (char *c = p + 1;; c++) {
+        if (*c == '/' || *c == '\0') {
+            char saved = *c;
+            *c = '\0';
+            if (mkdir(p, 0777) != 0 && errno != EEXIST)
+                PAFT_FATAL("%s: cannot create directory: %s", p, strerror(errno));
+            *c = saved;
+            if (!saved) break;
+        }
+    }
+    if (!paft_is_directory(path)) PAFT_FATAL("%s: exists and is not a directory", path);
+    free(p);
+}
+
 char *paft_path_join(const char *dir, const char *name) {
     size_t a = strlen(dir), b = strlen(name);
     int need_slash = a > 0 && dir[a - 1] != '/';

@@ -70,6 +70,8 @@ char *paft_read_text_file(const char *path, size_t max_bytes, size_t *out_len);
 /* Does the path exist, and is it a directory? */
 int paft_path_exists(const char *path);
 int paft_is_directory(const char *path);
+/* mkdir -p: create PATH and its missing parents (fatal error naming the path on failure). */
+void paft_make_dirs(const char *path);
 /* Join a directory and a file name into a new string. */
 char *paft_path_join(const char *dir, const char *name);
 /* Wall-clock seconds from a monotonic clock. */
