@@ -46,7 +46,7 @@ static void write_model(const char *dir) {
     ModelConfig c;
     model_config_load(&c, config_path);
     TensorView *views;
-    int n = merge_stage_base_views(&c, &views);
+    int n = model_weight_views(&c, &views);
     /* header: tensors back to back in list order */
     size_t cap = 1 << 20, len = 0;
     char *header = paft_malloc(cap);
@@ -106,7 +106,7 @@ static void write_adapter(const char *dir, const char *name, const char *stage, 
     ModelConfig c;
     model_config_load(&c, config_path);
     TensorView *views;
-    int n = merge_stage_base_views(&c, &views);
+    int n = model_weight_views(&c, &views);
     Checkpoint ckpt;
     checkpoint_open(&ckpt, model_dir);
     char fingerprint[17];
@@ -165,7 +165,7 @@ static void floor_run(const char *dir, const char *out_path) {
     ModelConfig c;
     model_config_load(&c, config_path);
     TensorView *views;
-    int n = merge_stage_base_views(&c, &views);
+    int n = model_weight_views(&c, &views);
     Checkpoint ckpt;
     checkpoint_open(&ckpt, model_dir);
     H5File adapters[2];
