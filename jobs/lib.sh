@@ -1,7 +1,7 @@
 # jobs/lib.sh - what every job script shares (sourced, never run). After sourcing:
 #
 #   paft_launch CMD ARGS...   runs `paft CMD ARGS...` on every task of the job and waits for it
-#   paft_requeue_if_interrupted   (called by paft_launch; see "Pre-emption" below)
+#   run_step CMD ARGS...      runs another command (lm_eval) the same way, on the batch node
 #   $PAFT        the paft binary        $PAFT_ROOT   the repository (this file's parent folder)
 #
 # The launcher:
@@ -19,8 +19,9 @@
 # five minutes before the limit Slurm sends SIGUSR1 to this batch shell. paft_launch forwards it
 # (as SIGUSR1; SIGTERM too) to a running `paft train` / `paft run`, which writes a checkpoint and
 # exits 0; the job then requeues itself (`scontrol requeue`), and the rerun resumes from the
-# checkpoint (stages already complete are skipped). Outside Slurm it says to run the command
-# again. Other commands (merge, export) are not signalled: they finish, then the job requeues.
+# checkpoint (stages already complete are skipped). Other commands (merge, export, lm_eval) are
+# stopped and run again from their start by the rerun: the scripts write their outputs under
+# temporary names and skip the outputs that exist. Outside Slurm: run the same command again.
 
 if [ -n "${BASH_VERSION:-}" ] && [ "${BASH_SOURCE[0]}" = "$0" ]; then
   echo "jobs/lib.sh is sourced by the job scripts, not run" >&2
@@ -84,29 +85,37 @@ fi
 echo "jobs: $PAFT_LAUNCHER on $PAFT_NP task(s), OMP_NUM_THREADS=$OMP_NUM_THREADS," \
      "job ${SLURM_JOB_ID:-none} (restart ${SLURM_RESTART_COUNT:-0}), in $PWD"
 
-# ---- running paft, and the pre-emption signal ----------------------------------------------------
+# ---- running commands, and the pre-emption signal ------------------------------------------------
 PAFT_INTERRUPTED=0 # a stop signal arrived: requeue once the running command has ended
-_paft_child=""     # the launcher's pid while a command runs
-_paft_forward=0    # does the running command checkpoint on SIGUSR1?
+_paft_child=""     # the running command's pid
+_paft_mode=""      # checkpoint: it saves its state on SIGUSR1; restart: it is stopped and rerun
 _paft_woken=0      # the last `wait` returned because of a trap, not because the command ended
 
 _paft_on_signal() {
-  echo "jobs: received SIG$1$([ "$_paft_forward" = 1 ] && echo ': asking paft to checkpoint and stop')"
   PAFT_INTERRUPTED=1
   _paft_woken=1
-  # srun and mpirun both pass SIGUSR1 on to every task; SIGTERM is turned into SIGUSR1 because
-  # mpirun answers SIGTERM by killing the ranks rather than forwarding it.
-  if [ "$_paft_forward" = 1 ] && [ -n "$_paft_child" ]; then kill -USR1 "$_paft_child" 2>/dev/null || true; fi
+  [ -n "$_paft_child" ] || { echo "jobs: received SIG$1"; return; }
+  if [ "$_paft_mode" = checkpoint ]; then
+    # srun and mpirun both pass SIGUSR1 on to every task; SIGTERM is turned into SIGUSR1 too,
+    # because mpirun answers SIGTERM by killing the ranks rather than forwarding it.
+    echo "jobs: received SIG$1: asking paft to checkpoint and stop"
+    kill -USR1 "$_paft_child" 2>/dev/null || true
+  else
+    echo "jobs: received SIG$1: stopping the running command; it reruns after the requeue"
+    kill -TERM "$_paft_child" 2>/dev/null || true
+  fi
 }
 trap '_paft_on_signal USR1' USR1
 trap '_paft_on_signal TERM' TERM
 
-# paft_launch CMD ARGS...: `paft CMD ARGS...` on every task; returns when it ends. A failure ends
-# the job script with paft's status; an interruption (see above) requeues the job.
-paft_launch() {
-  case "$1" in train|run) _paft_forward=1 ;; *) _paft_forward=0 ;; esac
-  echo "+ ${PAFT_LAUNCH[*]} $PAFT $*"
-  "${PAFT_LAUNCH[@]}" "$PAFT" "$@" &
+# _paft_run MODE CMD...: runs CMD in the background (so that the traps above run at once) and
+# waits for it. A failure ends the job script with the command's status; after a stop signal
+# the job requeues itself.
+_paft_run() {
+  paft_requeue_if_interrupted  # a signal between two commands: do not start the next one
+  _paft_mode=$1; shift
+  echo "+ $*"
+  "$@" &
   _paft_child=$!
   local status
   while :; do
@@ -118,21 +127,34 @@ paft_launch() {
     [ "$_paft_woken" = 1 ] || break
   done
   _paft_child=""
-  if [ "$status" != 0 ]; then
-    echo "jobs: 'paft $1' failed with status $status" >&2
+  # A command stopped on purpose (restart mode) may end with any status: it is simply rerun.
+  if [ "$status" != 0 ] && ! { [ "$PAFT_INTERRUPTED" = 1 ] && [ "$_paft_mode" = restart ]; }; then
+    echo "jobs: '$*' failed with status $status" >&2
     exit "$status"
   fi
   paft_requeue_if_interrupted
 }
 
+# paft_launch CMD ARGS...: `paft CMD ARGS...` on every task of the job. `paft train` and `paft
+# run` checkpoint on the stop signal (and resume when the job reruns); other commands are stopped
+# and rerun from their start.
+paft_launch() {
+  case "$1" in train|run) _paft_run checkpoint "${PAFT_LAUNCH[@]}" "$PAFT" "$@" ;;
+               *)         _paft_run restart "${PAFT_LAUNCH[@]}" "$PAFT" "$@" ;; esac
+}
+
+# run_step CMD ARGS...: any other command (lm_eval), on the batch node; on the stop signal it is
+# stopped and rerun from its start after the requeue.
+run_step() { _paft_run restart "$@"; }
+
 # After an interruption: requeue the job (inside Slurm) and end this run of the script.
 paft_requeue_if_interrupted() {
   [ "$PAFT_INTERRUPTED" = 1 ] || return 0
   if [ -n "${SLURM_JOB_ID:-}" ] && [ "${PAFT_REQUEUE:-1}" = 1 ]; then
-    echo "jobs: interrupted: requeueing job $SLURM_JOB_ID; the next run resumes from the checkpoint"
+    echo "jobs: interrupted: requeueing job $SLURM_JOB_ID; the next run continues where this one stopped"
     scontrol requeue "$SLURM_JOB_ID"
   else
-    echo "jobs: interrupted: run the same command again to resume from the checkpoint"
+    echo "jobs: interrupted: run the same command again to continue where this one stopped"
   fi
   exit 0
 }

@@ -17,7 +17,14 @@ root=$(cd "$here/../.." && pwd)
 #   job=paft-mistral-7b.sbatch; export STAGES=; expect=merged.h5; world="<paft run's log line>"
 job=baseline-individual.sbatch; export STAGES=sft; expect=sft/adapter.h5; world="on 4 ranks"
 
-fail() { echo "FAIL: $*"; exit 1; }
+fail() {
+  echo "FAIL: $*"
+  if [ -n "${cluster:-}" ] && [ -f "$cluster/log/slurmctld.log" ]; then
+    echo "--- the end of slurmctld's log:"; tail -n 15 "$cluster/log/slurmctld.log"
+    echo "--- the end of slurmd's log:"; tail -n 15 "$cluster/log/slurmd.log"
+  fi
+  exit 1
+}
 for tool in munged slurmctld slurmd sbatch srun scontrol; do
   command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] ||
     fail "$tool is not installed: this test needs a Slurm installation" \
@@ -29,6 +36,7 @@ rm -rf "$work" && mkdir -p "$work"
 cluster=$(mktemp -u /tmp/paft-slurm.XXXXXX)  # short: munge's socket path must fit in 108 bytes
 trap 'bash "$here/stop_cluster.sh" "$cluster"' EXIT
 bash "$here/start_cluster.sh" "$cluster"
+# shellcheck source=/dev/null  # written by start_cluster.sh
 source "$cluster/env"
 
 "$make_task" "$work/task" > /dev/null
@@ -38,23 +46,30 @@ export PAFT=$paft OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 CONF
 # 4 tasks on the test node: the scripts ask for 8 tasks and 8 GPUs per node, overridden here.
 # --time=15: the scripts' `--signal=B:USR1@300` must not fire during the test (Slurm may send it up
 # to 60 s early, so at the start of a job with a limit under 6 minutes).
-# sft.micro_batch=2: batch 8 = 2 x 4 data-parallel ranks.
+# micro_batch=2: batch 8 = 2 x 4 data-parallel ranks; 8 steps are enough to write an adapter.
 submit=(sbatch --nodes=1 --ntasks-per-node=4 --cpus-per-task=1 --gpus-per-node=0 --time=15)
-overrides=(sft.micro_batch=2 pref.micro_batch=2 output.checkpoint_every=0)
+overrides=(sft.micro_batch=2 pref.micro_batch=2 sft.steps=8 pref.steps=8 output.checkpoint_every=0)
 
 # job_state ID: the job's state, and its restart count after a colon (PENDING:0, COMPLETED:1).
 job_state() {
   scontrol show job "$1" | tr ' ' '\n' | sed -n 's/^JobState=//p; s/^Restarts=//p' | paste -sd:
 }
 # wait_job ID: waits (60 s at most) until the job has ended, prints its final state. A requeued
-# job is made eligible at once (Slurm holds it for 2 minutes otherwise). `sbatch --wait` would do
-# for a job that is not requeued, but it polls at growing intervals and loses seconds.
+# job is made eligible early (Slurm holds it for 2 minutes): once the node has finished cleaning
+# up after its first run (idle again), plus a second, because slurmd refuses to launch a job
+# whose credential is not newer, in whole seconds, than its revocation when the first run was
+# killed. `sbatch --wait` would do for a job that is not requeued, but it polls at growing
+# intervals and loses seconds.
 wait_job() {
-  local state=""
+  local state="" released=""
   for _ in $(seq 1 600); do
     state=$(job_state "$1")
     case "$state" in
-      PENDING:[1-9]*) scontrol update JobId="$1" StartTime=now 2>/dev/null || true ;;
+      PENDING:[1-9]*)
+        if [ -z "$released" ] && [ "$(sinfo -h -N -n localhost -o %t)" = idle ]; then
+          sleep 1.5
+          scontrol update JobId="$1" StartTime=now && released=1
+        fi ;;
       COMPLETED:*|FAILED:*|CANCELLED:*|TIMEOUT:*|NODE_FAIL:*|OUT_OF_MEMORY:*|BOOT_FAIL:*|DEADLINE:*)
         echo "${state%%:*}"; return ;;
     esac
@@ -80,7 +95,7 @@ grep -q "jobs: srun on 4 task(s), OMP_NUM_THREADS=1" "$work/job1.out" ||
 
 # ---- 2. pre-emption: SIGUSR1 to the batch shell, checkpoint, requeue, resume ---------------------
 export OUT=$work/preempted STAGES=sft
-steps=60
+steps=24  # the signal comes after step 3 and stops the run at step 4 or 5
 id=$("${submit[@]}" --parsable --output="$work/job2.out" "$root/jobs/baseline-individual.sbatch" \
        "${overrides[@]}" sft.steps=$steps)
 metrics=$OUT/sft/metrics.jsonl
