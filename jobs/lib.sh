@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # jobs/lib.sh - what every job script shares (sourced, never run). After sourcing:
 #
 #   paft_launch CMD ARGS...   runs `paft CMD ARGS...` on every task of the job and waits for it
@@ -72,6 +73,9 @@ fi
 # ---- threads -------------------------------------------------------------------------------------
 if [ -n "${SLURM_CPUS_PER_TASK:-}" ]; then
   export OMP_NUM_THREADS=$SLURM_CPUS_PER_TASK
+  # Slurm 22.05 to 23.02: srun does not inherit the job's --cpus-per-task; without this each task
+  # of the step would get one CPU, and all its threads would share it.
+  export SRUN_CPUS_PER_TASK=$SLURM_CPUS_PER_TASK
 elif [ -z "${OMP_NUM_THREADS:-}" ]; then
   OMP_NUM_THREADS=$(( $(nproc) / PAFT_NP ))
   export OMP_NUM_THREADS=$(( OMP_NUM_THREADS > 0 ? OMP_NUM_THREADS : 1 ))
