@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# jobs/eval-leaderboard.sbatch, run with plain bash (no Slurm, no GPU) and a stand-in for lm_eval
+# (fake_lm_eval.py): for each of two models, each of the six tasks runs once with the Open LLM Leaderboard's few-shot
+# count, the results table has the scores with the leaderboard's metrics, and a second run of the
+# job redoes nothing.
+#   usage: test_eval_job.sh PAFT MAKE_TASK WORKDIR
+set -euo pipefail
+paft=$1 make_task=$2 work=$3
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+fail() { echo "FAIL: $*"; exit 1; }
+
+rm -rf "$work" && mkdir -p "$work"
+"$make_task" "$work/task" > /dev/null
+# Not a Slurm job, even when the tests run inside an allocation.
+unset SLURM_JOB_ID SLURM_ARRAY_TASK_ID SLURM_CPUS_PER_TASK SLURM_NTASKS
+export PAFT=$paft LM_EVAL=$here/fake_lm_eval.py FAKE_LM_EVAL_LOG=$work/calls.txt
+# Two entries, on two lines: NAME=PATH, and a bare path (named after its last two components).
+export MODELS="tiny=$work/task/model
+$work/task/model" EVAL_DIR=$work/eval
+bash "$root/jobs/eval-leaderboard.sbatch" > "$work/run1.log" 2>&1 || { cat "$work/run1.log"; fail "the job failed"; }
+
+expected_calls="arc_challenge 25
+hellaswag 10
+mmlu 5
+truthfulqa_mc2 0
+winogrande 5
+gsm8k 5"
+[ "$(cat "$work/calls.txt")" = "$expected_calls
+$expected_calls" ] ||
+  fail "lm_eval calls (task, few-shot) were:$(printf '\n%s' "$(cat "$work/calls.txt")")"
+row="| tiny | 0.6100 | 0.8300 | 0.6000 | 0.4500 | 0.7700 | 0.3700 | 0.6050 |"
+grep -qF "$row" "$EVAL_DIR/results.md" || { cat "$EVAL_DIR/results.md"; fail "no row '$row'"; }
+grep -qF "| task/model | 0.6100 |" "$EVAL_DIR/results.md" || { cat "$EVAL_DIR/results.md"; fail "no row for task/model"; }
+[ -f "$EVAL_DIR/results.json" ] || fail "no results.json"
+[ -z "$(find "$EVAL_DIR" -name '*.tmp')" ] || fail "temporary folders left: $(find "$EVAL_DIR" -name '*.tmp')"
+
+bash "$root/jobs/eval-leaderboard.sbatch" > "$work/run2.log" 2>&1 || { cat "$work/run2.log"; fail "the second run failed"; }
+[ "$(wc -l < "$work/calls.txt")" = 12 ] || fail "the second run called lm_eval again"
+[ "$(grep -c "done, skipped" "$work/run2.log")" = 12 ] || fail "the second run did not skip the 2 x 6 tasks"
+grep -qF "$row" "$work/run2.log" || fail "the second run did not print the table"
+echo "1 passed, 0 failed"
