@@ -146,11 +146,24 @@ static void validate_adapter(StageAdapter *a, const Stage *s) {
         PAFT_FATAL("%s: adapter was trained on another base model (fingerprint %s; the base %s "
                    "has %s)", path, fingerprint, s->base, s->fingerprint);
     free(fingerprint);
+    /* An adapter trained on base + another adapter (the sequential baseline's DPO) is a delta
+     * relative to that model. It composes only with the very adapter it was trained on: merging
+     * it as the preference delta with that SFT adapter (task_arithmetic, weights 1,1) gives
+     * exactly the sequential model. Anything else would add a delta to the wrong model. */
     char *folded = h5_get_attr_string(&f, "folded_adapter");
-    if (folded[0])
-        PAFT_FATAL("%s: adapter was trained on the base with %s folded in (a sequential run): its "
-                   "delta is relative to that model, not to %s, so it cannot be merged here", path,
-                   folded, s->base);
+    if (folded[0]) {
+        const StageAdapter *other = &s->adapter[0];
+        char a_real[PATH_MAX], b_real[PATH_MAX];
+        int same = a != other && realpath(folded, a_real) && realpath(other->path, b_real) &&
+                   strcmp(a_real, b_real) == 0;
+        if (!same)
+            PAFT_FATAL("%s: adapter was trained on the base with %s folded in (a sequential run): "
+                       "its delta is relative to that model, not to %s; it can only be merged as "
+                       "the preference delta together with that SFT adapter",
+                       path, folded, s->base);
+        paft_log("merge: %s was trained on top of %s (sequential): the deltas compose\n", path,
+                 other->path);
+    }
     free(folded);
     int64_t r = h5_get_attr_int(&f, "r");
     double alpha = h5_get_attr_double(&f, "alpha");
