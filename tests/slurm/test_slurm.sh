@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A real single-node Slurm cluster (munged, slurmctld, slurmd on localhost, started for the test)
-# runs a shipped job script from jobs/ on 4 tasks with a tiny generated model and data:
+# runs a shipped job script from jobs/ on 4 tasks with a tiny generated model and data (PAFT:
+# 2 SFT ranks || 2 DPO ranks, then the merge on all 4):
 #   1. the job ends with status 0 and leaves its output, written by ONE 4-rank MPI world
 #      (srun --mpi=pmix, not four single-rank worlds);
 #   2. pre-emption: the same job, sent SIGUSR1 as `#SBATCH --signal=B:USR1@...` would, writes a
@@ -12,10 +13,10 @@ paft=$1 make_task=$2 work=$3
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 
-# The job under test, the file it must leave in its output folder and the log line that shows
-# one 4-rank MPI world ran it. Once `paft run` exists, this line becomes
-#   job=paft-mistral-7b.sbatch; export STAGES=; expect=merged.h5; world="<paft run's log line>"
-job=baseline-individual.sbatch; export STAGES=sft; expect=sft/adapter.h5; world="on 4 ranks"
+# The job under test (PAFT itself: SFT || DPO, then the merge), the file it must leave in its
+# output folder and the log line that shows one 4-rank MPI world ran it.
+job=paft-mistral-7b.sbatch; export STAGES=; expect=merged.h5
+world="4 ranks = 2 SFT (world ranks 0-1) + 2 preference"
 
 fail() {
   echo "FAIL: $*"
