@@ -2,11 +2,15 @@
 # Installs what paft needs to build and test on Debian 12 / Ubuntu 22.04+ (run as root, or with
 # sudo available). Packages already present are not reinstalled, so a second run takes a second.
 #   build:  C compiler, CMake, Open MPI, parallel HDF5 (the openmpi flavour), cJSON, inih
-#   tests:  Python packages for the reference checks (numpy, h5py, tokenizers, jinja2, pyarrow)
+#   tests:  a single-node Slurm cluster (munge, slurmctld, slurmd, client tools), and Python
+#           packages for the reference checks (numpy, h5py, tokenizers, jinja2, pyarrow)
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev
           hdf5-tools libcjson-dev libinih-dev python3 python3-pip)
+if [ "${1:-}" = "--for-tests" ]; then  # the test suite: also a Slurm cluster to submit to
+  packages+=(munge slurmctld slurmd slurm-client)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -19,7 +23,7 @@ if ((${#missing[@]})); then
     "${missing[@]}" >/dev/null
 fi
 
-if [ "${1:-}" = "--with-python" ]; then
+if [ "${1:-}" = "--for-tests" ]; then
   py_missing=()
   for m in numpy h5py tokenizers jinja2 pyarrow; do
     python3 -c "import $m" 2>/dev/null || py_missing+=("$m")

@@ -4,7 +4,7 @@
 #   PAFT_SKIP_SANITIZE=1  skips the sanitizer pass (quicker local iterations)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tests/install_deps.sh --with-python
+bash tests/install_deps.sh --for-tests
 source tests/mpi_env.sh
 jobs=$(nproc)
 
