@@ -1,6 +1,15 @@
-# Runs CMD (a ;-list) and checks it failed cleanly: non-zero exit, not killed by a signal, a
-# message matching REGEX, and no sanitizer report. Used by paft_expect_error().
+# Runs CMD (a |-list) and checks it failed cleanly: non-zero exit, not killed by a signal, a
+# message matching REGEX, and no sanitizer report. With -DOUT=PATH it also checks that nothing
+# was half-written: no PATH and no PATH.tmp.* may exist afterwards (stale ones are removed
+# first). Used by paft_expect_error() and the merge stage's error tests.
 string(REPLACE "|" ";" CMD "${CMD}")
+if(OUT)
+  file(REMOVE ${OUT})
+  file(GLOB stale "${OUT}.tmp.*")
+  if(stale)
+    file(REMOVE ${stale})
+  endif()
+endif()
 execute_process(COMMAND ${CMD} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 set(all "${out}${err}")
 if(rc EQUAL 0)
@@ -14,5 +23,11 @@ if(all MATCHES "AddressSanitizer|UndefinedBehaviorSanitizer|runtime error:")
 endif()
 if(NOT all MATCHES "${REGEX}")
   message(FATAL_ERROR "message does not match '${REGEX}':\n${all}")
+endif()
+if(OUT)
+  file(GLOB left "${OUT}" "${OUT}.tmp.*")
+  if(left)
+    message(FATAL_ERROR "the failed command left ${left} behind")
+  endif()
 endif()
 message(STATUS "failed as expected (status ${rc}): ${all}")

@@ -43,21 +43,6 @@ void merge_stage_paths(const Config *cfg, char *sft_adapter, char *pref_adapter,
     path_or_default(out, cfg->merge.out, dir, "merged.h5", "merge.out");
 }
 
-/* config.json of a model path: inside a directory, or beside a single .safetensors file. */
-static char *config_json_of(const char *model_path) {
-    if (paft_is_directory(model_path)) return paft_path_join(model_path, "config.json");
-    char *dir = paft_strdup(model_path);
-    char *slash = strrchr(dir, '/');
-    char *out;
-    if (slash) {
-        *slash = '\0';
-        out = paft_path_join(dir, "config.json");
-    } else {
-        out = paft_strdup("config.json");
-    }
-    free(dir);
-    return out;
-}
 
 /* A tensor of the merge, in the order of the output file (sorted HF names). */
 typedef struct {
@@ -487,9 +472,7 @@ static void merge_tensor(Stage *s, H5File *out, const char *dataset, const Stage
 /* ---- the stage -------------------------------------------------------------------------------- */
 
 static void open_base(Stage *s) {
-    char *config_path = config_json_of(s->base);
-    model_config_load(&s->config, config_path);
-    free(config_path);
+    model_config_of_path(s->base, &s->config);
     checkpoint_open(&s->ckpt, s->base);
     s->n_views = model_weight_views(&s->config, &s->views);
     s->tensors = paft_calloc((size_t)s->n_views, sizeof(StageTensor));
