@@ -184,31 +184,7 @@ int adapter_is_hdf5(const unsigned char *magic, size_t len) {
     return len >= 8 && memcmp(magic, signature, 8) == 0;
 }
 
-typedef struct {
-    char **names;
-    int n, cap;
-} NameList;
 
-static herr_t collect_name(hid_t group, const char *name, const H5L_info_t *info, void *data) {
-    (void)group;
-    (void)info;
-    NameList *list = data;
-    if (list->n == list->cap) {
-        list->cap = list->cap ? 2 * list->cap : 64;
-        list->names = paft_realloc(list->names, (size_t)list->cap * sizeof(char *));
-    }
-    list->names[list->n++] = paft_strdup(name);
-    return 0;
-}
-
-/* Layer index and projection of a module path "model.layers.<l>.<proj module>" (-1 if not one). */
-static int parse_module(const char *name, int *layer) {
-    int consumed = 0;
-    if (sscanf(name, "model.layers.%d.%n", layer, &consumed) != 1 || consumed == 0) return -1;
-    for (int p = 0; p < N_PROJ; p++)
-        if (strcmp(name + consumed, proj_module_name(p)) == 0) return p;
-    return -1;
-}
 
 /* The sparsity of delta = s B A of every module of an open adapter file. */
 typedef struct {
@@ -219,18 +195,17 @@ typedef struct {
 
 static void delta_sparsity_of(H5File *f, const char *path, int64_t r, double scale,
                               DeltaSparsity *out) {
-    NameList modules = {0};
     if (!h5_exists(f, "/lora")) PAFT_FATAL("%s: no /lora group", path);
-    hid_t group = H5Gopen2(f->file, "/lora", H5P_DEFAULT);
-    CHECK_H5(group);
-    hsize_t idx = 0;
-    CHECK_H5(H5Literate(group, H5_INDEX_NAME, H5_ITER_NATIVE, &idx, collect_name, &modules));
-    CHECK_H5(H5Gclose(group));
+    struct {
+        char **names;
+        int n;
+    } modules;
+    modules.names = h5_list_group(f, "/lora", &modules.n);
 
     /* sparsity per (layer, projection) */
     int max_layer = -1;
     for (int i = 0; i < modules.n; i++) {
-        int layer, p = parse_module(modules.names[i], &layer);
+        int layer, p = proj_from_name(modules.names[i], "", &layer);
         if (p < 0) PAFT_FATAL("%s: /lora/%s is not a decoder-layer projection", path, modules.names[i]);
         max_layer = PAFT_MAX(max_layer, layer);
     }
@@ -240,7 +215,7 @@ static void delta_sparsity_of(H5File *f, const char *path, int64_t r, double sca
     double below_total = 0, count_total = 0;
     char name[512];
     for (int i = 0; i < modules.n; i++) {
-        int layer, p = parse_module(modules.names[i], &layer);
+        int layer, p = proj_from_name(modules.names[i], "", &layer);
         int64_t da[2], db[2];
         snprintf(name, sizeof name, "/lora/%s/A", modules.names[i]);
         h5_shape(f, name, da);

@@ -117,18 +117,6 @@ int merged_is_merged_file(const char *path) {
 
 /* ---- paft inspect ------------------------------------------------------------------------------ */
 
-/* Layer and projection of "model.layers.<l>.<proj module>.weight"; -1 when not a projection. */
-static int parse_projection(const char *name, int *layer) {
-    int consumed = 0;
-    if (sscanf(name, "model.layers.%d.%n", layer, &consumed) != 1 || consumed == 0) return -1;
-    for (int p = 0; p < N_PROJ; p++) {
-        const char *module = proj_module_name((Proj)p);
-        size_t len = strlen(module);
-        if (strncmp(name + consumed, module, len) == 0 && strcmp(name + consumed + len, ".weight") == 0)
-            return p;
-    }
-    return -1;
-}
 
 static void print_table(FILE *out, const char *title, const double *values, int n_layers) {
     fprintf(out, "\n  %s\n", title);
@@ -177,7 +165,7 @@ void merged_describe(const char *path, FILE *out) {
     char **stats = h5_list_group(&f, "/stats", &n_stats);
     int n_layers = 0;
     for (int i = 0; i < n_stats; i++) {
-        int layer, p = parse_projection(stats[i], &layer);
+        int layer, p = proj_from_name(stats[i], ".weight", &layer);
         if (p < 0) PAFT_FATAL("%s: /stats/%s is not a decoder-layer projection", path, stats[i]);
         snprintf(name, sizeof name, "/weights/%s", stats[i]);
         if (!h5_exists(&f, name)) PAFT_FATAL("%s: /stats/%s has no tensor %s", path, stats[i], name);
@@ -192,7 +180,7 @@ void merged_describe(const char *path, FILE *out) {
     double numel_total = 0, small_total[3] = {0, 0, 0};
     int in_sft = 0, in_pref = 0;
     for (int i = 0; i < n_stats; i++) {
-        int layer, p = parse_projection(stats[i], &layer);
+        int layer, p = proj_from_name(stats[i], ".weight", &layer);
         MergedTensorStats s;
         merged_read_stats(&f, stats[i], &s);
         if (s.numel <= 0 || s.small_sft < 0 || s.small_sft > s.numel || s.small_pref < 0 ||

@@ -55,18 +55,6 @@ static int compare_tensors(const void *a, const void *b) {
     return strcmp(((const StageTensor *)a)->view->name, ((const StageTensor *)b)->view->name);
 }
 
-/* Layer and projection of "model.layers.<l>.<proj module>.weight" (-1 if not a projection). */
-static int projection_of(const char *name, int *layer) {
-    int consumed = 0;
-    if (sscanf(name, "model.layers.%d.%n", layer, &consumed) != 1 || consumed == 0) return -1;
-    for (int p = 0; p < N_PROJ; p++) {
-        const char *module = proj_module_name((Proj)p);
-        size_t len = strlen(module);
-        if (strncmp(name + consumed, module, len) == 0 && strcmp(name + consumed + len, ".weight") == 0)
-            return p;
-    }
-    return -1;
-}
 
 /* ---- the inputs --------------------------------------------------------------------------------- */
 
@@ -167,7 +155,7 @@ static void validate_adapter(StageAdapter *a, const Stage *s) {
     for (int i = 0; i < n_modules; i++) {
         char weight[256];
         snprintf(weight, sizeof weight, "%s.weight", modules[i]);
-        int layer, p = projection_of(weight, &layer);
+        int layer, p = proj_from_name(weight, ".weight", &layer);
         if (p < 0 || layer >= s->config.num_layers || !a->lora.targets[p])
             PAFT_FATAL("%s: /lora/%s is not an adapted module of this model (%d layers, targets "
                        "%s)", path, modules[i], s->config.num_layers, targets);
@@ -481,7 +469,7 @@ static void open_base(Stage *s) {
         t->view = &s->views[i];
         int64_t shape[2] = {t->view->rows, t->view->cols};
         t->info = checkpoint_require(&s->ckpt, t->view->name, t->view->cols == 1 ? 1 : 2, shape);
-        t->proj = projection_of(t->view->name, &t->layer);
+        t->proj = proj_from_name(t->view->name, ".weight", &t->layer);
     }
     qsort(s->tensors, (size_t)s->n_views, sizeof(StageTensor), compare_tensors);
 }

@@ -80,6 +80,18 @@ int proj_out(const ModelConfig *c, Proj p) {
     }
 }
 
+int proj_from_name(const char *name, const char *suffix, int *layer) {
+    int consumed = 0;
+    if (sscanf(name, "model.layers.%d.%n", layer, &consumed) != 1 || consumed == 0) return -1;
+    for (int p = 0; p < N_PROJ; p++) {
+        size_t len = strlen(proj_modules[p]);
+        if (strncmp(name + consumed, proj_modules[p], len) == 0 &&
+            strcmp(name + consumed + len, suffix) == 0)
+            return p;
+    }
+    return -1;
+}
+
 int proj_is_row_parallel(Proj p) { return p == PROJ_O || p == PROJ_DOWN; }
 
 int view_is_whole(const TensorView *v) {

@@ -40,6 +40,10 @@ const char *proj_module_name(Proj p);
 /* "q_proj", ... (the name used in lora.targets) */
 const char *proj_short_name(Proj p);
 
+/* The projection named "model.layers.<l>.<module path><suffix>" (suffix ".weight", or "" for a
+ * module path): its Proj with *layer set, or -1 for any other name. */
+int proj_from_name(const char *name, const char *suffix, int *layer);
+
 /* Input and output features of a projection of this architecture (whole tensors). */
 int proj_in(const ModelConfig *c, Proj p);
 int proj_out(const ModelConfig *c, Proj p);
