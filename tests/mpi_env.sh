@@ -6,3 +6,6 @@ fi
 export OMPI_MCA_rmaps_base_oversubscribe=1
 # Quiet the shared-memory transport's warnings in containers without a real /dev/shm size.
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
+# Spinning OpenMP threads waste the cores when several ranks (or ctest -j tests) share them:
+# threads that wait should sleep.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
