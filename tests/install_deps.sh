@@ -3,7 +3,8 @@
 # sudo available). Packages already present are not reinstalled, so a second run takes a second.
 #   build:  C compiler, CMake, Open MPI, parallel HDF5 (the openmpi flavour), cJSON, inih
 #   tests:  a single-node Slurm cluster (munge, slurmctld, slurmd, client tools), and Python
-#           packages for the reference checks (numpy, h5py, tokenizers, jinja2, pyarrow)
+#           packages for the reference checks and analysis/ (numpy, h5py, tokenizers, jinja2, pyarrow,
+#           matplotlib)
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev
@@ -25,7 +26,7 @@ fi
 
 if [ "${1:-}" = "--for-tests" ]; then
   py_missing=()
-  for m in numpy h5py tokenizers jinja2 pyarrow; do
+  for m in numpy h5py tokenizers jinja2 pyarrow matplotlib; do
     python3 -c "import $m" 2>/dev/null || py_missing+=("$m")
   done
   if ((${#py_missing[@]})); then
