@@ -243,19 +243,23 @@ char *h5_get_attr_string(H5File *f, const char *name) {
     return out;
 }
 
-int64_t h5_get_attr_int(H5File *f, const char *name) {
-    hid_t attr = open_attr(f, name, H5T_INTEGER);
-    int64_t v = 0;
-    CHECK_H5(H5Aread(attr, H5T_NATIVE_INT64, &v));
+/* A scalar attribute of class `expect`, converted by HDF5 to the memory type. */
+static void read_scalar_attr(H5File *f, const char *name, H5T_class_t expect, hid_t mem_type,
+                             void *value) {
+    hid_t attr = open_attr(f, name, expect);
+    CHECK_H5(H5Aread(attr, mem_type, value));
     CHECK_H5(H5Aclose(attr));
+}
+
+int64_t h5_get_attr_int(H5File *f, const char *name) {
+    int64_t v = 0;
+    read_scalar_attr(f, name, H5T_INTEGER, H5T_NATIVE_INT64, &v);
     return v;
 }
 
 double h5_get_attr_double(H5File *f, const char *name) {
-    hid_t attr = open_attr(f, name, H5T_FLOAT);
     double v = 0;
-    CHECK_H5(H5Aread(attr, H5T_NATIVE_DOUBLE, &v));
-    CHECK_H5(H5Aclose(attr));
+    read_scalar_attr(f, name, H5T_FLOAT, H5T_NATIVE_DOUBLE, &v);
     return v;
 }
 
