@@ -24,6 +24,10 @@ typedef float real;
 #define PAFT_REAL_NAME "fp32"
 #endif
 
+#ifdef __cplusplus /* the CUDA backend (kernels/, .cu files) is compiled as C++ */
+extern "C" {
+#endif
+
 #if defined(__GNUC__)
 #define PAFT_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #define PAFT_NORETURN __attribute__((noreturn))
@@ -79,5 +83,9 @@ double paft_seconds(void);
 
 #define PAFT_MIN(a, b) ((a) < (b) ? (a) : (b))
 #define PAFT_MAX(a, b) ((a) > (b) ? (a) : (b))
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* PAFT_COMMON_H */
