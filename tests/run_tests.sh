@@ -10,13 +10,14 @@ bash tests/install_deps.sh --for-tests
 source tests/mpi_env.sh
 jobs=$(nproc)
 
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DPAFT_WERROR=ON >/dev/null
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DPAFT_WERROR=ON -DPAFT_BUILD_TESTS=ON -DPAFT_CUDA=AUTO >/dev/null
 cmake --build build -j"$jobs"
 (cd build && ctest --output-on-failure -j"$jobs")
 
 if [ "${PAFT_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "== again under AddressSanitizer + UndefinedBehaviorSanitizer"
-  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPAFT_SANITIZE=ON -DPAFT_WERROR=ON >/dev/null
+  cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPAFT_SANITIZE=ON -DPAFT_WERROR=ON \
+    -DPAFT_BUILD_TESTS=ON -DPAFT_CUDA=AUTO >/dev/null
   cmake --build build-asan -j"$jobs"
   # Open MPI's own allocations are reported as leaks at exit; they are not paft's.
   (cd build-asan && ASAN_OPTIONS=detect_leaks=0 ctest --output-on-failure -j"$jobs" -LE slow)
