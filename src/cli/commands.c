@@ -70,8 +70,13 @@ static const Command commands[] = {
      "architecture, the exact parameter count and every tensor with its shape and dtype.\n"
      "Every byte it relies on is validated first: a corrupt\n"
      "file is an error, never a partial listing.\n"},
-    {"bench", cmd_not_yet, "training-step throughput on random weights of a preset shape",
-     "usage: paft bench [model=PRESET batch=B seq=T stage=sft|dpo]\n"},
+    {"bench", cmd_bench, "training-step throughput on random weights of a preset shape",
+     "usage: paft bench [model=tiny|smollm2-135m|llama-1b|mistral-7b batch=B seq=T stage=sft|dpo\n"
+     "                   steps=N r=R]\n\n"
+     "Times LoRA training steps (forward, backward, AdamW; r=16 on all seven projections by\n"
+     "default) on random weights of the preset shape: median step time, tokens/s, model TFLOP/s\n"
+     "(FLOPs/token = 4 N_matmul + 6 L T d) and peak memory, then one JSON line ('bench: {...}').\n"
+     "The CPU backend today; the CUDA backend joins with the GPU work.\n"},
     {"demo", cmd_demo, "embedded demo: a generated tiny model through the pipeline",
      "usage: paft demo [OUTDIR]     (default OUTDIR: paft-demo)\n\n"
      "Generates a tiny Llama-family model (random weights, written as a Hugging Face directory\n"

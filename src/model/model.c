@@ -443,13 +443,10 @@ static void set_shard_sizes(Model *m, const char *path) {
     m->vocab_start = m->tp_rank * m->local_vocab;
 }
 
-void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t seed,
-                MPI_Comm tp_comm) {
-    memset(m, 0, sizeof *m);
-    if (!paft_path_exists(path)) PAFT_FATAL("%s: model path does not exist", path);
-    WeightSource src;
-    source_open(&src, path, &m->config);
-    m->lora = *lora;
+/* Everything but the base weights' values: the shard sizes, the layouts and buffers of the base
+ * weights and of LoRA (initialised), from m->config, m->lora and tp_comm. `origin` names the
+ * model in error messages. */
+static void model_create(Model *m, uint64_t seed, MPI_Comm tp_comm, const char *origin) {
     m->adapters_enabled = 1;
     m->tp_comm = tp_comm;
     m->tp_rank = 0;
@@ -458,7 +455,7 @@ void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t see
         CHECK_MPI(MPI_Comm_rank(tp_comm, &m->tp_rank));
         CHECK_MPI(MPI_Comm_size(tp_comm, &m->tp_size));
     }
-    set_shard_sizes(m, path);
+    set_shard_sizes(m, origin);
     const ModelConfig *c = &m->config;
 
     /* base weights: count, allocate, bind with names */
@@ -471,16 +468,6 @@ void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t see
     m->weight_views = paft_calloc((size_t)count.n_views, sizeof(TensorView));
     Carver bind = {m->weights_memory, 0, m->weight_views, 0, m->tp_rank, m->tp_size};
     layout_weights(c, &m->weights, &bind);
-
-    /* read this rank's block of every tensor, checking the whole shape against the config */
-    for (int i = 0; i < m->n_weight_views; i++) {
-        const TensorView *v = &m->weight_views[i];
-        source_read(&src, v->name, v->global_rows, v->global_cols, v->row0, v->rows, v->col0,
-                    v->cols, m->weights_memory + v->offset);
-    }
-    snprintf(m->path, sizeof m->path, "%s", path);
-    fingerprint_of(&src, m->weight_views, m->n_weight_views, m->fingerprint);
-    source_close(&src);
 
     /* LoRA parameters and gradients */
     m->lora_params = paft_calloc((size_t)c->num_layers, sizeof(LayerLora));
@@ -497,6 +484,45 @@ void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t see
     Carver gbind = {m->lora_grads_memory, 0, NULL, 0, m->tp_rank, m->tp_size};
     layout_lora(c, &m->lora, m->lora_grads, &gbind);
     init_lora(m, seed);
+}
+
+void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t seed,
+                MPI_Comm tp_comm) {
+    memset(m, 0, sizeof *m);
+    if (!paft_path_exists(path)) PAFT_FATAL("%s: model path does not exist", path);
+    WeightSource src;
+    source_open(&src, path, &m->config);
+    m->lora = *lora;
+    model_create(m, seed, tp_comm, path);
+    /* read this rank's block of every tensor, checking the whole shape against the config */
+    for (int i = 0; i < m->n_weight_views; i++) {
+        const TensorView *v = &m->weight_views[i];
+        source_read(&src, v->name, v->global_rows, v->global_cols, v->row0, v->rows, v->col0,
+                    v->cols, m->weights_memory + v->offset);
+    }
+    snprintf(m->path, sizeof m->path, "%s", path);
+    fingerprint_of(&src, m->weight_views, m->n_weight_views, m->fingerprint);
+    source_close(&src);
+}
+
+void model_init_random(Model *m, const ModelConfig *config, const LoraConfig *lora,
+                       uint64_t seed, double std) {
+    memset(m, 0, sizeof *m);
+    m->config = *config;
+    m->config.json_text = NULL; /* not owned */
+    m->lora = *lora;
+    model_create(m, seed, MPI_COMM_SELF, config->architecture);
+    Rng rng;
+    rng_seed(&rng, seed ^ 0x5EEDULL);
+    for (size_t i = 0; i < m->n_weights; i++) m->weights_memory[i] = (real)(std * rng_normal(&rng));
+    /* norm weights around 1, as trained models have them */
+    for (int i = 0; i < m->n_weight_views; i++) {
+        const TensorView *v = &m->weight_views[i];
+        if (strstr(v->name, "norm"))
+            for (int64_t j = 0; j < v->rows; j++) m->weights_memory[v->offset + j] += 1;
+    }
+    snprintf(m->path, sizeof m->path, "random:%s", config->model_type);
+    snprintf(m->fingerprint, sizeof m->fingerprint, "%016llx", (unsigned long long)seed);
 }
 
 int model_weight_views(const ModelConfig *c, TensorView **views) {

@@ -196,6 +196,10 @@ void model_free(Model *model);
 /* The architecture of the model at PATH (config.json, or a merged file's config) without its
  * weights. */
 void model_config_of_path(const char *path, ModelConfig *config);
+/* A model of this architecture with random weights ~ N(0, std^2) (norm weights 1 + that), without
+ * tensor parallelism: what `paft bench` measures. The config's json_text is not kept. */
+void model_init_random(Model *model, const ModelConfig *config, const LoraConfig *lora,
+                       uint64_t seed, double std);
 /* Allocate activations for batches of up to B sequences of up to T tokens. */
 void model_alloc_activations(Model *model, int B, int T);
 /* Allocate full-parameter gradients (base weights), zeroed; model_backward then fills them. */

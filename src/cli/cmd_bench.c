@@ -1,0 +1,144 @@
+/*
+ * cmd_bench.c - `paft bench [model=PRESET batch=B seq=T stage=sft|dpo steps=N r=R]`: the
+ * throughput of one LoRA training step (forward, backward, AdamW) on random weights of a preset
+ * model shape, on this backend (today: the CPU backend; the CUDA one joins with issue 7).
+ *
+ * FLOPs per token follow ../shared/gpu/README.md's convention for LoRA on a frozen base:
+ * 4 N_matmul (forward + input gradient of every weight matrix, LM head included, embeddings not)
+ * + 6 L T d (causal attention: q k^T and p v, forward and backward, halved by the mask). The step
+ * time is the median of the timed steps after one warm-up step; tokens are B x T per step (DPO:
+ * chosen + rejected, 2 x B x T). Peak memory is the process's maximum resident set.
+ */
+#include <mpi.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "cli/commands.h"
+#include "model/model.h"
+#include "optim/adamw.h"
+#include "util/common.h"
+#include "util/rng.h"
+
+typedef struct {
+    const char *name;
+    const char *config_json;
+} BenchPreset;
+
+static const BenchPreset presets[] = {
+    {"tiny", "{\"architectures\":[\"LlamaForCausalLM\"],\"vocab_size\":256,\"hidden_size\":64,"
+             "\"intermediate_size\":128,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+             "\"num_key_value_heads\":2,\"rms_norm_eps\":1e-5}"},
+    {"smollm2-135m", "{\"architectures\":[\"LlamaForCausalLM\"],\"vocab_size\":49152,"
+                     "\"hidden_size\":576,\"intermediate_size\":1536,\"num_hidden_layers\":30,"
+                     "\"num_attention_heads\":9,\"num_key_value_heads\":3,\"rms_norm_eps\":1e-5,"
+                     "\"tie_word_embeddings\":true,\"rope_theta\":100000}"},
+    {"llama-1b", "{\"architectures\":[\"LlamaForCausalLM\"],\"vocab_size\":32000,"
+                 "\"hidden_size\":2048,\"intermediate_size\":5632,\"num_hidden_layers\":22,"
+                 "\"num_attention_heads\":32,\"num_key_value_heads\":4,\"rms_norm_eps\":1e-5}"},
+    {"mistral-7b", "{\"architectures\":[\"MistralForCausalLM\"],\"vocab_size\":32000,"
+                   "\"hidden_size\":4096,\"intermediate_size\":14336,\"num_hidden_layers\":32,"
+                   "\"num_attention_heads\":32,\"num_key_value_heads\":8,\"rms_norm_eps\":1e-5,"
+                   "\"sliding_window\":null}"},
+};
+enum { N_PRESETS = sizeof presets / sizeof presets[0] };
+
+static int compare_doubles(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Parameters in the weight matrices a token passes through (embedding lookups excluded). */
+static double matmul_parameters(const ModelConfig *c) {
+    double per_layer = 0;
+    for (int p = 0; p < N_PROJ; p++) per_layer += (double)proj_in(c, p) * proj_out(c, p);
+    return per_layer * c->num_layers + (double)c->vocab_size * c->hidden_size;
+}
+
+int cmd_bench(int argc, char **argv) {
+    const char *preset = "tiny", *stage = "sft";
+    int batch = 2, seq = 64, steps = 3, r = 16;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strncmp(a, "model=", 6) == 0) preset = a + 6;
+        else if (strncmp(a, "stage=", 6) == 0) stage = a + 6;
+        else if (strncmp(a, "batch=", 6) == 0) batch = atoi(a + 6);
+        else if (strncmp(a, "seq=", 4) == 0) seq = atoi(a + 4);
+        else if (strncmp(a, "steps=", 6) == 0) steps = atoi(a + 6);
+        else if (strncmp(a, "r=", 2) == 0) r = atoi(a + 2);
+        else PAFT_FATAL("command line: unknown argument '%s' for 'paft bench' (model= batch= seq= stage= steps= r=)", a);
+    }
+    if (batch < 1 || seq < 2 || steps < 1 || r < 1)
+        PAFT_FATAL("command line: batch, steps and r must be >= 1 and seq >= 2");
+    if (strcmp(stage, "sft") != 0 && strcmp(stage, "dpo") != 0)
+        PAFT_FATAL("command line: stage=%s is not sft or dpo", stage);
+    const BenchPreset *bp = NULL;
+    for (int i = 0; i < N_PRESETS; i++)
+        if (strcmp(presets[i].name, preset) == 0) bp = &presets[i];
+    if (!bp) PAFT_FATAL("command line: model=%s is not a preset (tiny, smollm2-135m, llama-1b, mistral-7b)", preset);
+
+    ModelConfig config;
+    model_config_parse(&config, bp->config_json, bp->name);
+    LoraConfig lora;
+    lora_config_init(&lora, r, r, 0, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "bench");
+    Model m;
+    model_init_random(&m, &config, &lora, 1, 0.02);
+    model_config_free(&config);
+    const int rows = strcmp(stage, "dpo") == 0 ? 2 * batch : batch; /* chosen + rejected */
+    model_alloc_activations(&m, rows, seq);
+    for (size_t i = 0; i < m.n_lora; i++) /* non-zero B: every LoRA path does real work */
+        if (m.lora_memory[i] == 0) m.lora_memory[i] = (real)1e-3;
+
+    const int N = rows * seq;
+    int32_t *tokens = paft_malloc((size_t)N * sizeof(int32_t));
+    int32_t *targets = paft_malloc((size_t)N * sizeof(int32_t));
+    real *dlogp = paft_malloc((size_t)N * sizeof(real));
+    Rng rng;
+    rng_seed(&rng, 3);
+    for (int i = 0; i < N; i++) tokens[i] = (int32_t)(rng_u64(&rng) % (uint64_t)m.config.vocab_size);
+    for (int i = 0; i < N; i++) {
+        targets[i] = (i + 1) % seq ? tokens[i + 1] : -1;
+        /* SFT: the token-mean loss; DPO: +-1/pairs on chosen/rejected rows (the shape of its
+         * gradient; the reference log-probs are cached, so no extra forward) */
+        dlogp[i] = strcmp(stage, "sft") == 0 ? (real)(-1.0 / N) : (real)((i / seq < batch ? -1.0 : 1.0) / batch);
+    }
+    AdamW opt;
+    adamw_init(&opt, m.n_lora, adamw_default_hyper());
+    double *times = paft_malloc((size_t)steps * sizeof(double));
+    for (int s = -1; s < steps; s++) { /* step -1 warms up */
+        double t0 = paft_seconds();
+        model_zero_grads(&m);
+        model_forward(&m, tokens, targets, rows, seq);
+        model_backward(&m, dlogp);
+        adamw_step(&opt, m.lora_memory, m.lora_grads_memory, 1e-4, 1);
+        if (s >= 0) times[s] = paft_seconds() - t0;
+    }
+    qsort(times, (size_t)steps, sizeof(double), compare_doubles);
+    const double median = times[steps / 2];
+    const double tokens_per_step = (double)N;
+    const ModelConfig *c = &m.config;
+    const double flops_per_token =
+        4.0 * matmul_parameters(c) + 6.0 * c->num_layers * seq * (double)c->hidden_size;
+    const double tok_s = tokens_per_step / median, tflops = flops_per_token * tok_s / 1e12;
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    const double peak_gib = (double)usage.ru_maxrss / (1024.0 * 1024.0);
+    paft_log("paft bench: %s, %s, batch %d x seq %d, LoRA r=%d on 7 projections, CPU backend (%s), "
+             "%d timed steps\n", bp->name, stage, batch, seq, r, PAFT_REAL_NAME, steps);
+    paft_log("  %.4g matmul parameters, %.4g FLOPs/token (4 N_matmul + 6 L T d)\n",
+             matmul_parameters(c), flops_per_token);
+    paft_log("  step %.4f s (median; min %.4f, max %.4f)  %.1f tokens/s  %.4f TFLOP/s  MFU: n/a "
+             "on the CPU backend  peak memory %.2f GiB\n",
+             median, times[0], times[steps - 1], tok_s, tflops, peak_gib);
+    paft_log("bench: {\"model\": \"%s\", \"stage\": \"%s\", \"batch\": %d, \"seq\": %d, \"backend\": "
+             "\"cpu\", \"step_s\": %.6g, \"tokens_per_s\": %.6g, \"tflops\": %.6g, "
+             "\"peak_gib\": %.4g}\n",
+             bp->name, stage, batch, seq, median, tok_s, tflops, peak_gib);
+    adamw_free(&opt);
+    free(times);
+    free(tokens);
+    free(targets);
+    free(dlogp);
+    model_free(&m);
+    return 0;
+}
