@@ -57,6 +57,25 @@ int main(void) {
     rmsnorm_forward_cuda(dout, drstd, dx, dw, N, C, 1e-5f);
     cuda_download_bf16(got, dout, (size_t)N * C);
     compare("rmsnorm_forward", got, out, (size_t)N * C, 1e-2);
+    {
+        float *rstd_gpu = malloc(N * sizeof(float));
+        cuda_download_f32(rstd_gpu, drstd, N);
+        compare("rmsnorm_forward rstd", rstd_gpu, rstd, N, 1e-5);
+        /* backward onto non-zero dinp and dweight (+=) */
+        float *g_out = random_bf16((size_t)N * C, 1.0, 0.0, &rng);
+        float *dinp = random_bf16((size_t)N * C, 1.0, 0.0, &rng), *dweight = random_bf16(C, 1.0, 0.0, &rng);
+        floatX *d_gout = cuda_upload_bf16(g_out, (size_t)N * C), *d_dinp = cuda_upload_bf16(dinp, (size_t)N * C);
+        float *d_dweight = cuda_upload_f32(dweight, C);
+        rmsnorm_backward(dinp, dweight, g_out, x, w, rstd, N, C);
+        rmsnorm_backward_cuda(d_dinp, d_dweight, d_gout, dx, dw, drstd, N, C);
+        float *dinp_gpu = malloc(sizeof(float) * N * C), *dweight_gpu = malloc(sizeof(float) * C);
+        cuda_download_bf16(dinp_gpu, d_dinp, (size_t)N * C);
+        cuda_download_f32(dweight_gpu, d_dweight, C);
+        compare("rmsnorm_backward dinp", dinp_gpu, dinp, (size_t)N * C, 1e-2);
+        compare("rmsnorm_backward dweight", dweight_gpu, dweight, C, 1e-3);
+        cuda_free(d_gout); cuda_free(d_dinp); cuda_free(d_dweight);
+        free(rstd_gpu); free(g_out); free(dinp); free(dweight); free(dinp_gpu); free(dweight_gpu);
+    }
 
     /* SwiGLU forward */
     float *gate = random_bf16((size_t)N * C, 1.5, 0.0, &rng), *up = random_bf16((size_t)N * C, 1.0, 0.0, &rng);
@@ -65,6 +84,26 @@ int main(void) {
     swiglu_forward_cuda(dout, dgate, dup, (size_t)N * C);
     cuda_download_bf16(got, dout, (size_t)N * C);
     compare("swiglu_forward", got, out, (size_t)N * C, 1e-2);
+    {
+        /* backward onto non-zero dgate, dup (+=); then the residual */
+        float *g_out = random_bf16((size_t)N * C, 1.0, 0.0, &rng);
+        float *dg = random_bf16((size_t)N * C, 1.0, 0.0, &rng), *du = random_bf16((size_t)N * C, 1.0, 0.0, &rng);
+        floatX *d_gout = cuda_upload_bf16(g_out, (size_t)N * C);
+        floatX *d_dg = cuda_upload_bf16(dg, (size_t)N * C), *d_du = cuda_upload_bf16(du, (size_t)N * C);
+        swiglu_backward(dg, du, g_out, gate, up, (size_t)N * C);
+        swiglu_backward_cuda(d_dg, d_du, d_gout, dgate, dup, (size_t)N * C);
+        float *dg_gpu = malloc(sizeof(float) * N * C), *du_gpu = malloc(sizeof(float) * N * C);
+        cuda_download_bf16(dg_gpu, d_dg, (size_t)N * C);
+        cuda_download_bf16(du_gpu, d_du, (size_t)N * C);
+        compare("swiglu_backward dgate", dg_gpu, dg, (size_t)N * C, 1e-2);
+        compare("swiglu_backward dup", du_gpu, du, (size_t)N * C, 1e-2);
+        residual_forward(out, gate, up, (size_t)N * C);
+        residual_forward_cuda(dout, dgate, dup, (size_t)N * C);
+        cuda_download_bf16(got, dout, (size_t)N * C);
+        compare("residual_forward", got, out, (size_t)N * C, 1e-2);
+        cuda_free(d_gout); cuda_free(d_dg); cuda_free(d_du);
+        free(g_out); free(dg); free(du); free(dg_gpu); free(du_gpu);
+    }
 
     /* RoPE forward on [N][H][D] */
     float *q = random_bf16((size_t)N * H * D, 1.0, 0.0, &rng);
@@ -88,6 +127,11 @@ int main(void) {
     float *q_gpu = malloc(sizeof(float) * N * H * D);
     cuda_download_bf16(q_gpu, dq, (size_t)N * H * D);
     compare("rope_forward", q_gpu, q_cpu, (size_t)N * H * D, 1e-2);
+    /* backward: the transposed rotation, in place (overwrites, like the CPU op) */
+    rope_backward(q_cpu, cos_t, sin_t, pos, N, H, D);
+    rope_backward_cuda(dq, dcos, dsin, dpos, N, H, D);
+    cuda_download_bf16(q_gpu, dq, (size_t)N * H * D);
+    compare("rope_backward", q_gpu, q_cpu, (size_t)N * H * D, 1e-2);
 
     /* GEMM: out = x W^T (fp32 accumulation) */
     float *W = random_bf16((size_t)OC * C, 0.1, 0.0, &rng);
