@@ -13,29 +13,64 @@ static const int block_size = 256;
 
 static unsigned blocks_for(size_t n) { return (unsigned)((n + block_size - 1) / block_size); }
 
-/* Sum of v over the block (blockDim.x a multiple of 32, at most 1024). */
-__device__ static float block_sum(float v) {
-    __shared__ float partial[32];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+/* v combined over the block with op (sum or max; blockDim.x a multiple of 32, at most 1024); every
+ * thread gets the result. Templated so the same code reduces floats and doubles. */
+struct SumOp {
+    template <typename R> __device__ R operator()(R a, R b) const { return a + b; }
+};
+struct MaxOp {
+    template <typename R> __device__ R operator()(R a, R b) const { return a > b ? a : b; }
+};
+
+template <typename R, typename Op>
+__device__ static R block_reduce(R v, Op op, R identity) {
+    __shared__ R partial[32];
+    __shared__ R total;
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     if (lane == 0) partial[warp] = v;
     __syncthreads();
     const int warps = blockDim.x / 32;
-    v = threadIdx.x < warps ? partial[threadIdx.x] : 0.0f;
+    v = threadIdx.x < warps ? partial[threadIdx.x] : identity;
     if (warp == 0)
-        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    __shared__ float total;
+        for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     if (threadIdx.x == 0) total = v;
     __syncthreads();
-    float result = total;
+    R result = total;
     __syncthreads(); /* partial[] and total may be reused by the next call */
     return result;
 }
+
+__device__ static float block_sum(float v) { return block_reduce(v, SumOp(), 0.0f); }
+__device__ static double block_sum_double(double v) { return block_reduce(v, SumOp(), 0.0); }
+__device__ static float block_max(float v) { return block_reduce(v, MaxOp(), -INFINITY); }
+
+__device__ static float bf(floatX x) { return __bfloat162float(x); }
 
 extern "C" int cuda_device_count(void) {
     int n = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess) return 0;
     return n;
+}
+
+/* ---- embedding: one block per token row ---------------------------------------------------- */
+
+__global__ static void embedding_forward_kernel(floatX *out, const int32_t *tokens,
+                                                const floatX *table, int C, int vocab_start,
+                                                int vocab_rows) {
+    const size_t n = blockIdx.x;
+    const long long row = (long long)tokens[n] - vocab_start;
+    const bool in_shard = row >= 0 && row < vocab_rows;
+    /* outside the shard: zeros, the tensor-parallel all-reduce of the outputs adds the owner's row */
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        out[n * C + i] = in_shard ? table[(size_t)row * C + i] : __float2bfloat16(0.0f);
+}
+
+extern "C" void embedding_forward_cuda(floatX *out, const int32_t *tokens, const floatX *table,
+                                       int N, int C, int vocab_start, int vocab_rows) {
+    if (N <= 0) return;
+    embedding_forward_kernel<<<N, block_size>>>(out, tokens, table, C, vocab_start, vocab_rows);
+    CHECK_LAUNCH();
 }
 
 /* ---- RMSNorm -------------------------------------------------------------------------------- */
@@ -167,6 +202,227 @@ extern "C" void rope_backward_cuda(floatX *dx, const float *cos_table, const flo
     CHECK_LAUNCH();
 }
 
+/* ---- causal grouped-query attention, a first unfused version ----------------------------------
+ * Layouts as ops.h: q, out [B][T][Hq][D]; k, v [B][T][Hkv][D]; probs [B][Hq][T][T] (fp32). Query
+ * head h reads KV head h / (Hq / Hkv). The arithmetic follows attention_forward/backward in
+ * src/ops/ops_cpu.c step by step; only the order of the sums differs (block reductions). */
+
+static const int attention_block = 128;
+
+static void check_heads(const char *op, int Hq, int Hkv) {
+    if (Hkv <= 0 || Hq % Hkv != 0)
+        paft_fatal(__FILE__, __LINE__, "%s: %d query heads are not a multiple of %d KV heads", op,
+                   Hq, Hkv);
+}
+
+/* One block per (query row t, query head h, batch b): the scores of the visible keys j <= t go
+ * straight into the probs row (global memory, which the block reads back), then the softmax,
+ * then out_t = sum_j p_j v_j with one thread per feature. */
+__global__ static void attention_forward_kernel(floatX *out, float *probs, const floatX *q,
+                                                const floatX *k, const floatX *v, int T, int Hq,
+                                                int Hkv, int D, float scale) {
+    const int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int kv_head = h / (Hq / Hkv);
+    const size_t row_qt = (((size_t)b * T + t) * Hq + h) * D;
+    const floatX *q_t = q + row_qt;
+    float *p = probs + (((size_t)b * Hq + h) * T + t) * T;
+
+    float max_score = -INFINITY;
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) {
+        const floatX *k_j = k + (((size_t)b * T + j) * Hkv + kv_head) * D;
+        float dot = 0;
+        for (int d = 0; d < D; d++) dot += bf(q_t[d]) * bf(k_j[d]);
+        p[j] = dot * scale;
+        max_score = fmaxf(max_score, p[j]);
+    }
+    max_score = block_max(max_score);
+    /* softmax with the max subtracted (each thread revisits its own j's: no sync needed) */
+    float sum = 0;
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) {
+        p[j] = expf(p[j] - max_score);
+        sum += p[j];
+    }
+    sum = block_sum(sum);
+    for (int j = threadIdx.x; j < T; j += blockDim.x) p[j] = j <= t ? p[j] / sum : 0.0f; /* mask */
+    __syncthreads(); /* every thread reads every p[j] below */
+
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0;
+        for (int j = 0; j <= t; j++) acc += p[j] * bf(v[(((size_t)b * T + j) * Hkv + kv_head) * D + d]);
+        out[row_qt + d] = __float2bfloat16(acc);
+    }
+}
+
+extern "C" void attention_forward_cuda(floatX *out, float *probs, const floatX *q, const floatX *k,
+                                       const floatX *v, int B, int T, int Hq, int Hkv, int D) {
+    check_heads("attention_forward_cuda", Hq, Hkv);
+    if (B <= 0 || T <= 0) return;
+    const float scale = (float)(1.0 / sqrt((double)D));
+    attention_forward_kernel<<<dim3(T, Hq, B), attention_block>>>(out, probs, q, k, v, T, Hq, Hkv,
+                                                                 D, scale);
+    CHECK_LAUNCH();
+}
+
+/* With s = q k^T scale, p = softmax(s) per row, out = p v:
+ *   dp_tj = dout_t . v_j,   ds_tj = p_tj (dp_tj - sum_i p_ti dp_ti) scale,
+ *   dq_t += sum_j ds_tj k_j,   dk_j += sum_t ds_tj q_t,   dv_j += sum_t p_tj dout_t,
+ * the last two summed over the group's query heads as well. The first kernel owns a query row
+ * (b, h, t): it writes row t of ds (fp32 scratch [B][Hq][T][T], entries j <= t) and dq_t. The
+ * second owns a key row (b, kv head, j): it reads column j of ds and probs and writes dk_j, dv_j.
+ * So each gradient element has exactly one writer: no atomics, and the result is deterministic. */
+__global__ static void attention_backward_query_kernel(floatX *dq, float *dscores,
+                                                       const floatX *dout, const float *probs,
+                                                       const floatX *k, const floatX *v, int T,
+                                                       int Hq, int Hkv, int D, float scale) {
+    const int t = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int kv_head = h / (Hq / Hkv);
+    const size_t row_qt = (((size_t)b * T + t) * Hq + h) * D;
+    const floatX *dout_t = dout + row_qt;
+    const size_t prow = (((size_t)b * Hq + h) * T + t) * T;
+    const float *p = probs + prow;
+    float *ds = dscores + prow;
+
+    float p_dot_dp = 0;
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) {
+        const floatX *v_j = v + (((size_t)b * T + j) * Hkv + kv_head) * D;
+        float dot = 0;
+        for (int d = 0; d < D; d++) dot += bf(dout_t[d]) * bf(v_j[d]);
+        ds[j] = dot; /* dp for now */
+        p_dot_dp += p[j] * dot;
+    }
+    p_dot_dp = block_sum(p_dot_dp);
+    for (int j = threadIdx.x; j <= t; j += blockDim.x) ds[j] = p[j] * (ds[j] - p_dot_dp) * scale;
+    __syncthreads(); /* every thread reads every ds[j] below */
+
+    if (!dq) return;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc = 0;
+        for (int j = 0; j <= t; j++) acc += ds[j] * bf(k[(((size_t)b * T + j) * Hkv + kv_head) * D + d]);
+        dq[row_qt + d] = __float2bfloat16(bf(dq[row_qt + d]) + acc);
+    }
+}
+
+__global__ static void attention_backward_key_kernel(floatX *dk, floatX *dv, const float *dscores,
+                                                     const floatX *dout, const float *probs,
+                                                     const floatX *q, int T, int Hq, int Hkv,
+                                                     int D) {
+    const int j = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
+    const int group = Hq / Hkv;
+    const size_t row_kj = (((size_t)b * T + j) * Hkv + kv_head) * D;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float acc_k = 0, acc_v = 0;
+        for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
+            for (int t = j; t < T; t++) { /* the query rows that see key j */
+                const size_t pj = (((size_t)b * Hq + h) * T + t) * T + j;
+                const size_t row_qt = (((size_t)b * T + t) * Hq + h) * D;
+                if (dv) acc_v += probs[pj] * bf(dout[row_qt + d]);
+                if (dk) acc_k += dscores[pj] * bf(q[row_qt + d]);
+            }
+        }
+        if (dv) dv[row_kj + d] = __float2bfloat16(bf(dv[row_kj + d]) + acc_v);
+        if (dk) dk[row_kj + d] = __float2bfloat16(bf(dk[row_kj + d]) + acc_k);
+    }
+}
+
+extern "C" void attention_backward_cuda(floatX *dq, floatX *dk, floatX *dv, const floatX *dout,
+                                        const float *probs, const floatX *q, const floatX *k,
+                                        const floatX *v, int B, int T, int Hq, int Hkv, int D) {
+    check_heads("attention_backward_cuda", Hq, Hkv);
+    if ((!dq && !dk && !dv) || B <= 0 || T <= 0) return;
+    const float scale = (float)(1.0 / sqrt((double)D));
+    float *dscores = NULL; /* only dq and dk need ds; allocated per call in this first version */
+    if (dq || dk) {
+        CHECK_CUDA(cudaMalloc(&dscores, (size_t)B * Hq * T * T * sizeof(float)));
+        attention_backward_query_kernel<<<dim3(T, Hq, B), attention_block>>>(
+            dq, dscores, dout, probs, k, v, T, Hq, Hkv, D, scale);
+        CHECK_LAUNCH();
+    }
+    if (dk || dv) {
+        attention_backward_key_kernel<<<dim3(T, Hkv, B), attention_block>>>(
+            dk, dv, dscores, dout, probs, q, T, Hq, Hkv, D);
+        CHECK_LAUNCH();
+    }
+    if (dscores) CHECK_CUDA(cudaFree(dscores)); /* cudaFree waits for the kernels using it */
+}
+
+/* ---- vocab-parallel log-probabilities: one block per row --------------------------------------- */
+
+__global__ static void logits_row_max_kernel(float *row_max, const floatX *logits, int V) {
+    const floatX *x = logits + (size_t)blockIdx.x * V;
+    float m = -INFINITY;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) m = fmaxf(m, bf(x[j]));
+    m = block_max(m);
+    if (threadIdx.x == 0) row_max[blockIdx.x] = m;
+}
+
+/* exp in fp32 like the CPU op (real_exp), the sum of up to ~10^5 terms in double */
+__global__ static void logits_row_sumexp_kernel(double *sumexp, const floatX *logits,
+                                                const float *row_max, int V) {
+    const floatX *x = logits + (size_t)blockIdx.x * V;
+    const float m = row_max[blockIdx.x];
+    double sum = 0;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) sum += (double)expf(bf(x[j]) - m);
+    sum = block_sum_double(sum);
+    if (threadIdx.x == 0) sumexp[blockIdx.x] = sum;
+}
+
+__global__ static void logits_target_kernel(double *target_logit, const floatX *logits,
+                                            const int32_t *targets, int vocab_start, int N, int V) {
+    const int n = blockIdx.x * blockDim.x + threadIdx.x;
+    if (n >= N) return;
+    const long long local = (long long)targets[n] - vocab_start;
+    target_logit[n] = targets[n] >= 0 && local >= 0 && local < V
+                          ? (double)bf(logits[(size_t)n * V + local])
+                          : 0.0;
+}
+
+__global__ static void logprob_backward_shard_kernel(floatX *dlogits, const float *dlogp,
+                                                     const floatX *logits, const float *lse,
+                                                     const int32_t *targets, int vocab_start,
+                                                     int V) {
+    const size_t n = blockIdx.x;
+    if (targets[n] < 0) return; /* no target: logp was the constant 0 (the whole block returns) */
+    const floatX *x = logits + n * V;
+    floatX *dx = dlogits + n * V;
+    const float g = dlogp[n], l = lse[n];
+    const long long local = (long long)targets[n] - vocab_start;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+        float d = bf(dx[j]) - g * expf(bf(x[j]) - l);
+        if (j == local) d += g;
+        dx[j] = __float2bfloat16(d);
+    }
+}
+
+extern "C" void logits_row_max_cuda(float *row_max, const floatX *logits, int N, int V) {
+    if (N <= 0) return;
+    logits_row_max_kernel<<<N, block_size>>>(row_max, logits, V);
+    CHECK_LAUNCH();
+}
+
+extern "C" void logits_row_sumexp_cuda(double *sumexp, const floatX *logits, const float *row_max,
+                                       int N, int V) {
+    if (N <= 0) return;
+    logits_row_sumexp_kernel<<<N, block_size>>>(sumexp, logits, row_max, V);
+    CHECK_LAUNCH();
+}
+
+extern "C" void logits_target_cuda(double *target_logit, const floatX *logits,
+                                   const int32_t *targets, int vocab_start, int N, int V) {
+    if (N <= 0) return;
+    logits_target_kernel<<<blocks_for(N), block_size>>>(target_logit, logits, targets, vocab_start,
+                                                        N, V);
+    CHECK_LAUNCH();
+}
+
+extern "C" void logprob_backward_shard_cuda(floatX *dlogits, const float *dlogp,
+                                            const floatX *logits, const float *lse,
+                                            const int32_t *targets, int vocab_start, int N, int V) {
+    if (!dlogits || N <= 0) return;
+    logprob_backward_shard_kernel<<<N, block_size>>>(dlogits, dlogp, logits, lse, targets,
+                                                     vocab_start, V);
+    CHECK_LAUNCH();
+}
+
 /* ---- AdamW ------------------------------------------------------------------------------------ */
 
 __global__ static void adamw_kernel(float *p, const float *grads, float *m, float *v, size_t n,
@@ -195,10 +451,11 @@ extern "C" void adamw_update_cuda(float *params, const float *grads, float *m, f
     CHECK_LAUNCH();
 }
 
-/* ---- GEMM through cuBLASLt ---------------------------------------------------------------------
- * Row-major out[N][OC] = inp[N][C] W[OC][C]^T is, in cuBLAS's column-major terms,
- * out^T (OC x N) = W (OC x C) inp^T (C x N): W's memory is W^T column-major (C x OC), so A = W
- * with transa = T and lda = C; inp's memory is inp^T column-major (C x N), B with transb = N. */
+/* ---- GEMMs through cuBLASLt ----------------------------------------------------------------
+ * cuBLAS is column-major: a row-major matrix X[r][c] in memory is, to cuBLAS, the column-major
+ * c x r matrix X^T with leading dimension c. So every row-major product below is written as the
+ * column-major product of the transposes, and a layout describes the matrix as stored (before
+ * the op): rows = the row-major column count, cols = the row-major row count. */
 
 struct CudaContext {
     cublasLtHandle_t lt;
@@ -221,18 +478,22 @@ extern "C" void cuda_context_destroy(CudaContext *ctx) {
     free(ctx);
 }
 
-extern "C" void matmul_forward_cuda(CudaContext *ctx, floatX *out, const floatX *inp,
-                                    const floatX *weight, int N, int C, int OC, float alpha,
-                                    int accumulate) {
+/* Column-major D (m x n, type d_type, leading dimension ldd) = alpha op(A) op(B) + beta D, A and B
+ * bf16, fp32 compute and scale. op(A) is m x k: A is stored m x k (trans_a N) or k x m (T), with
+ * leading dimension lda; op(B) is k x n likewise. C = D (in place accumulation). */
+static void lt_gemm(CudaContext *ctx, cublasOperation_t trans_a, cublasOperation_t trans_b, int m,
+                    int n, int k, const floatX *A, int lda, const floatX *B, int ldb, void *D,
+                    cudaDataType_t d_type, int ldd, float alpha, float beta) {
     cublasLtMatmulDesc_t op;
     CHECK_CUBLAS(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
     CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof trans_a));
     CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof trans_b));
     cublasLtMatrixLayout_t a, b, d;
-    CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, C, OC, C)); /* W^T as stored */
-    CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, C, N, C));  /* inp^T as stored */
-    CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&d, CUDA_R_16BF, OC, N, OC)); /* out^T */
+    if (trans_a == CUBLAS_OP_N) CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, m, k, lda));
+    else CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, k, m, lda));
+    if (trans_b == CUBLAS_OP_N) CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, k, n, ldb));
+    else CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, n, k, ldb));
+    CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&d, d_type, m, n, ldd));
     cublasLtMatmulPreference_t pref;
     CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
     CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -240,15 +501,45 @@ extern "C" void matmul_forward_cuda(CudaContext *ctx, floatX *out, const floatX 
     cublasLtMatmulHeuristicResult_t heuristic;
     int found = 0;
     CHECK_CUBLAS(cublasLtMatmulAlgoGetHeuristic(ctx->lt, op, a, b, d, d, pref, 1, &heuristic, &found));
-    if (found == 0) paft_fatal(__FILE__, __LINE__, "cuBLASLt has no algorithm for %d x %d x %d", N, C, OC);
-    const float beta = accumulate ? 1.0f : 0.0f;
-    CHECK_CUBLAS(cublasLtMatmul(ctx->lt, op, &alpha, weight, a, inp, b, &beta, out, d, out, d,
+    if (found == 0)
+        paft_fatal(__FILE__, __LINE__, "cuBLASLt has no algorithm for m %d, n %d, k %d", m, n, k);
+    CHECK_CUBLAS(cublasLtMatmul(ctx->lt, op, &alpha, A, a, B, b, &beta, D, d, D, d,
                                 &heuristic.algo, ctx->workspace, ctx->workspace_size, 0));
     CHECK_CUBLAS(cublasLtMatmulPreferenceDestroy(pref));
     CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(a));
     CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(b));
     CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(d));
     CHECK_CUBLAS(cublasLtMatmulDescDestroy(op));
+}
+
+/* Row-major out[N][OC] = inp[N][C] W[OC][C]^T is, column-major, out^T (OC x N) = W (OC x C)
+ * inp^T (C x N): W's memory is W^T column-major (C x OC, ld C), so A = W with trans_a = T;
+ * inp's memory is inp^T column-major (C x N, ld C), B with trans_b = N; D is out^T (OC x N, ld OC). */
+extern "C" void matmul_forward_cuda(CudaContext *ctx, floatX *out, const floatX *inp,
+                                    const floatX *weight, int N, int C, int OC, float alpha,
+                                    int accumulate) {
+    if (N <= 0 || OC <= 0) return;
+    lt_gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, weight, C, inp, C, out, CUDA_R_16BF, OC, alpha,
+            accumulate ? 1.0f : 0.0f);
+}
+
+/* dinp[N][C] += alpha dout[N][OC] W[OC][C] is, column-major, dinp^T (C x N) += W^T (C x OC)
+ * dout^T (OC x N): W's memory is W^T (C x OC, ld C): A, trans_a = N; dout's memory is dout^T
+ * (OC x N, ld OC): B, trans_b = N; D is dinp^T (C x N, ld C), bf16.
+ * dweight[OC][C] += alpha dout^T[OC][N] inp[N][C] is, column-major, dweight^T (C x OC) +=
+ * inp^T (C x N) dout (N x OC): inp's memory is inp^T (C x N, ld C): A, trans_a = N; dout's memory
+ * is dout^T (OC x N, ld OC), transposed: B, trans_b = T; D is dweight^T (C x OC, ld C) in fp32
+ * (bf16 A and B with fp32 C/D is one of cuBLASLt's CUBLAS_COMPUTE_32F combinations). */
+extern "C" void matmul_backward_cuda(CudaContext *ctx, floatX *dinp, float *dweight,
+                                     const floatX *dout, const floatX *inp, const floatX *weight,
+                                     int N, int C, int OC, float alpha) {
+    if (N <= 0 || C <= 0 || OC <= 0) return;
+    if (dinp)
+        lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, weight, C, dout, OC, dinp, CUDA_R_16BF, C,
+                alpha, 1.0f);
+    if (dweight)
+        lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, dweight, CUDA_R_32F, C,
+                alpha, 1.0f);
 }
 
 /* ---- host <-> device ------------------------------------------------------------------------- */
@@ -279,6 +570,24 @@ extern "C" void cuda_download_bf16(float *host, const floatX *device, size_t n) 
 
 extern "C" void cuda_download_f32(float *host, const float *device, size_t n) {
     CHECK_CUDA(cudaMemcpy(host, device, n * sizeof(float), cudaMemcpyDeviceToHost));
+}
+
+extern "C" int32_t *cuda_upload_i32(const int32_t *host, size_t n) {
+    int32_t *device;
+    CHECK_CUDA(cudaMalloc(&device, n * sizeof(int32_t)));
+    CHECK_CUDA(cudaMemcpy(device, host, n * sizeof(int32_t), cudaMemcpyHostToDevice));
+    return device;
+}
+
+extern "C" void cuda_download_f64(double *host, const double *device, size_t n) {
+    CHECK_CUDA(cudaMemcpy(host, device, n * sizeof(double), cudaMemcpyDeviceToHost));
+}
+
+extern "C" void *cuda_calloc(size_t bytes) {
+    void *device;
+    CHECK_CUDA(cudaMalloc(&device, bytes));
+    CHECK_CUDA(cudaMemset(device, 0, bytes));
+    return device;
 }
 
 extern "C" void cuda_free(void *device) { CHECK_CUDA(cudaFree(device)); }

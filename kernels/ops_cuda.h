@@ -1,9 +1,10 @@
 /*
  * ops_cuda.h - the CUDA backend's ops: the same operations and parameter lists as src/ops/ops.h,
  * on device pointers, with bf16 activations and weights (`floatX`) and fp32 statistics, LoRA
- * master weights and optimizer state. Work in progress (issue 7): the elementwise and
- * normalisation ops, AdamW and the cuBLASLt GEMM are here; attention, the vocab-parallel
- * log-probabilities and the model orchestration on the GPU are not yet. Every op is tested
+ * master weights and optimizer state. Work in progress (issue 7): the embedding, the elementwise
+ * and normalisation ops, a simple (unfused) causal GQA attention, the vocab-parallel
+ * log-probability pieces, AdamW and the cuBLASLt GEMMs are here; the fused attention, the
+ * LoRA-fused projections and the model orchestration on the GPU are not yet. Every op is tested
  * against the CPU op (tests/cuda), which needs a GPU: without one the test reports itself skipped.
  *
  * Conventions as ops.h: row-major, W[OC][C], backward ops ADD into their gradient outputs.
@@ -24,6 +25,11 @@ typedef uint16_t floatX; /* the bf16 bit pattern, seen from C */
 
 /* Is a CUDA device usable by this process? 0 when there is none (tests then skip). */
 int cuda_device_count(void);
+
+/* out[n][:] = table[tokens[n] - vocab_start][:] for tokens inside the shard [vocab_start,
+ * vocab_start + vocab_rows), zeros otherwise (another shard owns the token). */
+void embedding_forward_cuda(floatX *out, const int32_t *tokens, const floatX *table, int N, int C,
+                            int vocab_start, int vocab_rows);
 
 /* out = inp / sqrt(mean(inp^2) + eps) * weight; rstd[n] saved (fp32). */
 void rmsnorm_forward_cuda(floatX *out, float *rstd, const floatX *inp, const floatX *weight, int N,
@@ -47,6 +53,34 @@ void rope_forward_cuda(floatX *x, const float *cos_table, const float *sin_table
 void rope_backward_cuda(floatX *dx, const float *cos_table, const float *sin_table,
                         const int32_t *positions, int N, int H, int D);
 
+/* Causal grouped-query attention, the semantics of attention_forward/backward in ops.h:
+ * q, out [B][T][Hq][D]; k, v [B][T][Hkv][D]; probs [B][Hq][T][T] fp32 (zeros above the diagonal),
+ * saved by the forward for the backward; scale 1/sqrt(D). A first, simple version, not fused:
+ * the forward is one block per (batch, query head, query row); the backward is two kernels, one
+ * per query row (dS into an fp32 scratch of probs' size, allocated inside, and dq) and one per
+ * (batch, KV head, key row) (dk, dv summed over the group's query heads and the later query rows),
+ * so nothing is written by two blocks: no atomics, deterministic. dq, dk, dv += (NULL skips). */
+void attention_forward_cuda(floatX *out, float *probs, const floatX *q, const floatX *k,
+                            const floatX *v, int B, int T, int Hq, int Hkv, int D);
+void attention_backward_cuda(floatX *dq, floatX *dk, floatX *dv, const floatX *dout,
+                             const float *probs, const floatX *q, const floatX *k, const floatX *v,
+                             int B, int T, int Hq, int Hkv, int D);
+
+/* Vocab-parallel log-probabilities, the pieces of ops.h (this rank holds vocabulary columns
+ * [vocab_start, vocab_start + V) of logits [N][V], bf16; the statistics are fp32 or double):
+ * row_max (fp32, exact: a max of bf16 values); sumexp = sum_j exp(logits - row_max), exp in fp32,
+ * accumulated in double (as the CPU op: up to ~10^5 terms); target_logit in double, 0 where the
+ * target is < 0 or in another shard; the backward dlogits[n][j] += dlogp[n] * (1[vocab_start + j
+ * == target] - exp(logits[n][j] - lse[n])), rows with target < 0 untouched. */
+void logits_row_max_cuda(float *row_max, const floatX *logits, int N, int V);
+void logits_row_sumexp_cuda(double *sumexp, const floatX *logits, const float *row_max, int N,
+                            int V);
+void logits_target_cuda(double *target_logit, const floatX *logits, const int32_t *targets,
+                        int vocab_start, int N, int V);
+void logprob_backward_shard_cuda(floatX *dlogits, const float *dlogp, const floatX *logits,
+                                 const float *lse, const int32_t *targets, int vocab_start, int N,
+                                 int V);
+
 /* AdamW on fp32 master weights, the arithmetic of src/optim/adamw.c (torch's), gradients scaled
  * by grad_scale (clipping) on the fly. */
 void adamw_update_cuda(float *params, const float *grads, float *m, float *v, size_t n,
@@ -63,11 +97,21 @@ void cuda_context_destroy(CudaContext *ctx);
 void matmul_forward_cuda(CudaContext *ctx, floatX *out, const floatX *inp, const floatX *weight,
                          int N, int C, int OC, float alpha, int accumulate);
 
-/* Host <-> device helpers for tests and loading: fp32 host arrays to bf16 device and back. */
+/* dinp += alpha * dout W (bf16);  dweight += alpha * dout^T inp (fp32: LoRA gradients are fp32).
+ * Either may be NULL (not wanted). Both through cuBLASLt, fp32 accumulation. */
+void matmul_backward_cuda(CudaContext *ctx, floatX *dinp, float *dweight, const floatX *dout,
+                          const floatX *inp, const floatX *weight, int N, int C, int OC,
+                          float alpha);
+
+/* Host <-> device helpers for tests and loading: fp32 host arrays to bf16 device and back;
+ * int32 and double copies; cuda_calloc returns zeroed device memory. */
 floatX *cuda_upload_bf16(const float *host, size_t n);
 float *cuda_upload_f32(const float *host, size_t n);
 void cuda_download_bf16(float *host, const floatX *device, size_t n);
 void cuda_download_f32(float *host, const float *device, size_t n);
+int32_t *cuda_upload_i32(const int32_t *host, size_t n);
+void cuda_download_f64(double *host, const double *device, size_t n);
+void *cuda_calloc(size_t bytes);
 void cuda_free(void *device);
 void cuda_synchronize(void);
 

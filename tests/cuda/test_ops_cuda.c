@@ -2,7 +2,8 @@
  * test_ops_cuda.c - every CUDA op against the CPU op (src/ops/ops.h, fp32) on random inputs
  * rounded to bf16 first, so both see the same numbers; tolerances are bf16's (outputs are stored
  * in bf16: about 3 significant digits). Without a GPU the test says so and reports itself skipped
- * (exit 77); it runs on the GPU machine.
+ * (exit 77); it runs on the GPU machine. Backward ops are checked adding onto non-zero
+ * gradients (their += semantics).
  */
 #include <math.h>
 #include <stdio.h>
@@ -56,6 +57,25 @@ int main(void) {
     rmsnorm_forward_cuda(dout, drstd, dx, dw, N, C, 1e-5f);
     cuda_download_bf16(got, dout, (size_t)N * C);
     compare("rmsnorm_forward", got, out, (size_t)N * C, 1e-2);
+    {
+        float *rstd_gpu = malloc(N * sizeof(float));
+        cuda_download_f32(rstd_gpu, drstd, N);
+        compare("rmsnorm_forward rstd", rstd_gpu, rstd, N, 1e-5);
+        /* backward onto non-zero dinp and dweight (+=) */
+        float *g_out = random_bf16((size_t)N * C, 1.0, 0.0, &rng);
+        float *dinp = random_bf16((size_t)N * C, 1.0, 0.0, &rng), *dweight = random_bf16(C, 1.0, 0.0, &rng);
+        floatX *d_gout = cuda_upload_bf16(g_out, (size_t)N * C), *d_dinp = cuda_upload_bf16(dinp, (size_t)N * C);
+        float *d_dweight = cuda_upload_f32(dweight, C);
+        rmsnorm_backward(dinp, dweight, g_out, x, w, rstd, N, C);
+        rmsnorm_backward_cuda(d_dinp, d_dweight, d_gout, dx, dw, drstd, N, C);
+        float *dinp_gpu = malloc(sizeof(float) * N * C), *dweight_gpu = malloc(sizeof(float) * C);
+        cuda_download_bf16(dinp_gpu, d_dinp, (size_t)N * C);
+        cuda_download_f32(dweight_gpu, d_dweight, C);
+        compare("rmsnorm_backward dinp", dinp_gpu, dinp, (size_t)N * C, 1e-2);
+        compare("rmsnorm_backward dweight", dweight_gpu, dweight, C, 1e-3);
+        cuda_free(d_gout); cuda_free(d_dinp); cuda_free(d_dweight);
+        free(rstd_gpu); free(g_out); free(dinp); free(dweight); free(dinp_gpu); free(dweight_gpu);
+    }
 
     /* SwiGLU forward */
     float *gate = random_bf16((size_t)N * C, 1.5, 0.0, &rng), *up = random_bf16((size_t)N * C, 1.0, 0.0, &rng);
@@ -64,6 +84,26 @@ int main(void) {
     swiglu_forward_cuda(dout, dgate, dup, (size_t)N * C);
     cuda_download_bf16(got, dout, (size_t)N * C);
     compare("swiglu_forward", got, out, (size_t)N * C, 1e-2);
+    {
+        /* backward onto non-zero dgate, dup (+=); then the residual */
+        float *g_out = random_bf16((size_t)N * C, 1.0, 0.0, &rng);
+        float *dg = random_bf16((size_t)N * C, 1.0, 0.0, &rng), *du = random_bf16((size_t)N * C, 1.0, 0.0, &rng);
+        floatX *d_gout = cuda_upload_bf16(g_out, (size_t)N * C);
+        floatX *d_dg = cuda_upload_bf16(dg, (size_t)N * C), *d_du = cuda_upload_bf16(du, (size_t)N * C);
+        swiglu_backward(dg, du, g_out, gate, up, (size_t)N * C);
+        swiglu_backward_cuda(d_dg, d_du, d_gout, dgate, dup, (size_t)N * C);
+        float *dg_gpu = malloc(sizeof(float) * N * C), *du_gpu = malloc(sizeof(float) * N * C);
+        cuda_download_bf16(dg_gpu, d_dg, (size_t)N * C);
+        cuda_download_bf16(du_gpu, d_du, (size_t)N * C);
+        compare("swiglu_backward dgate", dg_gpu, dg, (size_t)N * C, 1e-2);
+        compare("swiglu_backward dup", du_gpu, du, (size_t)N * C, 1e-2);
+        residual_forward(out, gate, up, (size_t)N * C);
+        residual_forward_cuda(dout, dgate, dup, (size_t)N * C);
+        cuda_download_bf16(got, dout, (size_t)N * C);
+        compare("residual_forward", got, out, (size_t)N * C, 1e-2);
+        cuda_free(d_gout); cuda_free(d_dg); cuda_free(d_du);
+        free(g_out); free(dg); free(du); free(dg_gpu); free(du_gpu);
+    }
 
     /* RoPE forward on [N][H][D] */
     float *q = random_bf16((size_t)N * H * D, 1.0, 0.0, &rng);
@@ -87,6 +127,11 @@ int main(void) {
     float *q_gpu = malloc(sizeof(float) * N * H * D);
     cuda_download_bf16(q_gpu, dq, (size_t)N * H * D);
     compare("rope_forward", q_gpu, q_cpu, (size_t)N * H * D, 1e-2);
+    /* backward: the transposed rotation, in place (overwrites, like the CPU op) */
+    rope_backward(q_cpu, cos_t, sin_t, pos, N, H, D);
+    rope_backward_cuda(dq, dcos, dsin, dpos, N, H, D);
+    cuda_download_bf16(q_gpu, dq, (size_t)N * H * D);
+    compare("rope_backward", q_gpu, q_cpu, (size_t)N * H * D, 1e-2);
 
     /* GEMM: out = x W^T (fp32 accumulation) */
     float *W = random_bf16((size_t)OC * C, 0.1, 0.0, &rng);
@@ -97,6 +142,150 @@ int main(void) {
     matmul_forward_cuda(ctx, dmm, dx, dW, N, C, OC, 1.0f, 0);
     cuda_download_bf16(mm_gpu, dmm, (size_t)N * OC);
     compare("matmul_forward (cuBLASLt)", mm_gpu, mm, (size_t)N * OC, 1e-2);
+
+    /* GEMM backward: dinp (bf16) += alpha dout W, dweight (fp32) += alpha dout^T x, both adding */
+    {
+        const float alpha = 0.5f;
+        float *g_out = random_bf16((size_t)N * OC, 1.0, 0.0, &rng);
+        float *dinp = random_bf16((size_t)N * C, 1.0, 0.0, &rng);
+        float *dW_cpu = random_bf16((size_t)OC * C, 1.0, 0.0, &rng);
+        floatX *d_gout = cuda_upload_bf16(g_out, (size_t)N * OC), *d_dinp = cuda_upload_bf16(dinp, (size_t)N * C);
+        float *d_dW = cuda_upload_f32(dW_cpu, (size_t)OC * C);
+        matmul_backward(dinp, dW_cpu, NULL, g_out, x, W, N, C, OC, alpha);
+        matmul_backward_cuda(ctx, d_dinp, d_dW, d_gout, dx, dW, N, C, OC, alpha);
+        float *dinp_gpu = malloc(sizeof(float) * N * C), *dW_gpu = malloc(sizeof(float) * OC * C);
+        cuda_download_bf16(dinp_gpu, d_dinp, (size_t)N * C);
+        cuda_download_f32(dW_gpu, d_dW, (size_t)OC * C);
+        compare("matmul_backward dinp", dinp_gpu, dinp, (size_t)N * C, 1e-2);
+        compare("matmul_backward dweight", dW_gpu, dW_cpu, (size_t)OC * C, 1e-3);
+        cuda_free(d_gout); cuda_free(d_dinp); cuda_free(d_dW);
+        free(g_out); free(dinp); free(dW_cpu); free(dinp_gpu); free(dW_gpu);
+    }
+
+    /* Embedding of a vocab shard: rows [vocab_start, vocab_start + rows); other tokens get zeros */
+    {
+        const int rows = 20, vocab_start = 10;
+        float *table = random_bf16((size_t)rows * C, 1.0, 0.0, &rng);
+        int32_t *tokens = malloc(N * sizeof(int32_t));
+        for (int n = 0; n < N; n++) tokens[n] = (n * 13) % 45; /* 0..44: some in, some out */
+        float *emb = malloc(sizeof(float) * N * C), *emb_gpu = malloc(sizeof(float) * N * C);
+        embedding_forward(emb, tokens, table, N, C, vocab_start, rows);
+        floatX *d_table = cuda_upload_bf16(table, (size_t)rows * C);
+        for (size_t i = 0; i < (size_t)N * C; i++) emb_gpu[i] = 7.0f; /* stale values to overwrite */
+        floatX *d_emb = cuda_upload_bf16(emb_gpu, (size_t)N * C);
+        int32_t *d_tokens = cuda_upload_i32(tokens, N);
+        embedding_forward_cuda(d_emb, d_tokens, d_table, N, C, vocab_start, rows);
+        cuda_download_bf16(emb_gpu, d_emb, (size_t)N * C);
+        compare("embedding_forward", emb_gpu, emb, (size_t)N * C, 0.0); /* copies: exact */
+        cuda_free(d_table); cuda_free(d_emb); cuda_free(d_tokens);
+        free(table); free(tokens); free(emb); free(emb_gpu);
+    }
+
+    /* Vocab-parallel log-prob pieces on a shard [vocab_start, vocab_start + V) */
+    {
+        const int V = 300, vocab_start = 50;
+        float *logits = random_bf16((size_t)N * V, 3.0, 0.5, &rng);
+        int32_t *targets = malloc(N * sizeof(int32_t));
+        for (int n = 0; n < N; n++) /* -1 (no target), below, inside and above the shard */
+            targets[n] = n % 5 == 0 ? -1 : (n * 31) % 420;
+        floatX *d_logits = cuda_upload_bf16(logits, (size_t)N * V);
+        int32_t *d_targets = cuda_upload_i32(targets, N);
+
+        float *row_max = malloc(N * sizeof(float)), *row_max_gpu = malloc(N * sizeof(float));
+        logits_row_max(row_max, logits, N, V);
+        float *d_row_max = cuda_calloc(N * sizeof(float));
+        logits_row_max_cuda(d_row_max, d_logits, N, V);
+        cuda_download_f32(row_max_gpu, d_row_max, N);
+        compare("logits_row_max", row_max_gpu, row_max, N, 0.0); /* a max of bf16 values: exact */
+
+        double *sumexp = malloc(N * sizeof(double)), *sumexp_gpu = malloc(N * sizeof(double));
+        logits_row_sumexp(sumexp, logits, row_max, N, V);
+        double *d_sumexp = cuda_calloc(N * sizeof(double));
+        logits_row_sumexp_cuda(d_sumexp, d_logits, d_row_max, N, V);
+        cuda_download_f64(sumexp_gpu, d_sumexp, N);
+        float *a = malloc(N * sizeof(float)), *b = malloc(N * sizeof(float));
+        for (int n = 0; n < N; n++) {
+            a[n] = (float)(sumexp_gpu[n] / sumexp[n]); /* relative per row */
+            b[n] = 1.0f;
+        }
+        compare("logits_row_sumexp (per row)", a, b, N, 1e-5);
+
+        double *target = malloc(N * sizeof(double)), *target_gpu = malloc(N * sizeof(double));
+        logits_target(target, logits, targets, vocab_start, N, V);
+        double *d_target = cuda_calloc(N * sizeof(double));
+        logits_target_cuda(d_target, d_logits, d_targets, vocab_start, N, V);
+        cuda_download_f64(target_gpu, d_target, N);
+        int in_shard = 0;
+        for (int n = 0; n < N; n++) {
+            a[n] = (float)target_gpu[n];
+            b[n] = (float)target[n];
+            in_shard += target[n] != 0.0;
+        }
+        CHECK(in_shard > 0 && in_shard < N, "targets both inside and outside the shard (%d)", in_shard);
+        compare("logits_target", a, b, N, 0.0);
+
+        /* backward with lse from the CPU pieces, onto non-zero dlogits (+=) */
+        float *lse = malloc(N * sizeof(float)), *dlogp = random_bf16(N, 1.0, 0.0, &rng);
+        for (int n = 0; n < N; n++) lse[n] = row_max[n] + (float)log(sumexp[n]);
+        float *dlogits = random_bf16((size_t)N * V, 0.1, 0.0, &rng);
+        float *dlogits_gpu = malloc(sizeof(float) * N * V);
+        floatX *d_dlogits = cuda_upload_bf16(dlogits, (size_t)N * V);
+        float *d_lse = cuda_upload_f32(lse, N), *d_dlogp = cuda_upload_f32(dlogp, N);
+        logprob_backward_shard(dlogits, dlogp, logits, lse, targets, vocab_start, N, V);
+        logprob_backward_shard_cuda(d_dlogits, d_dlogp, d_logits, d_lse, d_targets, vocab_start, N, V);
+        cuda_download_bf16(dlogits_gpu, d_dlogits, (size_t)N * V);
+        compare("logprob_backward_shard", dlogits_gpu, dlogits, (size_t)N * V, 1e-2);
+
+        cuda_free(d_logits); cuda_free(d_targets); cuda_free(d_row_max); cuda_free(d_sumexp);
+        cuda_free(d_target); cuda_free(d_dlogits); cuda_free(d_lse); cuda_free(d_dlogp);
+        free(logits); free(targets); free(row_max); free(row_max_gpu); free(sumexp); free(sumexp_gpu);
+        free(a); free(b); free(target); free(target_gpu); free(lse); free(dlogp); free(dlogits);
+        free(dlogits_gpu);
+    }
+
+    /* Causal GQA attention: forward (out, probs) and backward (dq, dk, dv added onto non-zero
+     * values), T long enough that the rows span more than one pass of a block's threads */
+    {
+        const int B = 2, T = 150, Hq = 4, Hkv = 2, Da = 16;
+        const size_t nq = (size_t)B * T * Hq * Da, nkv = (size_t)B * T * Hkv * Da;
+        const size_t np = (size_t)B * Hq * T * T;
+        float *aq = random_bf16(nq, 1.0, 0.0, &rng), *ak = random_bf16(nkv, 1.0, 0.0, &rng);
+        float *av = random_bf16(nkv, 1.0, 0.0, &rng), *ado = random_bf16(nq, 1.0, 0.0, &rng);
+        float *aout = malloc(nq * sizeof(float)), *aprobs = malloc(np * sizeof(float));
+        float *aout_gpu = malloc(nq * sizeof(float)), *aprobs_gpu = malloc(np * sizeof(float));
+        attention_forward(aout, aprobs, aq, ak, av, B, T, Hq, Hkv, Da);
+        floatX *d_q = cuda_upload_bf16(aq, nq), *d_k = cuda_upload_bf16(ak, nkv);
+        floatX *d_v = cuda_upload_bf16(av, nkv), *d_do = cuda_upload_bf16(ado, nq);
+        floatX *d_out = cuda_upload_bf16(aout, nq);
+        for (size_t i = 0; i < np; i++) aprobs_gpu[i] = 1.0f; /* the mask must be written */
+        float *d_probs = cuda_upload_f32(aprobs_gpu, np);
+        attention_forward_cuda(d_out, d_probs, d_q, d_k, d_v, B, T, Hq, Hkv, Da);
+        cuda_download_bf16(aout_gpu, d_out, nq);
+        cuda_download_f32(aprobs_gpu, d_probs, np);
+        compare("attention_forward out", aout_gpu, aout, nq, 1e-2);
+        compare("attention_forward probs", aprobs_gpu, aprobs, np, 1e-4);
+
+        float *adq = random_bf16(nq, 0.1, 0.0, &rng), *adk = random_bf16(nkv, 0.1, 0.0, &rng);
+        float *adv = random_bf16(nkv, 0.1, 0.0, &rng);
+        floatX *d_dq = cuda_upload_bf16(adq, nq), *d_dk = cuda_upload_bf16(adk, nkv);
+        floatX *d_dv = cuda_upload_bf16(adv, nkv);
+        float *d_probs_cpu = cuda_upload_f32(aprobs, np); /* the backward alone, on the CPU's probs */
+        attention_backward(adq, adk, adv, ado, aprobs, aq, ak, av, B, T, Hq, Hkv, Da);
+        attention_backward_cuda(d_dq, d_dk, d_dv, d_do, d_probs_cpu, d_q, d_k, d_v, B, T, Hq, Hkv, Da);
+        float *got_q = malloc(nq * sizeof(float)), *got_k = malloc(nkv * sizeof(float));
+        float *got_v = malloc(nkv * sizeof(float));
+        cuda_download_bf16(got_q, d_dq, nq);
+        cuda_download_bf16(got_k, d_dk, nkv);
+        cuda_download_bf16(got_v, d_dv, nkv);
+        compare("attention_backward dq", got_q, adq, nq, 1e-2);
+        compare("attention_backward dk", got_k, adk, nkv, 1e-2);
+        compare("attention_backward dv", got_v, adv, nkv, 1e-2);
+
+        cuda_free(d_q); cuda_free(d_k); cuda_free(d_v); cuda_free(d_do); cuda_free(d_out);
+        cuda_free(d_probs); cuda_free(d_dq); cuda_free(d_dk); cuda_free(d_dv); cuda_free(d_probs_cpu);
+        free(aq); free(ak); free(av); free(ado); free(aout); free(aprobs); free(aout_gpu);
+        free(aprobs_gpu); free(adq); free(adk); free(adv); free(got_q); free(got_k); free(got_v);
+    }
 
     /* AdamW: fp32 master weights, same arithmetic as the CPU optimizer */
     const size_t P = 1000;
