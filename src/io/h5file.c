@@ -163,7 +163,9 @@ int h5_shape(H5File *f, const char *name, int64_t dims[2]) {
     return ndim;
 }
 
-void h5_read_real(H5File *f, const char *name, const H5Block *b, real *data) {
+/* Check the dataset has the block's global shape, then read the block collectively, HDF5
+ * converting the stored type to mem_type. */
+static void read_block(H5File *f, const char *name, const H5Block *b, hid_t mem_type, void *data) {
     int64_t dims[2];
     h5_shape(f, name, dims);
     if (dims[0] != b->global_rows || dims[1] != b->global_cols)
@@ -176,13 +178,17 @@ void h5_read_real(H5File *f, const char *name, const H5Block *b, real *data) {
     block_spaces(b, &file_space, &mem_space);
     hid_t dxpl = collective_dxpl();
     herr_t rc;
-    H5E_BEGIN_TRY { rc = H5Dread(dset, H5T_REAL, mem_space, file_space, dxpl, data); }
+    H5E_BEGIN_TRY { rc = H5Dread(dset, mem_type, mem_space, file_space, dxpl, data); }
     H5E_END_TRY;
     if (rc < 0) PAFT_FATAL("%s: cannot read dataset %s (corrupt or truncated file?)", f->path, name);
     CHECK_H5(H5Pclose(dxpl));
     CHECK_H5(H5Sclose(mem_space));
     CHECK_H5(H5Sclose(file_space));
     CHECK_H5(H5Dclose(dset));
+}
+
+void h5_read_real(H5File *f, const char *name, const H5Block *b, real *data) {
+    read_block(f, name, b, H5T_REAL, data);
 }
 
 /* ---- attributes ------------------------------------------------------------------------------*/
@@ -365,31 +371,13 @@ H5FloatType h5_dataset_float_type(H5File *f, const char *name) {
 
 void h5_read_float_block(H5File *f, const char *name, const H5Block *b, H5FloatType type,
                          void *data) {
-    int64_t dims[2];
-    h5_shape(f, name, dims);
-    if (dims[0] != b->global_rows || dims[1] != b->global_cols)
-        PAFT_FATAL("%s: dataset %s is %lld x %lld, expected %lld x %lld", f->path, name,
-                   (long long)dims[0], (long long)dims[1], (long long)b->global_rows,
-                   (long long)b->global_cols);
     H5FloatType stored = h5_dataset_float_type(f, name);
     if (stored == H5_FLOAT32 && type == H5_BFLOAT16)
         PAFT_FATAL("%s: dataset %s is fp32; reading it as bf16 would round by HDF5's rules "
                    "(read fp32 and round with fp32_to_bf16)", f->path, name);
-    hid_t dset = H5Dopen2(f->file, name, H5P_DEFAULT);
-    CHECK_H5(dset);
-    hid_t file_space, mem_space;
-    block_spaces(b, &file_space, &mem_space);
     hid_t mtype = float_type_handle(type);
-    hid_t dxpl = collective_dxpl();
-    herr_t rc;
-    H5E_BEGIN_TRY { rc = H5Dread(dset, mtype, mem_space, file_space, dxpl, data); }
-    H5E_END_TRY;
-    if (rc < 0) PAFT_FATAL("%s: cannot read dataset %s (corrupt or truncated file?)", f->path, name);
-    CHECK_H5(H5Pclose(dxpl));
+    read_block(f, name, b, mtype, data);
     CHECK_H5(H5Tclose(mtype));
-    CHECK_H5(H5Sclose(mem_space));
-    CHECK_H5(H5Sclose(file_space));
-    CHECK_H5(H5Dclose(dset));
 }
 
 typedef struct {
