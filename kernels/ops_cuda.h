@@ -103,6 +103,12 @@ void matmul_backward_cuda(CudaContext *ctx, floatX *dinp, float *dweight, const 
                           const floatX *inp, const floatX *weight, int N, int C, int OC,
                           float alpha);
 
+/* ---- support for the device model (model_support.cu) ---- */
+/* dst = src rounded to bf16 (nearest even), both on the device. */
+void cast_f32_to_bf16_cuda(floatX *dst, const float *src, size_t n);
+/* out[n][o] += bias[o] for out [N][OC] (the projections with a bias). */
+void add_bias_cuda(floatX *out, const floatX *bias, int N, int OC);
+
 /* Host <-> device helpers for tests and loading: fp32 host arrays to bf16 device and back;
  * int32 and double copies; cuda_calloc returns zeroed device memory. */
 floatX *cuda_upload_bf16(const float *host, size_t n);

@@ -505,13 +505,20 @@ void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t see
     source_close(&src);
 }
 
-void model_init_random(Model *m, const ModelConfig *config, const LoraConfig *lora,
-                       uint64_t seed, double std) {
+void model_init_shape(Model *m, const ModelConfig *config, const LoraConfig *lora,
+                      uint64_t seed) {
     memset(m, 0, sizeof *m);
     m->config = *config;
     m->config.json_text = NULL; /* not owned */
     m->lora = *lora;
     model_create(m, seed, MPI_COMM_SELF, config->architecture);
+    snprintf(m->path, sizeof m->path, "random:%s", config->model_type);
+    snprintf(m->fingerprint, sizeof m->fingerprint, "%016llx", (unsigned long long)seed);
+}
+
+void model_init_random(Model *m, const ModelConfig *config, const LoraConfig *lora,
+                       uint64_t seed, double std) {
+    model_init_shape(m, config, lora, seed);
     Rng rng;
     rng_seed(&rng, seed ^ 0x5EEDULL);
     for (size_t i = 0; i < m->n_weights; i++) m->weights_memory[i] = (real)(std * rng_normal(&rng));
@@ -521,8 +528,24 @@ void model_init_random(Model *m, const ModelConfig *config, const LoraConfig *lo
         if (strstr(v->name, "norm"))
             for (int64_t j = 0; j < v->rows; j++) m->weights_memory[v->offset + j] += 1;
     }
-    snprintf(m->path, sizeof m->path, "random:%s", config->model_type);
-    snprintf(m->fingerprint, sizeof m->fingerprint, "%016llx", (unsigned long long)seed);
+}
+
+void model_use_device(Model *m, const char *name, const DeviceOptions *options,
+                      const char *origin) {
+    const DeviceBackend *backend = device_backend_by_name(name, origin);
+    if (!backend) return; /* "cpu" */
+    if (m->device) PAFT_FATAL("%s: the model is already on the %s backend", origin, m->backend->name);
+    if (m->weight_grads_memory)
+        PAFT_FATAL("%s: full-parameter gradients are computed on the CPU backend only", origin);
+    m->device = backend->create(m, options);
+    m->backend = backend;
+    /* the device holds the base weights now; the host views would dangle, so clear them */
+    free(m->weights_memory);
+    m->weights_memory = NULL;
+    LayerWeights *layers = m->weights.layers;
+    memset(layers, 0, (size_t)m->config.num_layers * sizeof *layers);
+    memset(&m->weights, 0, sizeof m->weights);
+    m->weights.layers = layers;
 }
 
 int model_weight_views(const ModelConfig *c, TensorView **views) {
@@ -539,6 +562,9 @@ int model_weight_views(const ModelConfig *c, TensorView **views) {
 
 void model_enable_full_grads(Model *m) {
     if (m->weight_grads_memory) return;
+    if (m->device)
+        PAFT_FATAL("full-parameter gradients are computed on the CPU backend only (the model is on "
+                   "the %s backend)", m->backend->name);
     m->weight_grads_memory = paft_calloc(m->n_weights, sizeof(real));
     m->weight_grads.layers = paft_calloc((size_t)m->config.num_layers, sizeof(LayerWeights));
     Carver bind = {m->weight_grads_memory, 0, NULL, 0, m->tp_rank, m->tp_size};
@@ -578,16 +604,26 @@ void model_alloc_activations(Model *m, int B, int T) {
     free(m->row_max);
     free(m->row_sumexp);
     free(m->row_target);
-    Carver count = {0};
-    layout_activations(m, B, T, &m->acts, &count);
-    m->acts_memory = paft_calloc(count.cursor, sizeof(real));
-    Carver bind = {m->acts_memory, 0, NULL, 0, 0, 1};
-    layout_activations(m, B, T, &m->acts, &bind);
-    Carver scount = {0};
-    layout_scratch(m, B, T, &m->scratch, &scount);
-    m->scratch_memory = paft_calloc(scount.cursor, sizeof(real));
-    Carver sbind = {m->scratch_memory, 0, NULL, 0, 0, 1};
-    layout_scratch(m, B, T, &m->scratch, &sbind);
+    if (m->device) {
+        /* the device keeps the activations; the host only what the losses read */
+        memset(&m->acts, 0, sizeof m->acts);
+        memset(&m->scratch, 0, sizeof m->scratch);
+        m->acts_memory = paft_calloc((size_t)2 * B * T, sizeof(real));
+        m->acts.logp = m->acts_memory;
+        m->acts.lse = m->acts_memory + (size_t)B * T;
+        m->scratch_memory = NULL;
+    } else {
+        Carver count = {0};
+        layout_activations(m, B, T, &m->acts, &count);
+        m->acts_memory = paft_calloc(count.cursor, sizeof(real));
+        Carver bind = {m->acts_memory, 0, NULL, 0, 0, 1};
+        layout_activations(m, B, T, &m->acts, &bind);
+        Carver scount = {0};
+        layout_scratch(m, B, T, &m->scratch, &scount);
+        m->scratch_memory = paft_calloc(scount.cursor, sizeof(real));
+        Carver sbind = {m->scratch_memory, 0, NULL, 0, 0, 1};
+        layout_scratch(m, B, T, &m->scratch, &sbind);
+    }
     m->positions = paft_malloc((size_t)B * T * sizeof(int32_t));
     m->row_max = paft_malloc((size_t)B * T * sizeof(real));
     m->row_sumexp = paft_malloc((size_t)B * T * sizeof(double));
@@ -595,9 +631,11 @@ void model_alloc_activations(Model *m, int B, int T) {
     build_rope_tables(m, T);
     m->max_B = B;
     m->max_T = T;
+    if (m->device) m->backend->alloc_activations(m->device, B, T);
 }
 
 void model_free(Model *m) {
+    if (m->device) m->backend->destroy(m->device);
     free(m->weights_memory);
     free(m->weights.layers);
     free(m->weight_views);
@@ -625,11 +663,13 @@ int64_t model_parameter_count(const Model *m) { return (int64_t)m->n_weights; }
 void model_zero_grads(Model *m) {
     memset(m->lora_grads_memory, 0, m->n_lora * sizeof(real));
     if (m->weight_grads_memory) memset(m->weight_grads_memory, 0, m->n_weights * sizeof(real));
+    if (m->device) m->backend->zero_grads(m->device);
 }
 
 /* ---- forward ---------------------------------------------------------------------------------*/
 
-static int adapted(const Model *m, Proj p) { return m->adapters_enabled && m->lora.targets[p]; }
+int model_adapted(const Model *m, Proj p) { return m->adapters_enabled && m->lora.targets[p]; }
+static int adapted(const Model *m, Proj p) { return model_adapted(m, p); }
 
 /* Sum a buffer over the tensor-parallel group (nothing to do without tensor parallelism). */
 static void tp_sum(Model *m, real *buf, size_t n) {
@@ -637,14 +677,16 @@ static void tp_sum(Model *m, real *buf, size_t n) {
 }
 
 /* This rank's input and output features of a projection. */
-static int local_in(const Model *m, Proj p) {
+int model_local_in(const Model *m, Proj p) {
     int in = proj_in(&m->config, p);
     return proj_is_row_parallel(p) ? in / m->tp_size : in;
 }
-static int local_out(const Model *m, Proj p) {
+int model_local_out(const Model *m, Proj p) {
     int out = proj_out(&m->config, p);
     return proj_is_row_parallel(p) ? out : out / m->tp_size;
 }
+static int local_in(const Model *m, Proj p) { return model_local_in(m, p); }
+static int local_out(const Model *m, Proj p) { return model_local_out(m, p); }
 
 static real *lora_h_of(const Model *m, int l, Proj p, int N) {
     return m->acts.lora_h + ((size_t)l * N_PROJ + p) * (size_t)N * m->lora.r;
@@ -718,6 +760,10 @@ void model_forward(Model *m, const int32_t *tokens, const int32_t *targets, int 
     m->T = T;
     m->tokens = tokens;
     m->targets = targets;
+    if (m->device) {
+        m->backend->forward(m->device, tokens, targets, B, T);
+        return;
+    }
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) m->positions[b * T + t] = t;
 
@@ -792,6 +838,10 @@ static void proj_backward(Model *m, int l, Proj p, real *dinp, const real *dout,
 static void zero(real *p, size_t n) { memset(p, 0, n * sizeof(real)); }
 
 void model_backward(Model *m, const real *dlogp) {
+    if (m->device) {
+        m->backend->backward(m->device, dlogp);
+        return;
+    }
     const ModelConfig *c = &m->config;
     const int B = m->B, T = m->T, N = B * T, d = c->hidden_size, V = m->local_vocab;
     const int Hq = m->local_heads, Hkv = m->local_kv_heads, D = c->head_dim, ff = m->local_ffn;

@@ -30,6 +30,7 @@
 
 #include "io/safetensors.h"
 #include "model/model_config.h"
+#include "model/model_device.h"
 #include "util/common.h"
 
 /* The seven linear projections of a decoder layer, in HF's order. */
@@ -131,7 +132,7 @@ typedef struct {
     real *dlogits; /* [N][V] */
 } GradScratch;
 
-typedef struct {
+typedef struct Model {
     ModelConfig config;
     LoraConfig lora;
     char path[1024];        /* where the base model was loaded from */
@@ -183,6 +184,10 @@ typedef struct {
     double *row_sumexp, *row_target;
     int B, T;           /* shape of the last forward */
     const int32_t *tokens, *targets; /* of the last forward (borrowed) */
+
+    /* a device backend (model_device.h), NULL: the host computes (this file's ops, CPU) */
+    const DeviceBackend *backend;
+    ModelDevice *device;
 } Model;
 
 /* Load a Hugging Face model (directory or .safetensors file next to its config.json) and create
@@ -200,7 +205,19 @@ void model_config_of_path(const char *path, ModelConfig *config);
  * tensor parallelism: what `paft bench` measures. The config's json_text is not kept. */
 void model_init_random(Model *model, const ModelConfig *config, const LoraConfig *lora,
                        uint64_t seed, double std);
-/* Allocate activations for batches of up to B sequences of up to T tokens. */
+/* Hand the model to a device backend: "cpu" (nothing changes), "cuda" or "emulate" (see
+ * model_device.h; `origin` names the setting in errors). From then on model_forward, model_backward
+ * and model_zero_grads run there; the host keeps the LoRA buffers, and its copy of the base
+ * weights is freed. Call after loading (and folding any adapter), before model_alloc_activations.
+ * Full-parameter gradients are a host-only feature: refused with a device. */
+void model_use_device(Model *model, const char *name, const DeviceOptions *options,
+                      const char *origin);
+/* model_init_random without filling the weights: the layout only, for a device backend that makes
+ * its own random weights (DeviceOptions.random_init_std). The host pages are never touched. */
+void model_init_shape(Model *model, const ModelConfig *config, const LoraConfig *lora,
+                      uint64_t seed);
+/* Allocate activations for batches of up to B sequences of up to T tokens (on the device when
+ * the model has one; the host then keeps only logp, lse and the log-softmax statistics). */
 void model_alloc_activations(Model *model, int B, int T);
 /* Allocate full-parameter gradients (base weights), zeroed; model_backward then fills them. */
 void model_enable_full_grads(Model *model);
@@ -221,6 +238,12 @@ void model_fingerprint(const Checkpoint *ckpt, const TensorView *views, int n_vi
  * from the configuration alone without reading a weight (the merge stage and the fingerprint of a
  * base use it). Returns the count; *views is malloc'ed. */
 int model_weight_views(const ModelConfig *config, TensorView **views);
+
+/* This rank's input / output features of a projection (its shard under tensor parallelism), and
+ * whether the projection currently runs with its adapter (targeted and adapters enabled). */
+int model_local_in(const Model *model, Proj p);
+int model_local_out(const Model *model, Proj p);
+int model_adapted(const Model *model, Proj p);
 
 /* Number of base-model parameters (the exact count, tied head counted once). */
 int64_t model_parameter_count(const Model *model);

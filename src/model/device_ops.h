@@ -1,0 +1,312 @@
+/*
+ * device_ops.h - the ops and memory functions model_device.c is written against, mapped onto one
+ * backend at compile time:
+ *
+ *   PAFT_DEVICE_CUDA defined   act_t = bf16 (floatX), stat_t = float; kernels/ops_cuda.h,
+ *                              cudaMalloc/cudaMemcpy, tensor-parallel sums by kernels/device_comm.h
+ *   otherwise ("emulate")      act_t = stat_t = real; the CPU ops of ops/ops.h, malloc/memcpy,
+ *                              tensor-parallel sums by parallel/collectives.h (MPI)
+ *
+ * Every function keeps its op's contract from ops.h (row-major, W[OC][C], backward ops ADD).
+ * Only what differs between the backends lives here; model_device.c holds the sequencing.
+ */
+#ifndef PAFT_DEVICE_OPS_H
+#define PAFT_DEVICE_OPS_H
+
+#include <mpi.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util/common.h"
+
+#ifdef PAFT_DEVICE_CUDA
+/* ================================ CUDA ========================================================*/
+#include "cuda_check.h"
+#include "device_comm.h"
+#include "ops_cuda.h"
+
+#define DEVICE_BACKEND_NAME "cuda"
+typedef floatX act_t;
+typedef float stat_t;
+_Static_assert(sizeof(real) == sizeof(float), "the CUDA backend is built with real = float");
+
+typedef struct {
+    CudaContext *cuda; /* cuBLASLt handle and workspace */
+    DeviceComm *tp;    /* sums over the tensor-parallel group (NCCL, MPI or none) */
+    MPI_Comm tp_comm;
+    int tp_size;
+} DevCtx;
+
+static inline void dev_ctx_init(DevCtx *ctx, MPI_Comm tp_comm, int tp_size, int collectives) {
+    ctx->tp_comm = tp_comm;
+    ctx->tp_size = tp_size;
+    int world_rank = 0, initialized = 0;
+    CHECK_MPI(MPI_Initialized(&initialized));
+    if (initialized) {
+        CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));
+        cuda_select_device(MPI_COMM_WORLD);
+    }
+    (void)world_rank;
+    ctx->cuda = cuda_context_create();
+    ctx->tp = device_comm_create(tp_comm, (DeviceCommKind)collectives);
+}
+static inline void dev_ctx_free(DevCtx *ctx) {
+    device_comm_free(ctx->tp);
+    cuda_context_destroy(ctx->cuda);
+}
+static inline const char *dev_ctx_describe(const DevCtx *ctx) { return device_comm_name(ctx->tp); }
+
+static inline void *dev_alloc(size_t bytes) {
+    void *p = NULL;
+    if (bytes == 0) bytes = 1;
+    cudaError_t rc = cudaMalloc(&p, bytes);
+    if (rc != cudaSuccess)
+        PAFT_FATAL("out of GPU memory: cudaMalloc of %.3f GiB failed (%s); try a smaller "
+                   "micro_batch, model.recompute = true, or more tensor-parallel ranks",
+                   (double)bytes / (1 << 30), cudaGetErrorString(rc));
+    CHECK_CUDA(cudaMemset(p, 0, bytes));
+    return p;
+}
+static inline void dev_free(void *p) {
+    if (p) CHECK_CUDA(cudaFree(p));
+}
+static inline void dev_zero(void *p, size_t bytes) { CHECK_CUDA(cudaMemset(p, 0, bytes)); }
+static inline void dev_upload(void *dst, const void *src, size_t bytes) {
+    CHECK_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+}
+static inline void dev_download(void *dst, const void *src, size_t bytes) {
+    CHECK_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+static inline void dev_synchronize(void) { CHECK_CUDA(cudaDeviceSynchronize()); }
+static inline int dev_device_count(void) { return cuda_device_count(); }
+/* dst (activation type) = src (stat_t), both on the device */
+static inline void dev_cast_to_act(act_t *dst, const stat_t *src, size_t n) {
+    cast_f32_to_bf16_cuda(dst, src, n);
+}
+
+/* dst (activation type, device) = src (host real), converted on the device in chunks so the
+ * staging buffer stays small whatever n is. */
+static inline void dev_upload_as_act(act_t *dst, const real *src, size_t n) {
+    const size_t chunk = (size_t)1 << 24;
+    float *staging = (float *)dev_alloc((n < chunk ? n : chunk) * sizeof(float));
+    for (size_t i = 0; i < n; i += chunk) {
+        size_t c = n - i < chunk ? n - i : chunk;
+        dev_upload(staging, src + i, c * sizeof(float));
+        cast_f32_to_bf16_cuda(dst + i, staging, c);
+    }
+    dev_free(staging); /* cudaFree waits for the casts */
+}
+/* p[i] = mean + std * N(0, 1), generated on the device (`paft bench`: no host copy) */
+static inline void dev_fill_normal(act_t *p, size_t n, uint64_t seed, float mean, float std) {
+    fill_normal_cuda(p, n, (unsigned long long)seed, mean, std);
+}
+
+static inline void dev_allreduce_sum_act(DevCtx *ctx, act_t *buf, size_t n) {
+    if (ctx->tp_size > 1) device_allreduce_sum_bf16(ctx->tp, buf, n);
+}
+
+static inline void dev_embedding_forward(act_t *out, const int32_t *tokens, const act_t *table,
+                                         int N, int C, int vocab_start, int vocab_rows) {
+    embedding_forward_cuda(out, tokens, table, N, C, vocab_start, vocab_rows);
+}
+static inline void dev_rmsnorm_forward(act_t *out, stat_t *rstd, const act_t *inp,
+                                       const act_t *weight, int N, int C, float eps) {
+    rmsnorm_forward_cuda(out, rstd, inp, weight, N, C, eps);
+}
+static inline void dev_rmsnorm_backward(act_t *dinp, const act_t *dout, const act_t *inp,
+                                        const act_t *weight, const stat_t *rstd, int N, int C) {
+    rmsnorm_backward_cuda(dinp, NULL, dout, inp, weight, rstd, N, C);
+}
+static inline void dev_matmul_forward(DevCtx *ctx, act_t *out, const act_t *inp,
+                                      const act_t *weight, int N, int C, int OC, float alpha,
+                                      int accumulate) {
+    matmul_forward_cuda(ctx->cuda, out, inp, weight, N, C, OC, alpha, accumulate);
+}
+static inline void dev_matmul_backward(DevCtx *ctx, act_t *dinp, stat_t *dweight,
+                                       const act_t *dout, const act_t *inp, const act_t *weight,
+                                       int N, int C, int OC, float alpha) {
+    matmul_backward_cuda(ctx->cuda, dinp, dweight, dout, inp, weight, N, C, OC, alpha);
+}
+static inline void dev_add_bias(act_t *out, const act_t *bias, int N, int OC) {
+    add_bias_cuda(out, bias, N, OC);
+}
+static inline void dev_rope_forward(act_t *x, const stat_t *cos_t, const stat_t *sin_t,
+                                    const int32_t *positions, int N, int H, int D) {
+    rope_forward_cuda(x, cos_t, sin_t, positions, N, H, D);
+}
+static inline void dev_rope_backward(act_t *dx, const stat_t *cos_t, const stat_t *sin_t,
+                                     const int32_t *positions, int N, int H, int D) {
+    rope_backward_cuda(dx, cos_t, sin_t, positions, N, H, D);
+}
+/* Attention keeps a per-layer state for its backward: here the probabilities [B][Hq][T][T]
+ * (fp32) of the first, unfused kernels. */
+static inline size_t dev_attention_state_count(int B, int T, int Hq) {
+    return (size_t)B * Hq * T * T;
+}
+static inline void dev_attention_forward(DevCtx *ctx, act_t *out, stat_t *state, const act_t *q,
+                                         const act_t *k, const act_t *v, int B, int T, int Hq,
+                                         int Hkv, int D) {
+    attention_forward_cuda(out, state, q, k, v, B, T, Hq, Hkv, D);
+}
+static inline void dev_attention_backward(DevCtx *ctx, act_t *dq, act_t *dk, act_t *dv,
+                                          const act_t *dout, const act_t *out,
+                                          const stat_t *state, const act_t *q, const act_t *k,
+                                          const act_t *v, int B, int T, int Hq, int Hkv, int D) {
+    attention_backward_cuda(dq, dk, dv, dout, state, q, k, v, B, T, Hq, Hkv, D);
+}
+static inline void dev_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n) {
+    swiglu_forward_cuda(out, gate, up, n);
+}
+static inline void dev_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout,
+                                       const act_t *gate, const act_t *up, size_t n) {
+    swiglu_backward_cuda(dgate, dup, dout, gate, up, n);
+}
+static inline void dev_residual_forward(act_t *out, const act_t *a, const act_t *b, size_t n) {
+    residual_forward_cuda(out, a, b, n);
+}
+static inline void dev_logits_row_max(stat_t *row_max, const act_t *logits, int N, int V) {
+    logits_row_max_cuda(row_max, logits, N, V);
+}
+static inline void dev_logits_row_sumexp(double *sumexp, const act_t *logits,
+                                         const stat_t *row_max, int N, int V) {
+    logits_row_sumexp_cuda(sumexp, logits, row_max, N, V);
+}
+static inline void dev_logits_target(double *target_logit, const act_t *logits,
+                                     const int32_t *targets, int vocab_start, int N, int V) {
+    logits_target_cuda(target_logit, logits, targets, vocab_start, N, V);
+}
+static inline void dev_logprob_backward_shard(act_t *dlogits, const stat_t *dlogp,
+                                              const act_t *logits, const stat_t *lse,
+                                              const int32_t *targets, int vocab_start, int N,
+                                              int V) {
+    logprob_backward_shard_cuda(dlogits, dlogp, logits, lse, targets, vocab_start, N, V);
+}
+
+#else
+/* ================================ emulate (host memory, CPU ops) ==============================*/
+#include "ops/ops.h"
+#include "parallel/collectives.h"
+#include "util/rng.h"
+
+#define DEVICE_BACKEND_NAME "emulate"
+typedef real act_t;
+typedef real stat_t;
+
+typedef struct {
+    MPI_Comm tp_comm;
+    int tp_size;
+} DevCtx;
+
+static inline void dev_ctx_init(DevCtx *ctx, MPI_Comm tp_comm, int tp_size, int collectives) {
+    (void)collectives; /* the emulation always sums through MPI on the host */
+    ctx->tp_comm = tp_comm;
+    ctx->tp_size = tp_size;
+}
+static inline void dev_ctx_free(DevCtx *ctx) { (void)ctx; }
+static inline const char *dev_ctx_describe(const DevCtx *ctx) { return "mpi"; }
+
+static inline void *dev_alloc(size_t bytes) { return paft_calloc(bytes ? bytes : 1, 1); }
+static inline void dev_free(void *p) { free(p); }
+static inline void dev_zero(void *p, size_t bytes) { memset(p, 0, bytes); }
+static inline void dev_upload(void *dst, const void *src, size_t bytes) { memcpy(dst, src, bytes); }
+static inline void dev_download(void *dst, const void *src, size_t bytes) {
+    memcpy(dst, src, bytes);
+}
+static inline void dev_synchronize(void) {}
+static inline int dev_device_count(void) { return 1; }
+static inline void dev_cast_to_act(act_t *dst, const stat_t *src, size_t n) {
+    memcpy(dst, src, n * sizeof(act_t));
+}
+
+static inline void dev_upload_as_act(act_t *dst, const real *src, size_t n) {
+    memcpy(dst, src, n * sizeof(act_t));
+}
+static inline void dev_fill_normal(act_t *p, size_t n, uint64_t seed, float mean, float std) {
+    Rng rng;
+    rng_seed(&rng, seed);
+    for (size_t i = 0; i < n; i++) p[i] = (act_t)(mean + std * rng_normal(&rng));
+}
+
+static inline void dev_allreduce_sum_act(DevCtx *ctx, act_t *buf, size_t n) {
+    if (ctx->tp_size > 1) allreduce_sum_real(buf, n, ctx->tp_comm);
+}
+
+static inline void dev_embedding_forward(act_t *out, const int32_t *tokens, const act_t *table,
+                                         int N, int C, int vocab_start, int vocab_rows) {
+    embedding_forward(out, tokens, table, N, C, vocab_start, vocab_rows);
+}
+static inline void dev_rmsnorm_forward(act_t *out, stat_t *rstd, const act_t *inp,
+                                       const act_t *weight, int N, int C, float eps) {
+    rmsnorm_forward(out, rstd, inp, weight, N, C, eps);
+}
+static inline void dev_rmsnorm_backward(act_t *dinp, const act_t *dout, const act_t *inp,
+                                        const act_t *weight, const stat_t *rstd, int N, int C) {
+    rmsnorm_backward(dinp, NULL, dout, inp, weight, rstd, N, C);
+}
+static inline void dev_matmul_forward(DevCtx *ctx, act_t *out, const act_t *inp,
+                                      const act_t *weight, int N, int C, int OC, float alpha,
+                                      int accumulate) {
+    matmul_forward(out, inp, weight, NULL, N, C, OC, (real)alpha, accumulate);
+}
+static inline void dev_matmul_backward(DevCtx *ctx, act_t *dinp, stat_t *dweight,
+                                       const act_t *dout, const act_t *inp, const act_t *weight,
+                                       int N, int C, int OC, float alpha) {
+    matmul_backward(dinp, dweight, NULL, dout, inp, weight, N, C, OC, (real)alpha);
+}
+static inline void dev_add_bias(act_t *out, const act_t *bias, int N, int OC) {
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < OC; o++) out[(size_t)n * OC + o] += bias[o];
+}
+static inline void dev_rope_forward(act_t *x, const stat_t *cos_t, const stat_t *sin_t,
+                                    const int32_t *positions, int N, int H, int D) {
+    rope_forward(x, cos_t, sin_t, positions, N, H, D);
+}
+static inline void dev_rope_backward(act_t *dx, const stat_t *cos_t, const stat_t *sin_t,
+                                     const int32_t *positions, int N, int H, int D) {
+    rope_backward(dx, cos_t, sin_t, positions, N, H, D);
+}
+static inline size_t dev_attention_state_count(int B, int T, int Hq) {
+    return (size_t)B * Hq * T * T; /* the CPU op's probabilities */
+}
+static inline void dev_attention_forward(DevCtx *ctx, act_t *out, stat_t *state, const act_t *q,
+                                         const act_t *k, const act_t *v, int B, int T, int Hq,
+                                         int Hkv, int D) {
+    attention_forward(out, state, q, k, v, B, T, Hq, Hkv, D);
+}
+static inline void dev_attention_backward(DevCtx *ctx, act_t *dq, act_t *dk, act_t *dv,
+                                          const act_t *dout, const act_t *out,
+                                          const stat_t *state, const act_t *q, const act_t *k,
+                                          const act_t *v, int B, int T, int Hq, int Hkv, int D) {
+    attention_backward(dq, dk, dv, dout, state, q, k, v, B, T, Hq, Hkv, D);
+}
+static inline void dev_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n) {
+    swiglu_forward(out, gate, up, n);
+}
+static inline void dev_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout,
+                                       const act_t *gate, const act_t *up, size_t n) {
+    swiglu_backward(dgate, dup, dout, gate, up, n);
+}
+static inline void dev_residual_forward(act_t *out, const act_t *a, const act_t *b, size_t n) {
+    residual_forward(out, a, b, n);
+}
+static inline void dev_logits_row_max(stat_t *row_max, const act_t *logits, int N, int V) {
+    logits_row_max(row_max, logits, N, V);
+}
+static inline void dev_logits_row_sumexp(double *sumexp, const act_t *logits,
+                                         const stat_t *row_max, int N, int V) {
+    logits_row_sumexp(sumexp, logits, row_max, N, V);
+}
+static inline void dev_logits_target(double *target_logit, const act_t *logits,
+                                     const int32_t *targets, int vocab_start, int N, int V) {
+    logits_target(target_logit, logits, targets, vocab_start, N, V);
+}
+static inline void dev_logprob_backward_shard(act_t *dlogits, const stat_t *dlogp,
+                                              const act_t *logits, const stat_t *lse,
+                                              const int32_t *targets, int vocab_start, int N,
+                                              int V) {
+    logprob_backward_shard(dlogits, dlogp, logits, lse, targets, vocab_start, N, V);
+}
+#endif
+
+#endif /* PAFT_DEVICE_OPS_H */

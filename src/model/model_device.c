@@ -1,0 +1,480 @@
+/*
+ * model_device.c - the model on a device (model_device.h): model.c's forward and backward over
+ * the ops of device_ops.h. Compiled twice from this one file: into the core library as the
+ * "emulate" backend (CPU ops, host memory) and, with PAFT_DEVICE_CUDA, into the CUDA library as
+ * the "cuda" backend. Read model.c first: the sequencing here is the same, step for step; what is
+ * new is the memory plan (one arena of device memory, per-layer activation slots, recomputation)
+ * and the copies between host and device.
+ */
+#include "model/model_device.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "model/device_ops.h"
+#include "model/model.h"
+#include "parallel/collectives.h"
+
+#ifdef PAFT_DEVICE_CUDA
+#define THIS_BACKEND device_backend_cuda
+#else
+#define THIS_BACKEND device_backend_emulate
+#endif
+
+/* ---- views into device memory ---------------------------------------------------------------*/
+
+typedef struct {
+    act_t *attn_norm, *w[N_PROJ], *b[N_PROJ], *mlp_norm;
+} DevLayerWeights;
+
+typedef struct {
+    act_t *A[N_PROJ], *B[N_PROJ]; /* the LoRA factors in the activation type (GEMM inputs) */
+    stat_t *dA[N_PROJ], *dB[N_PROJ]; /* their fp32 gradient accumulators */
+} DevLayerLora;
+
+/* What the backward of one layer needs from its forward. Without recomputation there is one slot
+ * per layer; with it, a single slot that the backward refills layer by layer. */
+typedef struct {
+    act_t *ln1, *q, *k, *v, *att, *x_mid, *ln2, *gate, *up, *act;
+    act_t *lora_h;      /* [N_PROJ][N][r]: inp A^T of each adapted projection */
+    stat_t *ln1_rstd, *ln2_rstd; /* [N] */
+    stat_t *attn_state; /* what the attention backward needs (device_ops.h) */
+} LayerActs;
+
+struct ModelDevice {
+    Model *m; /* the host model: configuration, shard sizes, LoRA buffers, tensor parallelism */
+    DeviceOptions opt;
+    DevCtx ctx;
+
+    /* parameters: the base weights in the host's layout, the LoRA copies and gradients */
+    void *param_memory;
+    act_t *weights;
+    DevLayerWeights *layers; /* [L] */
+    act_t *embed, *final_norm, *lm_head;
+    stat_t *lora_master; /* the host's LoRA values, copied before each forward */
+    act_t *lora_act;     /* the same in the activation type */
+    stat_t *lora_grads;  /* fp32 accumulator, same layout as the host's */
+    DevLayerLora *lora;  /* [L] */
+    size_t param_bytes;
+
+    /* activations and backward scratch for up to max_B x max_T tokens, one arena */
+    void *act_memory;
+    size_t act_bytes;
+    int max_B, max_T, n_slots;
+    act_t *x; /* [L+1][N][d] the residual stream: every layer's input is kept */
+    LayerActs *slots;
+    act_t *lnf, *logits;
+    stat_t *lnf_rstd, *lse, *dlogp, *row_max, *rope_cos, *rope_sin;
+    double *row_sumexp, *row_target;
+    int32_t *tokens, *targets, *positions;
+    act_t *dx, *dln, *dq, *dk, *dv, *datt, *dgate, *dup, *dact, *dlora_h, *dlogits;
+    act_t *x_sink; /* where a recomputed layer writes its (unneeded) output */
+    int B, T;      /* shape of the last forward */
+};
+
+/* A bump allocator run twice, as model.c's Carver: once with base == NULL to count the bytes,
+ * once to hand out pointers into the one allocation. 256-byte alignment suits every kernel. */
+typedef struct {
+    char *base;
+    size_t cursor;
+} Arena;
+
+static void *arena_take(Arena *a, size_t count, size_t size) {
+    size_t offset = (a->cursor + 255) & ~(size_t)255;
+    a->cursor = offset + count * size;
+    return a->base ? a->base + offset : NULL;
+}
+
+/* The device pointer of a host tensor: same offset in the device copy of its flat buffer. */
+static act_t *weight_on_device(const ModelDevice *d, const real *host) {
+    return host ? d->weights + (host - d->m->weights_memory) : NULL;
+}
+
+/* ---- create / destroy -----------------------------------------------------------------------*/
+
+static void bind_parameters(ModelDevice *d, Arena *a) {
+    Model *m = d->m;
+    d->weights = arena_take(a, m->n_weights, sizeof(act_t));
+    d->lora_master = arena_take(a, m->n_lora, sizeof(stat_t));
+    d->lora_act = arena_take(a, m->n_lora, sizeof(act_t));
+    d->lora_grads = arena_take(a, m->n_lora, sizeof(stat_t));
+    if (!a->base) return;
+    d->embed = weight_on_device(d, m->weights.embed);
+    d->final_norm = weight_on_device(d, m->weights.final_norm);
+    d->lm_head = weight_on_device(d, m->weights.lm_head);
+    for (int l = 0; l < m->config.num_layers; l++) {
+        const LayerWeights *hw = &m->weights.layers[l];
+        DevLayerWeights *dw = &d->layers[l];
+        dw->attn_norm = weight_on_device(d, hw->attn_norm);
+        dw->mlp_norm = weight_on_device(d, hw->mlp_norm);
+        for (int p = 0; p < N_PROJ; p++) {
+            dw->w[p] = weight_on_device(d, hw->w[p]);
+            dw->b[p] = weight_on_device(d, hw->b[p]);
+            const real *A = m->lora_params[l].A[p], *B = m->lora_params[l].B[p];
+            if (!A) continue;
+            DevLayerLora *dl = &d->lora[l];
+            dl->A[p] = d->lora_act + (A - m->lora_memory);
+            dl->B[p] = d->lora_act + (B - m->lora_memory);
+            dl->dA[p] = d->lora_grads + (m->lora_grads[l].A[p] - m->lora_grads_memory);
+            dl->dB[p] = d->lora_grads + (m->lora_grads[l].B[p] - m->lora_grads_memory);
+        }
+    }
+}
+
+/* Random base weights made on the device (`paft bench`): each tensor N(0, std^2), norms 1 + that,
+ * as model_init_random does on the host. */
+static void fill_random_weights(ModelDevice *d, double std) {
+    const Model *m = d->m;
+    for (int i = 0; i < m->n_weight_views; i++) {
+        const TensorView *v = &m->weight_views[i];
+        float mean = strstr(v->name, "norm") ? 1.0f : 0.0f;
+        dev_fill_normal(d->weights + v->offset, (size_t)(v->rows * v->cols), 0x5EEDULL + (uint64_t)i,
+                        mean, (float)std);
+    }
+}
+
+static ModelDevice *device_create(Model *m, const DeviceOptions *opt) {
+    if (!m->weights_memory)
+        PAFT_FATAL("the model's weights are already on a device (model_use_device twice)");
+    ModelDevice *d = paft_calloc(1, sizeof *d);
+    d->m = m;
+    d->opt = *opt;
+    dev_ctx_init(&d->ctx, m->tp_comm, m->tp_size, opt->collectives);
+    d->layers = paft_calloc((size_t)m->config.num_layers, sizeof *d->layers);
+    d->lora = paft_calloc((size_t)m->config.num_layers, sizeof *d->lora);
+    Arena count = {0};
+    bind_parameters(d, &count);
+    d->param_bytes = count.cursor;
+    d->param_memory = dev_alloc(d->param_bytes);
+    Arena bind = {d->param_memory, 0};
+    bind_parameters(d, &bind);
+    if (opt->random_init_std > 0)
+        fill_random_weights(d, opt->random_init_std);
+    else
+        dev_upload_as_act(d->weights, m->weights_memory, m->n_weights);
+    dev_synchronize();
+    return d;
+}
+
+static void device_free_activations(ModelDevice *d) {
+    dev_free(d->act_memory);
+    free(d->slots);
+    d->act_memory = NULL;
+    d->slots = NULL;
+    d->act_bytes = 0;
+}
+
+static void device_destroy(ModelDevice *d) {
+    if (!d) return;
+    device_free_activations(d);
+    dev_free(d->param_memory);
+    free(d->layers);
+    free(d->lora);
+    dev_ctx_free(&d->ctx);
+    free(d);
+}
+
+/* ---- activations ----------------------------------------------------------------------------*/
+
+static void bind_activations(ModelDevice *d, int B, int T, Arena *a) {
+    const Model *m = d->m;
+    const ModelConfig *c = &m->config;
+    const size_t N = (size_t)B * T, d_model = (size_t)c->hidden_size;
+    const size_t nq = N * m->local_heads * c->head_dim, nkv = N * m->local_kv_heads * c->head_dim;
+    const size_t nff = N * m->local_ffn, V = (size_t)m->local_vocab, r = (size_t)m->lora.r;
+    d->x = arena_take(a, (size_t)(c->num_layers + 1) * N * d_model, sizeof(act_t));
+    for (int s = 0; s < d->n_slots; s++) {
+        LayerActs la;
+        la.ln1 = arena_take(a, N * d_model, sizeof(act_t));
+        la.ln1_rstd = arena_take(a, N, sizeof(stat_t));
+        la.q = arena_take(a, nq, sizeof(act_t));
+        la.k = arena_take(a, nkv, sizeof(act_t));
+        la.v = arena_take(a, nkv, sizeof(act_t));
+        la.attn_state = arena_take(a, dev_attention_state_count(B, T, m->local_heads), sizeof(stat_t));
+        la.att = arena_take(a, nq, sizeof(act_t));
+        la.x_mid = arena_take(a, N * d_model, sizeof(act_t));
+        la.ln2 = arena_take(a, N * d_model, sizeof(act_t));
+        la.ln2_rstd = arena_take(a, N, sizeof(stat_t));
+        la.gate = arena_take(a, nff, sizeof(act_t));
+        la.up = arena_take(a, nff, sizeof(act_t));
+        la.act = arena_take(a, nff, sizeof(act_t));
+        la.lora_h = arena_take(a, (size_t)N_PROJ * N * r, sizeof(act_t));
+        if (a->base) d->slots[s] = la;
+    }
+    d->lnf = arena_take(a, N * d_model, sizeof(act_t));
+    d->lnf_rstd = arena_take(a, N, sizeof(stat_t));
+    d->logits = arena_take(a, N * V, sizeof(act_t));
+    d->lse = arena_take(a, N, sizeof(stat_t));
+    d->dlogp = arena_take(a, N, sizeof(stat_t));
+    d->row_max = arena_take(a, N, sizeof(stat_t));
+    d->row_sumexp = arena_take(a, N, sizeof(double));
+    d->row_target = arena_take(a, N, sizeof(double));
+    d->tokens = arena_take(a, N, sizeof(int32_t));
+    d->targets = arena_take(a, N, sizeof(int32_t));
+    d->positions = arena_take(a, N, sizeof(int32_t));
+    d->rope_cos = arena_take(a, (size_t)T * (c->head_dim / 2), sizeof(stat_t));
+    d->rope_sin = arena_take(a, (size_t)T * (c->head_dim / 2), sizeof(stat_t));
+    /* backward scratch, reused layer after layer */
+    d->dx = arena_take(a, N * d_model, sizeof(act_t));
+    d->dln = arena_take(a, N * d_model, sizeof(act_t));
+    d->x_sink = arena_take(a, N * d_model, sizeof(act_t));
+    d->dq = arena_take(a, nq, sizeof(act_t));
+    d->datt = arena_take(a, nq, sizeof(act_t));
+    d->dk = arena_take(a, nkv, sizeof(act_t));
+    d->dv = arena_take(a, nkv, sizeof(act_t));
+    d->dgate = arena_take(a, nff, sizeof(act_t));
+    d->dup = arena_take(a, nff, sizeof(act_t));
+    d->dact = arena_take(a, nff, sizeof(act_t));
+    d->dlora_h = arena_take(a, N * r, sizeof(act_t));
+    d->dlogits = arena_take(a, N * V, sizeof(act_t));
+}
+
+static void device_alloc_activations(ModelDevice *d, int B, int T) {
+    device_free_activations(d);
+    d->n_slots = d->opt.recompute ? 1 : d->m->config.num_layers;
+    d->slots = paft_calloc((size_t)d->n_slots, sizeof *d->slots);
+    Arena count = {0};
+    bind_activations(d, B, T, &count);
+    d->act_bytes = count.cursor;
+    d->act_memory = dev_alloc(d->act_bytes);
+    Arena bind = {d->act_memory, 0};
+    bind_activations(d, B, T, &bind);
+    d->max_B = B;
+    d->max_T = T;
+    /* the host built the RoPE tables for T positions (model_alloc_activations) */
+    const size_t half = (size_t)d->m->config.head_dim / 2;
+    dev_upload(d->rope_cos, d->m->rope_cos, (size_t)T * half * sizeof(stat_t));
+    dev_upload(d->rope_sin, d->m->rope_sin, (size_t)T * half * sizeof(stat_t));
+}
+
+static size_t device_memory_bytes(const ModelDevice *d) { return d->param_bytes + d->act_bytes; }
+
+static void device_synchronize(ModelDevice *d) { dev_synchronize(); }
+
+static int device_count(void) { return dev_device_count(); }
+
+/* ---- forward ---------------------------------------------------------------------------------*/
+
+static LayerActs *slot_of(ModelDevice *d, int l) { return &d->slots[d->opt.recompute ? 0 : l]; }
+
+static act_t *lora_h_of(const ModelDevice *d, const LayerActs *la, Proj p, int N) {
+    return la->lora_h + (size_t)p * N * d->m->lora.r;
+}
+
+/* out = inp W^T + b + s (inp A^T) B^T: model.c's proj_forward, with the same tensor-parallel
+ * reductions (row-parallel: the N x r product and the output summed over the group). */
+static void proj_forward(ModelDevice *d, int l, Proj p, act_t *out, const act_t *inp, act_t *h,
+                         int N) {
+    const Model *m = d->m;
+    const int in = model_local_in(m, p), out_f = model_local_out(m, p), r = m->lora.r;
+    const DevLayerWeights *w = &d->layers[l];
+    const DevLayerLora *lo = &d->lora[l];
+    const float s = (float)m->lora.scale;
+    const int lora = model_adapted(m, p);
+    dev_matmul_forward(&d->ctx, out, inp, w->w[p], N, in, out_f, 1.0f, 0);
+    if (lora) dev_matmul_forward(&d->ctx, h, inp, lo->A[p], N, in, r, 1.0f, 0);
+    if (proj_is_row_parallel(p)) {
+        if (lora) dev_allreduce_sum_act(&d->ctx, h, (size_t)N * r);
+        dev_allreduce_sum_act(&d->ctx, out, (size_t)N * out_f);
+    }
+    if (w->b[p]) dev_add_bias(out, w->b[p], N, out_f);
+    if (lora) dev_matmul_forward(&d->ctx, out, h, lo->B[p], N, r, out_f, s, 1);
+}
+
+/* One decoder layer, x_in -> x_out, saving what its backward needs in la. */
+static void layer_forward(ModelDevice *d, int l, LayerActs *la, const act_t *x_in, act_t *x_out) {
+    const Model *m = d->m;
+    const ModelConfig *c = &m->config;
+    const int B = d->B, T = d->T, N = B * T, dm = c->hidden_size, D = c->head_dim;
+    const int Hq = m->local_heads, Hkv = m->local_kv_heads;
+    const size_t nd = (size_t)N * dm, nff = (size_t)N * m->local_ffn;
+    const float eps = (float)c->rms_norm_eps;
+    const DevLayerWeights *w = &d->layers[l];
+
+    /* attention block: x_mid = x + o_proj(attention(rope(q), rope(k), v)) on this rank's heads */
+    dev_rmsnorm_forward(la->ln1, la->ln1_rstd, x_in, w->attn_norm, N, dm, eps);
+    proj_forward(d, l, PROJ_Q, la->q, la->ln1, lora_h_of(d, la, PROJ_Q, N), N);
+    proj_forward(d, l, PROJ_K, la->k, la->ln1, lora_h_of(d, la, PROJ_K, N), N);
+    proj_forward(d, l, PROJ_V, la->v, la->ln1, lora_h_of(d, la, PROJ_V, N), N);
+    dev_rope_forward(la->q, d->rope_cos, d->rope_sin, d->positions, N, Hq, D);
+    dev_rope_forward(la->k, d->rope_cos, d->rope_sin, d->positions, N, Hkv, D);
+    dev_attention_forward(&d->ctx, la->att, la->attn_state, la->q, la->k, la->v, B, T, Hq, Hkv, D);
+    proj_forward(d, l, PROJ_O, la->x_mid, la->att, lora_h_of(d, la, PROJ_O, N), N);
+    dev_residual_forward(la->x_mid, la->x_mid, x_in, nd);
+
+    /* MLP block: x_out = x_mid + down_proj(silu(gate_proj(h)) * up_proj(h)) on this rank's ffn */
+    dev_rmsnorm_forward(la->ln2, la->ln2_rstd, la->x_mid, w->mlp_norm, N, dm, eps);
+    proj_forward(d, l, PROJ_GATE, la->gate, la->ln2, lora_h_of(d, la, PROJ_GATE, N), N);
+    proj_forward(d, l, PROJ_UP, la->up, la->ln2, lora_h_of(d, la, PROJ_UP, N), N);
+    dev_swiglu_forward(la->act, la->gate, la->up, nff);
+    proj_forward(d, l, PROJ_DOWN, x_out, la->act, lora_h_of(d, la, PROJ_DOWN, N), N);
+    dev_residual_forward(x_out, x_out, la->x_mid, nd);
+}
+
+/* logp = target logit - logsumexp over the whole vocabulary from this rank's shard: the three
+ * [N] statistics come to the host, are reduced over the tensor-parallel group there (as model.c
+ * does) and lse goes back for the backward. */
+static void device_logprob(ModelDevice *d, const int32_t *host_targets, int N) {
+    Model *m = d->m;
+    const int V = m->local_vocab;
+    dev_logits_row_max(d->row_max, d->logits, N, V);
+    if (m->tp_size > 1) {
+        dev_download(m->row_max, d->row_max, (size_t)N * sizeof(stat_t));
+        allreduce_max_real(m->row_max, (size_t)N, m->tp_comm);
+        dev_upload(d->row_max, m->row_max, (size_t)N * sizeof(stat_t));
+    }
+    dev_logits_row_sumexp(d->row_sumexp, d->logits, d->row_max, N, V);
+    dev_logits_target(d->row_target, d->logits, d->targets, m->vocab_start, N, V);
+    if (m->tp_size == 1) dev_download(m->row_max, d->row_max, (size_t)N * sizeof(stat_t));
+    dev_download(m->row_sumexp, d->row_sumexp, (size_t)N * sizeof(double));
+    dev_download(m->row_target, d->row_target, (size_t)N * sizeof(double));
+    if (m->tp_size > 1) {
+        allreduce_sum_double(m->row_sumexp, (size_t)N, m->tp_comm);
+        allreduce_sum_double(m->row_target, (size_t)N, m->tp_comm);
+    }
+    Activations *a = &m->acts;
+    for (int n = 0; n < N; n++) {
+        double lse = (double)m->row_max[n] + log(m->row_sumexp[n]);
+        a->lse[n] = (real)lse;
+        a->logp[n] = host_targets[n] >= 0 ? (real)(m->row_target[n] - lse) : 0;
+    }
+    dev_upload(d->lse, a->lse, (size_t)N * sizeof(stat_t));
+}
+
+static void device_forward(ModelDevice *d, const int32_t *tokens, const int32_t *targets, int B,
+                           int T) {
+    Model *m = d->m;
+    const ModelConfig *c = &m->config;
+    if (B > d->max_B || T > d->max_T)
+        PAFT_FATAL("batch %d x %d exceeds the device activations allocated for %d x %d", B, T,
+                   d->max_B, d->max_T);
+    const int N = B * T;
+    const size_t nd = (size_t)N * c->hidden_size;
+    d->B = B;
+    d->T = T;
+    dev_upload(d->tokens, tokens, (size_t)N * sizeof(int32_t));
+    dev_upload(d->targets, targets, (size_t)N * sizeof(int32_t));
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) m->positions[b * T + t] = t;
+    dev_upload(d->positions, m->positions, (size_t)N * sizeof(int32_t));
+    if (m->adapters_enabled) { /* the host's current LoRA values (AdamW runs there) */
+        dev_upload(d->lora_master, m->lora_memory, m->n_lora * sizeof(stat_t));
+        dev_cast_to_act(d->lora_act, d->lora_master, m->n_lora);
+    }
+
+    dev_embedding_forward(d->x, d->tokens, d->embed, N, c->hidden_size, m->vocab_start,
+                          m->local_vocab);
+    dev_allreduce_sum_act(&d->ctx, d->x, nd);
+    for (int l = 0; l < c->num_layers; l++)
+        layer_forward(d, l, slot_of(d, l), d->x + l * nd, d->x + (l + 1) * nd);
+    dev_rmsnorm_forward(d->lnf, d->lnf_rstd, d->x + (size_t)c->num_layers * nd, d->final_norm, N,
+                        c->hidden_size, (float)c->rms_norm_eps);
+    dev_matmul_forward(&d->ctx, d->logits, d->lnf, d->lm_head, N, c->hidden_size, m->local_vocab,
+                       1.0f, 0);
+    device_logprob(d, targets, N);
+}
+
+/* ---- backward --------------------------------------------------------------------------------*/
+
+/* model.c's proj_backward: dinp += d/d inp (partial under column parallelism: the caller sums it
+ * once per block), and the LoRA gradients into the fp32 accumulator. */
+static void proj_backward(ModelDevice *d, int l, Proj p, act_t *dinp, const act_t *dout,
+                          const act_t *inp, const act_t *h, int N) {
+    const Model *m = d->m;
+    const int in = model_local_in(m, p), out_f = model_local_out(m, p), r = m->lora.r;
+    const DevLayerLora *lo = &d->lora[l];
+    dev_matmul_backward(&d->ctx, dinp, NULL, dout, inp, d->layers[l].w[p], N, in, out_f, 1.0f);
+    if (!model_adapted(m, p)) return;
+    dev_zero(d->dlora_h, (size_t)N * r * sizeof(act_t));
+    dev_matmul_backward(&d->ctx, d->dlora_h, lo->dB[p], dout, h, lo->B[p], N, r, out_f,
+                        (float)m->lora.scale);
+    dev_matmul_backward(&d->ctx, dinp, lo->dA[p], d->dlora_h, inp, lo->A[p], N, in, r, 1.0f);
+}
+
+/* d->dx holds d loss / d x_{l+1} on entry, d loss / d x_l on exit. */
+static void layer_backward(ModelDevice *d, int l, const LayerActs *la, const act_t *x_in) {
+    const Model *m = d->m;
+    const ModelConfig *c = &m->config;
+    const int B = d->B, T = d->T, N = B * T, dm = c->hidden_size, D = c->head_dim;
+    const int Hq = m->local_heads, Hkv = m->local_kv_heads;
+    const size_t nd = (size_t)N * dm, nq = (size_t)N * Hq * D, nkv = (size_t)N * Hkv * D;
+    const size_t nff = (size_t)N * m->local_ffn;
+    const DevLayerWeights *w = &d->layers[l];
+
+    /* MLP block; the residual passes dx through unchanged to x_mid */
+    dev_zero(d->dact, nff * sizeof(act_t));
+    proj_backward(d, l, PROJ_DOWN, d->dact, d->dx, la->act, lora_h_of(d, la, PROJ_DOWN, N), N);
+    dev_zero(d->dgate, nff * sizeof(act_t));
+    dev_zero(d->dup, nff * sizeof(act_t));
+    dev_swiglu_backward(d->dgate, d->dup, d->dact, la->gate, la->up, nff);
+    dev_zero(d->dln, nd * sizeof(act_t));
+    proj_backward(d, l, PROJ_GATE, d->dln, d->dgate, la->ln2, lora_h_of(d, la, PROJ_GATE, N), N);
+    proj_backward(d, l, PROJ_UP, d->dln, d->dup, la->ln2, lora_h_of(d, la, PROJ_UP, N), N);
+    dev_allreduce_sum_act(&d->ctx, d->dln, nd);
+    dev_rmsnorm_backward(d->dx, d->dln, la->x_mid, w->mlp_norm, la->ln2_rstd, N, dm);
+
+    /* attention block; the residual passes dx through to x */
+    dev_zero(d->datt, nq * sizeof(act_t));
+    proj_backward(d, l, PROJ_O, d->datt, d->dx, la->att, lora_h_of(d, la, PROJ_O, N), N);
+    dev_zero(d->dq, nq * sizeof(act_t));
+    dev_zero(d->dk, nkv * sizeof(act_t));
+    dev_zero(d->dv, nkv * sizeof(act_t));
+    dev_attention_backward(&d->ctx, d->dq, d->dk, d->dv, d->datt, la->att, la->attn_state, la->q,
+                           la->k, la->v, B, T, Hq, Hkv, D);
+    dev_rope_backward(d->dq, d->rope_cos, d->rope_sin, d->positions, N, Hq, D);
+    dev_rope_backward(d->dk, d->rope_cos, d->rope_sin, d->positions, N, Hkv, D);
+    dev_zero(d->dln, nd * sizeof(act_t));
+    proj_backward(d, l, PROJ_Q, d->dln, d->dq, la->ln1, lora_h_of(d, la, PROJ_Q, N), N);
+    proj_backward(d, l, PROJ_K, d->dln, d->dk, la->ln1, lora_h_of(d, la, PROJ_K, N), N);
+    proj_backward(d, l, PROJ_V, d->dln, d->dv, la->ln1, lora_h_of(d, la, PROJ_V, N), N);
+    dev_allreduce_sum_act(&d->ctx, d->dln, nd);
+    dev_rmsnorm_backward(d->dx, d->dln, x_in, w->attn_norm, la->ln1_rstd, N, dm);
+}
+
+static void device_backward(ModelDevice *d, const real *dlogp) {
+    Model *m = d->m;
+    const ModelConfig *c = &m->config;
+    const int N = d->B * d->T, dm = c->hidden_size, V = m->local_vocab;
+    const size_t nd = (size_t)N * dm;
+    if (!m->adapters_enabled)
+        PAFT_FATAL("backward pass with the adapters disabled: nothing to train");
+
+    /* head: logp -> this rank's logits -> final norm (the input gradient is partial: one sum) */
+    dev_upload(d->dlogp, dlogp, (size_t)N * sizeof(stat_t));
+    dev_zero(d->dlogits, (size_t)N * V * sizeof(act_t));
+    dev_logprob_backward_shard(d->dlogits, d->dlogp, d->logits, d->lse, d->targets,
+                               m->vocab_start, N, V);
+    dev_zero(d->dln, nd * sizeof(act_t));
+    dev_matmul_backward(&d->ctx, d->dln, NULL, d->dlogits, d->lnf, d->lm_head, N, dm, V, 1.0f);
+    dev_allreduce_sum_act(&d->ctx, d->dln, nd);
+    dev_zero(d->dx, nd * sizeof(act_t));
+    dev_rmsnorm_backward(d->dx, d->dln, d->x + (size_t)c->num_layers * nd, d->final_norm,
+                         d->lnf_rstd, N, dm);
+
+    for (int l = c->num_layers - 1; l >= 0; l--) {
+        LayerActs *la = slot_of(d, l);
+        const act_t *x_in = d->x + l * nd;
+        if (d->opt.recompute) layer_forward(d, l, la, x_in, d->x_sink);
+        layer_backward(d, l, la, x_in);
+    }
+    /* the host's buffer holds the accumulated gradients (step.c reduces and clips them there) */
+    dev_download(m->lora_grads_memory, d->lora_grads, m->n_lora * sizeof(stat_t));
+}
+
+static void device_zero_grads(ModelDevice *d) {
+    dev_zero(d->lora_grads, d->m->n_lora * sizeof(stat_t));
+}
+
+const DeviceBackend THIS_BACKEND = {
+    .name = DEVICE_BACKEND_NAME,
+    .available = 1,
+    .device_count = device_count,
+    .create = device_create,
+    .destroy = device_destroy,
+    .alloc_activations = device_alloc_activations,
+    .forward = device_forward,
+    .backward = device_backward,
+    .zero_grads = device_zero_grads,
+    .memory_bytes = device_memory_bytes,
+    .synchronize = device_synchronize,
+};

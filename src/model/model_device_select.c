@@ -1,0 +1,29 @@
+/*
+ * model_device_select.c - choosing a device backend by name, and the stand-in for the CUDA
+ * backend in builds without it (so that asking for it is a clear error, not a link failure).
+ */
+#include <string.h>
+
+#include "model/model_device.h"
+
+#ifndef PAFT_WITH_CUDA
+static ModelDevice *cuda_not_built(struct Model *m, const DeviceOptions *opt) {
+    (void)m;
+    (void)opt;
+    PAFT_FATAL("model.device = cuda, but this paft was built without the CUDA backend (no nvcc "
+               "when it was configured, or -DPAFT_CUDA=OFF; configure with -DPAFT_CUDA=ON on a "
+               "machine with the CUDA toolkit)");
+    return NULL;
+}
+static int no_devices(void) { return 0; }
+const DeviceBackend device_backend_cuda = {.name = "cuda", .available = 0,
+                                           .device_count = no_devices, .create = cuda_not_built};
+#endif
+
+const DeviceBackend *device_backend_by_name(const char *name, const char *origin) {
+    if (strcmp(name, "cpu") == 0) return NULL;
+    if (strcmp(name, "cuda") == 0) return &device_backend_cuda;
+    if (strcmp(name, "emulate") == 0) return &device_backend_emulate;
+    PAFT_FATAL("%s: device '%s' is not cpu, cuda or emulate", origin, name);
+    return NULL;
+}
