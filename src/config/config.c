@@ -51,6 +51,8 @@ static const ConfigKey config_keys[] = {
     STR("model", "path", model.path, ""),
     STR("model", "adapter", model.adapter, ""),
     ONE_OF("model", "dtype", model.dtype, "bf16", "bf16|fp32"),
+    ONE_OF("model", "device", model.device, "cpu", "cpu|cuda|emulate"),
+    NUM("model", "recompute", KEY_BOOL, model.recompute, "false", 0, 1),
 
     NUM("lora", "r", KEY_INT, lora.r, "16", 1, 65536),
     NUM("lora", "alpha", KEY_DOUBLE, lora.alpha, "16", 1e-9, BIG),
@@ -67,6 +69,7 @@ static const ConfigKey config_keys[] = {
 
     NUM("parallel", "sft_ranks", KEY_INT, parallel.sft_ranks, "0", 0, 1e7),
     NUM("parallel", "tp", KEY_INT, parallel.tp, "1", 1, 1024),
+    ONE_OF("parallel", "collectives", parallel.collectives, "auto", "auto|nccl|mpi"),
 
     STR("merge", "sft_adapter", merge.sft_adapter, ""),
     STR("merge", "pref_adapter", merge.pref_adapter, ""),

@@ -40,6 +40,8 @@ typedef struct {
         char path[CONFIG_PATH_MAX];    /* HF directory or .safetensors file */
         char adapter[CONFIG_PATH_MAX]; /* adapter folded into the base first ("" = none) */
         char dtype[CONFIG_WORD_MAX];   /* bf16 | fp32 (GPU compute dtype) */
+        char device[CONFIG_WORD_MAX];  /* cpu | cuda | emulate (model_device.h) */
+        int recompute;                 /* activation recomputation on a device */
     } model;
     struct {
         int r;
@@ -52,6 +54,7 @@ typedef struct {
     struct {
         int sft_ranks; /* 0 = half of the world */
         int tp;
+        char collectives[CONFIG_WORD_MAX]; /* auto | nccl | mpi: device tensor-parallel sums */
     } parallel;
     struct {
         char sft_adapter[CONFIG_PATH_MAX];

@@ -41,13 +41,10 @@ typedef struct {
 static inline void dev_ctx_init(DevCtx *ctx, MPI_Comm tp_comm, int tp_size, int collectives) {
     ctx->tp_comm = tp_comm;
     ctx->tp_size = tp_size;
-    int world_rank = 0, initialized = 0;
-    CHECK_MPI(MPI_Initialized(&initialized));
-    if (initialized) {
-        CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &world_rank));
-        cuda_select_device(MPI_COMM_WORLD);
-    }
-    (void)world_rank;
+    if (cuda_device_count() == 0)
+        PAFT_FATAL("model.device = cuda, but no CUDA device is visible to this process (check "
+                   "CUDA_VISIBLE_DEVICES and the job's GPU request, e.g. --gpus-per-task=1)");
+    cuda_select_device(MPI_COMM_WORLD); /* one GPU per rank by node-local rank */
     ctx->cuda = cuda_context_create();
     ctx->tp = device_comm_create(tp_comm, (DeviceCommKind)collectives);
 }

@@ -10,6 +10,7 @@
 #include "loss/sft_loss.h"
 #include "parallel/collectives.h"
 #include "train/batch.h"
+#include "train/train.h"
 
 /* Records [first, last) of n for this rank: contiguous, as even as possible. */
 static void my_range(uint64_t n, MPI_Comm comm, uint64_t *first, uint64_t *last) {
@@ -142,6 +143,7 @@ void evaluate_model_path(const Config *cfg, const char *path, const TokenData *s
         if (folded[0]) adapter_fold_into_base(folded, comm, &policy);
         adapter_read(path, comm, &policy, NULL, NULL, NULL, NULL);
     }
+    train_use_device(cfg, &policy);
     const int mb_sft = cfg->sft.micro_batch, mb_pref = cfg->pref.micro_batch;
     const int T = longest(sft_data, pref_data);
     model_alloc_activations(&policy, PAFT_MAX(mb_sft, 2 * mb_pref), T);
@@ -155,6 +157,7 @@ void evaluate_model_path(const Config *cfg, const char *path, const TokenData *s
         const int separate = !adapter || folded[0];
         if (separate) {
             model_load(&reference, cfg->model.path, &lora, 0, MPI_COMM_SELF);
+            train_use_device(cfg, &reference);
             model_alloc_activations(&reference, 2 * mb_pref, T);
             ref = &reference;
         }

@@ -72,6 +72,18 @@ typedef struct {
 
 /* ---- setup -----------------------------------------------------------------------------------*/
 
+void train_use_device(const Config *cfg, Model *model) {
+    if (strcmp(cfg->model.device, "cpu") == 0) return;
+    if (strcmp(cfg->model.device, "cuda") == 0 && strcmp(cfg->model.dtype, "bf16") != 0)
+        PAFT_FATAL("configuration: model.dtype = %s: the CUDA backend computes in bf16 (fp32 "
+                   "activations are not implemented; the CPU backend computes in fp32)",
+                   cfg->model.dtype);
+    DeviceOptions opt = {.recompute = cfg->model.recompute};
+    const char *c = cfg->parallel.collectives;
+    opt.collectives = strcmp(c, "nccl") == 0 ? 1 : strcmp(c, "mpi") == 0 ? 2 : 0;
+    model_use_device(model, cfg->model.device, &opt, "configuration: model.device");
+}
+
 char *train_stage_dir(const Config *cfg, StageKind kind) {
     return paft_path_join(cfg->output.dir, kind == STAGE_SFT ? "sft" : "pref");
 }
@@ -97,6 +109,7 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
     layout_create(&tr->layout, comm, cfg->parallel.tp);
     model_load(&tr->model, cfg->model.path, &lora, (uint64_t)sc->seed, tr->layout.tp_comm);
     if (cfg->model.adapter[0]) adapter_fold_into_base(cfg->model.adapter, comm, &tr->model);
+    train_use_device(cfg, &tr->model);
     int rows = kind == STAGE_SFT ? sc->micro_batch : 2 * sc->micro_batch;
     model_alloc_activations(&tr->model, rows, sc->seq_len);
 

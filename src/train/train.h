@@ -33,6 +33,9 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm);
 
 /* The stage directory: <output.dir>/sft or <output.dir>/pref (malloc'ed). */
 char *train_stage_dir(const Config *cfg, StageKind kind);
+/* Put a loaded model on the configured device (model.device, model.recompute, model.dtype,
+ * parallel.collectives); "cpu" leaves it on the host. */
+void train_use_device(const Config *cfg, Model *model);
 
 /* Install the SIGTERM/SIGUSR1 handlers that ask training to checkpoint and stop. */
 void train_install_signal_handlers(void);
