@@ -56,8 +56,9 @@ static double matmul_parameters(const ModelConfig *c) {
 }
 
 int cmd_bench(int argc, char **argv) {
-    const char *preset = "tiny", *stage = "sft";
-    int batch = 2, seq = 64, steps = 3, r = 16;
+    const char *preset = "tiny", *stage = "sft", *device = "cpu";
+    int batch = 2, seq = 64, steps = 3, r = 16, recompute = 0;
+    double peak = 989.4;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strncmp(a, "model=", 6) == 0) preset = a + 6;
@@ -66,10 +67,14 @@ int cmd_bench(int argc, char **argv) {
         else if (strncmp(a, "seq=", 4) == 0) seq = atoi(a + 4);
         else if (strncmp(a, "steps=", 6) == 0) steps = atoi(a + 6);
         else if (strncmp(a, "r=", 2) == 0) r = atoi(a + 2);
-        else PAFT_FATAL("command line: unknown argument '%s' for 'paft bench' (model= batch= seq= stage= steps= r=)", a);
+        else if (strncmp(a, "device=", 7) == 0) device = a + 7;
+        else if (strncmp(a, "recompute=", 10) == 0) recompute = atoi(a + 10);
+        else if (strncmp(a, "peak=", 5) == 0) peak = atof(a + 5);
+        else PAFT_FATAL("command line: unknown argument '%s' for 'paft bench' (model= batch= seq= stage= steps= r= device= recompute= peak=)", a);
     }
-    if (batch < 1 || seq < 2 || steps < 1 || r < 1)
-        PAFT_FATAL("command line: batch, steps and r must be >= 1 and seq >= 2");
+    if (batch < 1 || seq < 2 || steps < 1 || r < 1 || !(peak > 0))
+        PAFT_FATAL("command line: batch, steps and r must be >= 1, seq >= 2 and peak > 0");
+    const DeviceBackend *backend = device_backend_by_name(device, "command line: device");
     if (strcmp(stage, "sft") != 0 && strcmp(stage, "dpo") != 0)
         PAFT_FATAL("command line: stage=%s is not sft or dpo", stage);
     const BenchPreset *bp = NULL;
@@ -82,7 +87,13 @@ int cmd_bench(int argc, char **argv) {
     LoraConfig lora;
     lora_config_init(&lora, r, r, 0, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "bench");
     Model m;
-    model_init_random(&m, &config, &lora, 1, 0.02);
+    if (backend) { /* the device makes its own random weights: no host copy of a 7B model */
+        model_init_shape(&m, &config, &lora, 1);
+        DeviceOptions opt = {.recompute = recompute, .random_init_std = 0.02};
+        model_use_device(&m, device, &opt, "command line: device");
+    } else {
+        model_init_random(&m, &config, &lora, 1, 0.02);
+    }
     model_config_free(&config);
     const int rows = strcmp(stage, "dpo") == 0 ? 2 * batch : batch; /* chosen + rejected */
     model_alloc_activations(&m, rows, seq);
@@ -111,6 +122,7 @@ int cmd_bench(int argc, char **argv) {
         model_forward(&m, tokens, targets, rows, seq);
         model_backward(&m, dlogp);
         adamw_step(&opt, m.lora_memory, m.lora_grads_memory, 1e-4, 1);
+        if (m.device) m.backend->synchronize(m.device);
         if (s >= 0) times[s] = paft_seconds() - t0;
     }
     qsort(times, (size_t)steps, sizeof(double), compare_doubles);
@@ -123,17 +135,27 @@ int cmd_bench(int argc, char **argv) {
     struct rusage usage;
     getrusage(RUSAGE_SELF, &usage);
     const double peak_gib = (double)usage.ru_maxrss / (1024.0 * 1024.0);
-    paft_log("paft bench: %s, %s, batch %d x seq %d, LoRA r=%d on 7 projections, CPU backend (%s), "
-             "%d timed steps\n", bp->name, stage, batch, seq, r, PAFT_REAL_NAME, steps);
+    const double device_gib =
+        m.device ? (double)m.backend->memory_bytes(m.device) / (1024.0 * 1024.0 * 1024.0) : 0;
+    const double mfu = m.backend && strcmp(m.backend->name, "cuda") == 0 ? tflops / peak : 0;
+    paft_log("paft bench: %s, %s, batch %d x seq %d, LoRA r=%d on 7 projections, %s backend (%s)%s, "
+             "%d timed steps\n", bp->name, stage, batch, seq, r, device,
+             m.backend && strcmp(m.backend->name, "cuda") == 0 ? "bf16" : PAFT_REAL_NAME,
+             recompute ? ", recomputation" : "", steps);
     paft_log("  %.4g matmul parameters, %.4g FLOPs/token (4 N_matmul + 6 L T d)\n",
              matmul_parameters(c), flops_per_token);
-    paft_log("  step %.4f s (median; min %.4f, max %.4f)  %.1f tokens/s  %.4f TFLOP/s  MFU: n/a "
-             "on the CPU backend  peak memory %.2f GiB\n",
-             median, times[0], times[steps - 1], tok_s, tflops, peak_gib);
+    paft_log("  step %.4f s (median; min %.4f, max %.4f)  %.1f tokens/s  %.4f TFLOP/s  ", median,
+             times[0], times[steps - 1], tok_s, tflops);
+    if (mfu > 0)
+        paft_log("MFU %.1f%% of %.1f TFLOP/s  ", 100 * mfu, peak);
+    else
+        paft_log("MFU: n/a on a CPU  ");
+    paft_log("host peak memory %.2f GiB  device memory %.2f GiB\n", peak_gib, device_gib);
     paft_log("bench: {\"model\": \"%s\", \"stage\": \"%s\", \"batch\": %d, \"seq\": %d, \"backend\": "
-             "\"cpu\", \"step_s\": %.6g, \"tokens_per_s\": %.6g, \"tflops\": %.6g, "
-             "\"peak_gib\": %.4g}\n",
-             bp->name, stage, batch, seq, median, tok_s, tflops, peak_gib);
+             "\"%s\", \"recompute\": %d, \"step_s\": %.6g, \"tokens_per_s\": %.6g, \"tflops\": %.6g, "
+             "\"mfu\": %.4g, \"peak_gib\": %.4g, \"device_gib\": %.4g}\n",
+             bp->name, stage, batch, seq, device, recompute, median, tok_s, tflops, mfu, peak_gib,
+             device_gib);
     adamw_free(&opt);
     free(times);
     free(tokens);
