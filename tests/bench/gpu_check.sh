@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Everything the GPU machine is for, in one device call (device time is scarce): build with CUDA,
+# the CUDA tests (every op, the device model and `paft run` against the CPU backend), then
+# `paft bench` on the issue's shapes and the PyTorch + PEFT anchor in the same call. Logs and
+# JSON lines go to $OUT; a short table is printed last.
+#   usage (device tool): bash tests/bench/gpu_check.sh DEPS [tests|bench|all]
+#   DEPS: the folder made by tests/bench/fetch_device_deps.sh, named in the call's `carry`.
+set -uo pipefail
+deps=${1:?usage: gpu_check.sh DEPS [tests|bench|all]} what=${2:-all}
+out=${OUT:-/tmp/paft-gpu-out}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
+cat "$out/gpu.txt"
+
+# parallel HDF5 into /opt/h5 (the shared script), cJSON and inih straight into / (pkg-config finds
+# them where CMake looks)
+. "$deps/setup-device.sh" "$deps" > /dev/null
+for f in "$deps"/libcjson*.deb "$deps"/libinih*.deb; do dpkg -x "$f" /; done
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+
+start=$(date +%s)
+if ! { cmake -S . -B build-gpu -DPAFT_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 &&
+       cmake --build build-gpu -j16; } > "$out/build.log" 2>&1; then
+  echo "BUILD FAILED"; grep -E "error|Error" "$out/build.log" | head -40; exit 1
+fi
+echo "build: $(( $(date +%s) - start )) s"
+
+if [ "$what" != bench ]; then
+  (cd build-gpu && ctest -L cuda --output-on-failure --timeout 300) > "$out/ctest_cuda.log" 2>&1
+  grep -E "tests passed|Failed|Passed|Skipped" "$out/ctest_cuda.log" | tail -20
+  # the op-by-op and model comparisons, with their figures
+  build-gpu/tests/cuda/test_ops_cuda > "$out/test_ops_cuda.log" 2>&1; tail -5 "$out/test_ops_cuda.log"
+fi
+
+if [ "$what" != tests ]; then
+  : > "$out/bench.jsonl"
+  for run in "llama-1b 8 1024 sft 0" "mistral-7b 4 1024 sft 0" "smollm2-135m 16 1024 sft 0" \
+             "llama-1b 4 1024 dpo 0" "mistral-7b 4 1024 dpo 1"; do
+    set -- $run
+    build-gpu/paft bench model=$1 batch=$2 seq=$3 stage=$4 recompute=$5 device=cuda steps=10 \
+      > "$out/bench_$1_$4_$2x$3.log" 2>&1
+    grep '^bench:' "$out/bench_$1_$4_$2x$3.log" | sed 's/^bench: //' >> "$out/bench.jsonl" ||
+      { echo "bench $run failed:"; tail -5 "$out/bench_$1_$4_$2x$3.log"; }
+  done
+  python3 "$deps/peft_bench.py" llama-1b:8:1024 llama-1b:8:1024:compile mistral-7b:4:1024 \
+    > "$out/peft_bench.log" 2>&1 || tail -5 "$out/peft_bench.log"
+  echo "== paft (device=cuda)"; cat "$out/bench.jsonl"
+  echo "== PyTorch + PEFT anchor"; grep '^{' "$out/peft_bench.log"
+fi
