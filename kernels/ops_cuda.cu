@@ -457,10 +457,27 @@ extern "C" void adamw_update_cuda(float *params, const float *grads, float *m, f
  * column-major product of the transposes, and a layout describes the matrix as stored (before
  * the op): rows = the row-major column count, cols = the row-major row count. */
 
+/* One GEMM shape's cuBLASLt descriptors and chosen algorithm. A training step repeats the same
+ * few dozen shapes thousands of times, so they are made once and looked up (the descriptor set-up
+ * and the heuristic query cost tens of microseconds of host time per call otherwise). */
+typedef struct {
+    int used;
+    cublasOperation_t trans_a, trans_b;
+    int m, n, k, lda, ldb, ldd;
+    cudaDataType_t d_type;
+    unsigned align_a, align_b, align_d; /* pointer alignments the algorithm was chosen for */
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, d;
+    cublasLtMatmulAlgo_t algo;
+} GemmPlan;
+
+enum { GEMM_PLAN_SLOTS = 256 };
+
 struct CudaContext {
     cublasLtHandle_t lt;
     void *workspace;
     size_t workspace_size;
+    GemmPlan plans[GEMM_PLAN_SLOTS]; /* open addressing on a hash of the shape */
 };
 
 extern "C" CudaContext *cuda_context_create(void) {
@@ -473,43 +490,108 @@ extern "C" CudaContext *cuda_context_create(void) {
 
 extern "C" void cuda_context_destroy(CudaContext *ctx) {
     if (!ctx) return;
+    for (int i = 0; i < GEMM_PLAN_SLOTS; i++) {
+        GemmPlan *p = &ctx->plans[i];
+        if (!p->used) continue;
+        CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(p->a));
+        CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(p->b));
+        CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(p->d));
+        CHECK_CUBLAS(cublasLtMatmulDescDestroy(p->op));
+    }
     CHECK_CUDA(cudaFree(ctx->workspace));
     CHECK_CUBLAS(cublasLtDestroy(ctx->lt));
     free(ctx);
 }
 
+static int plan_matches(const GemmPlan *p, cublasOperation_t trans_a, cublasOperation_t trans_b,
+                        int m, int n, int k, int lda, int ldb, int ldd, cudaDataType_t d_type,
+                        const unsigned align[3]) {
+    return p->trans_a == trans_a && p->trans_b == trans_b && p->m == m && p->n == n &&
+           p->k == k && p->lda == lda && p->ldb == ldb && p->ldd == ldd && p->d_type == d_type &&
+           p->align_a == align[0] && p->align_b == align[1] && p->align_d == align[2];
+}
+
+/* The largest power of two up to 256 that divides the address: cuBLASLt's heuristic assumes
+ * 256-byte aligned buffers unless told otherwise, and a LoRA factor or a tensor inside the flat
+ * weight buffer may sit at a smaller alignment. */
+static unsigned alignment_of(const void *ptr) {
+    uintptr_t a = (uintptr_t)ptr;
+    unsigned align = 256;
+    while (align > 1 && a % align != 0) align /= 2;
+    return align;
+}
+
+/* The plan of this shape: found in the table, or made (descriptors + heuristic) and stored. */
+static const GemmPlan *gemm_plan(CudaContext *ctx, cublasOperation_t trans_a,
+                                 cublasOperation_t trans_b, int m, int n, int k, int lda, int ldb,
+                                 int ldd, cudaDataType_t d_type, const unsigned align[3]) {
+    unsigned h = 2166136261u;
+    const int key[] = {(int)trans_a, (int)trans_b, m, n, k, lda, ldb, ldd, (int)d_type,
+                       (int)align[0], (int)align[1], (int)align[2]};
+    for (int i = 0; i < (int)(sizeof key / sizeof key[0]); i++) h = (h ^ (unsigned)key[i]) * 16777619u;
+    for (int probe = 0; probe < GEMM_PLAN_SLOTS; probe++) {
+        GemmPlan *p = &ctx->plans[(h + probe) % GEMM_PLAN_SLOTS];
+        if (p->used && plan_matches(p, trans_a, trans_b, m, n, k, lda, ldb, ldd, d_type, align))
+            return p;
+        if (p->used) continue;
+        /* a new shape: describe it and ask cuBLASLt for its best algorithm once */
+        p->trans_a = trans_a;
+        p->trans_b = trans_b;
+        p->m = m;
+        p->n = n;
+        p->k = k;
+        p->lda = lda;
+        p->ldb = ldb;
+        p->ldd = ldd;
+        p->d_type = d_type;
+        p->align_a = align[0];
+        p->align_b = align[1];
+        p->align_d = align[2];
+        CHECK_CUBLAS(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof trans_a));
+        CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof trans_b));
+        if (trans_a == CUBLAS_OP_N) CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, m, k, lda));
+        else CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, k, m, lda));
+        if (trans_b == CUBLAS_OP_N) CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, k, n, ldb));
+        else CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, n, k, ldb));
+        CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&p->d, d_type, m, n, ldd));
+        cublasLtMatmulPreference_t pref;
+        CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+        CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                          &ctx->workspace_size, sizeof ctx->workspace_size));
+        const cublasLtMatmulPreferenceAttributes_t align_attr[4] = {
+            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+        const uint32_t align_value[4] = {align[0], align[1], align[2], align[2]}; /* C = D */
+        for (int i = 0; i < 4; i++)
+            CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, align_attr[i], &align_value[i],
+                                                              sizeof align_value[i]));
+        cublasLtMatmulHeuristicResult_t heuristic;
+        int found = 0;
+        CHECK_CUBLAS(cublasLtMatmulAlgoGetHeuristic(ctx->lt, p->op, p->a, p->b, p->d, p->d, pref, 1,
+                                                    &heuristic, &found));
+        CHECK_CUBLAS(cublasLtMatmulPreferenceDestroy(pref));
+        if (found == 0)
+            paft_fatal(__FILE__, __LINE__, "cuBLASLt has no algorithm for m %d, n %d, k %d", m, n, k);
+        p->algo = heuristic.algo;
+        p->used = 1;
+        return p;
+    }
+    paft_fatal(__FILE__, __LINE__, "more than %d GEMM shapes in one run", GEMM_PLAN_SLOTS);
+    return NULL;
+}
+
 /* Column-major D (m x n, type d_type, leading dimension ldd) = alpha op(A) op(B) + beta D, A and B
  * bf16, fp32 compute and scale. op(A) is m x k: A is stored m x k (trans_a N) or k x m (T), with
- * leading dimension lda; op(B) is k x n likewise. C = D (in place accumulation). */
+ * leading dimension lda; op(B) is k x n likewise. C = D (in place accumulation). A plan is per
+ * shape and per pointer alignment: the algorithm depends on nothing else. */
 static void lt_gemm(CudaContext *ctx, cublasOperation_t trans_a, cublasOperation_t trans_b, int m,
                     int n, int k, const floatX *A, int lda, const floatX *B, int ldb, void *D,
                     cudaDataType_t d_type, int ldd, float alpha, float beta) {
-    cublasLtMatmulDesc_t op;
-    CHECK_CUBLAS(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof trans_a));
-    CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof trans_b));
-    cublasLtMatrixLayout_t a, b, d;
-    if (trans_a == CUBLAS_OP_N) CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, m, k, lda));
-    else CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&a, CUDA_R_16BF, k, m, lda));
-    if (trans_b == CUBLAS_OP_N) CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, k, n, ldb));
-    else CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&b, CUDA_R_16BF, n, k, ldb));
-    CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&d, d_type, m, n, ldd));
-    cublasLtMatmulPreference_t pref;
-    CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
-    CHECK_CUBLAS(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                      &ctx->workspace_size, sizeof ctx->workspace_size));
-    cublasLtMatmulHeuristicResult_t heuristic;
-    int found = 0;
-    CHECK_CUBLAS(cublasLtMatmulAlgoGetHeuristic(ctx->lt, op, a, b, d, d, pref, 1, &heuristic, &found));
-    if (found == 0)
-        paft_fatal(__FILE__, __LINE__, "cuBLASLt has no algorithm for m %d, n %d, k %d", m, n, k);
-    CHECK_CUBLAS(cublasLtMatmul(ctx->lt, op, &alpha, A, a, B, b, &beta, D, d, D, d,
-                                &heuristic.algo, ctx->workspace, ctx->workspace_size, 0));
-    CHECK_CUBLAS(cublasLtMatmulPreferenceDestroy(pref));
-    CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(a));
-    CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(b));
-    CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(d));
-    CHECK_CUBLAS(cublasLtMatmulDescDestroy(op));
+    const unsigned align[3] = {alignment_of(A), alignment_of(B), alignment_of(D)};
+    const GemmPlan *p = gemm_plan(ctx, trans_a, trans_b, m, n, k, lda, ldb, ldd, d_type, align);
+    CHECK_CUBLAS(cublasLtMatmul(ctx->lt, p->op, &alpha, A, p->a, B, p->b, &beta, D, p->d, D, p->d,
+                                &p->algo, ctx->workspace, ctx->workspace_size, 0));
 }
 
 /* Row-major out[N][OC] = inp[N][C] W[OC][C]^T is, column-major, out^T (OC x N) = W (OC x C)

@@ -76,6 +76,14 @@ static inline void dev_download(void *dst, const void *src, size_t bytes) {
     CHECK_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 static inline void dev_synchronize(void) { CHECK_CUDA(cudaDeviceSynchronize()); }
+/* Page-lock a host buffer that is copied every step (the LoRA values and gradients): copies from
+ * pinned memory run at full PCIe/NVLink-C2C speed and need no bounce buffer. */
+static inline void dev_pin_host(void *p, size_t bytes) {
+    if (bytes) CHECK_CUDA(cudaHostRegister(p, bytes, cudaHostRegisterDefault));
+}
+static inline void dev_unpin_host(void *p) {
+    if (p) CHECK_CUDA(cudaHostUnregister(p));
+}
 static inline int dev_device_count(void) { return cuda_device_count(); }
 /* dst (activation type) = src (stat_t), both on the device */
 static inline void dev_cast_to_act(act_t *dst, const stat_t *src, size_t n) {
@@ -211,6 +219,8 @@ static inline void dev_download(void *dst, const void *src, size_t bytes) {
     memcpy(dst, src, bytes);
 }
 static inline void dev_synchronize(void) {}
+static inline void dev_pin_host(void *p, size_t bytes) {}
+static inline void dev_unpin_host(void *p) {}
 static inline int dev_device_count(void) { return 1; }
 static inline void dev_cast_to_act(act_t *dst, const stat_t *src, size_t n) {
     memcpy(dst, src, n * sizeof(act_t));

@@ -153,6 +153,8 @@ static ModelDevice *device_create(Model *m, const DeviceOptions *opt) {
     else
         dev_upload_as_act(d->weights, m->weights_memory, m->n_weights);
     dev_synchronize();
+    dev_pin_host(m->lora_memory, m->n_lora * sizeof(real));
+    dev_pin_host(m->lora_grads_memory, m->n_lora * sizeof(real));
     return d;
 }
 
@@ -167,6 +169,8 @@ static void device_free_activations(ModelDevice *d) {
 static void device_destroy(ModelDevice *d) {
     if (!d) return;
     device_free_activations(d);
+    dev_unpin_host(d->m->lora_memory);
+    dev_unpin_host(d->m->lora_grads_memory);
     dev_free(d->param_memory);
     free(d->layers);
     free(d->lora);
