@@ -464,20 +464,21 @@ typedef struct {
     int used;
     cublasOperation_t trans_a, trans_b;
     int m, n, k, lda, ldb, ldd;
-    cudaDataType_t d_type;
+    cudaDataType_t ab_type, d_type;
     unsigned align_a, align_b, align_d; /* pointer alignments the algorithm was chosen for */
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, d;
     cublasLtMatmulAlgo_t algo;
 } GemmPlan;
 
-enum { GEMM_PLAN_SLOTS = 256 };
+enum { GEMM_PLAN_SLOTS = 256, REDUCE_BLOCKS = 512 };
 
 struct CudaContext {
     cublasLtHandle_t lt;
     void *workspace;
     size_t workspace_size;
     GemmPlan plans[GEMM_PLAN_SLOTS]; /* open addressing on a hash of the shape */
+    double *partials; /* [REDUCE_BLOCKS] per-block sums of the deterministic reductions */
 };
 
 extern "C" CudaContext *cuda_context_create(void) {
@@ -485,6 +486,7 @@ extern "C" CudaContext *cuda_context_create(void) {
     CHECK_CUBLAS(cublasLtCreate(&ctx->lt));
     ctx->workspace_size = (size_t)32 << 20; /* what cuBLASLt asks for Hopper's best kernels */
     CHECK_CUDA(cudaMalloc(&ctx->workspace, ctx->workspace_size));
+    CHECK_CUDA(cudaMalloc(&ctx->partials, REDUCE_BLOCKS * sizeof(double)));
     return ctx;
 }
 
@@ -499,15 +501,17 @@ extern "C" void cuda_context_destroy(CudaContext *ctx) {
         CHECK_CUBLAS(cublasLtMatmulDescDestroy(p->op));
     }
     CHECK_CUDA(cudaFree(ctx->workspace));
+    CHECK_CUDA(cudaFree(ctx->partials));
     CHECK_CUBLAS(cublasLtDestroy(ctx->lt));
     free(ctx);
 }
 
 static int plan_matches(const GemmPlan *p, cublasOperation_t trans_a, cublasOperation_t trans_b,
-                        int m, int n, int k, int lda, int ldb, int ldd, cudaDataType_t d_type,
-                        const unsigned align[3]) {
+                        int m, int n, int k, int lda, int ldb, int ldd, cudaDataType_t ab_type,
+                        cudaDataType_t d_type, const unsigned align[3]) {
     return p->trans_a == trans_a && p->trans_b == trans_b && p->m == m && p->n == n &&
-           p->k == k && p->lda == lda && p->ldb == ldb && p->ldd == ldd && p->d_type == d_type &&
+           p->k == k && p->lda == lda && p->ldb == ldb && p->ldd == ldd &&
+           p->ab_type == ab_type && p->d_type == d_type &&
            p->align_a == align[0] && p->align_b == align[1] && p->align_d == align[2];
 }
 
@@ -524,14 +528,16 @@ static unsigned alignment_of(const void *ptr) {
 /* The plan of this shape: found in the table, or made (descriptors + heuristic) and stored. */
 static const GemmPlan *gemm_plan(CudaContext *ctx, cublasOperation_t trans_a,
                                  cublasOperation_t trans_b, int m, int n, int k, int lda, int ldb,
-                                 int ldd, cudaDataType_t d_type, const unsigned align[3]) {
+                                 int ldd, cudaDataType_t ab_type, cudaDataType_t d_type,
+                                 const unsigned align[3]) {
     unsigned h = 2166136261u;
-    const int key[] = {(int)trans_a, (int)trans_b, m, n, k, lda, ldb, ldd, (int)d_type,
+    const int key[] = {(int)trans_a, (int)trans_b, m, n, k, lda, ldb, ldd, (int)ab_type, (int)d_type,
                        (int)align[0], (int)align[1], (int)align[2]};
     for (int i = 0; i < (int)(sizeof key / sizeof key[0]); i++) h = (h ^ (unsigned)key[i]) * 16777619u;
     for (int probe = 0; probe < GEMM_PLAN_SLOTS; probe++) {
         GemmPlan *p = &ctx->plans[(h + probe) % GEMM_PLAN_SLOTS];
-        if (p->used && plan_matches(p, trans_a, trans_b, m, n, k, lda, ldb, ldd, d_type, align))
+        if (p->used &&
+            plan_matches(p, trans_a, trans_b, m, n, k, lda, ldb, ldd, ab_type, d_type, align))
             return p;
         if (p->used) continue;
         /* a new shape: describe it and ask cuBLASLt for its best algorithm once */
@@ -543,17 +549,23 @@ static const GemmPlan *gemm_plan(CudaContext *ctx, cublasOperation_t trans_a,
         p->lda = lda;
         p->ldb = ldb;
         p->ldd = ldd;
+        p->ab_type = ab_type;
         p->d_type = d_type;
         p->align_a = align[0];
         p->align_b = align[1];
         p->align_d = align[2];
-        CHECK_CUBLAS(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        /* bf16 inputs: tensor cores with fp32 accumulation; fp32 inputs (the L1 term's products
+         * of the fp32 LoRA factors): TF32 tensor cores, which only the sign of delta and a
+         * lambda-scaled gradient depend on */
+        const cublasComputeType_t compute =
+            ab_type == CUDA_R_32F ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+        CHECK_CUBLAS(cublasLtMatmulDescCreate(&p->op, compute, CUDA_R_32F));
         CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof trans_a));
         CHECK_CUBLAS(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof trans_b));
-        if (trans_a == CUBLAS_OP_N) CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, m, k, lda));
-        else CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, k, m, lda));
-        if (trans_b == CUBLAS_OP_N) CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, k, n, ldb));
-        else CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, n, k, ldb));
+        if (trans_a == CUBLAS_OP_N) CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&p->a, ab_type, m, k, lda));
+        else CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&p->a, ab_type, k, m, lda));
+        if (trans_b == CUBLAS_OP_N) CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&p->b, ab_type, k, n, ldb));
+        else CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&p->b, ab_type, n, k, ldb));
         CHECK_CUBLAS(cublasLtMatrixLayoutCreate(&p->d, d_type, m, n, ldd));
         cublasLtMatmulPreference_t pref;
         CHECK_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
@@ -585,13 +597,23 @@ static const GemmPlan *gemm_plan(CudaContext *ctx, cublasOperation_t trans_a,
  * bf16, fp32 compute and scale. op(A) is m x k: A is stored m x k (trans_a N) or k x m (T), with
  * leading dimension lda; op(B) is k x n likewise. C = D (in place accumulation). A plan is per
  * shape and per pointer alignment: the algorithm depends on nothing else. */
+static void lt_gemm_typed(CudaContext *ctx, cublasOperation_t trans_a, cublasOperation_t trans_b,
+                          int m, int n, int k, const void *A, int lda, const void *B, int ldb,
+                          cudaDataType_t ab_type, void *D, cudaDataType_t d_type, int ldd,
+                          float alpha, float beta) {
+    const unsigned align[3] = {alignment_of(A), alignment_of(B), alignment_of(D)};
+    const GemmPlan *p =
+        gemm_plan(ctx, trans_a, trans_b, m, n, k, lda, ldb, ldd, ab_type, d_type, align);
+    CHECK_CUBLAS(cublasLtMatmul(ctx->lt, p->op, &alpha, A, p->a, B, p->b, &beta, D, p->d, D, p->d,
+                                &p->algo, ctx->workspace, ctx->workspace_size, 0));
+}
+
+/* The bf16-input GEMM every projection uses. */
 static void lt_gemm(CudaContext *ctx, cublasOperation_t trans_a, cublasOperation_t trans_b, int m,
                     int n, int k, const floatX *A, int lda, const floatX *B, int ldb, void *D,
                     cudaDataType_t d_type, int ldd, float alpha, float beta) {
-    const unsigned align[3] = {alignment_of(A), alignment_of(B), alignment_of(D)};
-    const GemmPlan *p = gemm_plan(ctx, trans_a, trans_b, m, n, k, lda, ldb, ldd, d_type, align);
-    CHECK_CUBLAS(cublasLtMatmul(ctx->lt, p->op, &alpha, A, p->a, B, p->b, &beta, D, p->d, D, p->d,
-                                &p->algo, ctx->workspace, ctx->workspace_size, 0));
+    lt_gemm_typed(ctx, trans_a, trans_b, m, n, k, A, lda, B, ldb, CUDA_R_16BF, D, d_type, ldd,
+                  alpha, beta);
 }
 
 /* Row-major out[N][OC] = inp[N][C] W[OC][C]^T is, column-major, out^T (OC x N) = W (OC x C)
@@ -622,6 +644,81 @@ extern "C" void matmul_backward_cuda(CudaContext *ctx, floatX *dinp, float *dwei
     if (dweight)
         lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, dweight, CUDA_R_32F, C,
                 alpha, 1.0f);
+}
+
+/* ---- reductions to one double, deterministic ---------------------------------------------------
+ * A fixed grid of REDUCE_BLOCKS blocks strides over the input, each block writes its partial sum,
+ * one block adds the partials in a fixed order: the same result on every run (no atomics). */
+
+template <typename Map>
+__global__ static void partial_sums_kernel(double *partials, const float *x, size_t n, Map map) {
+    double acc = 0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        acc += map(x[i]);
+    acc = block_sum_double(acc);
+    if (threadIdx.x == 0) partials[blockIdx.x] = acc;
+}
+
+__global__ static void sum_partials_kernel(double *partials, int count) {
+    double acc = 0;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) acc += partials[i];
+    acc = block_sum_double(acc);
+    if (threadIdx.x == 0) partials[0] = acc;
+}
+
+template <typename Map> static double reduce_to_double(CudaContext *ctx, const float *x, size_t n, Map map) {
+    if (n == 0) return 0;
+    partial_sums_kernel<<<REDUCE_BLOCKS, block_size>>>(ctx->partials, x, n, map);
+    CHECK_LAUNCH();
+    sum_partials_kernel<<<1, block_size>>>(ctx->partials, REDUCE_BLOCKS);
+    CHECK_LAUNCH();
+    double result = 0;
+    CHECK_CUDA(cudaMemcpy(&result, ctx->partials, sizeof result, cudaMemcpyDeviceToHost));
+    return result;
+}
+
+struct SquareMap {
+    __device__ double operator()(float v) const { return (double)v * (double)v; }
+};
+struct AbsMap {
+    __device__ double operator()(float v) const { return fabs((double)v); }
+};
+
+extern "C" double sum_squares_cuda(CudaContext *ctx, const float *x, size_t n) {
+    return reduce_to_double(ctx, x, n, SquareMap());
+}
+
+/* x[i] = sign(x[i]) with sign(0) = 0, in place */
+__global__ static void sign_kernel(float *x, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = (float)((x[i] > 0.0f) - (x[i] < 0.0f));
+}
+
+/* l1_penalty of src/loss/lora_delta.h with row-major delta [out][in] = scale B [out][r] A [r][in],
+ * written as the column-major products of the transposes (see the GEMM notes above):
+ *   delta^T (in x out) = A^T (in x r) B^T (r x out)            A: N, lda in;  B: N, ldb r
+ *   dA^T (in x r)     += coef G^T (in x out) B (out x r)       G: N, lda in;  B: T, ldb r
+ *   dB^T (r x out)    += coef A (r x in) G^T (in x out)         A: T, lda in;  G: N, ldb in
+ * with G = sign(delta) overwriting delta once its absolute sum is taken. */
+extern "C" double l1_penalty_cuda(CudaContext *ctx, float *dA, float *dB, const float *A,
+                                  const float *B, int out, int in, int r, float scale,
+                                  float lambda, float *delta_scratch) {
+    const size_t n = (size_t)out * in;
+    if (n == 0) return 0;
+    lt_gemm_typed(ctx, CUBLAS_OP_N, CUBLAS_OP_N, in, out, r, A, in, B, r, CUDA_R_32F, delta_scratch,
+                  CUDA_R_32F, in, scale, 0.0f);
+    const double abs_sum = reduce_to_double(ctx, delta_scratch, n, AbsMap());
+    sign_kernel<<<blocks_for(n), block_size>>>(delta_scratch, n);
+    CHECK_LAUNCH();
+    const float coef = lambda * scale;
+    if (dA)
+        lt_gemm_typed(ctx, CUBLAS_OP_N, CUBLAS_OP_T, in, r, out, delta_scratch, in, B, r,
+                      CUDA_R_32F, dA, CUDA_R_32F, in, coef, 1.0f);
+    if (dB)
+        lt_gemm_typed(ctx, CUBLAS_OP_T, CUBLAS_OP_N, r, out, in, A, in, delta_scratch, in,
+                      CUDA_R_32F, dB, CUDA_R_32F, r, coef, 1.0f);
+    return (double)lambda * abs_sum;
 }
 
 /* ---- host <-> device ------------------------------------------------------------------------- */

@@ -109,6 +109,18 @@ void cast_f32_to_bf16_cuda(floatX *dst, const float *src, size_t n);
 /* out[n][o] += bias[o] for out [N][OC] (the projections with a bias). */
 void add_bias_cuda(floatX *out, const floatX *bias, int N, int OC);
 
+/* sum x[i]^2 in double, deterministic (fixed grid, partial sums added in order): the gradient
+ * norm of clipping. Returns to the host (synchronises). */
+double sum_squares_cuda(CudaContext *ctx, const float *x, size_t n);
+
+/* PAFT's L1 term on one adapted module, l1_penalty of src/loss/lora_delta.h on the device: delta
+ * = scale B A into delta_scratch [out][in] (fp32), returns lambda * sum |delta| (double), and adds
+ * dB += lambda scale sign(delta) A^T and dA += lambda scale B^T sign(delta) (either may be NULL).
+ * A [r][in], B [out][r] and the gradients are the fp32 master factors. The three products run on
+ * TF32 tensor cores (cuBLASLt); sign(0) = 0 as on the CPU. */
+double l1_penalty_cuda(CudaContext *ctx, float *dA, float *dB, const float *A, const float *B,
+                       int out, int in, int r, float scale, float lambda, float *delta_scratch);
+
 /* Host <-> device helpers for tests and loading: fp32 host arrays to bf16 device and back;
  * int32 and double copies; cuda_calloc returns zeroed device memory. */
 floatX *cuda_upload_bf16(const float *host, size_t n);

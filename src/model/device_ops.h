@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "optim/adamw.h"
 #include "util/common.h"
 
 #ifdef PAFT_DEVICE_CUDA
@@ -34,8 +35,9 @@ _Static_assert(sizeof(real) == sizeof(float), "the CUDA backend is built with re
 typedef struct {
     CudaContext *cuda; /* cuBLASLt handle and workspace */
     DeviceComm *tp;    /* sums over the tensor-parallel group (NCCL, MPI or none) */
-    MPI_Comm tp_comm;
-    int tp_size;
+    DeviceComm *dp;    /* sums over the data-parallel group (device-resident training only) */
+    MPI_Comm tp_comm, dp_comm;
+    int tp_size, dp_size;
 } DevCtx;
 
 static inline void dev_ctx_init(DevCtx *ctx, MPI_Comm tp_comm, int tp_size, int collectives) {
@@ -48,7 +50,15 @@ static inline void dev_ctx_init(DevCtx *ctx, MPI_Comm tp_comm, int tp_size, int 
     ctx->cuda = cuda_context_create();
     ctx->tp = device_comm_create(tp_comm, (DeviceCommKind)collectives);
 }
+/* The data-parallel group, for device-resident training (collective over dp_comm). */
+static inline void dev_ctx_set_dp(DevCtx *ctx, MPI_Comm dp_comm, int collectives) {
+    ctx->dp_comm = dp_comm;
+    ctx->dp_size = 1;
+    if (dp_comm != MPI_COMM_SELF) CHECK_MPI(MPI_Comm_size(dp_comm, &ctx->dp_size));
+    ctx->dp = device_comm_create(dp_comm, (DeviceCommKind)collectives);
+}
 static inline void dev_ctx_free(DevCtx *ctx) {
+    device_comm_free(ctx->dp);
     device_comm_free(ctx->tp);
     cuda_context_destroy(ctx->cuda);
 }
@@ -109,6 +119,24 @@ static inline void dev_fill_normal(act_t *p, size_t n, uint64_t seed, float mean
 
 static inline void dev_allreduce_sum_act(DevCtx *ctx, act_t *buf, size_t n) {
     if (ctx->tp_size > 1) device_allreduce_sum_bf16(ctx->tp, buf, n);
+}
+/* fp32 sums of gradients over the data-parallel (dp = 1) or tensor-parallel (dp = 0) group */
+static inline void dev_allreduce_sum_stat(DevCtx *ctx, int dp, stat_t *buf, size_t n) {
+    if (dp ? ctx->dp_size > 1 : ctx->tp_size > 1)
+        device_allreduce_sum_f32(dp ? ctx->dp : ctx->tp, buf, n);
+}
+static inline double dev_sum_squares(DevCtx *ctx, const stat_t *x, size_t n) {
+    return sum_squares_cuda(ctx->cuda, x, n);
+}
+static inline double dev_l1_penalty(DevCtx *ctx, stat_t *dA, stat_t *dB, const stat_t *A,
+                                    const stat_t *B, int out, int in, int r, float scale,
+                                    float lambda, stat_t *delta_scratch) {
+    return l1_penalty_cuda(ctx->cuda, dA, dB, A, B, out, in, r, scale, lambda, delta_scratch);
+}
+static inline void dev_adamw(stat_t *params, const stat_t *grads, stat_t *m, stat_t *v, size_t n,
+                             int64_t step, double lr, const AdamWHyper *h, float grad_scale) {
+    adamw_update_cuda(params, grads, m, v, n, (long long)step, lr, h->beta1, h->beta2, h->eps,
+                      h->weight_decay, grad_scale);
 }
 
 static inline void dev_embedding_forward(act_t *out, const int32_t *tokens, const act_t *table,
@@ -190,6 +218,7 @@ static inline void dev_logprob_backward_shard(act_t *dlogits, const stat_t *dlog
 
 #else
 /* ================================ emulate (host memory, CPU ops) ==============================*/
+#include "loss/lora_delta.h"
 #include "ops/ops.h"
 #include "parallel/collectives.h"
 #include "util/rng.h"
@@ -199,14 +228,19 @@ typedef real act_t;
 typedef real stat_t;
 
 typedef struct {
-    MPI_Comm tp_comm;
-    int tp_size;
+    MPI_Comm tp_comm, dp_comm;
+    int tp_size, dp_size;
 } DevCtx;
 
 static inline void dev_ctx_init(DevCtx *ctx, MPI_Comm tp_comm, int tp_size, int collectives) {
     (void)collectives; /* the emulation always sums through MPI on the host */
     ctx->tp_comm = tp_comm;
     ctx->tp_size = tp_size;
+}
+static inline void dev_ctx_set_dp(DevCtx *ctx, MPI_Comm dp_comm, int collectives) {
+    ctx->dp_comm = dp_comm;
+    ctx->dp_size = 1;
+    if (dp_comm != MPI_COMM_SELF) CHECK_MPI(MPI_Comm_size(dp_comm, &ctx->dp_size));
 }
 static inline void dev_ctx_free(DevCtx *ctx) { (void)ctx; }
 static inline const char *dev_ctx_describe(const DevCtx *ctx) { return "mpi"; }
@@ -237,6 +271,22 @@ static inline void dev_fill_normal(act_t *p, size_t n, uint64_t seed, float mean
 
 static inline void dev_allreduce_sum_act(DevCtx *ctx, act_t *buf, size_t n) {
     if (ctx->tp_size > 1) allreduce_sum_real(buf, n, ctx->tp_comm);
+}
+static inline void dev_allreduce_sum_stat(DevCtx *ctx, int dp, stat_t *buf, size_t n) {
+    if (dp ? ctx->dp_size > 1 : ctx->tp_size > 1)
+        allreduce_sum_real(buf, n, dp ? ctx->dp_comm : ctx->tp_comm);
+}
+static inline double dev_sum_squares(DevCtx *ctx, const stat_t *x, size_t n) {
+    return grad_sum_squares(x, n);
+}
+static inline double dev_l1_penalty(DevCtx *ctx, stat_t *dA, stat_t *dB, const stat_t *A,
+                                    const stat_t *B, int out, int in, int r, float scale,
+                                    float lambda, stat_t *delta_scratch) {
+    return l1_penalty(dA, dB, A, B, out, in, r, (real)scale, (real)lambda, delta_scratch);
+}
+static inline void dev_adamw(stat_t *params, const stat_t *grads, stat_t *m, stat_t *v, size_t n,
+                             int64_t step, double lr, const AdamWHyper *h, float grad_scale) {
+    adamw_update(params, grads, m, v, n, step, lr, h, (real)grad_scale);
 }
 
 static inline void dev_embedding_forward(act_t *out, const int32_t *tokens, const act_t *table,

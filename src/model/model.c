@@ -560,6 +560,20 @@ int model_weight_views(const ModelConfig *c, TensorView **views) {
     return bind.n_views;
 }
 
+void model_train_on_device(Model *m, MPI_Comm dp_comm, int collectives) {
+    if (!m->device) return;
+    m->backend->train_begin(m->device, dp_comm, collectives);
+    m->lora_on_device = 1;
+}
+
+void model_lora_to_host(Model *m, real *m_host, real *v_host) {
+    if (m->lora_on_device) m->backend->lora_to_host(m->device, m_host, v_host);
+}
+
+void model_lora_from_host(Model *m, const real *m_host, const real *v_host) {
+    if (m->lora_on_device) m->backend->lora_from_host(m->device, m_host, v_host);
+}
+
 void model_enable_full_grads(Model *m) {
     if (m->weight_grads_memory) return;
     if (m->device)

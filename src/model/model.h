@@ -188,6 +188,7 @@ typedef struct Model {
     /* a device backend (model_device.h), NULL: the host computes (this file's ops, CPU) */
     const DeviceBackend *backend;
     ModelDevice *device;
+    int lora_on_device; /* model_train_on_device: LoRA values, gradients, moments live there */
 } Model;
 
 /* Load a Hugging Face model (directory or .safetensors file next to its config.json) and create
@@ -212,6 +213,15 @@ void model_init_random(Model *model, const ModelConfig *config, const LoraConfig
  * Full-parameter gradients are a host-only feature: refused with a device. */
 void model_use_device(Model *model, const char *name, const DeviceOptions *options,
                       const char *origin);
+/* Keep the LoRA training state (values, gradients, AdamW moments) on the model's device, with the
+ * gradients summed over dp_comm there (NCCL or MPI by `collectives`, DeviceOptions'); the
+ * training step then calls the backend's train functions (model_device.h). No-op on the host. */
+void model_train_on_device(Model *model, MPI_Comm dp_comm, int collectives);
+/* The LoRA values on the host again (and the moments into m_host / v_host when not NULL), for a
+ * checkpoint or adapter write; no-op when they live on the host. */
+void model_lora_to_host(Model *model, real *m_host, real *v_host);
+/* The reverse after the host's values changed (a checkpoint read); no-op on the host. */
+void model_lora_from_host(Model *model, const real *m_host, const real *v_host);
 /* model_init_random without filling the weights: the layout only, for a device backend that makes
  * its own random weights (DeviceOptions.random_init_std). The host pages are never touched. */
 void model_init_shape(Model *model, const ModelConfig *config, const LoraConfig *lora,

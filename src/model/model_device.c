@@ -29,6 +29,7 @@ typedef struct {
 
 typedef struct {
     act_t *A[N_PROJ], *B[N_PROJ]; /* the LoRA factors in the activation type (GEMM inputs) */
+    stat_t *mA[N_PROJ], *mB[N_PROJ]; /* the fp32 values (master when training is resident) */
     stat_t *dA[N_PROJ], *dB[N_PROJ]; /* their fp32 gradient accumulators */
 } DevLayerLora;
 
@@ -56,6 +57,12 @@ struct ModelDevice {
     stat_t *lora_grads;  /* fp32 accumulator, same layout as the host's */
     DevLayerLora *lora;  /* [L] */
     size_t param_bytes;
+
+    /* device-resident training (train_begin): AdamW moments and the L1 term's delta scratch */
+    int resident;
+    void *train_memory;
+    stat_t *adam_m, *adam_v, *delta_scratch;
+    size_t train_bytes;
 
     /* activations and backward scratch for up to max_B x max_T tokens, one arena */
     void *act_memory;
@@ -115,6 +122,8 @@ static void bind_parameters(ModelDevice *d, Arena *a) {
             DevLayerLora *dl = &d->lora[l];
             dl->A[p] = d->lora_act + (A - m->lora_memory);
             dl->B[p] = d->lora_act + (B - m->lora_memory);
+            dl->mA[p] = d->lora_master + (A - m->lora_memory);
+            dl->mB[p] = d->lora_master + (B - m->lora_memory);
             dl->dA[p] = d->lora_grads + (m->lora_grads[l].A[p] - m->lora_grads_memory);
             dl->dB[p] = d->lora_grads + (m->lora_grads[l].B[p] - m->lora_grads_memory);
         }
@@ -171,6 +180,7 @@ static void device_destroy(ModelDevice *d) {
     device_free_activations(d);
     dev_unpin_host(d->m->lora_memory);
     dev_unpin_host(d->m->lora_grads_memory);
+    dev_free(d->train_memory);
     dev_free(d->param_memory);
     free(d->layers);
     free(d->lora);
@@ -251,7 +261,9 @@ static void device_alloc_activations(ModelDevice *d, int B, int T) {
     dev_upload(d->rope_sin, d->m->rope_sin, (size_t)T * half * sizeof(stat_t));
 }
 
-static size_t device_memory_bytes(const ModelDevice *d) { return d->param_bytes + d->act_bytes; }
+static size_t device_memory_bytes(const ModelDevice *d) {
+    return d->param_bytes + d->act_bytes + d->train_bytes;
+}
 
 static void device_synchronize(ModelDevice *d) { dev_synchronize(); }
 
@@ -361,7 +373,7 @@ static void device_forward(ModelDevice *d, const int32_t *tokens, const int32_t 
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) m->positions[b * T + t] = t;
     dev_upload(d->positions, m->positions, (size_t)N * sizeof(int32_t));
-    if (m->adapters_enabled) { /* the host's current LoRA values (AdamW runs there) */
+    if (m->adapters_enabled && !d->resident) { /* the host's current values (AdamW runs there) */
         dev_upload(d->lora_master, m->lora_memory, m->n_lora * sizeof(stat_t));
         dev_cast_to_act(d->lora_act, d->lora_master, m->n_lora);
     }
@@ -461,12 +473,95 @@ static void device_backward(ModelDevice *d, const real *dlogp) {
         if (d->opt.recompute) layer_forward(d, l, la, x_in, d->x_sink);
         layer_backward(d, l, la, x_in);
     }
-    /* the host's buffer holds the accumulated gradients (step.c reduces and clips them there) */
-    dev_download(m->lora_grads_memory, d->lora_grads, m->n_lora * sizeof(stat_t));
+    /* not resident: the host's buffer holds the accumulated gradients (step.c reduces and clips
+     * them there) */
+    if (!d->resident)
+        dev_download(m->lora_grads_memory, d->lora_grads, m->n_lora * sizeof(stat_t));
 }
 
 static void device_zero_grads(ModelDevice *d) {
     dev_zero(d->lora_grads, d->m->n_lora * sizeof(stat_t));
+}
+
+/* ---- device-resident training ---------------------------------------------------------------*/
+
+static void device_lora_from_host(ModelDevice *d, const real *m_host, const real *v_host) {
+    const size_t bytes = d->m->n_lora * sizeof(stat_t);
+    dev_upload(d->lora_master, d->m->lora_memory, bytes);
+    dev_cast_to_act(d->lora_act, d->lora_master, d->m->n_lora);
+    if (m_host) dev_upload(d->adam_m, m_host, bytes);
+    else dev_zero(d->adam_m, bytes);
+    if (v_host) dev_upload(d->adam_v, v_host, bytes);
+    else dev_zero(d->adam_v, bytes);
+}
+
+static void device_lora_to_host(ModelDevice *d, real *m_host, real *v_host) {
+    const size_t bytes = d->m->n_lora * sizeof(stat_t);
+    dev_download(d->m->lora_memory, d->lora_master, bytes);
+    if (m_host) dev_download(m_host, d->adam_m, bytes);
+    if (v_host) dev_download(v_host, d->adam_v, bytes);
+}
+
+/* This rank's block of the largest delta (the L1 term's scratch). */
+static size_t largest_local_delta(const Model *m) {
+    size_t most = 0;
+    for (int p = 0; p < N_PROJ; p++)
+        if (m->lora.targets[p])
+            most = PAFT_MAX(most, (size_t)model_local_in(m, p) * (size_t)model_local_out(m, p));
+    return most;
+}
+
+static void device_train_begin(ModelDevice *d, MPI_Comm dp_comm, int collectives) {
+    if (d->resident) return;
+    const Model *m = d->m;
+    dev_ctx_set_dp(&d->ctx, dp_comm, collectives);
+    Arena count = {0};
+    arena_take(&count, m->n_lora, sizeof(stat_t));
+    arena_take(&count, m->n_lora, sizeof(stat_t));
+    arena_take(&count, largest_local_delta(m), sizeof(stat_t));
+    d->train_bytes = count.cursor;
+    d->train_memory = dev_alloc(d->train_bytes);
+    Arena bind = {d->train_memory, 0};
+    d->adam_m = arena_take(&bind, m->n_lora, sizeof(stat_t));
+    d->adam_v = arena_take(&bind, m->n_lora, sizeof(stat_t));
+    d->delta_scratch = arena_take(&bind, largest_local_delta(m), sizeof(stat_t));
+    device_lora_from_host(d, NULL, NULL);
+    d->resident = 1;
+}
+
+static void device_grads_allreduce(ModelDevice *d, int dp, size_t offset, size_t n) {
+    dev_allreduce_sum_stat(&d->ctx, dp, d->lora_grads + offset, n);
+}
+
+static void device_grads_zero(ModelDevice *d, size_t offset, size_t n) {
+    dev_zero(d->lora_grads + offset, n * sizeof(stat_t));
+}
+
+static double device_grads_sum_squares(ModelDevice *d, size_t offset, size_t n) {
+    return dev_sum_squares(&d->ctx, d->lora_grads + offset, n);
+}
+
+/* step.c's add_l1_penalty on the device's fp32 values: this rank's rows (column-parallel) or
+ * columns (row-parallel) of each delta. */
+static double device_l1_penalty(ModelDevice *d, double lambda) {
+    const Model *m = d->m;
+    double l1 = 0;
+    for (int l = 0; l < m->config.num_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            if (!m->lora.targets[p]) continue;
+            const DevLayerLora *lo = &d->lora[l];
+            l1 += dev_l1_penalty(&d->ctx, lo->dA[p], lo->dB[p], lo->mA[p], lo->mB[p],
+                                 model_local_out(m, p), model_local_in(m, p), m->lora.r,
+                                 (float)m->lora.scale, (float)lambda, d->delta_scratch);
+        }
+    return l1;
+}
+
+static void device_adamw_step(ModelDevice *d, int64_t step, double lr, const AdamWHyper *hyper,
+                              float grad_scale) {
+    const size_t n = d->m->n_lora;
+    dev_adamw(d->lora_master, d->lora_grads, d->adam_m, d->adam_v, n, step, lr, hyper, grad_scale);
+    dev_cast_to_act(d->lora_act, d->lora_master, n);
 }
 
 const DeviceBackend THIS_BACKEND = {
@@ -481,4 +576,12 @@ const DeviceBackend THIS_BACKEND = {
     .zero_grads = device_zero_grads,
     .memory_bytes = device_memory_bytes,
     .synchronize = device_synchronize,
+    .train_begin = device_train_begin,
+    .lora_to_host = device_lora_to_host,
+    .lora_from_host = device_lora_from_host,
+    .grads_allreduce = device_grads_allreduce,
+    .grads_zero = device_grads_zero,
+    .grads_sum_squares = device_grads_sum_squares,
+    .l1_penalty = device_l1_penalty,
+    .adamw_step = device_adamw_step,
 };

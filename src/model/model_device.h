@@ -30,9 +30,11 @@
 #ifndef PAFT_MODEL_DEVICE_H
 #define PAFT_MODEL_DEVICE_H
 
+#include <mpi.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "optim/adamw.h"
 #include "util/common.h"
 
 struct Model;
@@ -69,6 +71,32 @@ typedef struct {
     size_t (*memory_bytes)(const ModelDevice *d);
     /* Wait until the device has finished the work submitted so far (timing; no-op on emulate). */
     void (*synchronize)(ModelDevice *d);
+
+    /* ---- device-resident training --------------------------------------------------------
+     * After train_begin the LoRA values (fp32 master), their gradients and the AdamW moments
+     * live on the device; nothing LoRA-sized crosses to the host per step (forward no longer
+     * copies the values up, backward no longer copies the gradients down). The training step
+     * then calls these instead of its host loops (step.c, train.c); offsets and counts are in
+     * elements of the flat LoRA layout, as on the host. */
+    /* Copy the host's LoRA values up and switch to resident mode; dp_comm is the data-parallel
+     * group the gradients are summed over (collective over it: NCCL set-up). */
+    void (*train_begin)(ModelDevice *d, MPI_Comm dp_comm, int collectives);
+    /* The values into the Model's lora_memory and the moments into m_host / v_host (NULL: not
+     * wanted): before a checkpoint or adapter is written. */
+    void (*lora_to_host)(ModelDevice *d, real *m_host, real *v_host);
+    /* The reverse, after a checkpoint is read (NULL moments: zero). */
+    void (*lora_from_host)(ModelDevice *d, const real *m_host, const real *v_host);
+    /* Sum gradients [offset, offset + n) over the data-parallel (dp = 1) or tensor-parallel
+     * (dp = 0) group; zero them; their sum of squares (double, this rank). */
+    void (*grads_allreduce)(ModelDevice *d, int dp, size_t offset, size_t n);
+    void (*grads_zero)(ModelDevice *d, size_t offset, size_t n);
+    double (*grads_sum_squares)(ModelDevice *d, size_t offset, size_t n);
+    /* PAFT's L1 term on this rank's block of every delta: adds its gradient, returns this rank's
+     * lambda * sum |delta| (step.c sums it over the tensor-parallel group). */
+    double (*l1_penalty)(ModelDevice *d, double lambda);
+    /* AdamW over all LoRA values with step t (already counted), then the bf16 copy refreshed. */
+    void (*adamw_step)(ModelDevice *d, int64_t step, double lr, const AdamWHyper *hyper,
+                       float grad_scale);
 } DeviceBackend;
 
 extern const DeviceBackend device_backend_emulate;

@@ -63,18 +63,30 @@ void step_context_free(StepContext *ctx) {
  * or complete and identical (B of row-parallel projections from the data term): the latter is
  * kept on tensor-parallel rank 0 only, so the sum counts it once. */
 
+/* Where the LoRA gradients live decides who sums them: the host over MPI, or the device
+ * (model_train_on_device: NCCL or MPI there). The arithmetic is the same. */
+static int on_device(const Model *m) { return m->lora_on_device; }
+
 static void reduce_data_parallel(StepContext *ctx, double *sums, int n_sums) {
     Model *m = ctx->model;
     if (ctx->layout->dp > 1) {
-        allreduce_sum_real(m->lora_grads_memory, m->n_lora, ctx->layout->dp_comm);
+        if (on_device(m))
+            m->backend->grads_allreduce(m->device, 1, 0, m->n_lora);
+        else
+            allreduce_sum_real(m->lora_grads_memory, m->n_lora, ctx->layout->dp_comm);
         allreduce_sum_double(sums, (size_t)n_sums, ctx->layout->dp_comm);
     }
     if (m->tp_size > 1 && m->tp_rank != 0)
         for (int l = 0; l < m->config.num_layers; l++)
             for (int p = 0; p < N_PROJ; p++)
-                if (m->lora.targets[p] && proj_is_row_parallel(p))
-                    memset(m->lora_grads[l].B[p], 0,
-                           (size_t)proj_out(&m->config, p) * m->lora.r * sizeof(real));
+                if (m->lora.targets[p] && proj_is_row_parallel(p)) {
+                    real *dB = m->lora_grads[l].B[p];
+                    size_t n = (size_t)proj_out(&m->config, p) * m->lora.r;
+                    if (on_device(m))
+                        m->backend->grads_zero(m->device, (size_t)(dB - m->lora_grads_memory), n);
+                    else
+                        memset(dB, 0, n * sizeof(real));
+                }
 }
 
 /* lambda * sum |s B A| over this rank's blocks; adds its gradient; returns the whole sum. */
@@ -82,6 +94,11 @@ static double add_l1_penalty(StepContext *ctx, double lambda) {
     Model *m = ctx->model;
     const int tp = m->tp_size;
     double l1 = 0;
+    if (on_device(m)) {
+        l1 = m->backend->l1_penalty(m->device, lambda);
+        if (tp > 1) allreduce_sum_double(&l1, 1, m->tp_comm);
+        return l1;
+    }
     for (int l = 0; l < m->config.num_layers; l++)
         for (int p = 0; p < N_PROJ; p++) {
             if (!m->lora.targets[p]) continue;
@@ -100,14 +117,24 @@ static double add_l1_penalty(StepContext *ctx, double lambda) {
 
 static void reduce_tensor_parallel(StepContext *ctx) {
     Model *m = ctx->model;
-    if (m->tp_size > 1) allreduce_sum_real(m->lora_grads_memory, m->n_lora_replicated, m->tp_comm);
+    if (m->tp_size == 1) return;
+    if (on_device(m))
+        m->backend->grads_allreduce(m->device, 0, 0, m->n_lora_replicated);
+    else
+        allreduce_sum_real(m->lora_grads_memory, m->n_lora_replicated, m->tp_comm);
 }
 
 double step_grad_norm(const StepContext *ctx) {
     const Model *m = ctx->model;
-    double replicated = grad_sum_squares(m->lora_grads_memory, m->n_lora_replicated);
-    double shards = grad_sum_squares(m->lora_grads_memory + m->n_lora_replicated,
-                                     m->n_lora - m->n_lora_replicated);
+    const size_t n_rep = m->n_lora_replicated, n_shard = m->n_lora - m->n_lora_replicated;
+    double replicated, shards;
+    if (on_device(m)) {
+        replicated = m->backend->grads_sum_squares(m->device, 0, n_rep);
+        shards = m->backend->grads_sum_squares(m->device, n_rep, n_shard);
+    } else {
+        replicated = grad_sum_squares(m->lora_grads_memory, n_rep);
+        shards = grad_sum_squares(m->lora_grads_memory + n_rep, n_shard);
+    }
     if (m->tp_size > 1) allreduce_sum_double(&shards, 1, m->tp_comm);
     return sqrt(replicated + shards);
 }

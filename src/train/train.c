@@ -72,15 +72,20 @@ typedef struct {
 
 /* ---- setup -----------------------------------------------------------------------------------*/
 
+/* parallel.collectives as DeviceOptions.collectives (kernels/device_comm.h's DeviceCommKind) */
+static int collectives_kind(const Config *cfg) {
+    const char *c = cfg->parallel.collectives;
+    return strcmp(c, "nccl") == 0 ? 1 : strcmp(c, "mpi") == 0 ? 2 : 0;
+}
+
 void train_use_device(const Config *cfg, Model *model) {
     if (strcmp(cfg->model.device, "cpu") == 0) return;
     if (strcmp(cfg->model.device, "cuda") == 0 && strcmp(cfg->model.dtype, "bf16") != 0)
         PAFT_FATAL("configuration: model.dtype = %s: the CUDA backend computes in bf16 (fp32 "
                    "activations are not implemented; the CPU backend computes in fp32)",
                    cfg->model.dtype);
-    DeviceOptions opt = {.recompute = cfg->model.recompute};
-    const char *c = cfg->parallel.collectives;
-    opt.collectives = strcmp(c, "nccl") == 0 ? 1 : strcmp(c, "mpi") == 0 ? 2 : 0;
+    DeviceOptions opt = {.recompute = cfg->model.recompute,
+                         .collectives = collectives_kind(cfg)};
     model_use_device(model, cfg->model.device, &opt, "configuration: model.device");
 }
 
@@ -130,6 +135,9 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
     AdamWHyper hyper = adamw_default_hyper();
     hyper.weight_decay = sc->weight_decay;
     adamw_init(&tr->opt, tr->model.n_lora, hyper);
+    /* on a device, the LoRA values, gradients and moments stay there between steps (the host
+     * arrays above then serve checkpoints only) */
+    model_train_on_device(&tr->model, tr->layout.dp_comm, collectives_kind(cfg));
     tr->pos.seed = sc->seed;
 
     tr->dir = train_stage_dir(cfg, kind);
@@ -162,7 +170,12 @@ static void optimizer_step(Trainer *tr, StepStats *st) {
         return;
     }
     real coef = (real)clip_coefficient(st->grad_norm, tr->sc->max_grad_norm);
-    adamw_step(&tr->opt, m->lora_memory, m->lora_grads_memory, st->lr, coef);
+    if (m->lora_on_device) {
+        tr->opt.step++;
+        m->backend->adamw_step(m->device, tr->opt.step, st->lr, &tr->opt.hyper, (float)coef);
+    } else {
+        adamw_step(&tr->opt, m->lora_memory, m->lora_grads_memory, st->lr, coef);
+    }
 }
 
 /* ---- logging ---------------------------------------------------------------------------------*/
@@ -215,6 +228,7 @@ static void write_checkpoint(Trainer *tr) {
     snprintf(info.stage, sizeof info.stage, "%s", tr->name);
     snprintf(info.folded_adapter, sizeof info.folded_adapter, "%s", tr->cfg->model.adapter);
     tr->pos.optim_step = tr->opt.step;
+    model_lora_to_host(&tr->model, tr->opt.m, tr->opt.v);
     adapter_write(path, tr->comm, &tr->model, &info, tr->opt.m, tr->opt.v, &tr->pos,
                   tr->layout.dp_rank == 0);
     free(path);
@@ -279,6 +293,7 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
     if (paft_path_exists(checkpoint_path)) {
         AdapterInfo info;
         adapter_read(checkpoint_path, comm, &tr.model, &info, tr.opt.m, tr.opt.v, &tr.pos);
+        model_lora_from_host(&tr.model, tr.opt.m, tr.opt.v);
         if (tr.pos.seed != tr.sc->seed)
             PAFT_FATAL("%s: written with seed %lld, the configuration has %d", checkpoint_path,
                        (long long)tr.pos.seed, tr.sc->seed);
@@ -342,6 +357,7 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
         AdapterInfo info = {.step = tr.step};
         snprintf(info.stage, sizeof info.stage, "%s", tr.name);
         snprintf(info.folded_adapter, sizeof info.folded_adapter, "%s", cfg->model.adapter);
+        model_lora_to_host(&tr.model, NULL, NULL);
         adapter_write(adapter_path, comm, &tr.model, &info, NULL, NULL, NULL, tr.layout.dp_rank == 0);
         if (tr.rank == 0) {
             char *peft_dir = paft_path_join(tr.dir, "peft");

@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # `paft run` (one SFT rank || one preference rank, then the merge) on a device backend against
 # the same run on the CPU backend: per-step losses and both adapters within TOL, and the device
-# run with activation recomputation identical in losses to the one without.
+# run with activation recomputation identical in losses to the one without. Then the device run
+# on 4 ranks (DP=2 and TP=2 groups: the device-resident gradient reductions) and one stopped
+# after 2 steps and resumed, against the 2-rank device run.
 #   usage: test_device_run.sh PAFT MAKE_TASK COMPARE WORKDIR DEVICE TOL
 # DEVICE emulate runs everywhere (TOL 1e-5: the same CPU ops); cuda needs a GPU (both ranks share
 # it, so the MPI collective path; TOL for bf16) and reports itself skipped (77) without one.
 set -euo pipefail
 paft=$1 make_task=$2 compare=$3 work=$4 device=$5 tol=$6
+# a resumed run repeats the same arithmetic: bitwise on the emulation, near it on a GPU
+resume_tol=$([ "$device" = emulate ] && echo 0 || echo 1e-3)
 source "$(dirname "$0")/../mpi_env.sh"
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
 rm -rf "$work" && mkdir -p "$work"
 "$make_task" "$work/task" > /dev/null
 common=("$work/task/task.ini" sft.steps=4 pref.steps=4 sft.batch=4 pref.batch=4
         sft.micro_batch=2 pref.micro_batch=2 sft.l1=1e-3 merge.method=ties)
-run() { # name, extra settings...
-  local name=$1; shift
-  if ! mpirun -np 2 "$paft" run "${common[@]}" output.dir="$work/$name" "$@" > "$work/$name.log" 2>&1; then
+run() { # name, extra settings... [-- ranks]
+  local name=$1 np=2 settings=(); shift
+  while [ $# -gt 0 ]; do
+    if [ "$1" = "--" ]; then np=$2; break; fi
+    settings+=("$1"); shift
+  done
+  if ! mpirun -np "$np" "$paft" run "${common[@]}" output.dir="$work/$name" "${settings[@]}" >> "$work/$name.log" 2>&1; then
     if grep -q "no CUDA device" "$work/$name.log"; then echo "skipped: no GPU here"; exit 77; fi
     echo "FAIL: $name did not run"; cat "$work/$name.log"; exit 1
   fi
@@ -42,6 +50,22 @@ for stage in sft pref; do
   else
     failed=$((failed + 1)); echo "FAIL: $stage: adapters differ"
   fi
+done
+# the device-resident gradient reductions under data and tensor parallelism (4 ranks: each group
+# DP=2, or TP=2), and a stop after 2 steps resumed from its checkpoint, against the 2-rank runs
+run dp2 model.device="$device" -- 4
+run tp2 model.device="$device" parallel.tp=2 -- 4
+run sliced model.device="$device" output.stop_after=2
+grep -q "checkpoint written" "$work/sliced.log" || { failed=$((failed + 1)); echo "FAIL: no checkpoint"; }
+run sliced model.device="$device"
+for name in dp2 tp2 sliced; do
+  for stage in sft pref; do
+    if "$compare" "$work/device/$stage/adapter.h5" "$work/$name/$stage/adapter.h5" "$( [ $name = sliced ] && echo "$resume_tol" || echo "$tol" )"; then
+      passed=$((passed + 1)); echo "$name: $stage adapter agrees with the 2-rank device run"
+    else
+      failed=$((failed + 1)); echo "FAIL: $name: $stage adapter differs"
+    fi
+  done
 done
 for name in cpu device; do
   [ -s "$work/$name/merged.h5" ] || { failed=$((failed + 1)); echo "FAIL: $name: no merged.h5"; }
