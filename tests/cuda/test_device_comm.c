@@ -325,10 +325,11 @@ static int run_gpu(void) {
           local_rank, cuda_device_count());
 
 #ifdef PAFT_HAVE_NCCL
-    const char *auto_name = size == 1 ? "none" : shares ? "mpi" : "nccl";
+    const int have_nccl = 1;
 #else
-    const char *auto_name = size == 1 ? "none" : "mpi";
+    const int have_nccl = 0;
 #endif
+    const char *auto_name = size == 1 ? "none" : have_nccl && !shares ? "nccl" : "mpi";
     static const DeviceCommKind kinds[2] = {DEVICE_COMM_AUTO, DEVICE_COMM_MPI};
     for (int k = 0; k < 2; k++) {
         DeviceComm *dc = device_comm_create(MPI_COMM_WORLD, kinds[k]);
