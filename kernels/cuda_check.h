@@ -1,6 +1,7 @@
 /*
  * cuda_check.h - the CUDA backend's return-code checks, in the style of CHECK_MPI: each names the
- * call, the file, the line and (through paft_fatal) the rank, and ends the job.
+ * call, the file, the line and (through paft_fatal) the rank, and ends the job. Plain C as well as
+ * C++: the .cu files and the C files of kernels/ (device_comm.c) share it.
  */
 #ifndef PAFT_CUDA_CHECK_H
 #define PAFT_CUDA_CHECK_H
@@ -28,5 +29,18 @@
 
 /* After a kernel launch: launch errors are reported at once, not at the next sync. */
 #define CHECK_LAUNCH() CHECK_CUDA(cudaGetLastError())
+
+#ifdef PAFT_HAVE_NCCL /* defined by CMake when NCCL was found */
+#include <nccl.h>
+
+/* ncclGetLastError(NULL) adds NCCL's own explanation (which peer, which transport) to the code. */
+#define CHECK_NCCL(call)                                                                           \
+    do {                                                                                           \
+        ncclResult_t check_nccl_rc_ = (call);                                                      \
+        if (check_nccl_rc_ != ncclSuccess)                                                         \
+            paft_fatal(__FILE__, __LINE__, "NCCL call failed: %s: %s (%s)", #call,                 \
+                       ncclGetErrorString(check_nccl_rc_), ncclGetLastError(NULL));                \
+    } while (0)
+#endif
 
 #endif
