@@ -66,6 +66,35 @@ void attention_backward_cuda(floatX *dq, floatX *dk, floatX *dv, const floatX *d
                              const float *probs, const floatX *q, const floatX *k, const floatX *v,
                              int B, int T, int Hq, int Hkv, int D);
 
+/* ---- fused attention and device-side initialisation (kernels/attention_cuda.cu, init_cuda.cu) */
+
+/* Fused causal GQA attention (FlashAttention-style): same layouts and semantics as
+ * attention_forward_cuda (q, out [B][T][Hq][D]; k, v [B][T][Hkv][D]; query head h reads KV head
+ * h / (Hq/Hkv); scale 1/sqrt(D); causal), but it never stores the T x T probabilities: the forward
+ * saves lse [B][Hq][T] (fp32, natural-log logsumexp of the scaled scores of each query row); the
+ * backward recomputes the probabilities tile by tile from q, k and lse. D even, 2 <= D <= 256
+ * (anything else is a fatal error). */
+void attention_forward_fused_cuda(floatX *out, float *lse, const floatX *q, const floatX *k,
+                                  const floatX *v, int B, int T, int Hq, int Hkv, int D);
+/* Bytes of device scratch attention_backward_fused_cuda needs for this shape (the fp32 row terms
+ * D_i = sum_d dout*out, [B][Hq][T]). */
+size_t attention_backward_fused_scratch_bytes(int B, int T, int Hq, int Hkv, int D);
+/* dq, dk, dv += (they ADD, like every backward; NULL not allowed here); deterministic: no atomics
+ * on outputs, every output element written by exactly one thread. scratch:
+ * attention_backward_fused_scratch_bytes(...) bytes of device memory owned by the caller (no
+ * cudaMalloc inside: it runs once per layer per step). out and lse are the forward's. */
+void attention_backward_fused_cuda(floatX *dq, floatX *dk, floatX *dv, const floatX *dout,
+                                   const floatX *out, const float *lse, const floatX *q,
+                                   const floatX *k, const floatX *v, int B, int T, int Hq, int Hkv,
+                                   int D, void *scratch);
+
+/* p[i] = mean + std * N(0,1) from a counter-based generator (a hash of (seed, i) + Box-Muller),
+ * bf16 on device: random weights for `paft bench` without a host copy. Deterministic for
+ * (seed, i), independent of the launch shape (and of n: a longer fill extends a shorter one). */
+void fill_normal_cuda(floatX *p, size_t n, unsigned long long seed, float mean, float std);
+
+/* ---- end of fused attention and device-side initialisation -------------------------------- */
+
 /* Vocab-parallel log-probabilities, the pieces of ops.h (this rank holds vocabulary columns
  * [vocab_start, vocab_start + V) of logits [N][V], bf16; the statistics are fp32 or double):
  * row_max (fp32, exact: a max of bf16 values); sumexp = sum_j exp(logits - row_max), exp in fp32,

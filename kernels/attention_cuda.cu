@@ -1,0 +1,533 @@
+/*
+ * attention_cuda.cu - fused, memory-efficient causal grouped-query attention (FlashAttention-2
+ * style) for the CUDA backend: the semantics of attention_forward_cuda / attention_backward_cuda
+ * (ops_cuda.h) without the T x T probabilities. The forward keeps a running max and sum per query
+ * row (online softmax) while it walks over the key tiles, and saves only lse = max + log(sum) per
+ * row; the backward recomputes each probability tile as exp(scaled score - lse).
+ *
+ * A first fused version, written to be checked by reading: plain fp32 arithmetic on CUDA cores
+ * (no tensor cores yet), every tile staged in shared memory as fp32 (bf16 converted on load).
+ *
+ * Layouts (as ops.h): q, out, dq, dout [B][T][Hq][D]; k, v, dk, dv [B][T][Hkv][D]; lse and the
+ * backward's row terms Delta [B][Hq][T] (fp32). Query head h reads KV head h / (Hq / Hkv).
+ *
+ * Every kernel runs 256 threads, seen as a 16 x 16 grid: ty = threadIdx.x / 16 (0..15) and
+ * tx = threadIdx.x % 16. A tile has TILE rows (TILE = 16, 32 or 64); for the TILE x TILE score
+ * tiles a thread owns the R x R entries (row ty + 16 i, column tx + 16 j), R = TILE / 16, and for
+ * the TILE x D accumulators it owns rows ty + 16 i and the columns d with d % 16 == tx. Every
+ * shared-memory hand-over between these two ownerships goes through a __syncthreads().
+ */
+#include <math.h>
+
+#include "cuda_check.h"
+#include "ops_cuda.h"
+
+/* ---- shared helpers ------------------------------------------------------------------------- */
+
+static constexpr int fa_threads = 256; /* a 16 x 16 grid of threads, see above */
+static constexpr int fa_side = 16;
+
+/* The head dimension padded up to a multiple of 64: the accumulate loops walk it in chunks of 64
+ * (16 threads x 4 columns) without bounds checks; the padding columns are loaded as zeros, so
+ * they add nothing to a dot product and are never written back. */
+__host__ __device__ static inline int fa_padded_dim(int D) { return (D + 63) / 64 * 64; }
+/* Row strides (in floats) of the shared tiles: one more than the width, so that 16 threads reading
+ * down a column (row stride odd) hit 16 different banks. */
+__host__ __device__ static inline int fa_ld(int D) { return fa_padded_dim(D) + 1; }
+__host__ __device__ static inline int fa_pld(int tile) { return tile + 1; }
+
+__device__ static inline float bf16_to_float(floatX x) { return __bfloat162float(x); }
+
+/* dst[r][d] (row stride ld, fp32) = src row (row0 + r), for r < rows and d < Dp; zeros for rows
+ * at or past T and for the padding columns d >= D. src points at (b, t = 0, head, 0) of a
+ * [B][T][H][D] tensor, so row t starts at src + t * row_stride with row_stride = H * D. */
+__device__ static void fa_load_rows(float *dst, const floatX *src, int row0, int rows, int T,
+                                   size_t row_stride, int D, int ld) {
+    const int Dp = fa_padded_dim(D);
+    for (int e = threadIdx.x; e < rows * Dp; e += blockDim.x) {
+        const int r = e / Dp, d = e % Dp;
+        const int t = row0 + r;
+        dst[r * ld + d] = (t < T && d < D) ? bf16_to_float(src[(size_t)t * row_stride + d]) : 0.0f;
+    }
+}
+
+/* dst[i] = 0 for i < n (shared memory, the block's threads together). */
+__device__ static void fa_zero(float *dst, int n) {
+    for (int e = threadIdx.x; e < n; e += blockDim.x) dst[e] = 0.0f;
+}
+
+/* The thread's R x R entries of A B^T: acc[i][j] = sum_d A[ty + 16 i][d] * Bm[tx + 16 j][d], over
+ * the padded width Dp (A and Bm: TILE rows of stride ld). */
+template <int R>
+__device__ static void fa_tile_dots(float (&acc)[R][R], const float *A, const float *Bm, int ld,
+                                    int Dp) {
+    const int ty = threadIdx.x / fa_side, tx = threadIdx.x % fa_side;
+#pragma unroll
+    for (int i = 0; i < R; i++)
+#pragma unroll
+        for (int j = 0; j < R; j++) acc[i][j] = 0.0f;
+    for (int d = 0; d < Dp; d++) {
+        float a[R], bv[R];
+#pragma unroll
+        for (int i = 0; i < R; i++) a[i] = A[(ty + fa_side * i) * ld + d];
+#pragma unroll
+        for (int j = 0; j < R; j++) bv[j] = Bm[(tx + fa_side * j) * ld + d];
+#pragma unroll
+        for (int i = 0; i < R; i++)
+#pragma unroll
+            for (int j = 0; j < R; j++) acc[i][j] += a[i] * bv[j];
+    }
+}
+
+/* out[row][d] += alpha * sum_{k < K} M(row, k) * X[k][d] for the thread's own rows
+ * (row = ty + 16 i, i < R) and columns (d % 16 == tx, d < Dp), where M(row, k) is
+ * M[row * m_row + k * m_col]: (m_row, m_col) = (pld, 1) reads M as stored, (1, pld) reads its
+ * transpose. out and X have row stride ld. Only the thread's own out entries are touched. */
+template <int R>
+__device__ static void fa_accumulate(float *out, const float *M, int m_row, int m_col,
+                                     const float *X, int K, int ld, int Dp, float alpha) {
+    const int ty = threadIdx.x / fa_side, tx = threadIdx.x % fa_side;
+    for (int d0 = 0; d0 < Dp; d0 += 4 * fa_side) {
+        float acc[R][4];
+#pragma unroll
+        for (int i = 0; i < R; i++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) acc[i][c] = 0.0f;
+        for (int k = 0; k < K; k++) {
+            float m[R], x[4];
+#pragma unroll
+            for (int i = 0; i < R; i++) m[i] = M[(ty + fa_side * i) * m_row + k * m_col];
+#pragma unroll
+            for (int c = 0; c < 4; c++) x[c] = X[k * ld + d0 + tx + fa_side * c];
+#pragma unroll
+            for (int i = 0; i < R; i++)
+#pragma unroll
+                for (int c = 0; c < 4; c++) acc[i][c] += m[i] * x[c];
+        }
+#pragma unroll
+        for (int i = 0; i < R; i++)
+#pragma unroll
+            for (int c = 0; c < 4; c++)
+                out[(ty + fa_side * i) * ld + d0 + tx + fa_side * c] += alpha * acc[i][c];
+    }
+}
+
+/* ---- forward ----------------------------------------------------------------------------------
+ * One block per (query tile, query head h, batch b). The query tile (rows q0 .. q0 + TILE - 1)
+ * stays in shared memory; the key tiles k0 = 0, TILE, ... up to the one holding the tile's last
+ * query row (the diagonal tile: causal) pass through, K then V in the same buffer. Per key tile:
+ *   S = Q K^T scale, -inf where key > query row (or key >= T);
+ *   per row (one thread each): m_new = max(m, max_c S), corr = exp(m - m_new),
+ *     P = exp(S - m_new), l = l corr + sum_c P;
+ *   O = O corr + P V  (fp32, in shared memory).
+ * At the end out = O / l (bf16) and lse = m + log(l). */
+
+/* Shared memory of the forward, in floats, in the order the kernel carves it. */
+__host__ __device__ static inline size_t fa_forward_smem_floats(int tile, int D) {
+    return 3 * (size_t)tile * fa_ld(D)    /* Qs, KVs, Os */
+           + (size_t)tile * fa_pld(tile) /* Ps */
+           + 3 * (size_t)tile;            /* row_max, row_sum, row_corr */
+}
+
+template <int TILE>
+__global__ static void __launch_bounds__(fa_threads)
+    attention_forward_fused_kernel(floatX *out, float *lse, const floatX *q, const floatX *k,
+                                   const floatX *v, int T, int Hq, int Hkv, int D, float scale) {
+    constexpr int R = TILE / fa_side;
+    const int q_tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int kv_head = h / (Hq / Hkv);
+    const int q0 = q_tile * TILE;
+    const int q_last = min(q0 + TILE, T) - 1; /* the tile's last valid query row */
+    const int Dp = fa_padded_dim(D), ld = fa_ld(D), pld = fa_pld(TILE);
+    const int ty = threadIdx.x / fa_side, tx = threadIdx.x % fa_side;
+
+    extern __shared__ float fa_smem[];
+    float *Qs = fa_smem;            /* [TILE][ld] */
+    float *KVs = Qs + TILE * ld;    /* [TILE][ld]: the K tile, then the V tile */
+    float *Os = KVs + TILE * ld;    /* [TILE][ld]: the unnormalised output rows */
+    float *Ps = Os + TILE * ld;     /* [TILE][pld]: scores, then probabilities (times exp(-m)) */
+    float *row_max = Ps + TILE * pld; /* [TILE] m */
+    float *row_sum = row_max + TILE;  /* [TILE] l */
+    float *row_corr = row_sum + TILE; /* [TILE] exp(m_old - m_new) of the current key tile */
+
+    /* (b, t = 0, head) of each tensor; rows of q are Hq * D apart, rows of k and v Hkv * D */
+    const floatX *q_bh = q + ((size_t)b * T * Hq + h) * D;
+    const floatX *k_bh = k + ((size_t)b * T * Hkv + kv_head) * D;
+    const floatX *v_bh = v + ((size_t)b * T * Hkv + kv_head) * D;
+
+    fa_load_rows(Qs, q_bh, q0, TILE, T, (size_t)Hq * D, D, ld);
+    fa_zero(Os, TILE * ld);
+    for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
+        row_max[r] = -INFINITY;
+        row_sum[r] = 0.0f;
+    }
+
+    for (int k0 = 0; k0 <= q_last; k0 += TILE) {
+        __syncthreads(); /* Qs, Os, stats ready (first pass); the last pass's KVs, Ps readers done */
+        fa_load_rows(KVs, k_bh, k0, TILE, T, (size_t)Hkv * D, D, ld);
+        __syncthreads();
+
+        float s[R][R];
+        fa_tile_dots<R>(s, Qs, KVs, ld, Dp);
+#pragma unroll
+        for (int i = 0; i < R; i++)
+#pragma unroll
+            for (int j = 0; j < R; j++) {
+                const int r = ty + fa_side * i, c = tx + fa_side * j;
+                const int t = q0 + r, key = k0 + c;
+                Ps[r * pld + c] = (key <= t && key < T) ? s[i][j] * scale : -INFINITY;
+            }
+        __syncthreads(); /* Ps complete, and nobody reads K any more: V may replace it */
+
+        fa_load_rows(KVs, v_bh, k0, TILE, T, (size_t)Hkv * D, D, ld);
+        /* the online softmax, one thread per row (touches Ps and the row stats, not KVs) */
+        for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
+            float *p = Ps + r * pld;
+            const float m_old = row_max[r];
+            float m_new = m_old;
+            for (int c = 0; c < TILE; c++) m_new = fmaxf(m_new, p[c]);
+            float corr = 1.0f, sum = 0.0f;
+            if (m_new == -INFINITY) { /* nothing visible yet (cannot happen for a valid row) */
+                for (int c = 0; c < TILE; c++) p[c] = 0.0f;
+            } else {
+                corr = expf(m_old - m_new); /* exp(-inf) = 0 on the first tile */
+                for (int c = 0; c < TILE; c++) {
+                    p[c] = expf(p[c] - m_new); /* masked: exp(-inf) = 0 */
+                    sum += p[c];
+                }
+            }
+            row_max[r] = m_new;
+            row_sum[r] = row_sum[r] * corr + sum;
+            row_corr[r] = corr;
+        }
+        __syncthreads(); /* V, P and row_corr ready */
+
+        /* O = O corr + P V, each thread on its own rows and columns. Keys past the tile's last
+         * valid query row are masked for every row (P = 0): the loop stops before them, which
+         * skips the masked part of the diagonal tile (and the keys past T). */
+#pragma unroll
+        for (int i = 0; i < R; i++) {
+            const int r = ty + fa_side * i;
+            for (int d = tx; d < Dp; d += fa_side) Os[r * ld + d] *= row_corr[r];
+        }
+        const int key_count = min(TILE, q_last - k0 + 1);
+        fa_accumulate<R>(Os, Ps, pld, 1, KVs, key_count, ld, Dp, 1.0f);
+    }
+    __syncthreads(); /* every Os row complete */
+
+    floatX *out_bh = out + ((size_t)b * T * Hq + h) * D;
+    for (int e = threadIdx.x; e < TILE * D; e += blockDim.x) {
+        const int r = e / D, d = e % D;
+        const int t = q0 + r;
+        if (t < T) out_bh[(size_t)t * Hq * D + d] = __float2bfloat16(Os[r * ld + d] / row_sum[r]);
+    }
+    for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
+        const int t = q0 + r;
+        if (t < T) lse[((size_t)b * Hq + h) * T + t] = row_max[r] + logf(row_sum[r]);
+    }
+}
+
+/* ---- backward ---------------------------------------------------------------------------------
+ * With s = q k^T scale, P = exp(s - lse) (causal), out = P v, and Delta_t = dout_t . out_t
+ * (= sum_j P_tj dP_tj, the softmax's row term):
+ *   dP = dout v^T,  dS = P (dP - Delta),  dv += P^T dout,  dk += scale dS^T q,  dq += scale dS k.
+ * Three kernels: Delta (one thread per query row); dk and dv (one block per key tile and KV head,
+ * looping over the group's query heads and the query tiles at or after the key tile); dq (one
+ * block per query tile and query head, looping over the key tiles up to the diagonal). Each
+ * gradient element is written once, by one thread: no atomics, deterministic. */
+
+__global__ static void attention_delta_kernel(float *delta, const floatX *dout, const floatX *out,
+                                              int B, int T, int Hq, int D) {
+    const size_t n = blockIdx.x * (size_t)blockDim.x + threadIdx.x; /* (b * T + t) * Hq + h */
+    if (n >= (size_t)B * T * Hq) return;
+    const int h = (int)(n % Hq);
+    const size_t bt = n / Hq;
+    const int t = (int)(bt % T), b = (int)(bt / T);
+    const floatX *dout_row = dout + n * D, *out_row = out + n * D;
+    float sum = 0.0f;
+    for (int d = 0; d < D; d++) sum += bf16_to_float(dout_row[d]) * bf16_to_float(out_row[d]);
+    delta[((size_t)b * Hq + h) * T + t] = sum;
+}
+
+/* Shared memory of the dk/dv kernel, in floats, in the order the kernel carves it. */
+__host__ __device__ static inline size_t fa_backward_kv_smem_floats(int tile, int D) {
+    return 6 * (size_t)tile * fa_ld(D)        /* Ks, Vs, Qs, dOs, dKs, dVs */
+           + 2 * (size_t)tile * fa_pld(tile) /* Ps, dSs */
+           + 2 * (size_t)tile;                /* row_lse, row_delta */
+}
+
+/* One block per (key tile, KV head, batch): keys k0 .. k0 + TILE - 1 stay in shared memory with
+ * their dk, dv accumulators; the query tiles q0 = k0, k0 + TILE, ... (the earlier ones cannot see
+ * these keys) of every query head of the group pass through. */
+template <int TILE>
+__global__ static void __launch_bounds__(fa_threads)
+    attention_backward_kv_kernel(floatX *dk, floatX *dv, const floatX *dout, const float *lse,
+                                 const float *delta, const floatX *q, const floatX *k,
+                                 const floatX *v, int T, int Hq, int Hkv, int D, float scale) {
+    constexpr int R = TILE / fa_side;
+    const int k_tile = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
+    const int group = Hq / Hkv;
+    const int k0 = k_tile * TILE;
+    const int Dp = fa_padded_dim(D), ld = fa_ld(D), pld = fa_pld(TILE);
+    const int ty = threadIdx.x / fa_side, tx = threadIdx.x % fa_side;
+
+    extern __shared__ float fa_smem[];
+    float *Ks = fa_smem;           /* [TILE][ld] */
+    float *Vs = Ks + TILE * ld;    /* [TILE][ld] */
+    float *Qs = Vs + TILE * ld;    /* [TILE][ld] the current query tile */
+    float *dOs = Qs + TILE * ld;   /* [TILE][ld] its dout */
+    float *dKs = dOs + TILE * ld;  /* [TILE][ld] sum of dS^T q (scale applied on the way in) */
+    float *dVs = dKs + TILE * ld;  /* [TILE][ld] sum of P^T dout */
+    float *Ps = dVs + TILE * ld;   /* [TILE][pld] P, query rows x key columns */
+    float *dSs = Ps + TILE * pld;  /* [TILE][pld] dS, query rows x key columns */
+    float *row_lse = dSs + TILE * pld; /* [TILE] lse of the current query rows */
+    float *row_delta = row_lse + TILE; /* [TILE] Delta of the current query rows */
+
+    const size_t kv_offset = ((size_t)b * T * Hkv + kv_head) * D; /* (b, t = 0, kv_head) */
+    fa_load_rows(Ks, k + kv_offset, k0, TILE, T, (size_t)Hkv * D, D, ld);
+    fa_load_rows(Vs, v + kv_offset, k0, TILE, T, (size_t)Hkv * D, D, ld);
+    fa_zero(dKs, TILE * ld);
+    fa_zero(dVs, TILE * ld);
+
+    for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
+        const size_t q_offset = ((size_t)b * T * Hq + h) * D; /* (b, t = 0, h) */
+        const size_t stat_offset = ((size_t)b * Hq + h) * T;  /* lse / delta of (b, h, t = 0) */
+        for (int q0 = k0; q0 < T; q0 += TILE) {
+            __syncthreads(); /* Ks, Vs, dKs, dVs ready (first pass); last pass's readers done */
+            fa_load_rows(Qs, q + q_offset, q0, TILE, T, (size_t)Hq * D, D, ld);
+            fa_load_rows(dOs, dout + q_offset, q0, TILE, T, (size_t)Hq * D, D, ld);
+            for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
+                const int t = q0 + r;
+                row_lse[r] = t < T ? lse[stat_offset + t] : 0.0f;
+                row_delta[r] = t < T ? delta[stat_offset + t] : 0.0f;
+            }
+            __syncthreads();
+
+            float s[R][R], dp[R][R];
+            fa_tile_dots<R>(s, Qs, Ks, ld, Dp);  /* s[i][j]: query row ty+16i . key tx+16j */
+            fa_tile_dots<R>(dp, dOs, Vs, ld, Dp); /* dp[i][j]: dout row ty+16i . v tx+16j */
+#pragma unroll
+            for (int i = 0; i < R; i++)
+#pragma unroll
+                for (int j = 0; j < R; j++) {
+                    const int r = ty + fa_side * i, c = tx + fa_side * j;
+                    const int t = q0 + r, key = k0 + c;
+                    const bool visible = t < T && key <= t; /* implies key < T */
+                    const float p = visible ? expf(s[i][j] * scale - row_lse[r]) : 0.0f;
+                    Ps[r * pld + c] = p;
+                    dSs[r * pld + c] = p * (dp[i][j] - row_delta[r]);
+                }
+            __syncthreads(); /* P and dS complete */
+
+            /* dv[c] += sum_r P[r][c] dout[r];  dk[c] += scale sum_r dS[r][c] q[r]: the
+             * accumulator rows are keys, so P and dS are read transposed (m_row 1, m_col pld) */
+            const int query_count = min(TILE, T - q0);
+            fa_accumulate<R>(dVs, Ps, 1, pld, dOs, query_count, ld, Dp, 1.0f);
+            fa_accumulate<R>(dKs, dSs, 1, pld, Qs, query_count, ld, Dp, scale);
+        }
+    }
+    __syncthreads(); /* every dKs, dVs row complete */
+
+    for (int e = threadIdx.x; e < TILE * D; e += blockDim.x) {
+        const int c = e / D, d = e % D;
+        const int key = k0 + c;
+        if (key >= T) continue;
+        const size_t idx = kv_offset + (size_t)key * Hkv * D + d;
+        dk[idx] = __float2bfloat16(bf16_to_float(dk[idx]) + dKs[c * ld + d]);
+        dv[idx] = __float2bfloat16(bf16_to_float(dv[idx]) + dVs[c * ld + d]);
+    }
+}
+
+/* Shared memory of the dq kernel, in floats, in the order the kernel carves it. */
+__host__ __device__ static inline size_t fa_backward_q_smem_floats(int tile, int D) {
+    return 5 * (size_t)tile * fa_ld(D)    /* Qs, dOs, Ks, Vs, dQs */
+           + (size_t)tile * fa_pld(tile) /* dSs */
+           + 2 * (size_t)tile;            /* row_lse, row_delta */
+}
+
+/* One block per (query tile, query head, batch): the query rows stay in shared memory with their
+ * dq accumulator; the key tiles k0 = 0, TILE, ... up to the diagonal pass through. */
+template <int TILE>
+__global__ static void __launch_bounds__(fa_threads)
+    attention_backward_q_kernel(floatX *dq, const floatX *dout, const float *lse,
+                                const float *delta, const floatX *q, const floatX *k,
+                                const floatX *v, int T, int Hq, int Hkv, int D, float scale) {
+    constexpr int R = TILE / fa_side;
+    const int q_tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int kv_head = h / (Hq / Hkv);
+    const int q0 = q_tile * TILE;
+    const int q_last = min(q0 + TILE, T) - 1;
+    const int Dp = fa_padded_dim(D), ld = fa_ld(D), pld = fa_pld(TILE);
+    const int ty = threadIdx.x / fa_side, tx = threadIdx.x % fa_side;
+
+    extern __shared__ float fa_smem[];
+    float *Qs = fa_smem;           /* [TILE][ld] */
+    float *dOs = Qs + TILE * ld;   /* [TILE][ld] */
+    float *Ks = dOs + TILE * ld;   /* [TILE][ld] the current key tile */
+    float *Vs = Ks + TILE * ld;    /* [TILE][ld] */
+    float *dQs = Vs + TILE * ld;   /* [TILE][ld] sum of dS k (scale applied on the way in) */
+    float *dSs = dQs + TILE * ld;  /* [TILE][pld] dS, query rows x key columns */
+    float *row_lse = dSs + TILE * pld;
+    float *row_delta = row_lse + TILE;
+
+    const size_t q_offset = ((size_t)b * T * Hq + h) * D;        /* (b, t = 0, h) */
+    const size_t kv_offset = ((size_t)b * T * Hkv + kv_head) * D; /* (b, t = 0, kv_head) */
+    const size_t stat_offset = ((size_t)b * Hq + h) * T;
+    fa_load_rows(Qs, q + q_offset, q0, TILE, T, (size_t)Hq * D, D, ld);
+    fa_load_rows(dOs, dout + q_offset, q0, TILE, T, (size_t)Hq * D, D, ld);
+    fa_zero(dQs, TILE * ld);
+    for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
+        const int t = q0 + r;
+        row_lse[r] = t < T ? lse[stat_offset + t] : 0.0f;
+        row_delta[r] = t < T ? delta[stat_offset + t] : 0.0f;
+    }
+
+    for (int k0 = 0; k0 <= q_last; k0 += TILE) {
+        __syncthreads(); /* Qs, dOs, dQs, stats ready (first pass); last pass's readers done */
+        fa_load_rows(Ks, k + kv_offset, k0, TILE, T, (size_t)Hkv * D, D, ld);
+        fa_load_rows(Vs, v + kv_offset, k0, TILE, T, (size_t)Hkv * D, D, ld);
+        __syncthreads();
+
+        float s[R][R], dp[R][R];
+        fa_tile_dots<R>(s, Qs, Ks, ld, Dp);
+        fa_tile_dots<R>(dp, dOs, Vs, ld, Dp);
+#pragma unroll
+        for (int i = 0; i < R; i++)
+#pragma unroll
+            for (int j = 0; j < R; j++) {
+                const int r = ty + fa_side * i, c = tx + fa_side * j;
+                const int t = q0 + r, key = k0 + c;
+                const bool visible = t < T && key <= t;
+                const float p = visible ? expf(s[i][j] * scale - row_lse[r]) : 0.0f;
+                dSs[r * pld + c] = p * (dp[i][j] - row_delta[r]);
+            }
+        __syncthreads(); /* dS complete */
+
+        /* dq[r] += scale sum_c dS[r][c] k[c]; keys past the tile's last valid row have dS = 0 */
+        const int key_count = min(TILE, q_last - k0 + 1);
+        fa_accumulate<R>(dQs, dSs, pld, 1, Ks, key_count, ld, Dp, scale);
+    }
+    __syncthreads(); /* every dQs row complete */
+
+    for (int e = threadIdx.x; e < TILE * D; e += blockDim.x) {
+        const int r = e / D, d = e % D;
+        const int t = q0 + r;
+        if (t >= T) continue;
+        const size_t idx = q_offset + (size_t)t * Hq * D + d;
+        dq[idx] = __float2bfloat16(bf16_to_float(dq[idx]) + dQs[r * ld + d]);
+    }
+}
+
+/* ---- host side ------------------------------------------------------------------------------- */
+
+static void fa_check_shape(const char *op, int Hq, int Hkv, int D) {
+    if (Hkv <= 0 || Hq % Hkv != 0)
+        paft_fatal(__FILE__, __LINE__, "%s: %d query heads are not a multiple of %d KV heads", op,
+                   Hq, Hkv);
+    if (D <= 0 || D % 2 != 0 || D > 256)
+        paft_fatal(__FILE__, __LINE__,
+                   "%s: head dimension %d is not supported (expected an even D, 2 <= D <= 256)",
+                   op, D);
+}
+
+/* Tile sizes: the largest that keeps the shared memory near 100-130 KB (A100 allows 163 KB per
+ * block, H100 227 KB). Forward: 64 rows up to D = 128, 32 above; the dk/dv kernel holds six
+ * tiles: 64 rows up to D = 64, 32 up to 128, 16 above; the dq kernel uses the same tile. */
+static int fa_forward_tile(int D) { return fa_padded_dim(D) <= 128 ? 64 : 32; }
+static int fa_backward_tile(int D) {
+    return fa_padded_dim(D) <= 64 ? 64 : fa_padded_dim(D) <= 128 ? 32 : 16;
+}
+
+/* Allows the kernel the dynamic shared memory it needs (above the default 48 KB), or ends the job
+ * with the numbers when the device has less. */
+template <typename Kernel>
+static void fa_allow_smem(Kernel kernel, size_t bytes, const char *op, int D) {
+    int device = 0, optin = 0;
+    CHECK_CUDA(cudaGetDevice(&device));
+    CHECK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (bytes > (size_t)optin)
+        paft_fatal(__FILE__, __LINE__,
+                   "%s: D = %d needs %zu bytes of shared memory per block, the device allows %d",
+                   op, D, bytes, optin);
+    CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)bytes));
+}
+
+template <int TILE>
+static void fa_launch_forward(floatX *out, float *lse, const floatX *q, const floatX *k,
+                              const floatX *v, int B, int T, int Hq, int Hkv, int D, float scale) {
+    const size_t smem = fa_forward_smem_floats(TILE, D) * sizeof(float);
+    fa_allow_smem(attention_forward_fused_kernel<TILE>, smem, "attention_forward_fused_cuda", D);
+    const dim3 grid((T + TILE - 1) / TILE, Hq, B);
+    attention_forward_fused_kernel<TILE><<<grid, fa_threads, smem>>>(out, lse, q, k, v, T, Hq, Hkv,
+                                                                     D, scale);
+    CHECK_LAUNCH();
+}
+
+extern "C" void attention_forward_fused_cuda(floatX *out, float *lse, const floatX *q,
+                                             const floatX *k, const floatX *v, int B, int T,
+                                             int Hq, int Hkv, int D) {
+    fa_check_shape("attention_forward_fused_cuda", Hq, Hkv, D);
+    if (B <= 0 || T <= 0) return;
+    const float scale = (float)(1.0 / sqrt((double)D));
+    if (fa_forward_tile(D) == 64) fa_launch_forward<64>(out, lse, q, k, v, B, T, Hq, Hkv, D, scale);
+    else fa_launch_forward<32>(out, lse, q, k, v, B, T, Hq, Hkv, D, scale);
+}
+
+extern "C" size_t attention_backward_fused_scratch_bytes(int B, int T, int Hq, int Hkv, int D) {
+    (void)Hkv;
+    (void)D;
+    if (B <= 0 || T <= 0 || Hq <= 0) return 0;
+    return (size_t)B * Hq * T * sizeof(float); /* Delta [B][Hq][T] */
+}
+
+template <int TILE>
+static void fa_launch_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *dout,
+                               const float *lse, const float *delta, const floatX *q,
+                               const floatX *k, const floatX *v, int B, int T, int Hq, int Hkv,
+                               int D, float scale) {
+    const int tiles = (T + TILE - 1) / TILE;
+    const size_t smem_kv = fa_backward_kv_smem_floats(TILE, D) * sizeof(float);
+    fa_allow_smem(attention_backward_kv_kernel<TILE>, smem_kv, "attention_backward_fused_cuda", D);
+    attention_backward_kv_kernel<TILE><<<dim3(tiles, Hkv, B), fa_threads, smem_kv>>>(
+        dk, dv, dout, lse, delta, q, k, v, T, Hq, Hkv, D, scale);
+    CHECK_LAUNCH();
+    const size_t smem_q = fa_backward_q_smem_floats(TILE, D) * sizeof(float);
+    fa_allow_smem(attention_backward_q_kernel<TILE>, smem_q, "attention_backward_fused_cuda", D);
+    attention_backward_q_kernel<TILE><<<dim3(tiles, Hq, B), fa_threads, smem_q>>>(
+        dq, dout, lse, delta, q, k, v, T, Hq, Hkv, D, scale);
+    CHECK_LAUNCH();
+}
+
+extern "C" void attention_backward_fused_cuda(floatX *dq, floatX *dk, floatX *dv,
+                                              const floatX *dout, const floatX *out,
+                                              const float *lse, const floatX *q, const floatX *k,
+                                              const floatX *v, int B, int T, int Hq, int Hkv,
+                                              int D, void *scratch) {
+    fa_check_shape("attention_backward_fused_cuda", Hq, Hkv, D);
+    if (!dq || !dk || !dv)
+        paft_fatal(__FILE__, __LINE__,
+                   "attention_backward_fused_cuda: dq, dk and dv must all be given (got NULL)");
+    if (B <= 0 || T <= 0) return;
+    if (!scratch)
+        paft_fatal(__FILE__, __LINE__,
+                   "attention_backward_fused_cuda: no scratch (expected %zu bytes of device memory)",
+                   attention_backward_fused_scratch_bytes(B, T, Hq, Hkv, D));
+    const float scale = (float)(1.0 / sqrt((double)D));
+    float *delta = (float *)scratch;
+    const size_t rows = (size_t)B * T * Hq;
+    attention_delta_kernel<<<(unsigned)((rows + fa_threads - 1) / fa_threads), fa_threads>>>(
+        delta, dout, out, B, T, Hq, D);
+    CHECK_LAUNCH();
+    switch (fa_backward_tile(D)) {
+    case 64:
+        fa_launch_backward<64>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv, D, scale);
+        break;
+    case 32:
+        fa_launch_backward<32>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv, D, scale);
+        break;
+    default:
+        fa_launch_backward<16>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv, D, scale);
+        break;
+    }
+}
