@@ -57,7 +57,7 @@ static double matmul_parameters(const ModelConfig *c) {
 
 int cmd_bench(int argc, char **argv) {
     const char *preset = "tiny", *stage = "sft", *device = "cpu";
-    int batch = 2, seq = 64, steps = 3, r = 16, recompute = 0;
+    int batch = 2, seq = 64, steps = 3, r = 16, recompute = 0, simple_attention = 0;
     double peak = 989.4;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -69,8 +69,9 @@ int cmd_bench(int argc, char **argv) {
         else if (strncmp(a, "r=", 2) == 0) r = atoi(a + 2);
         else if (strncmp(a, "device=", 7) == 0) device = a + 7;
         else if (strncmp(a, "recompute=", 10) == 0) recompute = atoi(a + 10);
+        else if (strncmp(a, "attention=", 10) == 0) simple_attention = strcmp(a + 10, "simple") == 0;
         else if (strncmp(a, "peak=", 5) == 0) peak = atof(a + 5);
-        else PAFT_FATAL("command line: unknown argument '%s' for 'paft bench' (model= batch= seq= stage= steps= r= device= recompute= peak=)", a);
+        else PAFT_FATAL("command line: unknown argument '%s' for 'paft bench' (model= batch= seq= stage= steps= r= device= recompute= attention= peak=)", a);
     }
     if (batch < 1 || seq < 2 || steps < 1 || r < 1 || !(peak > 0))
         PAFT_FATAL("command line: batch, steps and r must be >= 1, seq >= 2 and peak > 0");
@@ -89,7 +90,8 @@ int cmd_bench(int argc, char **argv) {
     Model m;
     if (backend) { /* the device makes its own random weights: no host copy of a 7B model */
         model_init_shape(&m, &config, &lora, 1);
-        DeviceOptions opt = {.recompute = recompute, .random_init_std = 0.02};
+        DeviceOptions opt = {.recompute = recompute, .random_init_std = 0.02,
+                             .simple_attention = simple_attention};
         model_use_device(&m, device, &opt, "command line: device");
     } else {
         model_init_random(&m, &config, &lora, 1, 0.02);

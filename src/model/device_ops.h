@@ -38,11 +38,14 @@ typedef struct {
     DeviceComm *dp;    /* sums over the data-parallel group (device-resident training only) */
     MPI_Comm tp_comm, dp_comm;
     int tp_size, dp_size;
+    int simple_attention; /* the unfused reference kernels instead of the fused ones */
 } DevCtx;
 
-static inline void dev_ctx_init(DevCtx *ctx, MPI_Comm tp_comm, int tp_size, int collectives) {
+static inline void dev_ctx_init(DevCtx *ctx, MPI_Comm tp_comm, int tp_size, int collectives,
+                                int simple_attention) {
     ctx->tp_comm = tp_comm;
     ctx->tp_size = tp_size;
+    ctx->simple_attention = simple_attention;
     if (cuda_device_count() == 0)
         PAFT_FATAL("model.device = cuda, but no CUDA device is visible to this process (check "
                    "CUDA_VISIBLE_DEVICES and the job's GPU request, e.g. --gpus-per-task=1)");
@@ -172,21 +175,35 @@ static inline void dev_rope_backward(act_t *dx, const stat_t *cos_t, const stat_
                                      const int32_t *positions, int N, int H, int D) {
     rope_backward_cuda(dx, cos_t, sin_t, positions, N, H, D);
 }
-/* Attention keeps a per-layer state for its backward: here the probabilities [B][Hq][T][T]
- * (fp32) of the first, unfused kernels. */
-static inline size_t dev_attention_state_count(int B, int T, int Hq) {
-    return (size_t)B * Hq * T * T;
+/* Attention keeps a per-layer state for its backward. The fused kernels (attention_cuda.cu)
+ * keep lse [B][Hq][T] and recompute the probabilities; the simple ones (ctx->simple_attention,
+ * model.attention = simple: the first, unfused kernels, for cross-checking) keep the probabilities
+ * [B][Hq][T][T]. The fused backward also needs a scratch of its own, part of the arena. */
+static inline size_t dev_attention_state_count(const DevCtx *ctx, int B, int T, int Hq) {
+    return ctx->simple_attention ? (size_t)B * Hq * T * T : (size_t)B * Hq * T;
+}
+static inline size_t dev_attention_scratch_bytes(const DevCtx *ctx, int B, int T, int Hq, int Hkv,
+                                                 int D) {
+    return ctx->simple_attention ? 0 : attention_backward_fused_scratch_bytes(B, T, Hq, Hkv, D);
 }
 static inline void dev_attention_forward(DevCtx *ctx, act_t *out, stat_t *state, const act_t *q,
                                          const act_t *k, const act_t *v, int B, int T, int Hq,
                                          int Hkv, int D) {
-    attention_forward_cuda(out, state, q, k, v, B, T, Hq, Hkv, D);
+    if (ctx->simple_attention)
+        attention_forward_cuda(out, state, q, k, v, B, T, Hq, Hkv, D);
+    else
+        attention_forward_fused_cuda(out, state, q, k, v, B, T, Hq, Hkv, D);
 }
 static inline void dev_attention_backward(DevCtx *ctx, act_t *dq, act_t *dk, act_t *dv,
                                           const act_t *dout, const act_t *out,
                                           const stat_t *state, const act_t *q, const act_t *k,
-                                          const act_t *v, int B, int T, int Hq, int Hkv, int D) {
-    attention_backward_cuda(dq, dk, dv, dout, state, q, k, v, B, T, Hq, Hkv, D);
+                                          const act_t *v, int B, int T, int Hq, int Hkv, int D,
+                                          void *scratch) {
+    if (ctx->simple_attention)
+        attention_backward_cuda(dq, dk, dv, dout, state, q, k, v, B, T, Hq, Hkv, D);
+    else
+        attention_backward_fused_cuda(dq, dk, dv, dout, out, state, q, k, v, B, T, Hq, Hkv, D,
+                                      scratch);
 }
 static inline void dev_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n) {
     swiglu_forward_cuda(out, gate, up, n);
@@ -230,10 +247,13 @@ typedef real stat_t;
 typedef struct {
     MPI_Comm tp_comm, dp_comm;
     int tp_size, dp_size;
+    int simple_attention; /* the unfused reference kernels instead of the fused ones */
 } DevCtx;
 
-static inline void dev_ctx_init(DevCtx *ctx, MPI_Comm tp_comm, int tp_size, int collectives) {
+static inline void dev_ctx_init(DevCtx *ctx, MPI_Comm tp_comm, int tp_size, int collectives,
+                                int simple_attention) {
     (void)collectives; /* the emulation always sums through MPI on the host */
+    ctx->simple_attention = simple_attention;
     ctx->tp_comm = tp_comm;
     ctx->tp_size = tp_size;
 }
@@ -323,8 +343,12 @@ static inline void dev_rope_backward(act_t *dx, const stat_t *cos_t, const stat_
                                      const int32_t *positions, int N, int H, int D) {
     rope_backward(dx, cos_t, sin_t, positions, N, H, D);
 }
-static inline size_t dev_attention_state_count(int B, int T, int Hq) {
+static inline size_t dev_attention_state_count(const DevCtx *ctx, int B, int T, int Hq) {
     return (size_t)B * Hq * T * T; /* the CPU op's probabilities */
+}
+static inline size_t dev_attention_scratch_bytes(const DevCtx *ctx, int B, int T, int Hq, int Hkv,
+                                                 int D) {
+    return 0;
 }
 static inline void dev_attention_forward(DevCtx *ctx, act_t *out, stat_t *state, const act_t *q,
                                          const act_t *k, const act_t *v, int B, int T, int Hq,
@@ -334,7 +358,8 @@ static inline void dev_attention_forward(DevCtx *ctx, act_t *out, stat_t *state,
 static inline void dev_attention_backward(DevCtx *ctx, act_t *dq, act_t *dk, act_t *dv,
                                           const act_t *dout, const act_t *out,
                                           const stat_t *state, const act_t *q, const act_t *k,
-                                          const act_t *v, int B, int T, int Hq, int Hkv, int D) {
+                                          const act_t *v, int B, int T, int Hq, int Hkv, int D,
+                                          void *scratch) {
     attention_backward(dq, dk, dv, dout, state, q, k, v, B, T, Hq, Hkv, D);
 }
 static inline void dev_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n) {

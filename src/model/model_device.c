@@ -76,6 +76,7 @@ struct ModelDevice {
     int32_t *tokens, *targets, *positions;
     act_t *dx, *dln, *dq, *dk, *dv, *datt, *dgate, *dup, *dact, *dlora_h, *dlogits;
     act_t *x_sink; /* where a recomputed layer writes its (unneeded) output */
+    void *attn_scratch; /* the attention backward's own scratch */
     int B, T;      /* shape of the last forward */
 };
 
@@ -148,7 +149,7 @@ static ModelDevice *device_create(Model *m, const DeviceOptions *opt) {
     ModelDevice *d = paft_calloc(1, sizeof *d);
     d->m = m;
     d->opt = *opt;
-    dev_ctx_init(&d->ctx, m->tp_comm, m->tp_size, opt->collectives);
+    dev_ctx_init(&d->ctx, m->tp_comm, m->tp_size, opt->collectives, opt->simple_attention);
     d->layers = paft_calloc((size_t)m->config.num_layers, sizeof *d->layers);
     d->lora = paft_calloc((size_t)m->config.num_layers, sizeof *d->lora);
     Arena count = {0};
@@ -204,7 +205,8 @@ static void bind_activations(ModelDevice *d, int B, int T, Arena *a) {
         la.q = arena_take(a, nq, sizeof(act_t));
         la.k = arena_take(a, nkv, sizeof(act_t));
         la.v = arena_take(a, nkv, sizeof(act_t));
-        la.attn_state = arena_take(a, dev_attention_state_count(B, T, m->local_heads), sizeof(stat_t));
+        la.attn_state = arena_take(
+            a, dev_attention_state_count(&d->ctx, B, T, m->local_heads), sizeof(stat_t));
         la.att = arena_take(a, nq, sizeof(act_t));
         la.x_mid = arena_take(a, N * d_model, sizeof(act_t));
         la.ln2 = arena_take(a, N * d_model, sizeof(act_t));
@@ -241,6 +243,8 @@ static void bind_activations(ModelDevice *d, int B, int T, Arena *a) {
     d->dact = arena_take(a, nff, sizeof(act_t));
     d->dlora_h = arena_take(a, N * r, sizeof(act_t));
     d->dlogits = arena_take(a, N * V, sizeof(act_t));
+    d->attn_scratch = arena_take(a, dev_attention_scratch_bytes(&d->ctx, B, T, m->local_heads,
+                                                                m->local_kv_heads, c->head_dim), 1);
 }
 
 static void device_alloc_activations(ModelDevice *d, int B, int T) {
@@ -436,7 +440,7 @@ static void layer_backward(ModelDevice *d, int l, const LayerActs *la, const act
     dev_zero(d->dk, nkv * sizeof(act_t));
     dev_zero(d->dv, nkv * sizeof(act_t));
     dev_attention_backward(&d->ctx, d->dq, d->dk, d->dv, d->datt, la->att, la->attn_state, la->q,
-                           la->k, la->v, B, T, Hq, Hkv, D);
+                           la->k, la->v, B, T, Hq, Hkv, D, d->attn_scratch);
     dev_rope_backward(d->dq, d->rope_cos, d->rope_sin, d->positions, N, Hq, D);
     dev_rope_backward(d->dk, d->rope_cos, d->rope_sin, d->positions, N, Hkv, D);
     dev_zero(d->dln, nd * sizeof(act_t));

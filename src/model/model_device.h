@@ -43,6 +43,8 @@ typedef struct ModelDevice ModelDevice;
 typedef struct {
     int recompute;   /* 1: keep only each layer's input, recompute the layer in the backward */
     int collectives; /* kernels/device_comm.h DeviceCommKind: 0 auto, 1 nccl, 2 mpi (cuda only) */
+    int simple_attention; /* cuda: the first, unfused attention kernels (T x T probabilities kept)
+                             instead of the fused ones; for cross-checking */
     double random_init_std; /* > 0: make the base weights N(0, std^2) (norms 1 + that) on the
                                device instead of copying the host's (`paft bench`: the host
                                weights of model_init_shape were never filled) */

@@ -1,8 +1,9 @@
 /*
  * test_model_device.c - the device model (model_device.c) against the host model (model.c).
  *
- *   test_model_device BACKEND [ARCH]     (BACKEND: emulate or cuda; under mpirun -np P the model
- *                                         is tensor-parallel over the P ranks)
+ *   test_model_device BACKEND [ARCH [simple]]  (BACKEND: emulate or cuda; under mpirun -np P the
+ *                                     model is tensor-parallel over the P ranks; simple: CUDA's
+ *                                     unfused attention kernels instead of the fused ones)
  *
  * Two models load the same tiny checkpoint with the same LoRA factors (B made non-zero, so every
  * LoRA path does work): one computes on the host, one on BACKEND. They must agree on
@@ -46,13 +47,15 @@ static double compare(const real *a, const real *b, size_t n) {
     return e;
 }
 
+static int simple_attention; /* argv[3] == "simple": the unfused CUDA attention kernels */
+
 static void load(Model *m, const char *dir, const char *device, int recompute, MPI_Comm tp) {
     LoraConfig lora;
     lora_config_init(&lora, 4, 8, 0, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                      "test");
     model_load(m, dir, &lora, 11, tp);
     randomize_lora(m, 5);
-    DeviceOptions opt = {.recompute = recompute};
+    DeviceOptions opt = {.recompute = recompute, .simple_attention = simple_attention};
     model_use_device(m, device, &opt, "test");
     model_alloc_activations(m, B, T);
 }
@@ -61,6 +64,7 @@ int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
     const char *backend_name = argc > 1 ? argv[1] : "emulate";
     const char *arch = argc > 2 ? argv[2] : "LlamaForCausalLM";
+    simple_attention = argc > 3 && strcmp(argv[3], "simple") == 0;
     int rank, size;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -79,7 +83,8 @@ int main(int argc, char **argv) {
 
     /* a tiny model with every feature that changes the sequencing: GQA, (Qwen2: q/k/v biases) */
     char dir[256];
-    snprintf(dir, sizeof dir, "device_model_%s_%s_%d", backend_name, arch, size);
+    snprintf(dir, sizeof dir, "device_model_%s_%s_%d%s", backend_name, arch, size,
+             simple_attention ? "_simple" : "");
     TinyModelSpec spec = tiny_model_default();
     spec.architecture = arch;
     spec.vocab_size = 96;
