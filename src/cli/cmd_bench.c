@@ -1,7 +1,12 @@
 /*
- * cmd_bench.c - `paft bench [model=PRESET batch=B seq=T stage=sft|dpo steps=N r=R]`: the
- * throughput of one LoRA training step (forward, backward, AdamW) on random weights of a preset
- * model shape, on this backend (today: the CPU backend; the CUDA one joins with issue 7).
+ * cmd_bench.c - `paft bench [model=PRESET batch=B seq=T stage=sft|dpo steps=N r=R
+ * device=cpu|cuda|emulate recompute=0|1 attention=fused|simple l1=LAMBDA peak=TFLOPS]`: the
+ * throughput of one LoRA training step on random weights of a preset model shape, on the chosen
+ * backend. The step is what a training step does: forward, backward, (SFT with l1 > 0: PAFT's L1
+ * term), the gradient norm and AdamW; on a device the LoRA state stays there as in training
+ * (model_train_on_device) and the weights are made there (no host copy of a 7B model). MFU is
+ * against `peak` (default 989.4 TFLOP/s, the H100 SXM's dense bf16 figure; ../shared/gpu/README.md
+ * measured 805 for a bf16 GEMM).
  *
  * FLOPs per token follow ../shared/gpu/README.md's convention for LoRA on a frozen base:
  * 4 N_matmul (forward + input gradient of every weight matrix, LM head included, embeddings not)
@@ -9,6 +14,7 @@
  * time is the median of the timed steps after one warm-up step; tokens are B x T per step (DPO:
  * chosen + rejected, 2 x B x T). Peak memory is the process's maximum resident set.
  */
+#include <math.h>
 #include <mpi.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +22,7 @@
 
 #include "cli/commands.h"
 #include "model/model.h"
+#include "loss/lora_delta.h"
 #include "optim/adamw.h"
 #include "util/common.h"
 #include "util/rng.h"
@@ -58,6 +65,7 @@ static double matmul_parameters(const ModelConfig *c) {
 int cmd_bench(int argc, char **argv) {
     const char *preset = "tiny", *stage = "sft", *device = "cpu";
     int batch = 2, seq = 64, steps = 3, r = 16, recompute = 0, simple_attention = 0;
+    double l1 = 0;
     double peak = 989.4;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -71,13 +79,16 @@ int cmd_bench(int argc, char **argv) {
         else if (strncmp(a, "recompute=", 10) == 0) recompute = atoi(a + 10);
         else if (strncmp(a, "attention=", 10) == 0) simple_attention = strcmp(a + 10, "simple") == 0;
         else if (strncmp(a, "peak=", 5) == 0) peak = atof(a + 5);
-        else PAFT_FATAL("command line: unknown argument '%s' for 'paft bench' (model= batch= seq= stage= steps= r= device= recompute= attention= peak=)", a);
+        else if (strncmp(a, "l1=", 3) == 0) l1 = atof(a + 3);
+        else PAFT_FATAL("command line: unknown argument '%s' for 'paft bench' (model= batch= seq= stage= steps= r= device= recompute= attention= l1= peak=)", a);
     }
     if (batch < 1 || seq < 2 || steps < 1 || r < 1 || !(peak > 0))
         PAFT_FATAL("command line: batch, steps and r must be >= 1, seq >= 2 and peak > 0");
     const DeviceBackend *backend = device_backend_by_name(device, "command line: device");
     if (strcmp(stage, "sft") != 0 && strcmp(stage, "dpo") != 0)
         PAFT_FATAL("command line: stage=%s is not sft or dpo", stage);
+    if (l1 < 0 || (l1 > 0 && strcmp(stage, "sft") != 0))
+        PAFT_FATAL("command line: l1=%g: the L1 term is SFT's, and not negative", l1);
     const BenchPreset *bp = NULL;
     for (int i = 0; i < N_PRESETS; i++)
         if (strcmp(presets[i].name, preset) == 0) bp = &presets[i];
@@ -101,6 +112,15 @@ int cmd_bench(int argc, char **argv) {
     model_alloc_activations(&m, rows, seq);
     for (size_t i = 0; i < m.n_lora; i++) /* non-zero B: every LoRA path does real work */
         if (m.lora_memory[i] == 0) m.lora_memory[i] = (real)1e-3;
+    /* as training runs it: on a device the LoRA state stays there (values set above go up now) */
+    model_train_on_device(&m, MPI_COMM_SELF, 0);
+    real *delta_scratch = NULL;
+    if (l1 > 0 && !m.lora_on_device) {
+        size_t most = 0;
+        for (int p = 0; p < N_PROJ; p++)
+            most = PAFT_MAX(most, (size_t)proj_in(&m.config, p) * proj_out(&m.config, p));
+        delta_scratch = paft_malloc(most * sizeof(real));
+    }
 
     const int N = rows * seq;
     int32_t *tokens = paft_malloc((size_t)N * sizeof(int32_t));
@@ -123,8 +143,26 @@ int cmd_bench(int argc, char **argv) {
         model_zero_grads(&m);
         model_forward(&m, tokens, targets, rows, seq);
         model_backward(&m, dlogp);
-        adamw_step(&opt, m.lora_memory, m.lora_grads_memory, 1e-4, 1);
-        if (m.device) m.backend->synchronize(m.device);
+        /* what train.c does after the micro-batches: the L1 term (SFT), the norm, AdamW */
+        if (m.lora_on_device) {
+            if (l1 > 0) m.backend->l1_penalty(m.device, l1);
+            double norm2 = m.backend->grads_sum_squares(m.device, 0, m.n_lora);
+            opt.step++;
+            m.backend->adamw_step(m.device, opt.step, 1e-4, &opt.hyper,
+                                  (float)clip_coefficient(sqrt(norm2), 1.0));
+            m.backend->synchronize(m.device);
+        } else {
+            if (l1 > 0)
+                for (int l = 0; l < m.config.num_layers; l++)
+                    for (int p = 0; p < N_PROJ; p++)
+                        l1_penalty(m.lora_grads[l].A[p], m.lora_grads[l].B[p],
+                                   m.lora_params[l].A[p], m.lora_params[l].B[p],
+                                   proj_out(&m.config, p), proj_in(&m.config, p), m.lora.r,
+                                   (real)m.lora.scale, (real)l1, delta_scratch);
+            double norm = grad_global_norm(m.lora_grads_memory, m.n_lora);
+            adamw_step(&opt, m.lora_memory, m.lora_grads_memory, 1e-4,
+                       (real)clip_coefficient(norm, 1.0));
+        }
         if (s >= 0) times[s] = paft_seconds() - t0;
     }
     qsort(times, (size_t)steps, sizeof(double), compare_doubles);
@@ -159,6 +197,7 @@ int cmd_bench(int argc, char **argv) {
              bp->name, stage, batch, seq, device, recompute, median, tok_s, tflops, mfu, peak_gib,
              device_gib);
     adamw_free(&opt);
+    free(delta_scratch);
     free(times);
     free(tokens);
     free(targets);
