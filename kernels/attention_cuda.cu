@@ -430,7 +430,7 @@ static void fa_check_shape(const char *op, int Hq, int Hkv, int D) {
                    op, D);
 }
 
-/* Tile sizes: the largest that keeps the shared memory near 100-130 KB (A100 allows 163 KB per
+/* Tile sizes: the largest that keeps the shared memory at 100-134 KB (A100 allows 163 KB per
  * block, H100 227 KB). Forward: 64 rows up to D = 128, 32 above; the dk/dv kernel holds six
  * tiles: 64 rows up to D = 64, 32 up to 128, 16 above; the dq kernel uses the same tile. */
 static int fa_forward_tile(int D) { return fa_padded_dim(D) <= 128 ? 64 : 32; }

@@ -37,6 +37,177 @@ static void compare(const char *what, const float *gpu, const float *cpu, size_t
     printf("  %-28s max rel err %.2e\n", what, err);
 }
 
+/* One shape of the fused attention: forward out against the CPU op, lse against a double
+ * logsumexp from q and k, the backward (onto non-zero dq, dk, dv) against the CPU backward, both
+ * against the unfused CUDA op, and the backward run twice for bitwise determinism. q_scale > 1
+ * makes the softmax peaky (large scores: the online max matters). */
+static void test_attention_fused_shape(int B, int T, int Hq, int Hkv, int D, double q_scale,
+                                       Rng *rng) {
+    printf("  fused attention B %d T %d Hq %d Hkv %d D %d\n", B, T, Hq, Hkv, D);
+    const size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D;
+    const size_t np = (size_t)B * Hq * T * T, nrows = (size_t)B * Hq * T;
+    float *q = random_bf16(nq, q_scale, 0.0, rng), *k = random_bf16(nkv, 1.0, 0.0, rng);
+    float *v = random_bf16(nkv, 1.0, 0.0, rng), *g_out = random_bf16(nq, 1.0, 0.0, rng);
+    float *dq = random_bf16(nq, 0.1, 0.0, rng), *dk = random_bf16(nkv, 0.1, 0.0, rng);
+    float *dv = random_bf16(nkv, 0.1, 0.0, rng);
+
+    /* the CPU reference, and lse in double straight from the definition */
+    float *out = malloc(nq * sizeof(float)), *probs = malloc(np * sizeof(float));
+    attention_forward(out, probs, q, k, v, B, T, Hq, Hkv, D);
+    float *lse = malloc(nrows * sizeof(float));
+    const int group = Hq / Hkv;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < Hq; h++)
+            for (int t = 0; t < T; t++) {
+                double *s = malloc((size_t)(t + 1) * sizeof(double)), m = -INFINITY, sum = 0;
+                for (int j = 0; j <= t; j++) {
+                    double dot = 0;
+                    for (int d = 0; d < D; d++)
+                        dot += (double)q[(((size_t)b * T + t) * Hq + h) * D + d] *
+                               k[(((size_t)b * T + j) * Hkv + h / group) * D + d];
+                    s[j] = dot / sqrt((double)D);
+                    if (s[j] > m) m = s[j];
+                }
+                for (int j = 0; j <= t; j++) sum += exp(s[j] - m);
+                lse[((size_t)b * Hq + h) * T + t] = (float)(m + log(sum));
+                free(s);
+            }
+
+    /* the fused forward; out and lse start as garbage that must be overwritten */
+    floatX *d_q = cuda_upload_bf16(q, nq), *d_k = cuda_upload_bf16(k, nkv);
+    floatX *d_v = cuda_upload_bf16(v, nkv), *d_gout = cuda_upload_bf16(g_out, nq);
+    float *got = malloc(nq * sizeof(float)), *got_lse = malloc(nrows * sizeof(float));
+    for (size_t i = 0; i < nq; i++) got[i] = 7.0f;
+    for (size_t i = 0; i < nrows; i++) got_lse[i] = 7.0f;
+    floatX *d_out = cuda_upload_bf16(got, nq);
+    float *d_lse = cuda_upload_f32(got_lse, nrows);
+    attention_forward_fused_cuda(d_out, d_lse, d_q, d_k, d_v, B, T, Hq, Hkv, D);
+    cuda_download_bf16(got, d_out, nq);
+    cuda_download_f32(got_lse, d_lse, nrows);
+    compare("fused forward out", got, out, nq, 1e-2);
+    compare("fused forward lse", got_lse, lse, nrows, 1e-5);
+
+    /* the fused backward from the fused forward's out and lse, onto non-zero gradients */
+    const size_t scratch_bytes = attention_backward_fused_scratch_bytes(B, T, Hq, Hkv, D);
+    CHECK(scratch_bytes == nrows * sizeof(float), "scratch %zu bytes, expected %zu", scratch_bytes,
+          nrows * sizeof(float));
+    void *d_scratch = cuda_calloc(scratch_bytes);
+    floatX *d_dq = cuda_upload_bf16(dq, nq), *d_dk = cuda_upload_bf16(dk, nkv);
+    floatX *d_dv = cuda_upload_bf16(dv, nkv);
+    attention_backward_fused_cuda(d_dq, d_dk, d_dv, d_gout, d_out, d_lse, d_q, d_k, d_v, B, T, Hq,
+                                  Hkv, D, d_scratch);
+    float *got_q = malloc(nq * sizeof(float)), *got_k = malloc(nkv * sizeof(float));
+    float *got_v = malloc(nkv * sizeof(float));
+    cuda_download_bf16(got_q, d_dq, nq);
+    cuda_download_bf16(got_k, d_dk, nkv);
+    cuda_download_bf16(got_v, d_dv, nkv);
+    /* the same backward again from the same starting gradients: bitwise the same (no atomics) */
+    {
+        float *again = malloc(nq * sizeof(float));
+        floatX *d_dq2 = cuda_upload_bf16(dq, nq), *d_dk2 = cuda_upload_bf16(dk, nkv);
+        floatX *d_dv2 = cuda_upload_bf16(dv, nkv);
+        attention_backward_fused_cuda(d_dq2, d_dk2, d_dv2, d_gout, d_out, d_lse, d_q, d_k, d_v, B,
+                                      T, Hq, Hkv, D, d_scratch);
+        cuda_download_bf16(again, d_dq2, nq);
+        CHECK(memcmp(again, got_q, nq * sizeof(float)) == 0, "fused backward dq not deterministic");
+        cuda_download_bf16(again, d_dk2, nkv);
+        CHECK(memcmp(again, got_k, nkv * sizeof(float)) == 0, "fused backward dk not deterministic");
+        cuda_download_bf16(again, d_dv2, nkv);
+        CHECK(memcmp(again, got_v, nkv * sizeof(float)) == 0, "fused backward dv not deterministic");
+        cuda_free(d_dq2); cuda_free(d_dk2); cuda_free(d_dv2);
+        free(again);
+    }
+    float *ref_q = malloc(nq * sizeof(float)), *ref_k = malloc(nkv * sizeof(float));
+    float *ref_v = malloc(nkv * sizeof(float));
+    memcpy(ref_q, dq, nq * sizeof(float));
+    memcpy(ref_k, dk, nkv * sizeof(float));
+    memcpy(ref_v, dv, nkv * sizeof(float));
+    attention_backward(ref_q, ref_k, ref_v, g_out, probs, q, k, v, B, T, Hq, Hkv, D);
+    compare("fused backward dq", got_q, ref_q, nq, 1e-2);
+    compare("fused backward dk", got_k, ref_k, nkv, 1e-2);
+    compare("fused backward dv", got_v, ref_v, nkv, 1e-2);
+
+    /* the unfused CUDA op on the same inputs: forward, and its backward from its own probs. Each
+     * gradient is within 1e-2 of the CPU op's, so the two differ by at most 2e-2 (the fused one
+     * takes Delta from the bf16 out, the unfused one from its fp32 probs). */
+    {
+        float *unf = malloc(nq * sizeof(float));
+        float *d_probs = cuda_calloc(np * sizeof(float));
+        floatX *d_out2 = cuda_upload_bf16(out, nq);
+        attention_forward_cuda(d_out2, d_probs, d_q, d_k, d_v, B, T, Hq, Hkv, D);
+        cuda_download_bf16(unf, d_out2, nq);
+        compare("fused vs unfused out", got, unf, nq, 1e-2);
+        floatX *u_dq = cuda_upload_bf16(dq, nq), *u_dk = cuda_upload_bf16(dk, nkv);
+        floatX *u_dv = cuda_upload_bf16(dv, nkv);
+        attention_backward_cuda(u_dq, u_dk, u_dv, d_gout, d_probs, d_q, d_k, d_v, B, T, Hq, Hkv, D);
+        cuda_download_bf16(unf, u_dq, nq);
+        compare("fused vs unfused dq", got_q, unf, nq, 2e-2);
+        cuda_download_bf16(unf, u_dk, nkv);
+        compare("fused vs unfused dk", got_k, unf, nkv, 2e-2);
+        cuda_download_bf16(unf, u_dv, nkv);
+        compare("fused vs unfused dv", got_v, unf, nkv, 2e-2);
+        cuda_free(d_probs); cuda_free(d_out2); cuda_free(u_dq); cuda_free(u_dk); cuda_free(u_dv);
+        free(unf);
+    }
+
+    cuda_free(d_q); cuda_free(d_k); cuda_free(d_v); cuda_free(d_gout); cuda_free(d_out);
+    cuda_free(d_lse); cuda_free(d_scratch); cuda_free(d_dq); cuda_free(d_dk); cuda_free(d_dv);
+    free(q); free(k); free(v); free(g_out); free(dq); free(dk); free(dv); free(out); free(probs);
+    free(lse); free(got); free(got_lse); free(got_q); free(got_k); free(got_v); free(ref_q);
+    free(ref_k); free(ref_v);
+}
+
+/* Shapes that cover the tiling: T not a multiple of the tiles (64 forward; 64, 32 or 16 in the
+ * backward by D) and T = 1; groups Hq / Hkv of 1, 4 and 8; D = 64, 128 and 256 (the other tile
+ * sizes) and 80 (padded to 128 inside); B = 2. */
+static void test_attention_fused(Rng *rng) {
+    test_attention_fused_shape(2, 70, 4, 4, 64, 1.0, rng);
+    test_attention_fused_shape(2, 1, 8, 1, 128, 1.0, rng);
+    test_attention_fused_shape(2, 100, 8, 2, 128, 1.0, rng);
+    test_attention_fused_shape(2, 130, 4, 1, 64, 3.0, rng);
+    test_attention_fused_shape(2, 45, 4, 2, 80, 1.0, rng);
+    test_attention_fused_shape(1, 40, 2, 1, 256, 1.0, rng);
+}
+
+/* fill_normal_cuda: the moments and the one-sigma mass of 10^6 samples; the same seed twice gives
+ * the same values, a shorter fill the same prefix (independent of the launch shape), another
+ * seed other values. */
+static void test_fill_normal(void) {
+    const size_t n = 1000000, n_short = 1000;
+    const float mean = 0.5f, std = 2.0f;
+    floatX *d_a = cuda_calloc(n * sizeof(floatX)), *d_b = cuda_calloc(n * sizeof(floatX));
+    floatX *d_c = cuda_calloc(n * sizeof(floatX)), *d_s = cuda_calloc(n_short * sizeof(floatX));
+    fill_normal_cuda(d_a, n, 42, mean, std);
+    fill_normal_cuda(d_b, n, 42, mean, std);
+    fill_normal_cuda(d_c, n, 43, mean, std);
+    fill_normal_cuda(d_s, n_short, 42, mean, std);
+    float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+    float *c = malloc(n * sizeof(float)), *s = malloc(n_short * sizeof(float));
+    cuda_download_bf16(a, d_a, n);
+    cuda_download_bf16(b, d_b, n);
+    cuda_download_bf16(c, d_c, n);
+    cuda_download_bf16(s, d_s, n_short);
+    double sum = 0, sum2 = 0;
+    size_t within = 0, equal_other_seed = 0;
+    for (size_t i = 0; i < n; i++) {
+        sum += a[i];
+        sum2 += (double)a[i] * a[i];
+        within += fabs(a[i] - mean) < std;
+        equal_other_seed += a[i] == c[i];
+    }
+    const double m = sum / n, sd = sqrt(sum2 / n - m * m), frac = (double)within / n;
+    printf("  fill_normal: mean %.4f std %.4f, %.4f within one std\n", m, sd, frac);
+    CHECK(fabs(m - mean) < 0.01 * std, "fill_normal mean %.4f, expected %.4f", m, mean);
+    CHECK(fabs(sd / std - 1.0) < 0.01, "fill_normal std %.4f, expected %.4f", sd, std);
+    CHECK(fabs(frac - 0.6827) < 0.01, "fill_normal: %.4f within one std, expected 0.6827", frac);
+    CHECK(memcmp(a, b, n * sizeof(float)) == 0, "fill_normal: same seed, different values");
+    CHECK(memcmp(a, s, n_short * sizeof(float)) == 0, "fill_normal: a shorter fill differs");
+    CHECK(equal_other_seed < n / 100, "fill_normal: seeds 42 and 43 agree on %zu of %zu values",
+          equal_other_seed, n);
+    cuda_free(d_a); cuda_free(d_b); cuda_free(d_c); cuda_free(d_s);
+    free(a); free(b); free(c); free(s);
+}
+
 int main(void) {
     if (cuda_device_count() == 0) {
         printf("test_ops_cuda: SKIPPED: no CUDA device on this machine (run it on the GPU machine)\n");
@@ -286,6 +457,9 @@ int main(void) {
         free(aq); free(ak); free(av); free(ado); free(aout); free(aprobs); free(aout_gpu);
         free(aprobs_gpu); free(adq); free(adk); free(adv); free(got_q); free(got_k); free(got_v);
     }
+
+    test_attention_fused(&rng);
+    test_fill_normal();
 
     /* AdamW: fp32 master weights, same arithmetic as the CPU optimizer */
     const size_t P = 1000;
