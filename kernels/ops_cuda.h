@@ -1,11 +1,11 @@
 /*
  * ops_cuda.h - the CUDA backend's ops: the same operations and parameter lists as src/ops/ops.h,
- * on device pointers, with bf16 activations and weights (`floatX`) and fp32 statistics, LoRA
- * master weights and optimizer state. Work in progress (issue 7): the embedding, the elementwise
- * and normalisation ops, a simple (unfused) causal GQA attention, the vocab-parallel
- * log-probability pieces, AdamW and the cuBLASLt GEMMs are here; the fused attention, the
- * LoRA-fused projections and the model orchestration on the GPU are not yet. Every op is tested
- * against the CPU op (tests/cuda), which needs a GPU: without one the test reports itself skipped.
+ * on device pointers, with bf16 activations and weights (`floatX`) and fp32 statistics, LoRA master
+ * weights and optimizer state: the embedding, the elementwise and normalisation ops, the causal GQA
+ * attention (a simple unfused version and the fused one), the vocab-parallel log-probability
+ * pieces, AdamW, the L1 term, the deterministic reductions and the cuBLASLt GEMMs. The device model
+ * (src/model/model_device.c) sequences them. Every op is tested against the CPU op (tests/cuda),
+ * which needs a GPU: without one the test reports itself skipped.
  *
  * Conventions as ops.h: row-major, W[OC][C], backward ops ADD into their gradient outputs.
  */
