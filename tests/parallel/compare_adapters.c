@@ -1,6 +1,7 @@
 /*
- * compare_adapters.c - compare the /lora datasets of two adapter files:
- *   compare_adapters A.h5 B.h5 TOL     exit 0 when every tensor's max |a - b| / max |b| <= TOL
+ * compare_adapters.c - compare the /lora datasets of two adapter files (or another group: the
+ * /weights of two merged models):
+ *   compare_adapters A.h5 B.h5 TOL [GROUP]  exit 0 when every tensor's max |a - b| / max |b| <= TOL
  * (a scale-aware relative error: LoRA B starts at zero, so element-wise relative errors of
  * near-zero entries say nothing about the tensor).
  */
@@ -14,6 +15,7 @@
 
 typedef struct {
     H5File *a, *b;
+    const char *group; /* "/lora" (adapters) or "/weights" (merged models) */
     double tol, worst;
     int compared, failed;
 } Compare;
@@ -23,7 +25,7 @@ static herr_t visit(hid_t obj, const char *name, const H5O_info_t *info, void *d
     Compare *c = data;
     if (info->type != H5O_TYPE_DATASET) return 0;
     char path[512];
-    snprintf(path, sizeof path, "/lora/%s", name);
+    snprintf(path, sizeof path, "%s/%s", c->group, name);
     int64_t da[2], db[2];
     h5_shape(c->a, path, da);
     h5_shape(c->b, path, db);
@@ -59,15 +61,16 @@ static herr_t visit(hid_t obj, const char *name, const H5O_info_t *info, void *d
 
 int main(int argc, char **argv) {
     MPI_Init(&argc, &argv);
-    if (argc != 4) {
-        fprintf(stderr, "usage: compare_adapters A.h5 B.h5 TOL\n");
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: compare_adapters A.h5 B.h5 TOL [GROUP (default /lora)]\n");
         return 2;
     }
+    const char *group_name = argc == 5 ? argv[4] : "/lora";
     H5File a, b;
     h5_open_read(&a, argv[1], MPI_COMM_SELF);
     h5_open_read(&b, argv[2], MPI_COMM_SELF);
-    Compare c = {&a, &b, atof(argv[3]), 0, 0, 0};
-    hid_t group = H5Gopen2(a.file, "/lora", H5P_DEFAULT);
+    Compare c = {&a, &b, group_name, atof(argv[3]), 0, 0, 0};
+    hid_t group = H5Gopen2(a.file, group_name, H5P_DEFAULT);
     CHECK_H5(group);
     CHECK_H5(H5Ovisit(group, H5_INDEX_NAME, H5_ITER_INC, visit, &c));
     CHECK_H5(H5Gclose(group));
