@@ -16,6 +16,8 @@ cat "$out/gpu.txt"
 # them where CMake looks)
 . "$deps/setup-device.sh" "$deps" > /dev/null
 for f in "$deps"/libcjson*.deb "$deps"/libinih*.deb; do dpkg -x "$f" /; done
+command -v pkg-config > /dev/null ||
+  for f in "$deps"/pkgconf*.deb "$deps"/libpkgconf*.deb; do dpkg -x "$f" /; done
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 
 start=$(date +%s)
