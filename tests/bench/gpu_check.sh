@@ -4,6 +4,7 @@
 # `paft bench` on the issue's shapes and the PyTorch + PEFT anchor in the same call. Logs and
 # JSON lines go to $OUT; a short table is printed last.
 #   usage (device tool): bash tests/bench/gpu_check.sh DEPS [tests|bench|all]
+#   (a call may run 10 minutes: if `all` does not fit, run `tests`, then `bench` while it is warm)
 #   DEPS: the folder made by tests/bench/fetch_device_deps.sh, named in the call's `carry`.
 set -uo pipefail
 deps=${1:?usage: gpu_check.sh DEPS [tests|bench|all]} what=${2:-all}
@@ -37,7 +38,7 @@ fi
 if [ "$what" != tests ]; then
   : > "$out/bench.jsonl"
   for run in "llama-1b 8 1024 sft 0" "mistral-7b 4 1024 sft 0" "smollm2-135m 16 1024 sft 0" \
-             "llama-1b 4 1024 dpo 0" "mistral-7b 4 1024 dpo 1"; do
+             "llama-1b 4 1024 dpo 0" "mistral-7b 2 1024 dpo 0" "mistral-7b 4 1024 dpo 1"; do
     set -- $run
     build-gpu/paft bench model=$1 batch=$2 seq=$3 stage=$4 recompute=$5 device=cuda steps=10 \
       > "$out/bench_$1_$4_$2x$3.log" 2>&1
@@ -46,6 +47,7 @@ if [ "$what" != tests ]; then
   done
   python3 "$deps/peft_bench.py" llama-1b:8:1024 llama-1b:8:1024:compile mistral-7b:4:1024 \
     > "$out/peft_bench.log" 2>&1 || tail -5 "$out/peft_bench.log"
+  OUT=$out python3 "$deps/peft_dpo_bench.py" > "$out/peft_dpo_bench.log" 2>&1 || tail -5 "$out/peft_dpo_bench.log"
   echo "== paft (device=cuda)"; cat "$out/bench.jsonl"
-  echo "== PyTorch + PEFT anchor"; grep '^{' "$out/peft_bench.log"
+  echo "== PyTorch + PEFT anchor"; grep -h '^{' "$out/peft_bench.log" "$out/peft_dpo_bench.log"
 fi
