@@ -76,8 +76,15 @@ int cmd_bench(int argc, char **argv) {
         else if (strncmp(a, "steps=", 6) == 0) steps = atoi(a + 6);
         else if (strncmp(a, "r=", 2) == 0) r = atoi(a + 2);
         else if (strncmp(a, "device=", 7) == 0) device = a + 7;
-        else if (strncmp(a, "recompute=", 10) == 0) recompute = atoi(a + 10);
-        else if (strncmp(a, "attention=", 10) == 0) simple_attention = strcmp(a + 10, "simple") == 0;
+        else if (strncmp(a, "recompute=", 10) == 0) {
+            if (strcmp(a + 10, "0") != 0 && strcmp(a + 10, "1") != 0)
+                PAFT_FATAL("command line: %s: recompute is 0 or 1", a);
+            recompute = a[10] == '1';
+        } else if (strncmp(a, "attention=", 10) == 0) {
+            if (strcmp(a + 10, "fused") != 0 && strcmp(a + 10, "simple") != 0)
+                PAFT_FATAL("command line: %s: attention is fused or simple", a);
+            simple_attention = strcmp(a + 10, "simple") == 0;
+        }
         else if (strncmp(a, "peak=", 5) == 0) peak = atof(a + 5);
         else if (strncmp(a, "l1=", 3) == 0) l1 = atof(a + 3);
         else PAFT_FATAL("command line: unknown argument '%s' for 'paft bench' (model= batch= seq= stage= steps= r= device= recompute= attention= l1= peak=)", a);
