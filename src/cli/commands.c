@@ -72,11 +72,13 @@ static const Command commands[] = {
      "file is an error, never a partial listing.\n"},
     {"bench", cmd_bench, "training-step throughput on random weights of a preset shape",
      "usage: paft bench [model=tiny|smollm2-135m|llama-1b|mistral-7b batch=B seq=T stage=sft|dpo\n"
-     "                   steps=N r=R]\n\n"
-     "Times LoRA training steps (forward, backward, AdamW; r=16 on all seven projections by\n"
-     "default) on random weights of the preset shape: median step time, tokens/s, model TFLOP/s\n"
-     "(FLOPs/token = 4 N_matmul + 6 L T d) and peak memory, then one JSON line ('bench: {...}').\n"
-     "The CPU backend today; the CUDA backend joins with the GPU work.\n"},
+     "                   steps=N r=R device=cpu|cuda|emulate recompute=0|1\n"
+     "                   attention=fused|simple l1=LAMBDA peak=TFLOPS]\n\n"
+     "Times LoRA training steps as training runs them (forward, backward, the L1 term when\n"
+     "l1 > 0, the gradient norm, AdamW; r=16 on all seven projections by default) on random\n"
+     "weights of the preset shape, on the chosen backend: median step time, tokens/s, model\n"
+     "TFLOP/s (FLOPs/token = 4 N_matmul + 6 L T d), MFU against `peak` on a GPU (default 989.4,\n"
+     "the H100 SXM's dense bf16), host and device memory, then one JSON line ('bench: {...}').\n"},
     {"demo", cmd_demo, "embedded demo: a generated tiny model through the pipeline",
      "usage: paft demo [OUTDIR]     (default OUTDIR: paft-demo)\n\n"
      "Generates a tiny Llama-family model (random weights, written as a Hugging Face directory\n"
