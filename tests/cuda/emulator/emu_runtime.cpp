@@ -43,8 +43,14 @@
 #include "emu_internal.h"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define EMU_ASAN 1
+#define EMU_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
+#define EMU_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define EMU_POISON(p, n) ((void)(p), (void)(n))
+#define EMU_UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
 
 #if !defined(__x86_64__)
@@ -67,6 +73,9 @@ struct Config {
 
 Config config;
 bool initialised = false;
+struct Stats {
+    unsigned long long launches, blocks, threads, switches;
+} stats;
 pthread_t owner;
 std::mt19937_64 rng;
 int current_device = 0;
@@ -86,6 +95,7 @@ struct Allocation {
 };
 
 const size_t heap_reserve = (size_t)64 << 30;
+const size_t poison_limit = (size_t)16 << 20;
 char *heap_lo = nullptr, *heap_hi = nullptr, *heap_cursor = nullptr;
 std::map<uintptr_t, Allocation> allocations; /* by region start */
 std::vector<Allocation *> live_allocations;
@@ -123,15 +133,20 @@ std::vector<std::pair<void *, size_t>> static_shared;
 
 /* ---- fibers ----------------------------------------------------------------------------------*/
 
+/* a kernel's frames are small; paft_fatal's printf and AddressSanitizer's reports need more */
 #ifdef EMU_ASAN
-const size_t stack_bytes = 512 * 1024;
-#else
 const size_t stack_bytes = 256 * 1024;
+#else
+const size_t stack_bytes = 64 * 1024;
 #endif
 
 struct Stack {
-    char *lo; /* usable [lo, lo + stack_bytes); a guard page below */
+    char *lo;  /* a guard page below */
+    char *top; /* usable [lo, top): at least stack_bytes */
 };
+/* The stacks' tops are staggered by multiples of 64 bytes up to 64 KiB: at equal offsets they
+ * would all fall into the same cache sets, and a switch would wait for memory. */
+const size_t stack_colours = 64 * 1024;
 std::vector<Stack> stacks;
 
 enum State { READY, AT_BARRIER, AT_WARP, DONE };
@@ -167,9 +182,11 @@ void *dead_sp; /* where a finished fiber's last switch saves its (unused) stack 
 
 } // namespace
 
-/* emu_switch(save, to): save the callee-saved registers, MXCSR and the x87 control word on the
- * current stack, store the stack pointer in *save, continue on the stack `to` (saved the same
- * way). emu_fiber_start: where a new fiber's first switch returns to; it calls r13(r12). */
+/* emu_switch(save, to): save the callee-saved registers on the current stack, store the stack
+ * pointer in *save, continue on the stack `to` (saved the same way). MXCSR and the x87 control
+ * word, callee-saved too, are left alone: nothing here changes them, and loading them stalls the
+ * pipeline (it was most of a switch's time). emu_fiber_start: where a new fiber's first switch
+ * returns to; it calls r13(r12). */
 extern "C" void emu_switch(void **save_sp, void *to_sp);
 extern "C" void emu_fiber_start(void);
 asm(R"(
@@ -184,14 +201,8 @@ emu_switch:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
@@ -229,47 +240,21 @@ inline void switch_finish(void *fake, const void **old_bottom, size_t *old_size)
 #endif
 }
 
-/* A thread's fiber: runs the kernel body once, then hands the turn back for good. Not
- * instrumented, so that its frame leaves no poisoned stack behind for the next fiber. */
-extern "C" __attribute__((no_sanitize_address, used)) void emu_fiber_main(void *p) {
-    switch_finish(nullptr, &host_stack_bottom, &host_stack_size);
-    Thread *t = (Thread *)p;
-    thread_main(thread_arg);
-    t->state = DONE;
-    switch_start(nullptr, host_stack_bottom, host_stack_size); /* this fiber ends */
-    emu_switch(&dead_sp, host_sp);
-    __builtin_trap();
-}
+/* the fibers' entry (defined with the scheduler below) */
+extern "C" void emu_fiber_main(void *p);
 
 void init_fiber(Thread *t) {
-    uint64_t *sp = (uint64_t *)(t->stack->lo + stack_bytes - 80); /* 16-byte aligned */
-    sp[0] = 0x1F80u | ((uint64_t)0x037Fu << 32); /* default MXCSR, x87 control word */
-    sp[1] = 0;                                   /* r15 */
-    sp[2] = 0;                                   /* r14 */
-    sp[3] = (uint64_t)(uintptr_t)&emu_fiber_main; /* r13 */
-    sp[4] = (uint64_t)(uintptr_t)t;              /* r12 */
-    sp[5] = 0;                                   /* rbx */
-    sp[6] = 0;                                   /* rbp */
-    sp[7] = (uint64_t)(uintptr_t)&emu_fiber_start; /* the return address of the first switch */
+    /* what emu_switch pops: r15, r14, r13, r12, rbx, rbp, then the return address; after that
+     * `ret` the stack pointer is 16-byte aligned, as the call in emu_fiber_start needs */
+    uint64_t *sp = (uint64_t *)(t->stack->top - 72);
+    sp[0] = 0;                                     /* r15 */
+    sp[1] = 0;                                     /* r14 */
+    sp[2] = (uint64_t)(uintptr_t)&emu_fiber_main;  /* r13 */
+    sp[3] = (uint64_t)(uintptr_t)t;                /* r12 */
+    sp[4] = 0;                                     /* rbx */
+    sp[5] = 0;                                     /* rbp */
+    sp[6] = (uint64_t)(uintptr_t)&emu_fiber_start; /* the return address of the first switch */
     t->sp = sp;
-}
-
-/* thread -> scheduler (at a barrier or a warp intrinsic) */
-void yield_to_scheduler(Thread *t) {
-    switch_start(&t->fake_stack, host_stack_bottom, host_stack_size);
-    emu_switch(&t->sp, host_sp);
-    switch_finish(t->fake_stack, nullptr, nullptr);
-}
-
-/* scheduler -> thread, until it yields or ends */
-void resume(Thread *t) {
-    running = t;
-    threadIdx = t->idx;
-    void *fake = nullptr;
-    switch_start(&fake, t->stack->lo, stack_bytes);
-    emu_switch(&host_sp, t->sp);
-    switch_finish(fake, nullptr, nullptr);
-    running = nullptr;
 }
 
 /* ---- messages --------------------------------------------------------------------------------*/
@@ -371,6 +356,11 @@ void *map_pages(size_t bytes, int prot) {
     return p;
 }
 
+void print_stats() {
+    fprintf(stderr, "EMU: %llu launches, %llu blocks, %llu threads, %llu thread switches\n",
+            stats.launches, stats.blocks, stats.threads, stats.switches);
+}
+
 void initialise() {
     if (initialised) {
         if (!pthread_equal(owner, pthread_self()))
@@ -393,6 +383,7 @@ void initialise() {
     if (const char *v = getenv("EMU_DEVICES")) config.devices = atoi(v);
     if (const char *v = getenv("EMU_SMEM_OPTIN")) config.smem_optin = atoi(v);
     if (const char *v = getenv("EMU_PROTECT")) config.protect = atoi(v) != 0;
+    if (getenv("EMU_STATS")) atexit(print_stats);
     rng.seed(config.seed);
 
     heap_lo = heap_cursor = (char *)map_pages(heap_reserve, PROT_NONE);
@@ -463,8 +454,8 @@ const char *shuffle_name(EmuShuffle k) {
     return "?";
 }
 
+/* ids (ascending) become ready, in the configured order */
 void release(std::vector<unsigned> &ids) {
-    std::sort(ids.begin(), ids.end());
     arrange(ids);
     for (unsigned i : ids) {
         block.threads[i].state = READY;
@@ -494,8 +485,112 @@ void complete_warp(unsigned w) {
     release(lanes);
 }
 
+/* Bookkeeping after thread t stopped running: its state says why. */
+void stopped(Thread &t) {
+    const unsigned w = t.linear / 32;
+    switch (t.state) {
+    case DONE:
+        block.live--;
+        block.warp_live[w]--;
+        if (block.warp_waiting[w] > 0 && block.warp_waiting[w] == block.warp_live[w])
+            complete_warp(w); /* reports the exited lane */
+        break;
+    case AT_BARRIER:
+        block.at_barrier++;
+        break;
+    case AT_WARP:
+        if (++block.warp_waiting[w] == block.warp_live[w]) complete_warp(w);
+        break;
+    case READY:
+        emu_fail("internal: a thread stopped while ready");
+    }
+}
+
+/* The thread to run next: the first ready one; when none is, the barrier opens if every live
+ * thread waits at it; nullptr when the block has finished. */
+Thread *next_thread() {
+    for (;;) {
+        if (!block.ready.empty()) {
+            const unsigned i = block.ready.front();
+            block.ready.pop_front();
+            return &block.threads[i];
+        }
+        if (block.live == 0) return nullptr;
+        if (block.at_barrier != block.live) {
+            unsigned at_warp = 0;
+            for (unsigned i = 0; i < block.n; i++) at_warp += block.threads[i].state == AT_WARP;
+            emu_fail("deadlock: %u threads wait at __syncthreads and %u in warp intrinsics whose "
+                     "other lanes wait elsewhere",
+                     block.at_barrier, at_warp);
+        }
+        if (block.live < block.n)
+            emu_fail("barrier divergence: %u of the block's %u threads exited while the others "
+                     "wait at __syncthreads",
+                     block.n - block.live, block.n);
+        std::vector<unsigned> waiting;
+        for (unsigned i = 0; i < block.n; i++)
+            if (block.threads[i].state == AT_BARRIER) waiting.push_back(i);
+        block.at_barrier = 0;
+        release(waiting);
+    }
+}
+
+size_t stack_size(const Thread *t) { return (size_t)(t->stack->top - t->stack->lo); }
+
+/* Thread t (running) stops at a barrier or a warp intrinsic (its state says which) and hands the
+ * turn straight to the next thread; it continues here when some thread hands the turn back. */
+void hand_over(Thread *t) {
+    stopped(*t);
+    Thread *next = next_thread(); /* never nullptr: t itself still waits */
+    if (next == t) return;        /* released at once, and first in line */
+    stats.switches++;
+    running = next;
+    threadIdx = next->idx;
+    switch_start(&t->fake_stack, next->stack->lo, stack_size(next));
+    emu_switch(&t->sp, next->sp);
+    switch_finish(t->fake_stack, nullptr, nullptr);
+}
+
+bool started_by_host = false; /* the next fiber to start learns the host's stack from its switch */
+
+} // namespace
+
+/* A thread's fiber: runs the kernel body once, then hands the turn on for good (to the next
+ * thread, or to the host when the block has finished). Not instrumented, so that its frame
+ * leaves no poisoned stack behind for the next fiber on this stack. */
+extern "C" __attribute__((no_sanitize_address)) void emu_fiber_main(void *p) {
+    const void *old_bottom;
+    size_t old_size;
+    switch_finish(nullptr, &old_bottom, &old_size);
+    if (started_by_host) {
+        host_stack_bottom = old_bottom;
+        host_stack_size = old_size;
+        started_by_host = false;
+    }
+    Thread *t = (Thread *)p;
+    thread_main(thread_arg);
+    t->state = DONE;
+    stopped(*t);
+    Thread *next = next_thread();
+    running = next;
+    if (next) {
+        stats.switches++;
+        threadIdx = next->idx;
+        switch_start(nullptr, next->stack->lo, stack_size(next)); /* nullptr: this fiber ends */
+        emu_switch(&dead_sp, next->sp);
+    } else {
+        switch_start(nullptr, host_stack_bottom, host_stack_size);
+        emu_switch(&dead_sp, host_sp);
+    }
+    __builtin_trap();
+}
+
+namespace {
+
 void run_block() {
     const unsigned n = blockDim.x * blockDim.y * blockDim.z;
+    stats.blocks++;
+    stats.threads += n;
     block.n = n;
     block.live = n;
     block.at_barrier = 0;
@@ -504,9 +599,11 @@ void run_block() {
     block.warp_live.assign(warps, 0);
     block.warp_waiting.assign(warps, 0);
     while (stacks.size() < n) {
-        char *m = (char *)map_pages(stack_bytes + page_bytes, PROT_READ | PROT_WRITE);
+        const size_t bytes = stack_bytes + stack_colours;
+        char *m = (char *)map_pages(bytes + page_bytes, PROT_READ | PROT_WRITE);
         mprotect(m, page_bytes, PROT_NONE);
-        stacks.push_back(Stack{m + page_bytes});
+        const size_t colour = stacks.size() * 17 % (stack_colours / 64) * 64;
+        stacks.push_back(Stack{m + page_bytes, m + page_bytes + bytes - colour});
     }
     std::vector<unsigned> all(n);
     for (unsigned i = 0; i < n; i++) {
@@ -522,49 +619,17 @@ void run_block() {
     }
     block.ready.clear();
     release(all);
-    for (;;) {
-        while (!block.ready.empty()) {
-            const unsigned i = block.ready.front();
-            block.ready.pop_front();
-            Thread &t = block.threads[i];
-            resume(&t);
-            const unsigned w = i / 32;
-            switch (t.state) {
-            case DONE:
-                block.live--;
-                block.warp_live[w]--;
-                if (block.warp_waiting[w] > 0 && block.warp_waiting[w] == block.warp_live[w])
-                    complete_warp(w); /* reports the exited lane */
-                break;
-            case AT_BARRIER:
-                block.at_barrier++;
-                break;
-            case AT_WARP:
-                if (++block.warp_waiting[w] == block.warp_live[w]) complete_warp(w);
-                break;
-            case READY:
-                emu_fail("internal: a thread yielded while ready");
-            }
-        }
-        if (block.live == 0) return;
-        if (block.at_barrier == block.live) {
-            if (block.live < n)
-                emu_fail("barrier divergence: %u of the block's %u threads exited while the others "
-                         "wait at __syncthreads",
-                         n - block.live, n);
-            std::vector<unsigned> waiting;
-            for (unsigned i = 0; i < n; i++)
-                if (block.threads[i].state == AT_BARRIER) waiting.push_back(i);
-            block.at_barrier = 0;
-            release(waiting);
-            continue;
-        }
-        unsigned at_warp = 0;
-        for (unsigned i = 0; i < n; i++) at_warp += block.threads[i].state == AT_WARP;
-        emu_fail("deadlock: %u threads wait at __syncthreads and %u in warp intrinsics whose "
-                 "other lanes wait elsewhere",
-                 block.at_barrier, at_warp);
-    }
+    /* the threads hand the turn to each other; the last one hands it back here */
+    Thread *first = next_thread();
+    stats.switches++;
+    running = first;
+    threadIdx = first->idx;
+    started_by_host = true;
+    void *fake = nullptr;
+    switch_start(&fake, first->stack->lo, stack_size(first));
+    emu_switch(&host_sp, first->sp);
+    switch_finish(fake, nullptr, nullptr);
+    running = nullptr;
 }
 
 } // namespace
@@ -575,7 +640,7 @@ void __syncthreads() {
     Thread *t = running;
     if (!t) emu_fail("__syncthreads outside a kernel");
     t->state = AT_BARRIER;
-    yield_to_scheduler(t);
+    hand_over(t);
 }
 
 uint64_t emu_warp_exchange(unsigned mask, uint64_t bits, EmuShuffle kind, int arg, int width) {
@@ -598,7 +663,7 @@ uint64_t emu_warp_exchange(unsigned mask, uint64_t bits, EmuShuffle kind, int ar
     t->src = src;
     t->value = bits;
     t->state = AT_WARP;
-    yield_to_scheduler(t);
+    hand_over(t);
     return t->result;
 }
 
@@ -654,12 +719,16 @@ void emu_run_grid(const EmuLaunchConfig &c, void (*fn)(void *), void *arg) {
     if (c.smem > dynamic_capacity) emu_fail("internal: shared memory capacity");
     if (c.smem > smem_default) smem_allowed = smem_default; /* used: the next one must ask again */
 
+    stats.launches++;
     launch = &c;
     thread_main = fn;
     thread_arg = arg;
     gridDim = g;
     blockDim = b;
     dynamic_base = dynamic_end - (c.smem + 15) / 16 * 16;
+    /* AddressSanitizer: nothing below the array, nor the rounding to 16 bytes above it */
+    EMU_POISON(dynamic_end - dynamic_capacity, dynamic_capacity);
+    EMU_UNPOISON(dynamic_base, c.smem);
     const unsigned long long blocks = (unsigned long long)g.x * g.y * g.z;
     std::vector<unsigned> order(blocks);
     std::iota(order.begin(), order.end(), 0u);
@@ -668,7 +737,7 @@ void emu_run_grid(const EmuLaunchConfig &c, void (*fn)(void *), void *arg) {
     for (unsigned id : order) {
         blockIdx = dim3(id % g.x, (id / g.x) % g.y, (unsigned)(id / ((unsigned long long)g.x * g.y)));
         for (const auto &r : static_shared) memset(r.first, 0xFF, r.second);
-        memset(dynamic_base, 0xFF, (size_t)(dynamic_end - dynamic_base));
+        memset(dynamic_base, 0xFF, c.smem);
         run_block();
     }
     emu_device_close();
@@ -868,9 +937,17 @@ cudaError_t cudaMalloc(void **device_ptr, size_t bytes) {
     Allocation a{region, region_bytes, region + region_bytes - rounded, bytes, true};
     Allocation *stored = &(allocations[(uintptr_t)region] = a);
     live_allocations.push_back(stored);
-    protect(stored, true);
-    memset(stored->base, 0xFF, rounded); /* uninitialised: NaN as bf16, fp32 and fp64 */
-    if (open_depth == 0 && config.protect) protect(stored, false);
+    /* uninitialised: NaN as bf16, fp32 and fp64. Not above 16 MiB (cuBLASLt's workspace): those
+     * pages stay untouched, so that switching their access at every launch costs nothing */
+    if (bytes <= poison_limit) {
+        protect(stored, true);
+        memset(stored->base, 0xFF, bytes);
+    }
+    protect(stored, open_depth > 0 || !config.protect);
+    /* the pages' bytes outside the allocation (before it, and the rounding up to 256 bytes that
+     * the guard page does not catch): AddressSanitizer reports any use */
+    EMU_POISON(region, (size_t)(stored->base - region));
+    EMU_POISON(stored->base + bytes, rounded - bytes);
     *device_ptr = stored->base;
     return cudaSuccess;
 }
