@@ -314,6 +314,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                               void *workspace, size_t workspace_bytes, cudaStream_t stream) {
     (void)stream;
     if (!handle) return refuse(CUBLAS_STATUS_NOT_INITIALIZED, "matmul without a handle");
+    emu_stream_point();
     Problem p;
     cublasStatus_t status = check_problem(desc, a, b, c, d, &p);
     if (status != CUBLAS_STATUS_SUCCESS) return status;

@@ -27,6 +27,9 @@ int emu_device_range(const void *p, size_t bytes, char *why);
 void emu_device_open();
 void emu_device_close();
 
+/* A stream-ordered operation begins (cuBLASLt's matmul): earlier asynchronous copies finish. */
+void emu_stream_point();
+
 /* "EMU: ..." on stderr (with the running kernel, block and thread when inside one) */
 void emu_message(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* the same, then abort: a bug in the code under test that a GPU would not report cleanly */

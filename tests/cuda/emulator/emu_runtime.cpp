@@ -101,6 +101,17 @@ std::map<uintptr_t, Allocation> allocations; /* by region start */
 std::vector<Allocation *> live_allocations;
 int open_depth = 0;
 
+/* cudaMemcpyAsync between device and page-locked host memory: done at the next operation of the
+ * stream or synchronisation (the latest a GPU may do it), so a missing cudaStreamSynchronize
+ * leaves the host with stale data here too. */
+struct PendingCopy {
+    void *dst;
+    const void *src;
+    size_t bytes;
+};
+std::vector<PendingCopy> pending_copies;
+void flush_pending_copies();
+
 std::map<uintptr_t, size_t> pinned;       /* page-locked host ranges by start */
 std::map<uintptr_t, size_t> malloc_host;  /* the cudaMallocHost ones among them */
 
@@ -717,6 +728,7 @@ void emu_run_grid(const EmuLaunchConfig &c, void (*fn)(void *), void *arg) {
         return;
     }
     if (c.smem > dynamic_capacity) emu_fail("internal: shared memory capacity");
+    flush_pending_copies(); /* the stream's earlier copies come first */
     if (c.smem > smem_default) smem_allowed = smem_default; /* used: the next one must ask again */
 
     stats.launches++;
@@ -784,6 +796,18 @@ void emu_device_close() {
         for (Allocation *a : live_allocations) protect(a, false);
 }
 
+void emu_stream_point() { flush_pending_copies(); }
+
+namespace {
+void flush_pending_copies() {
+    if (pending_copies.empty()) return;
+    emu_device_open();
+    for (const PendingCopy &c : pending_copies) memmove(c.dst, c.src, c.bytes);
+    emu_device_close();
+    pending_copies.clear();
+}
+} // namespace
+
 void emu_message(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -835,12 +859,14 @@ cudaError_t cudaGetDevice(int *device) {
 
 cudaError_t cudaDeviceSynchronize(void) {
     initialise();
+    flush_pending_copies();
     return cudaSuccess; /* everything ran when it was called */
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
     (void)stream;
     initialise();
+    flush_pending_copies();
     return cudaSuccess;
 }
 
@@ -954,6 +980,7 @@ cudaError_t cudaMalloc(void **device_ptr, size_t bytes) {
 
 cudaError_t cudaFree(void *device_ptr) {
     initialise();
+    flush_pending_copies(); /* cudaFree synchronises */
     if (!device_ptr) return cudaSuccess;
     Allocation *a = in_heap(device_ptr) ? allocation_near(device_ptr) : nullptr;
     if (!a || !a->live || a->base != device_ptr)
@@ -968,7 +995,7 @@ cudaError_t cudaFree(void *device_ptr) {
 }
 
 static cudaError_t copy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
-                        const char *call) {
+                        const char *call, bool async) {
     initialise();
     if (bytes == 0) return cudaSuccess;
     static const char *const kind_names[] = {"cudaMemcpyHostToHost", "cudaMemcpyHostToDevice",
@@ -988,6 +1015,13 @@ static cudaError_t copy(void *dst, const void *src, size_t bytes, enum cudaMemcp
         return fail_call(cudaErrorInvalidValue, "%s of %zu bytes: destination: %s", call, bytes, why);
     if (src_device && !emu_device_range(src, bytes, why))
         return fail_call(cudaErrorInvalidValue, "%s of %zu bytes: source: %s", call, bytes, why);
+    /* asynchronous for real only with page-locked host memory (pageable memory is staged at once) */
+    const bool later = async && ((dst_device && sk == EMU_PINNED) || (src_device && dk == EMU_PINNED));
+    if (later) {
+        pending_copies.push_back(PendingCopy{dst, src, bytes});
+        return cudaSuccess;
+    }
+    flush_pending_copies();
     emu_device_open();
     memmove(dst, src, bytes);
     emu_device_close();
@@ -995,17 +1029,18 @@ static cudaError_t copy(void *dst, const void *src, size_t bytes, enum cudaMemcp
 }
 
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
-    return copy(dst, src, bytes, kind, "cudaMemcpy");
+    return copy(dst, src, bytes, kind, "cudaMemcpy", false);
 }
 
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
                             cudaStream_t stream) {
-    (void)stream; /* one stream, and everything completes when called */
-    return copy(dst, src, bytes, kind, "cudaMemcpyAsync");
+    (void)stream; /* one stream: the default one */
+    return copy(dst, src, bytes, kind, "cudaMemcpyAsync", true);
 }
 
 cudaError_t cudaMemset(void *device_ptr, int value, size_t bytes) {
     initialise();
+    flush_pending_copies();
     char why[256];
     if (!emu_device_range(device_ptr, bytes, why))
         return fail_call(cudaErrorInvalidValue, "cudaMemset of %zu bytes: %s", bytes, why);
@@ -1035,6 +1070,7 @@ cudaError_t cudaHostRegister(void *host_ptr, size_t bytes, unsigned int flags) {
 
 cudaError_t cudaHostUnregister(void *host_ptr) {
     initialise();
+    flush_pending_copies();
     auto it = pinned.find((uintptr_t)host_ptr);
     if (it == pinned.end() || malloc_host.count((uintptr_t)host_ptr))
         return fail_call(cudaErrorHostMemoryNotRegistered,
@@ -1057,6 +1093,7 @@ cudaError_t cudaMallocHost(void **host_ptr, size_t bytes) {
 
 cudaError_t cudaFreeHost(void *host_ptr) {
     initialise();
+    flush_pending_copies();
     if (!host_ptr) return cudaSuccess;
     if (!malloc_host.erase((uintptr_t)host_ptr))
         return fail_call(cudaErrorInvalidValue, "cudaFreeHost(%p): not from cudaMallocHost",
