@@ -3,20 +3,23 @@
  * scheduler behind emu_device.h, for checking paft's CUDA backend where there is no GPU.
  *
  * Device memory. One large reservation of address space; each cudaMalloc gets its own pages,
- * placed so that the allocation ENDS where a guard page begins (an overrun faults at once), and is
- * filled with 0xFF bytes (NaN in bf16, fp32 and fp64: memory nobody wrote poisons what reads it,
- * as a GPU's garbage would). Outside emulated kernels, copies and cuBLASLt calls the pages are
- * PROT_NONE: host code that dereferences a device pointer faults, as on a machine with a real
- * GPU, and a SIGSEGV handler names the allocation before the usual crash report. cudaFree returns
- * the pages and keeps them inaccessible (a later use faults). Copies, memsets and kernel pointer
- * arguments are checked against the live allocations.
+ * placed so that the allocation ends (rounded up to 256 bytes, cudaMalloc's alignment) where a
+ * guard page begins, so an overrun faults at once (under AddressSanitizer the rounding and the
+ * space before the allocation are poisoned too), and is filled with 0xFF bytes (NaN in bf16, fp32
+ * and fp64: memory nobody wrote poisons what reads it, as a GPU's garbage would; not above
+ * 16 MiB). Outside emulated kernels, copies and cuBLASLt calls the pages are PROT_NONE: host code
+ * that dereferences a device pointer faults, as on a machine with a real GPU, and a SIGSEGV
+ * handler names the allocation before the usual crash report. cudaFree returns the pages and
+ * keeps them inaccessible (a later use faults). Copies, memsets and kernel pointer arguments are
+ * checked against the live allocations; cudaMemcpyAsync with page-locked memory is done at the
+ * next operation of the stream or synchronisation.
  *
  * Threads. Each CUDA thread of a block is a fiber (its own stack; a small context switch in
  * assembly, x86-64) and exactly one runs at a time on the calling host thread, until it reaches
- * __syncthreads, a warp intrinsic or its end. The scheduler then picks the next ready thread in the
- * configured order; a barrier opens when every live thread of the block waits at one (a thread
- * that exited while others wait is reported as barrier divergence), a warp intrinsic completes
- * when the 32 lanes of the warp have all arrived. Blocks run one after the other, also in the
+ * __syncthreads, a warp intrinsic or its end; it then runs the scheduler's bookkeeping itself and
+ * switches straight to the next ready thread in the configured order. A barrier opens when every
+ * live thread of the block waits at one (a thread that exited while others wait is reported as
+ * barrier divergence), a warp intrinsic completes when the 32 lanes of the warp have all arrived. Blocks run one after the other, also in the
  * configured order; shared memory (static and dynamic) is filled with NaNs before each block and
  * the dynamic part ends at a guard page, so a read or write past the launched size faults.
  *
