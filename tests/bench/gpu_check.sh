@@ -29,7 +29,8 @@ fi
 echo "build: $(( $(date +%s) - start )) s"
 
 if [ "$what" != bench ]; then
-  (cd build-gpu && ctest -L cuda --output-on-failure --timeout 300) > "$out/ctest_cuda.log" 2>&1
+  # '^cuda$': the label is a regular expression, and cuda-emulated (the CPU emulator) is not wanted here
+  (cd build-gpu && ctest -L '^cuda$' --output-on-failure --timeout 300) > "$out/ctest_cuda.log" 2>&1
   grep -E "tests passed|Failed|Passed|Skipped" "$out/ctest_cuda.log" | tail -20
   # the op-by-op and model comparisons, with their figures
   build-gpu/tests/cuda/test_ops_cuda > "$out/test_ops_cuda.log" 2>&1; tail -5 "$out/test_ops_cuda.log"

@@ -10,8 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "loss/lora_delta.h"
 #include "ops/ops.h"
 #include "ops_cuda.h"
+#include "optim/adamw.h"
 #include "test_util.h"
 #include "util/rng.h"
 
@@ -206,6 +208,88 @@ static void test_fill_normal(void) {
           equal_other_seed, n);
     cuda_free(d_a); cuda_free(d_b); cuda_free(d_c); cuda_free(d_s);
     free(a); free(b); free(c); free(s);
+}
+
+/* The device model's support kernels and reductions against the CPU: the fp32 -> bf16 cast
+ * (ties to even, exactly), the bias add (exactly: the same fp32 sum, rounded once), the
+ * deterministic sum of squares (grid-stride over more elements than the grid has threads), and
+ * PAFT's L1 term with its gradients. The L1 factors are rounded to bf16 first: such values are
+ * exact in TF32, so the GPU's TF32 products equal the CPU's fp32 ones and every sign(delta)
+ * agrees; the products' transposes and leading dimensions are what this checks. */
+static void test_model_support(CudaContext *ctx, Rng *rng) {
+    /* cast: random values, and ties between two bf16 values (1 + k/256 + 1/512) */
+    const size_t n = 1000;
+    float *x = malloc(n * sizeof(float)), *got = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        x[i] = i % 2 ? (float)(3.0 * rng_normal(rng)) : 1.0f + (float)(i % 256) / 256 + 1.0f / 512;
+    float *d_x = cuda_upload_f32(x, n);
+    floatX *d_cast = cuda_calloc(n * sizeof(floatX));
+    cast_f32_to_bf16_cuda(d_cast, d_x, n);
+    cuda_download_bf16(got, d_cast, n);
+    for (size_t i = 0; i < n; i++) x[i] = bf16_round(x[i]);
+    compare("cast_f32_to_bf16", got, x, n, 0.0);
+
+    /* bias: out [N][OC] += bias [OC] */
+    const int N = 7, OC = 45;
+    float *out = random_bf16((size_t)N * OC, 1.0, 0.0, rng), *bias = random_bf16(OC, 1.0, 0.0, rng);
+    floatX *d_out = cuda_upload_bf16(out, (size_t)N * OC), *d_bias = cuda_upload_bf16(bias, OC);
+    add_bias_cuda(d_out, d_bias, N, OC);
+    float *out_gpu = malloc((size_t)N * OC * sizeof(float));
+    cuda_download_bf16(out_gpu, d_out, (size_t)N * OC);
+    for (int r = 0; r < N; r++)
+        for (int o = 0; o < OC; o++) out[r * OC + o] = bf16_round(out[r * OC + o] + bias[o]);
+    compare("add_bias", out_gpu, out, (size_t)N * OC, 0.0);
+
+    /* sum of squares in double: 300001 values (more than the 512 x 256 threads), and 5 */
+    const size_t big = 300001;
+    float *g = random_bf16(big, 1.0, 0.0, rng);
+    float *d_g = cuda_upload_f32(g, big);
+    const size_t sizes[2] = {big, 5};
+    for (int i = 0; i < 2; i++) {
+        const double want = grad_sum_squares(g, sizes[i]), have = sum_squares_cuda(ctx, d_g, sizes[i]);
+        CHECK(fabs(have - want) <= 1e-12 * want, "sum_squares_cuda of %zu values: %.17g, expected %.17g",
+              sizes[i], have, want);
+        CHECK(sum_squares_cuda(ctx, d_g, sizes[i]) == have, "sum_squares_cuda is deterministic");
+        char label[64];
+        snprintf(label, sizeof label, "sum_squares (%zu values)", sizes[i]);
+        printf("  %-28s rel err %.2e\n", label, fabs(have - want) / want);
+    }
+
+    /* L1 term on an out x in block with rank r, onto non-zero gradients */
+    const int out_f = 40, in_f = 24, rank = 4;
+    const float scale = 2.0f, lambda = 0.01f;
+    float *A = random_bf16((size_t)rank * in_f, 1.0, 0.0, rng), *B = random_bf16((size_t)out_f * rank, 1.0, 0.0, rng);
+    float *dA = random_bf16((size_t)rank * in_f, 0.1, 0.0, rng), *dB = random_bf16((size_t)out_f * rank, 0.1, 0.0, rng);
+    float *d_A = cuda_upload_f32(A, (size_t)rank * in_f), *d_B = cuda_upload_f32(B, (size_t)out_f * rank);
+    float *d_dA = cuda_upload_f32(dA, (size_t)rank * in_f), *d_dB = cuda_upload_f32(dB, (size_t)out_f * rank);
+    float *d_delta = cuda_calloc((size_t)out_f * in_f * sizeof(float));
+    float *delta = malloc((size_t)out_f * in_f * sizeof(float));
+    const double want = l1_penalty(dA, dB, A, B, out_f, in_f, rank, scale, lambda, delta);
+    const double have = l1_penalty_cuda(ctx, d_dA, d_dB, d_A, d_B, out_f, in_f, rank, scale, lambda, d_delta);
+    CHECK(fabs(have - want) <= 1e-6 * want, "l1_penalty_cuda %.9g, expected %.9g", have, want);
+    printf("  %-28s rel err %.2e\n", "l1_penalty value", fabs(have - want) / want);
+    float *dA_gpu = malloc((size_t)rank * in_f * sizeof(float)), *dB_gpu = malloc((size_t)out_f * rank * sizeof(float));
+    cuda_download_f32(dA_gpu, d_dA, (size_t)rank * in_f);
+    cuda_download_f32(dB_gpu, d_dB, (size_t)out_f * rank);
+    compare("l1_penalty dA", dA_gpu, dA, (size_t)rank * in_f, 1e-5);
+    compare("l1_penalty dB", dB_gpu, dB, (size_t)out_f * rank, 1e-5);
+    /* at initialisation (B = 0) delta is 0, whose sign is 0: no penalty and no gradient */
+    float *zeros = calloc((size_t)out_f * rank, sizeof(float));
+    float *d_zero_B = cuda_upload_f32(zeros, (size_t)out_f * rank);
+    const double at_init = l1_penalty_cuda(ctx, d_dA, d_dB, d_A, d_zero_B, out_f, in_f, rank, scale,
+                                           lambda, d_delta);
+    float *after = malloc((size_t)out_f * rank * sizeof(float));
+    cuda_download_f32(after, d_dB, (size_t)out_f * rank);
+    CHECK(at_init == 0.0, "l1_penalty_cuda with B = 0: %g, expected 0", at_init);
+    compare("l1_penalty dB at B = 0", after, dB_gpu, (size_t)out_f * rank, 0.0);
+    cuda_free(d_zero_B);
+    free(zeros);
+    free(after);
+
+    cuda_free(d_x); cuda_free(d_cast); cuda_free(d_out); cuda_free(d_bias); cuda_free(d_g);
+    cuda_free(d_A); cuda_free(d_B); cuda_free(d_dA); cuda_free(d_dB); cuda_free(d_delta);
+    free(x); free(got); free(out); free(bias); free(out_gpu); free(g); free(A); free(B); free(dA);
+    free(dB); free(delta); free(dA_gpu); free(dB_gpu);
 }
 
 int main(void) {
@@ -482,6 +566,8 @@ int main(void) {
     float *p_gpu = malloc(P * sizeof(float));
     cuda_download_f32(p_gpu, dp, P);
     compare("adamw_update", p_gpu, p, P, 1e-5);
+
+    test_model_support(ctx, &rng);
 
     cuda_context_destroy(ctx);
     cuda_synchronize();

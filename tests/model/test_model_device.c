@@ -12,8 +12,9 @@
  *   - logp after the host changes the LoRA values (the optimizer's step): the device must use them;
  * and a third model on BACKEND with activation recomputation must agree with the second.
  * Tolerances: the emulation runs the same CPU ops in the same order, so 1e-5; CUDA computes in
- * bf16, so the comparison is scale-aware at a few 1e-2. With no device (CUDA without a GPU, or a
- * build without CUDA) the test reports itself skipped (exit 77).
+ * bf16, so the comparison is scale-aware at a few 1e-2 (logp) and 0.12 (gradients, see grad_tol).
+ * With no device (CUDA without a GPU, or a build without CUDA) the test reports itself skipped
+ * (exit 77). tests/cuda/emulator runs the "cuda" backend on the CPU emulator everywhere.
  */
 #include <mpi.h>
 #include <stdlib.h>
@@ -78,6 +79,11 @@ int main(int argc, char **argv) {
     }
     const int cuda = strcmp(backend_name, "cuda") == 0;
     const double tol = cuda ? 3e-2 : 1e-5;
+    /* The LoRA gradients in bf16 are off by up to 0.055 (1 rank) and 0.074 (tensor parallel over
+     * 2 ranks) on the CPU emulator of the CUDA backend, uniformly over all 42 tensors, the same
+     * with fp64 GEMM accumulation, and doubling with each mantissa bit taken from bf16: rounding
+     * of the bf16 activations, not logic (which gives errors of order 1). */
+    const double grad_tol = cuda ? 0.12 : 2e-5;
     printf("[rank %d] %s backend, %s, tensor parallel over %d rank(s), tolerance %g\n", rank,
            backend_name, arch, size, tol);
 
@@ -136,7 +142,7 @@ int main(int argc, char **argv) {
           "recomputation does not change the forward");
     for (int i = 0; i < 3; i++) model_backward(models[i], dlogp);
     e = compare(dev.lora_grads_memory, host.lora_grads_memory, host.n_lora);
-    CHECK(e <= tol * 2, "LoRA gradients: rel err %.3g", e);
+    CHECK(e <= grad_tol, "LoRA gradients: rel err %.3g", e);
     if (rank == 0) printf("  LoRA gradients            rel err %.3g\n", e);
     double g_rc = compare(dev_rc.lora_grads_memory, dev.lora_grads_memory, host.n_lora);
     CHECK(g_rc <= (cuda ? 1e-3 : 0), "recomputed LoRA gradients: rel err %.3g", g_rc);
@@ -149,7 +155,7 @@ int main(int argc, char **argv) {
         model_backward(models[i], dlogp2);
     }
     e = compare(dev.lora_grads_memory, host.lora_grads_memory, host.n_lora);
-    CHECK(e <= tol * 2, "accumulated LoRA gradients: rel err %.3g", e);
+    CHECK(e <= grad_tol, "accumulated LoRA gradients: rel err %.3g", e);
     if (rank == 0) printf("  accumulated gradients     rel err %.3g\n", e);
     g_rc = compare(dev_rc.lora_grads_memory, dev.lora_grads_memory, host.n_lora);
     CHECK(g_rc <= (cuda ? 1e-3 : 0), "recomputed accumulated gradients: rel err %.3g", g_rc);
@@ -164,14 +170,17 @@ int main(int argc, char **argv) {
     }
     e = compare(dev.acts.logp, host.acts.logp, B * T);
     CHECK(e <= tol, "logp after new LoRA values: rel err %.3g", e);
-    CHECK(compare(before, dev.acts.logp, B * T) > 10 * tol, "new LoRA values changed logp");
+    /* ...which the check above tells from the old ones: the old logp is further than tol from
+     * the host's new one (about 0.05-0.1 relative; comparing the change with 10 * tol, as this
+     * did, could never hold for CUDA's tol: found on the CPU emulator) */
+    CHECK(compare(before, host.acts.logp, B * T) > tol, "new LoRA values changed logp");
     double zero = 0;
     for (size_t i = 0; i < dev.n_lora; i++) zero += fabs((double)dev.lora_grads_memory[i]);
     CHECK(zero == 0, "model_zero_grads zeroes the host copy");
     model_backward(&dev, dlogp2);
     model_backward(&host, dlogp2);
     e = compare(dev.lora_grads_memory, host.lora_grads_memory, host.n_lora);
-    CHECK(e <= tol * 2, "gradients after zeroing: rel err %.3g", e);
+    CHECK(e <= grad_tol, "gradients after zeroing: rel err %.3g", e);
 
     if (rank == 0)
         printf("  device memory: %.1f KiB (recompute: %.1f KiB)\n",

@@ -14,6 +14,12 @@ paft=$1 make_task=$2 compare=$3 work=$4 device=$5 tol=$6
 resume_tol=$([ "$device" = emulate ] && echo 0 || echo 1e-3)
 # other layouts sum in other orders: tests/parallel's 1e-4 for the adapters (or TOL if larger)
 layout_tol=$(awk -v t="$tol" 'BEGIN { print (t > 1e-4 ? t : 1e-4) }')
+# Adapters of runs that compute differently (cpu and device, TP=2 and TP=1) are compared per
+# tensor by max |a - b| / max |b| on the emulation (the same fp32 ops), but by ||a - b|| / ||b||
+# in bf16: AdamW's first updates are about lr sign(g), so the bf16 rounding of the few entries
+# with near-zero gradients moves them by part of a step (on the CPU emulator of the CUDA backend
+# the maximum reaches 0.19 while the losses agree to 1e-4 and the norms to 0.03).
+metric=$([ "$device" = emulate ] || echo norm)
 source "$(dirname "$0")/../mpi_env.sh"
 export OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
 rm -rf "$work" && mkdir -p "$work"
@@ -48,7 +54,7 @@ for stage in sft pref; do
       failed=$((failed + 1)); echo "FAIL: $stage: $1 and $2 losses differ"
     fi
   done
-  if "$compare" "$work/cpu/$stage/adapter.h5" "$work/device/$stage/adapter.h5" "$tol"; then
+  if "$compare" "$work/cpu/$stage/adapter.h5" "$work/device/$stage/adapter.h5" "$tol" $metric; then
     passed=$((passed + 1)); echo "$stage: adapters agree"
   else
     failed=$((failed + 1)); echo "FAIL: $stage: adapters differ"
@@ -63,7 +69,8 @@ grep -q "checkpoint written" "$work/sliced.log" || { failed=$((failed + 1)); ech
 run sliced model.device="$device"
 for name in dp2 tp2 sliced; do
   for stage in sft pref; do
-    if "$compare" "$work/device/$stage/adapter.h5" "$work/$name/$stage/adapter.h5" "$( [ $name = sliced ] && echo "$resume_tol" || echo "$layout_tol" )"; then
+    if [ $name = sliced ]; then args=("$resume_tol"); else args=("$layout_tol" $metric); fi
+    if "$compare" "$work/device/$stage/adapter.h5" "$work/$name/$stage/adapter.h5" "${args[@]}"; then
       passed=$((passed + 1)); echo "$name: $stage adapter agrees with the 2-rank device run"
     else
       failed=$((failed + 1)); echo "FAIL: $name: $stage adapter differs"

@@ -1,33 +1,99 @@
-/* emulator shim: just enough of the CUDA runtime for kernels/attention_cuda.cu and init_cuda.cu */
-#pragma once
-#include <algorithm>
-#include <cmath>
-#include <cstddef>
-#include <cstdint>
-#include <math.h>
-#define __global__
-#define __device__
-#define __host__
-#define __shared__
-#define __launch_bounds__(...)
-struct dim3 {
-    unsigned x, y, z;
-    dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+/*
+ * cuda_runtime.h - the emulator's stand-in for the CUDA runtime header: the part of the runtime
+ * API that paft's CUDA backend calls (kernels/, src/model/device_ops.h, tests/cuda), for C and
+ * C++, implemented on the CPU by emu_runtime.cpp. In C++ it also brings the device side
+ * (emu_device.h: threadIdx, __syncthreads, warp shuffles, atomics, the launch that replaces
+ * `kernel<<<grid, block, smem>>>(args)`).
+ *
+ * Enumerator values are the real ones (driver_types.h) so that messages name the same codes.
+ * Device memory is emulated device memory: host code that dereferences it faults, as it would
+ * with a real GPU (see emu_runtime.cpp).
+ */
+#ifndef EMU_CUDA_RUNTIME_H
+#define EMU_CUDA_RUNTIME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum cudaError {
+    cudaSuccess = 0,
+    cudaErrorInvalidValue = 1,
+    cudaErrorMemoryAllocation = 2,
+    cudaErrorInvalidConfiguration = 9,
+    cudaErrorInvalidDevicePointer = 17,
+    cudaErrorInvalidMemcpyDirection = 21,
+    cudaErrorNoDevice = 100,
+    cudaErrorInvalidDevice = 101,
+    cudaErrorIllegalAddress = 700,
+    cudaErrorHostMemoryAlreadyRegistered = 712,
+    cudaErrorHostMemoryNotRegistered = 713
+} cudaError_t;
+
+typedef struct CUstream_st *cudaStream_t;
+
+enum cudaMemcpyKind {
+    cudaMemcpyHostToHost = 0,
+    cudaMemcpyHostToDevice = 1,
+    cudaMemcpyDeviceToHost = 2,
+    cudaMemcpyDeviceToDevice = 3,
+    cudaMemcpyDefault = 4
 };
-extern thread_local dim3 threadIdx;
-extern dim3 blockIdx, blockDim, gridDim;
-void __syncthreads();
-typedef int cudaError_t;
-enum { cudaSuccess = 0 };
-inline cudaError_t cudaGetLastError() { return 0; }
-inline const char *cudaGetErrorString(cudaError_t) { return "emulated"; }
-inline cudaError_t cudaGetDevice(int *d) { *d = 0; return 0; }
-enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin };
-extern int emu_smem_optin;
-inline cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) { *v = emu_smem_optin; return 0; }
-enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
-extern size_t emu_smem_allowed;
-template <class F> cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int v) { emu_smem_allowed = (size_t)v; return 0; }
-using std::min;
-using std::max;
-inline float cospif(float x) { return (float)std::cos(M_PI * (double)x); }
+typedef enum cudaMemcpyKind cudaMemcpyKind;
+
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+typedef enum cudaDeviceAttr cudaDeviceAttr;
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+typedef enum cudaFuncAttribute cudaFuncAttribute;
+
+#define cudaHostRegisterDefault 0x00u
+#define cudaHostRegisterPortable 0x01u
+#define cudaHostRegisterMapped 0x02u
+#define cudaHostAllocDefault 0x00u
+
+cudaError_t cudaGetDeviceCount(int *count);
+cudaError_t cudaSetDevice(int device);
+cudaError_t cudaGetDevice(int *device);
+cudaError_t cudaDeviceSynchronize(void);
+cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaGetLastError(void);
+cudaError_t cudaPeekAtLastError(void);
+const char *cudaGetErrorString(cudaError_t error);
+const char *cudaGetErrorName(cudaError_t error);
+cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device);
+cudaError_t cudaDeviceGetPCIBusId(char *pci_bus_id, int len, int device);
+
+cudaError_t cudaMalloc(void **device_ptr, size_t bytes);
+cudaError_t cudaFree(void *device_ptr);
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                            cudaStream_t stream);
+cudaError_t cudaMemset(void *device_ptr, int value, size_t bytes);
+cudaError_t cudaMallocHost(void **host_ptr, size_t bytes);
+cudaError_t cudaFreeHost(void *host_ptr);
+cudaError_t cudaHostRegister(void *host_ptr, size_t bytes, unsigned int flags);
+cudaError_t cudaHostUnregister(void *host_ptr);
+
+/* the C entry of cudaFuncSetAttribute (the real header has the same, plus a C++ template) */
+cudaError_t emu_func_set_attribute(const void *func, enum cudaFuncAttribute attr, int value);
+
+#ifdef __cplusplus
+}
+
+/* C++: the typed overloads of the real header, and the device side */
+template <class T> inline cudaError_t cudaMalloc(T **device_ptr, size_t bytes) {
+    return cudaMalloc((void **)device_ptr, bytes);
+}
+template <class T> inline cudaError_t cudaMallocHost(T **host_ptr, size_t bytes) {
+    return cudaMallocHost((void **)host_ptr, bytes);
+}
+template <class F> inline cudaError_t cudaFuncSetAttribute(F *func, cudaFuncAttribute attr, int value) {
+    return emu_func_set_attribute(reinterpret_cast<const void *>(func), attr, value);
+}
+#include "emu_device.h"
+#endif
+
+#endif /* EMU_CUDA_RUNTIME_H */
