@@ -78,9 +78,10 @@ for name in dp2 tp2 sliced; do
   done
 done
 # the merged models (base + both deltas, TIES, bf16): within TOL of each other
-# (the base weights dominate each tensor's scale: bf16's 2^-8 relative is the yardstick on a GPU)
+# (bf16: by norm, as the adapters, since a few near-zero-gradient entries of the deltas differ by
+# a good part of a step; the base weights dominate each tensor's norm, so 1e-2 is still tight)
 merged_tol=$([ "$device" = emulate ] && echo 0 || echo 1e-2)
-if "$compare" "$work/cpu/merged.h5" "$work/device/merged.h5" "$merged_tol" /weights; then
+if "$compare" "$work/cpu/merged.h5" "$work/device/merged.h5" "$merged_tol" /weights $metric; then
   passed=$((passed + 1)); echo "merged models agree"
 else
   failed=$((failed + 1)); echo "FAIL: merged models differ"
