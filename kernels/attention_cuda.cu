@@ -18,6 +18,8 @@
  * shared-memory hand-over between these two ownerships goes through a __syncthreads().
  */
 #include <math.h>
+#include <stdlib.h>
+#include <mma.h>
 
 #include "cuda_check.h"
 #include "ops_cuda.h"
@@ -220,6 +222,174 @@ __global__ static void __launch_bounds__(fa_threads)
         const int r = e / D, d = e % D;
         const int t = q0 + r;
         if (t < T) out_bh[(size_t)t * Hq * D + d] = __float2bfloat16(Os[r * ld + d] / row_sum[r]);
+    }
+    for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
+        const int t = q0 + r;
+        if (t < T) lse[((size_t)b * Hq + h) * T + t] = row_max[r] + logf(row_sum[r]);
+    }
+}
+
+/* ---- forward on tensor cores ------------------------------------------------------------------
+ * The same forward (the same blocks, key tiles, masking, online softmax and outputs) with the two
+ * tile products on bf16 tensor cores (nvcuda::wmma 16 x 16 x 16, fp32 accumulators), for D a
+ * multiple of 16. Q and the K / V tile are staged in shared memory as bf16 (exact: the inputs
+ * are bf16); the scores come out of the MMA into an fp32 tile, the softmax runs on it as above
+ * and writes P rounded to bf16 for the P V product (the row sums l are of the fp32 P, as in
+ * FlashAttention-2). O stays in shared memory in fp32: each key tile, the rows are rescaled by
+ * exp(m_old - m_new), then each warp loads its 16 x 16 blocks of O as accumulators, adds P V and
+ * stores them back. Only fill / load / mma / store are used, never a fragment's elements, whose
+ * layout across the lanes is unspecified. The 8 warps take the 16 x 16 output blocks in turn.
+ * Not yet run on a GPU (checked on the emulator, tests/cuda/emulator). */
+
+static constexpr int fa_warps = fa_threads / 32;
+
+/* Row strides, in elements: bf16 tiles D + 8 and fp32 tiles width + 4 (WMMA wants multiples of
+ * 16 bytes; the extra 16 bytes shift consecutive rows across the banks). */
+__host__ __device__ static inline int fa_tc_ldh(int D) { return D + 8; }
+__host__ __device__ static inline int fa_tc_ldo(int D) { return D + 4; }
+__host__ __device__ static inline int fa_tc_sld(int tile) { return tile + 4; }
+__host__ __device__ static inline int fa_tc_pld(int tile) { return tile + 8; }
+
+/* Shared memory of the tensor-core forward, in bytes, in the order the kernel carves it: every
+ * part a multiple of 32 bytes (WMMA pointers are 256-bit aligned) as TILE is a multiple of 16, and
+ * the total rounded up to 128 bytes. */
+__host__ __device__ static inline size_t fa_tc_forward_smem_bytes(int tile, int D) {
+    const size_t bytes = 2 * (size_t)tile * fa_tc_ldh(D) * 2  /* Qh, KVh (bf16) */
+                         + (size_t)tile * fa_tc_ldo(D) * 4    /* Os (fp32) */
+                         + (size_t)tile * fa_tc_sld(tile) * 4 /* Ss (fp32) */
+                         + (size_t)tile * fa_tc_pld(tile) * 2 /* Ph (bf16) */
+                         + 3 * (size_t)tile * 4;              /* row_max, row_sum, row_corr */
+    return (bytes + 127) / 128 * 128;
+}
+
+/* dst[r][d] (bf16, row stride ldh) = src row (row0 + r) for r < rows, d < D; zeros for rows at or
+ * past T. As fa_load_rows, without padding columns (D is a multiple of 16 here). */
+__device__ static void fa_tc_load_rows(floatX *dst, const floatX *src, int row0, int rows, int T,
+                                       size_t row_stride, int D, int ldh) {
+    for (int e = threadIdx.x; e < rows * D; e += blockDim.x) {
+        const int r = e / D, d = e % D;
+        const int t = row0 + r;
+        dst[r * ldh + d] = t < T ? src[(size_t)t * row_stride + d] : __float2bfloat16(0.0f);
+    }
+}
+
+template <int TILE>
+__global__ static void __launch_bounds__(fa_threads)
+    attention_forward_tc_kernel(floatX *out, float *lse, const floatX *q, const floatX *k,
+                                const floatX *v, int T, int Hq, int Hkv, int D, float scale) {
+    using namespace nvcuda;
+    constexpr int blocks = TILE / 16; /* 16 x 16 blocks per tile side */
+    const int q_tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int kv_head = h / (Hq / Hkv);
+    const int q0 = q_tile * TILE;
+    const int q_last = min(q0 + TILE, T) - 1;
+    const int ldh = fa_tc_ldh(D), ldo = fa_tc_ldo(D);
+    constexpr int sld = TILE + 4, pld = TILE + 8; /* fa_tc_sld, fa_tc_pld */
+    const int warp = threadIdx.x / 32;
+
+    extern __shared__ float fa_smem[];
+    floatX *Qh = (floatX *)fa_smem;             /* [TILE][ldh] */
+    floatX *KVh = Qh + TILE * ldh;              /* [TILE][ldh]: the K tile, then the V tile */
+    float *Os = (float *)(KVh + TILE * ldh);    /* [TILE][ldo]: the unnormalised output rows */
+    float *Ss = Os + TILE * ldo;                /* [TILE][sld]: the scores Q K^T (unscaled) */
+    floatX *Ph = (floatX *)(Ss + TILE * sld);   /* [TILE][pld]: P (times exp(-m)), bf16 */
+    float *row_max = (float *)(Ph + TILE * pld); /* [TILE] m */
+    float *row_sum = row_max + TILE;            /* [TILE] l */
+    float *row_corr = row_sum + TILE;           /* [TILE] exp(m_old - m_new) */
+
+    const floatX *q_bh = q + ((size_t)b * T * Hq + h) * D;
+    const floatX *k_bh = k + ((size_t)b * T * Hkv + kv_head) * D;
+    const floatX *v_bh = v + ((size_t)b * T * Hkv + kv_head) * D;
+
+    fa_tc_load_rows(Qh, q_bh, q0, TILE, T, (size_t)Hq * D, D, ldh);
+    fa_zero(Os, TILE * ldo);
+    for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
+        row_max[r] = -INFINITY;
+        row_sum[r] = 0.0f;
+    }
+
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, floatX, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, floatX, wmma::col_major> fk; /* K^T */
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, floatX, wmma::row_major> fv;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> facc;
+
+    for (int k0 = 0; k0 <= q_last; k0 += TILE) {
+        __syncthreads(); /* Qh, Os, stats ready (first pass); the last pass's KVh, Ph readers done */
+        fa_tc_load_rows(KVh, k_bh, k0, TILE, T, (size_t)Hkv * D, D, ldh);
+        __syncthreads();
+
+        /* S = Q K^T: block (i, j) = sum over d of Q[i][d-block] K[j][d-block]^T; K read as a
+         * column-major B gives K^T */
+        for (int blk = warp; blk < blocks * blocks; blk += fa_warps) {
+            const int i = blk / blocks, j = blk % blocks;
+            wmma::fill_fragment(facc, 0.0f);
+            for (int d0 = 0; d0 < D; d0 += 16) {
+                wmma::load_matrix_sync(fa, Qh + 16 * i * ldh + d0, ldh);
+                wmma::load_matrix_sync(fk, KVh + 16 * j * ldh + d0, ldh);
+                wmma::mma_sync(facc, fa, fk, facc);
+            }
+            wmma::store_matrix_sync(Ss + 16 * i * sld + 16 * j, facc, sld, wmma::mem_row_major);
+        }
+        __syncthreads(); /* Ss complete, and nobody reads K any more: V may replace it */
+
+        fa_tc_load_rows(KVh, v_bh, k0, TILE, T, (size_t)Hkv * D, D, ldh);
+        /* the online softmax, one thread per row: scale, mask, P = exp(S - m_new) into Ph */
+        for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
+            const float *srow = Ss + r * sld;
+            floatX *prow = Ph + r * pld;
+            const int t = q0 + r;
+            const float m_old = row_max[r];
+            float m_new = m_old;
+            for (int c = 0; c < TILE; c++) {
+                const int key = k0 + c;
+                if (key <= t && key < T) m_new = fmaxf(m_new, srow[c] * scale);
+            }
+            float corr = 1.0f, sum = 0.0f;
+            if (m_new == -INFINITY) { /* nothing visible yet (cannot happen for a valid row) */
+                for (int c = 0; c < TILE; c++) prow[c] = __float2bfloat16(0.0f);
+            } else {
+                corr = expf(m_old - m_new); /* exp(-inf) = 0 on the first tile */
+                for (int c = 0; c < TILE; c++) {
+                    const int key = k0 + c;
+                    const float p = (key <= t && key < T) ? expf(srow[c] * scale - m_new) : 0.0f;
+                    prow[c] = __float2bfloat16(p);
+                    sum += p;
+                }
+            }
+            row_max[r] = m_new;
+            row_sum[r] = row_sum[r] * corr + sum;
+            row_corr[r] = corr;
+        }
+        __syncthreads(); /* V, P and row_corr ready */
+
+        for (int e = threadIdx.x; e < TILE * D; e += blockDim.x) {
+            const int r = e / D, d = e % D;
+            Os[r * ldo + d] *= row_corr[r];
+        }
+        __syncthreads(); /* O rescaled */
+
+        /* O += P V over the keys up to the tile's last valid query row, in 16-key steps (the keys
+         * past it in the last step have P = 0 and finite V: zeros past T) */
+        const int key_steps = (min(TILE, q_last - k0 + 1) + 15) / 16;
+        for (int blk = warp; blk < blocks * (D / 16); blk += fa_warps) {
+            const int i = blk / (D / 16), n = blk % (D / 16);
+            float *o_block = Os + 16 * i * ldo + 16 * n;
+            wmma::load_matrix_sync(facc, o_block, ldo, wmma::mem_row_major);
+            for (int kk = 0; kk < key_steps; kk++) {
+                wmma::load_matrix_sync(fa, Ph + 16 * i * pld + 16 * kk, pld);
+                wmma::load_matrix_sync(fv, KVh + 16 * kk * ldh + 16 * n, ldh);
+                wmma::mma_sync(facc, fa, fv, facc);
+            }
+            wmma::store_matrix_sync(o_block, facc, ldo, wmma::mem_row_major);
+        }
+    }
+    __syncthreads(); /* every Os row complete */
+
+    floatX *out_bh = out + ((size_t)b * T * Hq + h) * D;
+    for (int e = threadIdx.x; e < TILE * D; e += blockDim.x) {
+        const int r = e / D, d = e % D;
+        const int t = q0 + r;
+        if (t < T) out_bh[(size_t)t * Hq * D + d] = __float2bfloat16(Os[r * ldo + d] / row_sum[r]);
     }
     for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
         const int t = q0 + r;
@@ -464,14 +634,39 @@ static void fa_launch_forward(floatX *out, float *lse, const floatX *q, const fl
     CHECK_LAUNCH();
 }
 
+template <int TILE>
+static void fa_launch_forward_tc(floatX *out, float *lse, const floatX *q, const floatX *k,
+                                 const floatX *v, int B, int T, int Hq, int Hkv, int D,
+                                 float scale) {
+    const size_t smem = fa_tc_forward_smem_bytes(TILE, D);
+    fa_allow_smem(attention_forward_tc_kernel<TILE>, smem, "attention_forward_fused_cuda", D);
+    const dim3 grid((T + TILE - 1) / TILE, Hq, B);
+    attention_forward_tc_kernel<TILE><<<grid, fa_threads, smem>>>(out, lse, q, k, v, T, Hq, Hkv, D, scale);
+    CHECK_LAUNCH();
+}
+
+/* The tensor-core forward for D a multiple of 16 (the WMMA tile), the fp32 one otherwise; the
+ * environment variable PAFT_ATTENTION_FP32=1 forces the fp32 one (to compare the two on a GPU). */
+static bool fa_use_tensor_cores(int D) {
+    const char *force_fp32 = getenv("PAFT_ATTENTION_FP32");
+    return D % 16 == 0 && !(force_fp32 && force_fp32[0] == '1');
+}
+
 extern "C" void attention_forward_fused_cuda(floatX *out, float *lse, const floatX *q,
                                              const floatX *k, const floatX *v, int B, int T,
                                              int Hq, int Hkv, int D) {
     fa_check_shape("attention_forward_fused_cuda", Hq, Hkv, D);
     if (B <= 0 || T <= 0) return;
     const float scale = (float)(1.0 / sqrt((double)D));
-    if (fa_forward_tile(D) == 64) fa_launch_forward<64>(out, lse, q, k, v, B, T, Hq, Hkv, D, scale);
-    else fa_launch_forward<32>(out, lse, q, k, v, B, T, Hq, Hkv, D, scale);
+    const bool wide = fa_forward_tile(D) == 64;
+    if (fa_use_tensor_cores(D)) {
+        if (wide) fa_launch_forward_tc<64>(out, lse, q, k, v, B, T, Hq, Hkv, D, scale);
+        else fa_launch_forward_tc<32>(out, lse, q, k, v, B, T, Hq, Hkv, D, scale);
+    } else if (wide) {
+        fa_launch_forward<64>(out, lse, q, k, v, B, T, Hq, Hkv, D, scale);
+    } else {
+        fa_launch_forward<32>(out, lse, q, k, v, B, T, Hq, Hkv, D, scale);
+    }
 }
 
 extern "C" size_t attention_backward_fused_scratch_bytes(int B, int T, int Hq, int Hkv, int D) {
