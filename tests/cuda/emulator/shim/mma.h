@@ -11,9 +11,19 @@
  * emulator's would pass where the GPU's differs; such code does not compile here (no x[]).
  *
  * What a GPU requires and this checks (a failure is emu_fail with the reason): every call is made
- * by all 32 lanes of the warp together (each call begins with a __syncwarp, so a lane that skips
- * it is reported as divergence or a deadlock); pointers are 256-bit (32-byte) aligned; ldm is a
+ * by all 32 lanes of the warp together (each call ENDS with a __syncwarp, so a lane that skips it
+ * is reported as divergence or a deadlock); pointers are 256-bit (32-byte) aligned; ldm is a
  * multiple of 8 elements for bf16 and of 4 for fp32 (16 bytes).
+ *
+ * Why at the end and not at the start: the emulator runs one thread at a time until it blocks, so
+ * a warp barrier at the start of a call would let every other thread of the block run up to its
+ * own next barrier first, and would hide a missing __syncthreads() before the call (the lane
+ * would read shared memory only after the whole block had written it). Without it, the first lane
+ * reads what the block has written so far, as a fast warp on a GPU may. The barrier at the end
+ * keeps the lanes of a load - mma - store sequence in step: no lane stores a tile before every
+ * lane has loaded it. (Stricter than a GPU in one respect: data a lane writes just before a call
+ * that another lane of the same warp reads in it needs a __syncwarp or __syncthreads() first,
+ * which the CUDA memory model asks for anyway.)
  *
  * Numerics: the products of bf16 inputs are exact in fp32, summed in k order per element onto the
  * accumulator, with no fused multiply-add: the GPU's summation order and rounding inside an MMA
@@ -55,7 +65,7 @@ template <class Use, int M, int N, int K, class T, class Layout = void> class fr
 
 /* ---- the checks every call makes -------------------------------------------------------------*/
 
-inline void emu_wmma_enter(const char *what) {
+inline void emu_wmma_leave(const char *what) {
     (void)what;
     __syncwarp(); /* warp-collective: all 32 lanes arrive, or the emulator reports them */
 }
@@ -76,41 +86,41 @@ template <class T> inline T &emu_wmma_at(T *p, unsigned ldm, bool row_major_memo
 
 template <class Use, int M, int N, int K, class T, class Layout>
 inline void fill_fragment(fragment<Use, M, N, K, T, Layout> &f, const T &value) {
-    emu_wmma_enter("fill_fragment");
     float v;
     if constexpr (std::is_same_v<T, float>) v = value;
     else v = __bfloat162float(value);
     for (auto &row : f.emu_tile)
         for (float &x : row) x = v;
+    emu_wmma_leave("fill_fragment");
 }
 
 /* matrix_a / matrix_b: the layout is the fragment's */
 template <class Use, class Layout>
 inline void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, Layout> &f,
                              const __nv_bfloat16 *p, unsigned ldm) {
-    emu_wmma_enter("load_matrix_sync");
     emu_wmma_check("load_matrix_sync", p, ldm, sizeof(__nv_bfloat16));
     const bool rm = std::is_same_v<Layout, row_major>;
     for (int r = 0; r < 16; r++)
         for (int c = 0; c < 16; c++) f.emu_tile[r][c] = __bfloat162float(emu_wmma_at(p, ldm, rm, r, c));
+    emu_wmma_leave("load_matrix_sync");
 }
 
 /* accumulator: the layout is the call's */
 inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const float *p,
                              unsigned ldm, layout_t layout) {
-    emu_wmma_enter("load_matrix_sync");
     emu_wmma_check("load_matrix_sync", p, ldm, sizeof(float));
     for (int r = 0; r < 16; r++)
         for (int c = 0; c < 16; c++)
             f.emu_tile[r][c] = emu_wmma_at(p, ldm, layout == mem_row_major, r, c);
+    emu_wmma_leave("load_matrix_sync");
 }
 
 inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f,
                               unsigned ldm, layout_t layout) {
-    emu_wmma_enter("store_matrix_sync");
     emu_wmma_check("store_matrix_sync", p, ldm, sizeof(float));
     for (int r = 0; r < 16; r++)
         for (int c = 0; c < 16; c++) emu_wmma_at(p, ldm, layout == mem_row_major, r, c) = f.emu_tile[r][c];
+    emu_wmma_leave("store_matrix_sync");
 }
 
 /* d = a b + c (d may be c) */
@@ -119,7 +129,6 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
                      const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LayoutA> &a,
                      const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LayoutB> &b,
                      const fragment<accumulator, 16, 16, 16, float> &c, bool satf = false) {
-    emu_wmma_enter("mma_sync");
     if (satf) emu_fail("mma_sync: satf is not emulated");
     float result[16][16];
     for (int r = 0; r < 16; r++)
@@ -130,6 +139,7 @@ inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
         }
     for (int r = 0; r < 16; r++)
         for (int col = 0; col < 16; col++) d.emu_tile[r][col] = result[r][col];
+    emu_wmma_leave("mma_sync");
 }
 
 } // namespace wmma
