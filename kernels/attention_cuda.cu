@@ -20,6 +20,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <mma.h>
+#include <type_traits>
 
 #include "cuda_check.h"
 #include "ops_cuda.h"
@@ -588,6 +589,243 @@ __global__ static void __launch_bounds__(fa_threads)
     }
 }
 
+/* ---- backward on tensor cores -----------------------------------------------------------------
+ * The same three-kernel backward (the same blocks, loops, masking and Delta) with the five tile
+ * products on bf16 tensor cores, for D a multiple of 16, as the forward above: Q, K, V and dout
+ * tiles staged as bf16; S = Q K^T and dP = dout V^T come out of the MMA into fp32 tiles, where P
+ * and dS are formed as in the fp32 kernels and written rounded to bf16; the accumulators dK, dV
+ * (keys x D) and dQ (queries x D) stay in shared memory in fp32, loaded and stored as WMMA
+ * accumulators around each tile's products (dV += P^T dout, dK += dS^T Q, dQ += dS K). P^T and
+ * dS^T are P and dS read as column-major A operands. The scale of dK and dQ is applied once, at
+ * the write-out. Not yet run on a GPU (checked on the emulator, tests/cuda/emulator). */
+
+/* Shared memory of the tensor-core dk/dv kernel, in bytes, in the order the kernel carves it
+ * (every part a multiple of 32 bytes, as in the forward). */
+__host__ __device__ static inline size_t fa_tc_backward_kv_smem_bytes(int tile, int D) {
+    const size_t bytes = 4 * (size_t)tile * fa_tc_ldh(D) * 2      /* Kh, Vh, Qh, dOh (bf16) */
+                         + 2 * (size_t)tile * fa_tc_ldo(D) * 4    /* dKs, dVs (fp32) */
+                         + 2 * (size_t)tile * fa_tc_sld(tile) * 4 /* Ss, dPs (fp32) */
+                         + 2 * (size_t)tile * fa_tc_pld(tile) * 2 /* Ph, dSh (bf16) */
+                         + 2 * (size_t)tile * 4;                  /* row_lse, row_delta */
+    return (bytes + 127) / 128 * 128;
+}
+
+/* Shared memory of the tensor-core dq kernel, in bytes, in the order the kernel carves it. */
+__host__ __device__ static inline size_t fa_tc_backward_q_smem_bytes(int tile, int D) {
+    const size_t bytes = 4 * (size_t)tile * fa_tc_ldh(D) * 2      /* Qh, dOh, Kh, Vh (bf16) */
+                         + (size_t)tile * fa_tc_ldo(D) * 4        /* dQs (fp32) */
+                         + 2 * (size_t)tile * fa_tc_sld(tile) * 4 /* Ss, dPs (fp32) */
+                         + (size_t)tile * fa_tc_pld(tile) * 2     /* dSh (bf16) */
+                         + 2 * (size_t)tile * 4;                  /* row_lse, row_delta */
+    return (bytes + 127) / 128 * 128;
+}
+
+/* Ss = A B^T and dPs = C E^T for TILE x TILE tiles (A, B, C, E: TILE rows of bf16, stride ldh,
+ * width D): the 8 warps take the 2 x blocks x blocks 16 x 16 output blocks in turn. B and E read
+ * as column-major B operands give their transposes. */
+template <int TILE>
+__device__ static void fa_tc_two_score_tiles(float *Ss, float *dPs, const floatX *A,
+                                             const floatX *Bm, const floatX *C, const floatX *E,
+                                             int D, int ldh) {
+    using namespace nvcuda;
+    constexpr int blocks = TILE / 16, sld = TILE + 4; /* fa_tc_sld */
+    const int warp = threadIdx.x / 32;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, floatX, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, floatX, wmma::col_major> fbt;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> facc;
+    for (int blk = warp; blk < 2 * blocks * blocks; blk += fa_warps) {
+        const bool second = blk >= blocks * blocks;
+        const int i = (blk % (blocks * blocks)) / blocks, j = blk % blocks;
+        const floatX *left = second ? C : A, *right = second ? E : Bm;
+        wmma::fill_fragment(facc, 0.0f);
+        for (int d0 = 0; d0 < D; d0 += 16) {
+            wmma::load_matrix_sync(fa, left + 16 * i * ldh + d0, ldh);
+            wmma::load_matrix_sync(fbt, right + 16 * j * ldh + d0, ldh);
+            wmma::mma_sync(facc, fa, fbt, facc);
+        }
+        wmma::store_matrix_sync((second ? dPs : Ss) + 16 * i * sld + 16 * j, facc, sld,
+                                wmma::mem_row_major);
+    }
+}
+
+/* acc[i-block][n-block] (fp32, stride ldo, TILE x D) += M X over k < 16 steps: M is a TILE x TILE
+ * bf16 tile of stride pld, read as stored (M row-major) or transposed (transpose: M^T, read as a
+ * column-major A operand); X is TILE x D bf16 of stride ldh. The warps take the blocks x D / 16
+ * output blocks in turn; each loads its block as an accumulator, adds and stores it back. */
+template <int TILE, bool transpose>
+__device__ static void fa_tc_accumulate(float *acc, const floatX *M, const floatX *X, int steps,
+                                        int D, int ldh, int ldo) {
+    using namespace nvcuda;
+    constexpr int blocks = TILE / 16, pld = TILE + 8; /* fa_tc_pld */
+    using LayoutM = typename std::conditional<transpose, wmma::col_major, wmma::row_major>::type;
+    const int warp = threadIdx.x / 32;
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, floatX, LayoutM> fm;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, floatX, wmma::row_major> fx;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> facc;
+    for (int blk = warp; blk < blocks * (D / 16); blk += fa_warps) {
+        const int i = blk / (D / 16), n = blk % (D / 16);
+        float *acc_block = acc + 16 * i * ldo + 16 * n;
+        wmma::load_matrix_sync(facc, acc_block, ldo, wmma::mem_row_major);
+        for (int kk = 0; kk < steps; kk++) {
+            /* block (i, kk) of M, or of M^T: block (kk, i) of M read column-major */
+            const floatX *m_block = transpose ? M + 16 * kk * pld + 16 * i : M + 16 * i * pld + 16 * kk;
+            wmma::load_matrix_sync(fm, m_block, pld);
+            wmma::load_matrix_sync(fx, X + 16 * kk * ldh + 16 * n, ldh);
+            wmma::mma_sync(facc, fm, fx, facc);
+        }
+        wmma::store_matrix_sync(acc_block, facc, ldo, wmma::mem_row_major);
+    }
+}
+
+/* One block per (key tile, KV head, batch), as attention_backward_kv_kernel. */
+template <int TILE>
+__global__ static void __launch_bounds__(fa_threads)
+    attention_backward_kv_tc_kernel(floatX *dk, floatX *dv, const floatX *dout, const float *lse,
+                                    const float *delta, const floatX *q, const floatX *k,
+                                    const floatX *v, int T, int Hq, int Hkv, int D, float scale) {
+    const int k_tile = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z;
+    const int group = Hq / Hkv;
+    const int k0 = k_tile * TILE;
+    const int ldh = fa_tc_ldh(D), ldo = fa_tc_ldo(D);
+    constexpr int sld = TILE + 4, pld = TILE + 8; /* fa_tc_sld, fa_tc_pld */
+
+    extern __shared__ float fa_smem[];
+    floatX *Kh = (floatX *)fa_smem;              /* [TILE][ldh] */
+    floatX *Vh = Kh + TILE * ldh;                /* [TILE][ldh] */
+    floatX *Qh = Vh + TILE * ldh;                /* [TILE][ldh] the current query tile */
+    floatX *dOh = Qh + TILE * ldh;               /* [TILE][ldh] its dout */
+    float *dKs = (float *)(dOh + TILE * ldh);    /* [TILE][ldo] sum of dS^T q (unscaled) */
+    float *dVs = dKs + TILE * ldo;               /* [TILE][ldo] sum of P^T dout */
+    float *Ss = dVs + TILE * ldo;                /* [TILE][sld] q k^T (unscaled), queries x keys */
+    float *dPs = Ss + TILE * sld;                /* [TILE][sld] dout v^T */
+    floatX *Ph = (floatX *)(dPs + TILE * sld);   /* [TILE][pld] P, bf16 */
+    floatX *dSh = Ph + TILE * pld;               /* [TILE][pld] dS, bf16 */
+    float *row_lse = (float *)(dSh + TILE * pld); /* [TILE] */
+    float *row_delta = row_lse + TILE;           /* [TILE] */
+
+    const size_t kv_offset = ((size_t)b * T * Hkv + kv_head) * D; /* (b, t = 0, kv_head) */
+    fa_tc_load_rows(Kh, k + kv_offset, k0, TILE, T, (size_t)Hkv * D, D, ldh);
+    fa_tc_load_rows(Vh, v + kv_offset, k0, TILE, T, (size_t)Hkv * D, D, ldh);
+    fa_zero(dKs, TILE * ldo);
+    fa_zero(dVs, TILE * ldo);
+
+    for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
+        const size_t q_offset = ((size_t)b * T * Hq + h) * D; /* (b, t = 0, h) */
+        const size_t stat_offset = ((size_t)b * Hq + h) * T;  /* lse / delta of (b, h, t = 0) */
+        for (int q0 = k0; q0 < T; q0 += TILE) {
+            __syncthreads(); /* Kh, Vh, dKs, dVs ready (first pass); last pass's readers done */
+            fa_tc_load_rows(Qh, q + q_offset, q0, TILE, T, (size_t)Hq * D, D, ldh);
+            fa_tc_load_rows(dOh, dout + q_offset, q0, TILE, T, (size_t)Hq * D, D, ldh);
+            for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
+                const int t = q0 + r;
+                row_lse[r] = t < T ? lse[stat_offset + t] : 0.0f;
+                row_delta[r] = t < T ? delta[stat_offset + t] : 0.0f;
+            }
+            __syncthreads(); /* Qh, dOh, stats ready */
+
+            fa_tc_two_score_tiles<TILE>(Ss, dPs, Qh, Kh, dOh, Vh, D, ldh);
+            __syncthreads(); /* Ss, dPs complete */
+
+            for (int e = threadIdx.x; e < TILE * TILE; e += blockDim.x) {
+                const int r = e / TILE, c = e % TILE;
+                const int t = q0 + r, key = k0 + c;
+                const bool visible = t < T && key <= t; /* implies key < T */
+                const float p = visible ? expf(Ss[r * sld + c] * scale - row_lse[r]) : 0.0f;
+                Ph[r * pld + c] = __float2bfloat16(p);
+                dSh[r * pld + c] = __float2bfloat16(p * (dPs[r * sld + c] - row_delta[r]));
+            }
+            __syncthreads(); /* Ph, dSh complete */
+
+            /* dV += P^T dout, dK += dS^T q over the query rows up to T, in 16-row steps (rows
+             * past T: P = dS = 0 and zero q, dout) */
+            const int query_steps = (min(TILE, T - q0) + 15) / 16;
+            fa_tc_accumulate<TILE, true>(dVs, Ph, dOh, query_steps, D, ldh, ldo);
+            fa_tc_accumulate<TILE, true>(dKs, dSh, Qh, query_steps, D, ldh, ldo);
+        }
+    }
+    __syncthreads(); /* every dKs, dVs row complete */
+
+    for (int e = threadIdx.x; e < TILE * D; e += blockDim.x) {
+        const int c = e / D, d = e % D;
+        const int key = k0 + c;
+        if (key >= T) continue;
+        const size_t idx = kv_offset + (size_t)key * Hkv * D + d;
+        dk[idx] = __float2bfloat16(bf16_to_float(dk[idx]) + scale * dKs[c * ldo + d]);
+        dv[idx] = __float2bfloat16(bf16_to_float(dv[idx]) + dVs[c * ldo + d]);
+    }
+}
+
+/* One block per (query tile, query head, batch), as attention_backward_q_kernel. */
+template <int TILE>
+__global__ static void __launch_bounds__(fa_threads)
+    attention_backward_q_tc_kernel(floatX *dq, const floatX *dout, const float *lse,
+                                   const float *delta, const floatX *q, const floatX *k,
+                                   const floatX *v, int T, int Hq, int Hkv, int D, float scale) {
+    const int q_tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int kv_head = h / (Hq / Hkv);
+    const int q0 = q_tile * TILE;
+    const int q_last = min(q0 + TILE, T) - 1;
+    const int ldh = fa_tc_ldh(D), ldo = fa_tc_ldo(D);
+    constexpr int sld = TILE + 4, pld = TILE + 8; /* fa_tc_sld, fa_tc_pld */
+
+    extern __shared__ float fa_smem[];
+    floatX *Qh = (floatX *)fa_smem;              /* [TILE][ldh] */
+    floatX *dOh = Qh + TILE * ldh;               /* [TILE][ldh] */
+    floatX *Kh = dOh + TILE * ldh;               /* [TILE][ldh] the current key tile */
+    floatX *Vh = Kh + TILE * ldh;                /* [TILE][ldh] */
+    float *dQs = (float *)(Vh + TILE * ldh);     /* [TILE][ldo] sum of dS k (unscaled) */
+    float *Ss = dQs + TILE * ldo;                /* [TILE][sld] */
+    float *dPs = Ss + TILE * sld;                /* [TILE][sld] */
+    floatX *dSh = (floatX *)(dPs + TILE * sld);  /* [TILE][pld] dS, bf16 */
+    float *row_lse = (float *)(dSh + TILE * pld); /* [TILE] */
+    float *row_delta = row_lse + TILE;           /* [TILE] */
+
+    const size_t q_offset = ((size_t)b * T * Hq + h) * D;        /* (b, t = 0, h) */
+    const size_t kv_offset = ((size_t)b * T * Hkv + kv_head) * D; /* (b, t = 0, kv_head) */
+    const size_t stat_offset = ((size_t)b * Hq + h) * T;
+    fa_tc_load_rows(Qh, q + q_offset, q0, TILE, T, (size_t)Hq * D, D, ldh);
+    fa_tc_load_rows(dOh, dout + q_offset, q0, TILE, T, (size_t)Hq * D, D, ldh);
+    fa_zero(dQs, TILE * ldo);
+    for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
+        const int t = q0 + r;
+        row_lse[r] = t < T ? lse[stat_offset + t] : 0.0f;
+        row_delta[r] = t < T ? delta[stat_offset + t] : 0.0f;
+    }
+
+    for (int k0 = 0; k0 <= q_last; k0 += TILE) {
+        __syncthreads(); /* Qh, dOh, dQs, stats ready (first pass); last pass's readers done */
+        fa_tc_load_rows(Kh, k + kv_offset, k0, TILE, T, (size_t)Hkv * D, D, ldh);
+        fa_tc_load_rows(Vh, v + kv_offset, k0, TILE, T, (size_t)Hkv * D, D, ldh);
+        __syncthreads(); /* Kh, Vh ready */
+
+        fa_tc_two_score_tiles<TILE>(Ss, dPs, Qh, Kh, dOh, Vh, D, ldh);
+        __syncthreads(); /* Ss, dPs complete */
+
+        for (int e = threadIdx.x; e < TILE * TILE; e += blockDim.x) {
+            const int r = e / TILE, c = e % TILE;
+            const int t = q0 + r, key = k0 + c;
+            const bool visible = t < T && key <= t;
+            const float p = visible ? expf(Ss[r * sld + c] * scale - row_lse[r]) : 0.0f;
+            dSh[r * pld + c] = __float2bfloat16(p * (dPs[r * sld + c] - row_delta[r]));
+        }
+        __syncthreads(); /* dSh complete */
+
+        /* dQ += dS k over the keys up to the tile's last valid query row, in 16-key steps (keys
+         * past it in the last step have dS = 0 and finite k: zeros past T) */
+        const int key_steps = (min(TILE, q_last - k0 + 1) + 15) / 16;
+        fa_tc_accumulate<TILE, false>(dQs, dSh, Kh, key_steps, D, ldh, ldo);
+    }
+    __syncthreads(); /* every dQs row complete */
+
+    for (int e = threadIdx.x; e < TILE * D; e += blockDim.x) {
+        const int r = e / D, d = e % D;
+        const int t = q0 + r;
+        if (t >= T) continue;
+        const size_t idx = q_offset + (size_t)t * Hq * D + d;
+        dq[idx] = __float2bfloat16(bf16_to_float(dq[idx]) + scale * dQs[r * ldo + d]);
+    }
+}
+
 /* ---- host side ------------------------------------------------------------------------------- */
 
 static void fa_check_shape(const char *op, int Hq, int Hkv, int D) {
@@ -645,8 +883,9 @@ static void fa_launch_forward_tc(floatX *out, float *lse, const floatX *q, const
     CHECK_LAUNCH();
 }
 
-/* The tensor-core forward for D a multiple of 16 (the WMMA tile), the fp32 one otherwise; the
- * environment variable PAFT_ATTENTION_FP32=1 forces the fp32 one (to compare the two on a GPU). */
+/* The tensor-core kernels (forward and backward) for D a multiple of 16 (the WMMA tile), the fp32
+ * ones otherwise; the environment variable PAFT_ATTENTION_FP32=1 forces the fp32 ones (to compare
+ * the two on a GPU). */
 static bool fa_use_tensor_cores(int D) {
     const char *force_fp32 = getenv("PAFT_ATTENTION_FP32");
     return D % 16 == 0 && !(force_fp32 && force_fp32[0] == '1');
@@ -694,6 +933,26 @@ static void fa_launch_backward(floatX *dq, floatX *dk, floatX *dv, const floatX 
     CHECK_LAUNCH();
 }
 
+template <int TILE>
+static void fa_launch_backward_tc(floatX *dq, floatX *dk, floatX *dv, const floatX *dout,
+                                  const float *lse, const float *delta, const floatX *q,
+                                  const floatX *k, const floatX *v, int B, int T, int Hq, int Hkv,
+                                  int D, float scale) {
+    const int tiles = (T + TILE - 1) / TILE;
+    const size_t smem_kv = fa_tc_backward_kv_smem_bytes(TILE, D);
+    fa_allow_smem(attention_backward_kv_tc_kernel<TILE>, smem_kv, "attention_backward_fused_cuda",
+                  D);
+    attention_backward_kv_tc_kernel<TILE><<<dim3(tiles, Hkv, B), fa_threads, smem_kv>>>(
+        dk, dv, dout, lse, delta, q, k, v, T, Hq, Hkv, D, scale);
+    CHECK_LAUNCH();
+    const size_t smem_q = fa_tc_backward_q_smem_bytes(TILE, D);
+    fa_allow_smem(attention_backward_q_tc_kernel<TILE>, smem_q, "attention_backward_fused_cuda",
+                  D);
+    attention_backward_q_tc_kernel<TILE><<<dim3(tiles, Hq, B), fa_threads, smem_q>>>(
+        dq, dout, lse, delta, q, k, v, T, Hq, Hkv, D, scale);
+    CHECK_LAUNCH();
+}
+
 extern "C" void attention_backward_fused_cuda(floatX *dq, floatX *dk, floatX *dv,
                                               const floatX *dout, const floatX *out,
                                               const float *lse, const floatX *q, const floatX *k,
@@ -714,15 +973,28 @@ extern "C" void attention_backward_fused_cuda(floatX *dq, floatX *dk, floatX *dv
     attention_delta_kernel<<<(unsigned)((rows + fa_threads - 1) / fa_threads), fa_threads>>>(
         delta, dout, out, B, T, Hq, D);
     CHECK_LAUNCH();
+    const bool tensor_cores = fa_use_tensor_cores(D);
     switch (fa_backward_tile(D)) {
     case 64:
-        fa_launch_backward<64>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv, D, scale);
+        if (tensor_cores)
+            fa_launch_backward_tc<64>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv, D,
+                                      scale);
+        else
+            fa_launch_backward<64>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv, D, scale);
         break;
     case 32:
-        fa_launch_backward<32>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv, D, scale);
+        if (tensor_cores)
+            fa_launch_backward_tc<32>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv, D,
+                                      scale);
+        else
+            fa_launch_backward<32>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv, D, scale);
         break;
     default:
-        fa_launch_backward<16>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv, D, scale);
+        if (tensor_cores)
+            fa_launch_backward_tc<16>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv, D,
+                                      scale);
+        else
+            fa_launch_backward<16>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv, D, scale);
         break;
     }
 }
