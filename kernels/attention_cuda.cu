@@ -398,6 +398,40 @@ __global__ static void __launch_bounds__(fa_threads)
     }
 }
 
+/* The row statistics of query rows q0 .. q0 + TILE - 1 of one (batch, head): lse and Delta, 0
+ * past T (those rows have no probabilities). stat_offset: (b, h, t = 0) in [B][Hq][T]. */
+__device__ static void fa_load_row_stats(float *row_lse, float *row_delta, const float *lse,
+                                         const float *delta, size_t stat_offset, int q0, int tile,
+                                         int T) {
+    for (int r = threadIdx.x; r < tile; r += blockDim.x) {
+        const int t = q0 + r;
+        row_lse[r] = t < T ? lse[stat_offset + t] : 0.0f;
+        row_delta[r] = t < T ? delta[stat_offset + t] : 0.0f;
+    }
+}
+
+/* The backward's recomputed probability of query row t and key `key`: exp(s scale - lse), 0 where
+ * the causal mask hides the key (or the row is past T; key <= t < T then implies key < T). */
+__device__ static inline float fa_probability(float s, float scale, float row_lse, int t, int key,
+                                              int T) {
+    return t < T && key <= t ? expf(s * scale - row_lse) : 0.0f;
+}
+
+/* dst row t += scale * acc row (t - row0), rounded once to bf16, for the rows row0 .. row0 +
+ * tile - 1 below T: how each backward kernel adds its fp32 accumulators into the gradients (one
+ * thread per element, each written once). dst points at (b, t = 0, head); rows are row_stride
+ * apart. */
+__device__ static void fa_add_rows_into(floatX *dst, const float *acc, int acc_ld, int row0,
+                                        int tile, int T, size_t row_stride, int D, float scale) {
+    for (int e = threadIdx.x; e < tile * D; e += blockDim.x) {
+        const int r = e / D, d = e % D;
+        const int t = row0 + r;
+        if (t >= T) continue;
+        const size_t idx = (size_t)t * row_stride + d;
+        dst[idx] = __float2bfloat16(bf16_to_float(dst[idx]) + scale * acc[r * acc_ld + d]);
+    }
+}
+
 /* ---- backward ---------------------------------------------------------------------------------
  * With s = q k^T scale, P = exp(s - lse) (causal), out = P v, and Delta_t = dout_t . out_t
  * (= sum_j P_tj dP_tj, the softmax's row term):
@@ -467,11 +501,7 @@ __global__ static void __launch_bounds__(fa_threads)
             __syncthreads(); /* Ks, Vs, dKs, dVs ready (first pass); last pass's readers done */
             fa_load_rows(Qs, q + q_offset, q0, TILE, T, (size_t)Hq * D, D, ld);
             fa_load_rows(dOs, dout + q_offset, q0, TILE, T, (size_t)Hq * D, D, ld);
-            for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
-                const int t = q0 + r;
-                row_lse[r] = t < T ? lse[stat_offset + t] : 0.0f;
-                row_delta[r] = t < T ? delta[stat_offset + t] : 0.0f;
-            }
+            fa_load_row_stats(row_lse, row_delta, lse, delta, stat_offset, q0, TILE, T);
             __syncthreads();
 
             float s[R][R], dp[R][R];
@@ -483,8 +513,7 @@ __global__ static void __launch_bounds__(fa_threads)
                 for (int j = 0; j < R; j++) {
                     const int r = ty + fa_side * i, c = tx + fa_side * j;
                     const int t = q0 + r, key = k0 + c;
-                    const bool visible = t < T && key <= t; /* implies key < T */
-                    const float p = visible ? expf(s[i][j] * scale - row_lse[r]) : 0.0f;
+                    const float p = fa_probability(s[i][j], scale, row_lse[r], t, key, T);
                     Ps[r * pld + c] = p;
                     dSs[r * pld + c] = p * (dp[i][j] - row_delta[r]);
                 }
@@ -499,14 +528,8 @@ __global__ static void __launch_bounds__(fa_threads)
     }
     __syncthreads(); /* every dKs, dVs row complete */
 
-    for (int e = threadIdx.x; e < TILE * D; e += blockDim.x) {
-        const int c = e / D, d = e % D;
-        const int key = k0 + c;
-        if (key >= T) continue;
-        const size_t idx = kv_offset + (size_t)key * Hkv * D + d;
-        dk[idx] = __float2bfloat16(bf16_to_float(dk[idx]) + dKs[c * ld + d]);
-        dv[idx] = __float2bfloat16(bf16_to_float(dv[idx]) + dVs[c * ld + d]);
-    }
+    fa_add_rows_into(dk + kv_offset, dKs, ld, k0, TILE, T, (size_t)Hkv * D, D, 1.0f);
+    fa_add_rows_into(dv + kv_offset, dVs, ld, k0, TILE, T, (size_t)Hkv * D, D, 1.0f);
 }
 
 /* Shared memory of the dq kernel, in floats, in the order the kernel carves it. */
@@ -547,11 +570,7 @@ __global__ static void __launch_bounds__(fa_threads)
     fa_load_rows(Qs, q + q_offset, q0, TILE, T, (size_t)Hq * D, D, ld);
     fa_load_rows(dOs, dout + q_offset, q0, TILE, T, (size_t)Hq * D, D, ld);
     fa_zero(dQs, TILE * ld);
-    for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
-        const int t = q0 + r;
-        row_lse[r] = t < T ? lse[stat_offset + t] : 0.0f;
-        row_delta[r] = t < T ? delta[stat_offset + t] : 0.0f;
-    }
+    fa_load_row_stats(row_lse, row_delta, lse, delta, stat_offset, q0, TILE, T);
 
     for (int k0 = 0; k0 <= q_last; k0 += TILE) {
         __syncthreads(); /* Qs, dOs, dQs, stats ready (first pass); last pass's readers done */
@@ -568,8 +587,7 @@ __global__ static void __launch_bounds__(fa_threads)
             for (int j = 0; j < R; j++) {
                 const int r = ty + fa_side * i, c = tx + fa_side * j;
                 const int t = q0 + r, key = k0 + c;
-                const bool visible = t < T && key <= t;
-                const float p = visible ? expf(s[i][j] * scale - row_lse[r]) : 0.0f;
+                const float p = fa_probability(s[i][j], scale, row_lse[r], t, key, T);
                 dSs[r * pld + c] = p * (dp[i][j] - row_delta[r]);
             }
         __syncthreads(); /* dS complete */
@@ -580,13 +598,7 @@ __global__ static void __launch_bounds__(fa_threads)
     }
     __syncthreads(); /* every dQs row complete */
 
-    for (int e = threadIdx.x; e < TILE * D; e += blockDim.x) {
-        const int r = e / D, d = e % D;
-        const int t = q0 + r;
-        if (t >= T) continue;
-        const size_t idx = q_offset + (size_t)t * Hq * D + d;
-        dq[idx] = __float2bfloat16(bf16_to_float(dq[idx]) + dQs[r * ld + d]);
-    }
+    fa_add_rows_into(dq + q_offset, dQs, ld, q0, TILE, T, (size_t)Hq * D, D, 1.0f);
 }
 
 /* ---- backward on tensor cores -----------------------------------------------------------------
@@ -716,11 +728,7 @@ __global__ static void __launch_bounds__(fa_threads)
             __syncthreads(); /* Kh, Vh, dKs, dVs ready (first pass); last pass's readers done */
             fa_tc_load_rows(Qh, q + q_offset, q0, TILE, T, (size_t)Hq * D, D, ldh);
             fa_tc_load_rows(dOh, dout + q_offset, q0, TILE, T, (size_t)Hq * D, D, ldh);
-            for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
-                const int t = q0 + r;
-                row_lse[r] = t < T ? lse[stat_offset + t] : 0.0f;
-                row_delta[r] = t < T ? delta[stat_offset + t] : 0.0f;
-            }
+            fa_load_row_stats(row_lse, row_delta, lse, delta, stat_offset, q0, TILE, T);
             __syncthreads(); /* Qh, dOh, stats ready */
 
             fa_tc_two_score_tiles<TILE>(Ss, dPs, Qh, Kh, dOh, Vh, D, ldh);
@@ -729,8 +737,7 @@ __global__ static void __launch_bounds__(fa_threads)
             for (int e = threadIdx.x; e < TILE * TILE; e += blockDim.x) {
                 const int r = e / TILE, c = e % TILE;
                 const int t = q0 + r, key = k0 + c;
-                const bool visible = t < T && key <= t; /* implies key < T */
-                const float p = visible ? expf(Ss[r * sld + c] * scale - row_lse[r]) : 0.0f;
+                const float p = fa_probability(Ss[r * sld + c], scale, row_lse[r], t, key, T);
                 Ph[r * pld + c] = __float2bfloat16(p);
                 dSh[r * pld + c] = __float2bfloat16(p * (dPs[r * sld + c] - row_delta[r]));
             }
@@ -745,14 +752,8 @@ __global__ static void __launch_bounds__(fa_threads)
     }
     __syncthreads(); /* every dKs, dVs row complete */
 
-    for (int e = threadIdx.x; e < TILE * D; e += blockDim.x) {
-        const int c = e / D, d = e % D;
-        const int key = k0 + c;
-        if (key >= T) continue;
-        const size_t idx = kv_offset + (size_t)key * Hkv * D + d;
-        dk[idx] = __float2bfloat16(bf16_to_float(dk[idx]) + scale * dKs[c * ldo + d]);
-        dv[idx] = __float2bfloat16(bf16_to_float(dv[idx]) + dVs[c * ldo + d]);
-    }
+    fa_add_rows_into(dk + kv_offset, dKs, ldo, k0, TILE, T, (size_t)Hkv * D, D, scale);
+    fa_add_rows_into(dv + kv_offset, dVs, ldo, k0, TILE, T, (size_t)Hkv * D, D, 1.0f);
 }
 
 /* One block per (query tile, query head, batch), as attention_backward_q_kernel. */
@@ -786,11 +787,7 @@ __global__ static void __launch_bounds__(fa_threads)
     fa_tc_load_rows(Qh, q + q_offset, q0, TILE, T, (size_t)Hq * D, D, ldh);
     fa_tc_load_rows(dOh, dout + q_offset, q0, TILE, T, (size_t)Hq * D, D, ldh);
     fa_zero(dQs, TILE * ldo);
-    for (int r = threadIdx.x; r < TILE; r += blockDim.x) {
-        const int t = q0 + r;
-        row_lse[r] = t < T ? lse[stat_offset + t] : 0.0f;
-        row_delta[r] = t < T ? delta[stat_offset + t] : 0.0f;
-    }
+    fa_load_row_stats(row_lse, row_delta, lse, delta, stat_offset, q0, TILE, T);
 
     for (int k0 = 0; k0 <= q_last; k0 += TILE) {
         __syncthreads(); /* Qh, dOh, dQs, stats ready (first pass); last pass's readers done */
@@ -804,8 +801,7 @@ __global__ static void __launch_bounds__(fa_threads)
         for (int e = threadIdx.x; e < TILE * TILE; e += blockDim.x) {
             const int r = e / TILE, c = e % TILE;
             const int t = q0 + r, key = k0 + c;
-            const bool visible = t < T && key <= t;
-            const float p = visible ? expf(Ss[r * sld + c] * scale - row_lse[r]) : 0.0f;
+            const float p = fa_probability(Ss[r * sld + c], scale, row_lse[r], t, key, T);
             dSh[r * pld + c] = __float2bfloat16(p * (dPs[r * sld + c] - row_delta[r]));
         }
         __syncthreads(); /* dSh complete */
@@ -817,13 +813,7 @@ __global__ static void __launch_bounds__(fa_threads)
     }
     __syncthreads(); /* every dQs row complete */
 
-    for (int e = threadIdx.x; e < TILE * D; e += blockDim.x) {
-        const int r = e / D, d = e % D;
-        const int t = q0 + r;
-        if (t >= T) continue;
-        const size_t idx = q_offset + (size_t)t * Hq * D + d;
-        dq[idx] = __float2bfloat16(bf16_to_float(dq[idx]) + scale * dQs[r * ldo + d]);
-    }
+    fa_add_rows_into(dq + q_offset, dQs, ldo, q0, TILE, T, (size_t)Hq * D, D, scale);
 }
 
 /* ---- host side ------------------------------------------------------------------------------- */

@@ -22,8 +22,8 @@
 
 #include "cli/commands.h"
 #include "model/model.h"
-#include "loss/lora_delta.h"
 #include "optim/adamw.h"
+#include "train/step.h"
 #include "util/common.h"
 #include "util/rng.h"
 
@@ -150,26 +150,13 @@ int cmd_bench(int argc, char **argv) {
         model_zero_grads(&m);
         model_forward(&m, tokens, targets, rows, seq);
         model_backward(&m, dlogp);
-        /* what train.c does after the micro-batches: the L1 term (SFT), the norm, AdamW */
-        if (m.lora_on_device) {
-            if (l1 > 0) m.backend->l1_penalty(m.device, l1);
-            double norm2 = m.backend->grads_sum_squares(m.device, 0, m.n_lora);
-            opt.step++;
-            m.backend->adamw_step(m.device, opt.step, 1e-4, &opt.hyper,
-                                  (float)clip_coefficient(sqrt(norm2), 1.0));
-            m.backend->synchronize(m.device);
-        } else {
-            if (l1 > 0)
-                for (int l = 0; l < m.config.num_layers; l++)
-                    for (int p = 0; p < N_PROJ; p++)
-                        l1_penalty(m.lora_grads[l].A[p], m.lora_grads[l].B[p],
-                                   m.lora_params[l].A[p], m.lora_params[l].B[p],
-                                   proj_out(&m.config, p), proj_in(&m.config, p), m.lora.r,
-                                   (real)m.lora.scale, (real)l1, delta_scratch);
-            double norm = grad_global_norm(m.lora_grads_memory, m.n_lora);
-            adamw_step(&opt, m.lora_memory, m.lora_grads_memory, 1e-4,
-                       (real)clip_coefficient(norm, 1.0));
-        }
+        /* what a training step does after the micro-batches: the L1 term (SFT), the norm, AdamW */
+        if (l1 > 0) step_l1_penalty(&m, l1, delta_scratch);
+        double norm = sqrt(m.lora_on_device
+                               ? m.backend->grads_sum_squares(m.device, 0, m.n_lora)
+                               : grad_sum_squares(m.lora_grads_memory, m.n_lora));
+        step_apply_adamw(&m, &opt, 1e-4, (real)clip_coefficient(norm, 1.0));
+        if (m.device) m.backend->synchronize(m.device);
         if (s >= 0) times[s] = paft_seconds() - t0;
     }
     qsort(times, (size_t)steps, sizeof(double), compare_doubles);

@@ -683,7 +683,6 @@ void model_zero_grads(Model *m) {
 /* ---- forward ---------------------------------------------------------------------------------*/
 
 int model_adapted(const Model *m, Proj p) { return m->adapters_enabled && m->lora.targets[p]; }
-static int adapted(const Model *m, Proj p) { return model_adapted(m, p); }
 
 /* Sum a buffer over the tensor-parallel group (nothing to do without tensor parallelism). */
 static void tp_sum(Model *m, real *buf, size_t n) {
@@ -699,8 +698,6 @@ int model_local_out(const Model *m, Proj p) {
     int out = proj_out(&m->config, p);
     return proj_is_row_parallel(p) ? out : out / m->tp_size;
 }
-static int local_in(const Model *m, Proj p) { return model_local_in(m, p); }
-static int local_out(const Model *m, Proj p) { return model_local_out(m, p); }
 
 static real *lora_h_of(const Model *m, int l, Proj p, int N) {
     return m->acts.lora_h + ((size_t)l * N_PROJ + p) * (size_t)N * m->lora.r;
@@ -712,19 +709,19 @@ static real *lora_h_of(const Model *m, int l, Proj p, int N) {
  * inp A^T (N x r) is all-reduced before the replicated B, inp W^T (N x out) once; the bias and
  * the LoRA term are added after the reduction, on every rank alike. */
 static void proj_forward(Model *m, int l, Proj p, real *out, const real *inp, int N) {
-    const int in = local_in(m, p), out_f = local_out(m, p), r = m->lora.r;
+    const int in = model_local_in(m, p), out_f = model_local_out(m, p), r = m->lora.r;
     const LayerWeights *lw = &m->weights.layers[l];
     real *h = lora_h_of(m, l, p, N);
     if (!proj_is_row_parallel(p)) {
         matmul_forward(out, inp, lw->w[p], lw->b[p], N, in, out_f, 1, 0);
-        if (adapted(m, p)) {
+        if (model_adapted(m, p)) {
             matmul_forward(h, inp, m->lora_params[l].A[p], NULL, N, in, r, 1, 0);
             matmul_forward(out, h, m->lora_params[l].B[p], NULL, N, r, out_f, (real)m->lora.scale, 1);
         }
         return;
     }
     matmul_forward(out, inp, lw->w[p], NULL, N, in, out_f, 1, 0);
-    if (adapted(m, p)) {
+    if (model_adapted(m, p)) {
         matmul_forward(h, inp, m->lora_params[l].A[p], NULL, N, in, r, 1, 0);
         tp_sum(m, h, (size_t)N * r);
     }
@@ -732,7 +729,7 @@ static void proj_forward(Model *m, int l, Proj p, real *out, const real *inp, in
     if (lw->b[p])
         for (int n = 0; n < N; n++)
             for (int o = 0; o < out_f; o++) out[(size_t)n * out_f + o] += lw->b[p][o];
-    if (adapted(m, p))
+    if (model_adapted(m, p))
         matmul_forward(out, h, m->lora_params[l].B[p], NULL, N, r, out_f, (real)m->lora.scale, 1);
 }
 
@@ -744,10 +741,15 @@ static void vocab_parallel_logprob(Model *m, const int32_t *targets, int N) {
     if (m->tp_size > 1) allreduce_max_real(m->row_max, (size_t)N, m->tp_comm);
     logits_row_sumexp(m->row_sumexp, a->logits, m->row_max, N, m->local_vocab);
     logits_target(m->row_target, a->logits, targets, m->vocab_start, N, m->local_vocab);
+    model_logprob_from_statistics(m, targets, N);
+}
+
+void model_logprob_from_statistics(Model *m, const int32_t *targets, int N) {
     if (m->tp_size > 1) {
         allreduce_sum_double(m->row_sumexp, (size_t)N, m->tp_comm);
         allreduce_sum_double(m->row_target, (size_t)N, m->tp_comm);
     }
+    Activations *a = &m->acts;
     for (int n = 0; n < N; n++) {
         double lse = (double)m->row_max[n] + log(m->row_sumexp[n]);
         a->lse[n] = (real)lse;
@@ -833,12 +835,12 @@ static LayerWeights *full_grads(Model *m, int l) {
  * complete; the replicated B's gradient is complete and the same on every rank. */
 static void proj_backward(Model *m, int l, Proj p, real *dinp, const real *dout, const real *inp,
                           int N) {
-    const int in = local_in(m, p), out_f = local_out(m, p), r = m->lora.r;
+    const int in = model_local_in(m, p), out_f = model_local_out(m, p), r = m->lora.r;
     const LayerWeights *lw = &m->weights.layers[l];
     LayerWeights *g = full_grads(m, l);
     matmul_backward(dinp, g ? g->w[p] : NULL, g ? g->b[p] : NULL, dout, inp, lw->w[p], N, in,
                     out_f, 1);
-    if (adapted(m, p)) {
+    if (model_adapted(m, p)) {
         real *dh = m->scratch.dlora_h;
         memset(dh, 0, (size_t)N * r * sizeof(real));
         /* out += s h B^T with h = inp A^T */

@@ -249,6 +249,11 @@ void model_fingerprint(const Checkpoint *ckpt, const TensorView *views, int n_vi
  * base use it). Returns the count; *views is malloc'ed. */
 int model_weight_views(const ModelConfig *config, TensorView **views);
 
+/* The last step of the vocab-parallel log-probabilities (ops.h), shared by both backends: with
+ * this rank's m->row_max (already the group's max), row_sumexp and row_target for N rows, sum the
+ * latter two over the tensor-parallel group and fill m->acts.lse and m->acts.logp. */
+void model_logprob_from_statistics(Model *model, const int32_t *targets, int N);
+
 /* This rank's input / output features of a projection (its shard under tensor parallelism), and
  * whether the projection currently runs with its adapter (targeted and adapters enabled). */
 int model_local_in(const Model *model, Proj p);

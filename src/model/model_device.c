@@ -8,7 +8,6 @@
  */
 #include "model/model_device.h"
 
-#include <math.h>
 #include <string.h>
 
 #include "model/device_ops.h"
@@ -348,17 +347,8 @@ static void device_logprob(ModelDevice *d, const int32_t *host_targets, int N) {
     if (m->tp_size == 1) dev_download(m->row_max, d->row_max, (size_t)N * sizeof(stat_t));
     dev_download(m->row_sumexp, d->row_sumexp, (size_t)N * sizeof(double));
     dev_download(m->row_target, d->row_target, (size_t)N * sizeof(double));
-    if (m->tp_size > 1) {
-        allreduce_sum_double(m->row_sumexp, (size_t)N, m->tp_comm);
-        allreduce_sum_double(m->row_target, (size_t)N, m->tp_comm);
-    }
-    Activations *a = &m->acts;
-    for (int n = 0; n < N; n++) {
-        double lse = (double)m->row_max[n] + log(m->row_sumexp[n]);
-        a->lse[n] = (real)lse;
-        a->logp[n] = host_targets[n] >= 0 ? (real)(m->row_target[n] - lse) : 0;
-    }
-    dev_upload(d->lse, a->lse, (size_t)N * sizeof(stat_t));
+    model_logprob_from_statistics(m, host_targets, N);
+    dev_upload(d->lse, m->acts.lse, (size_t)N * sizeof(stat_t));
 }
 
 static void device_forward(ModelDevice *d, const int32_t *tokens, const int32_t *targets, int B,

@@ -90,29 +90,35 @@ static void reduce_data_parallel(StepContext *ctx, double *sums, int n_sums) {
 }
 
 /* lambda * sum |s B A| over this rank's blocks; adds its gradient; returns the whole sum. */
-static double add_l1_penalty(StepContext *ctx, double lambda) {
-    Model *m = ctx->model;
-    const int tp = m->tp_size;
+double step_l1_penalty(Model *m, double lambda, real *delta_scratch) {
+    if (on_device(m)) return m->backend->l1_penalty(m->device, lambda);
     double l1 = 0;
-    if (on_device(m)) {
-        l1 = m->backend->l1_penalty(m->device, lambda);
-        if (tp > 1) allreduce_sum_double(&l1, 1, m->tp_comm);
-        return l1;
-    }
     for (int l = 0; l < m->config.num_layers; l++)
         for (int p = 0; p < N_PROJ; p++) {
             if (!m->lora.targets[p]) continue;
-            int out = proj_out(&m->config, p), in = proj_in(&m->config, p);
-            if (proj_is_row_parallel(p))
-                in /= tp; /* delta's columns of this rank */
-            else
-                out /= tp; /* delta's rows of this rank */
+            /* this rank's block: delta's rows (column-parallel) or columns (row-parallel) */
             l1 += l1_penalty(m->lora_grads[l].A[p], m->lora_grads[l].B[p], m->lora_params[l].A[p],
-                             m->lora_params[l].B[p], out, in, m->lora.r, (real)m->lora.scale,
-                             (real)lambda, ctx->delta_scratch);
+                             m->lora_params[l].B[p], model_local_out(m, p), model_local_in(m, p),
+                             m->lora.r, (real)m->lora.scale, (real)lambda, delta_scratch);
         }
-    if (tp > 1) allreduce_sum_double(&l1, 1, m->tp_comm);
     return l1;
+}
+
+/* lambda * sum |s B A| over the whole deltas (summed over the tensor-parallel group) */
+static double add_l1_penalty(StepContext *ctx, double lambda) {
+    Model *m = ctx->model;
+    double l1 = step_l1_penalty(m, lambda, ctx->delta_scratch);
+    if (m->tp_size > 1) allreduce_sum_double(&l1, 1, m->tp_comm);
+    return l1;
+}
+
+void step_apply_adamw(Model *m, AdamW *opt, double lr, real grad_scale) {
+    if (on_device(m)) {
+        opt->step++;
+        m->backend->adamw_step(m->device, opt->step, lr, &opt->hyper, (float)grad_scale);
+    } else {
+        adamw_step(opt, m->lora_memory, m->lora_grads_memory, lr, grad_scale);
+    }
 }
 
 static void reduce_tensor_parallel(StepContext *ctx) {

@@ -15,6 +15,7 @@
 #include "data/token_data.h"
 #include "loss/pref_loss.h"
 #include "model/model.h"
+#include "optim/adamw.h"
 #include "parallel/layout.h"
 #include "train/batch.h"
 
@@ -54,5 +55,12 @@ void step_gradients(StepContext *ctx, const uint64_t *records, StepStats *st);
 /* The global norm of the LoRA gradients (replicated factors counted once, shards summed over
  * the tensor-parallel group): what clipping and the logs use. */
 double step_grad_norm(const StepContext *ctx);
+/* PAFT's L1 term lambda * sum |s B A| on this rank's block of every delta, its gradient added to
+ * the LoRA gradients, wherever they live (host loop or the device backend); the caller sums the
+ * value over the tensor-parallel group. delta_scratch: the largest block (host only). */
+double step_l1_penalty(Model *model, double lambda, real *delta_scratch);
+/* One AdamW update of the LoRA values, with the gradients scaled by grad_scale (clipping), on
+ * the host or, when the LoRA state lives there, on the device. */
+void step_apply_adamw(Model *model, AdamW *opt, double lr, real grad_scale);
 
 #endif

@@ -171,12 +171,7 @@ static void optimizer_step(Trainer *tr, StepStats *st) {
         return;
     }
     real coef = (real)clip_coefficient(st->grad_norm, tr->sc->max_grad_norm);
-    if (m->lora_on_device) {
-        tr->opt.step++;
-        m->backend->adamw_step(m->device, tr->opt.step, st->lr, &tr->opt.hyper, (float)coef);
-    } else {
-        adamw_step(&tr->opt, m->lora_memory, m->lora_grads_memory, st->lr, coef);
-    }
+    step_apply_adamw(m, &tr->opt, st->lr, coef);
 }
 
 /* ---- logging ---------------------------------------------------------------------------------*/
