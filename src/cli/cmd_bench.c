@@ -1,6 +1,6 @@
 /*
  * cmd_bench.c - `paft bench [model=PRESET batch=B seq=T stage=sft|dpo steps=N r=R
- * device=cpu|cuda|emulate recompute=0|1 attention=fused|simple l1=LAMBDA peak=TFLOPS]`: the
+ * device=cpu|cuda|emulate recompute=0|1 attention=fused|simple l1=LAMBDA peak=TFLOPS profile=0|1]`: the
  * throughput of one LoRA training step on random weights of a preset model shape, on the chosen
  * backend. The step is what a training step does: forward, backward, (SFT with l1 > 0: PAFT's L1
  * term), the gradient norm and AdamW; on a device the LoRA state stays there as in training
@@ -12,7 +12,8 @@
  * 4 N_matmul (forward + input gradient of every weight matrix, LM head included, embeddings not)
  * + 6 L T d (causal attention: q k^T and p v, forward and backward, halved by the mask). The step
  * time is the median of the timed steps after one warm-up step; tokens are B x T per step (DPO:
- * chosen + rejected, 2 x B x T). Peak memory is the process's maximum resident set.
+ * chosen + rejected, 2 x B x T). Peak memory is the process's maximum resident set. profile=1
+ * (device backends) prints where the device's time went, phase by phase (model_device.c).
  */
 #include <math.h>
 #include <mpi.h>
@@ -64,7 +65,7 @@ static double matmul_parameters(const ModelConfig *c) {
 
 int cmd_bench(int argc, char **argv) {
     const char *preset = "tiny", *stage = "sft", *device = "cpu";
-    int batch = 2, seq = 64, steps = 3, r = 16, recompute = 0, simple_attention = 0;
+    int batch = 2, seq = 64, steps = 3, r = 16, recompute = 0, simple_attention = 0, profile = 0;
     double l1 = 0;
     double peak = 989.4;
     for (int i = 1; i < argc; i++) {
@@ -85,9 +86,14 @@ int cmd_bench(int argc, char **argv) {
                 PAFT_FATAL("command line: %s: attention is fused or simple", a);
             simple_attention = strcmp(a + 10, "simple") == 0;
         }
+        else if (strncmp(a, "profile=", 8) == 0) {
+            if (strcmp(a + 8, "0") != 0 && strcmp(a + 8, "1") != 0)
+                PAFT_FATAL("command line: %s: profile is 0 or 1", a);
+            profile = a[8] == '1';
+        }
         else if (strncmp(a, "peak=", 5) == 0) peak = atof(a + 5);
         else if (strncmp(a, "l1=", 3) == 0) l1 = atof(a + 3);
-        else PAFT_FATAL("command line: unknown argument '%s' for 'paft bench' (model= batch= seq= stage= steps= r= device= recompute= attention= l1= peak=)", a);
+        else PAFT_FATAL("command line: unknown argument '%s' for 'paft bench' (model= batch= seq= stage= steps= r= device= recompute= attention= l1= peak= profile=)", a);
     }
     if (batch < 1 || seq < 2 || steps < 1 || r < 1 || !(peak > 0))
         PAFT_FATAL("command line: batch, steps and r must be >= 1, seq >= 2 and peak > 0");
@@ -109,7 +115,7 @@ int cmd_bench(int argc, char **argv) {
     if (backend) { /* the device makes its own random weights: no host copy of a 7B model */
         model_init_shape(&m, &config, &lora, 1);
         DeviceOptions opt = {.recompute = recompute, .random_init_std = 0.02,
-                             .simple_attention = simple_attention};
+                             .simple_attention = simple_attention, .profile = profile};
         model_use_device(&m, device, &opt, "command line: device");
     } else {
         model_init_random(&m, &config, &lora, 1, 0.02);

@@ -111,6 +111,18 @@ static inline void dev_download(void *dst, const void *src, size_t bytes) {
     CHECK_CUDA(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
 }
 static inline void dev_synchronize(void) { CHECK_CUDA(cudaDeviceSynchronize()); }
+/* Time stamps in the device's stream, for the step profile (model_device.c): a CUDA event each.
+ * dev_stamp_ms waits for the later one. */
+typedef cudaEvent_t dev_stamp_t;
+static inline void dev_stamp_create(dev_stamp_t *s) { CHECK_CUDA(cudaEventCreate(s)); }
+static inline void dev_stamp_destroy(dev_stamp_t s) { CHECK_CUDA(cudaEventDestroy(s)); }
+static inline void dev_stamp_record(dev_stamp_t *s) { CHECK_CUDA(cudaEventRecord(*s, 0)); }
+static inline double dev_stamp_ms(dev_stamp_t from, dev_stamp_t to) {
+    float ms = 0;
+    CHECK_CUDA(cudaEventSynchronize(to));
+    CHECK_CUDA(cudaEventElapsedTime(&ms, from, to));
+    return ms;
+}
 /* Page-lock a host buffer that is copied every step (the LoRA values and gradients): copies from
  * pinned memory run at full PCIe/NVLink-C2C speed and need no bounce buffer. */
 static inline void dev_pin_host(void *p, size_t bytes) {
@@ -295,6 +307,12 @@ static inline void dev_download(void *dst, const void *src, size_t bytes) {
     memcpy(dst, src, bytes);
 }
 static inline void dev_synchronize(void) {}
+/* Time stamps for the step profile: the wall clock (the emulation's ops run as they are called). */
+typedef double dev_stamp_t;
+static inline void dev_stamp_create(dev_stamp_t *s) { *s = 0; }
+static inline void dev_stamp_destroy(dev_stamp_t s) { (void)s; }
+static inline void dev_stamp_record(dev_stamp_t *s) { *s = paft_seconds(); }
+static inline double dev_stamp_ms(dev_stamp_t from, dev_stamp_t to) { return 1e3 * (to - from); }
 static inline void dev_pin_host(void *p, size_t bytes) {}
 static inline void dev_unpin_host(void *p) {}
 static inline int dev_device_count(void) { return 1; }

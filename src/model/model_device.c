@@ -41,6 +41,40 @@ typedef struct {
     stat_t *attn_state; /* what the attention backward needs (device_ops.h) */
 } LayerActs;
 
+/* ---- the step profile (DeviceOptions.profile) ---------------------------------------------------
+ * A stamp goes into the device's stream where each phase of work begins; the time between one
+ * stamp and the next is the phase's. Device work is in one stream, so the phases add up to the
+ * elapsed time, including any time the device waited for the host (IDLE: between steps, and the
+ * host's own work in the middle of one). Stamps are read back in batches of PROFILE_STAMPS. */
+typedef enum {
+    PHASE_GEMM,          /* the frozen projections and the LM head */
+    PHASE_LORA,          /* the adapters' thin GEMMs */
+    PHASE_ATTENTION_FWD, /* the attention kernel, forward */
+    PHASE_ATTENTION_BWD, /* and backward */
+    PHASE_NORM,          /* RMSNorm forward and backward */
+    PHASE_POINTWISE,     /* RoPE, SwiGLU, residual adds, bias, embedding, casts */
+    PHASE_ZERO,          /* clearing the "+=" accumulators */
+    PHASE_LOGPROB,       /* log-softmax statistics and their gradient, host copies */
+    PHASE_COMM,          /* tensor- and data-parallel sums */
+    PHASE_OPTIMIZER,     /* the L1 term, the gradient norm, AdamW */
+    PHASE_IDLE,          /* nothing submitted: the host's turn */
+    N_PHASES
+} Phase;
+
+static const char *const phase_names[N_PHASES] = {
+    "frozen GEMMs", "LoRA GEMMs", "attention fwd", "attention bwd", "RMSNorm", "pointwise",
+    "zeroing", "log-probs", "collectives", "optimizer", "idle (host)"};
+
+enum { PROFILE_STAMPS = 4096 };
+
+typedef struct {
+    int on, n;
+    dev_stamp_t stamps[PROFILE_STAMPS];
+    unsigned char phase[PROFILE_STAMPS]; /* what begins at stamps[i] */
+    double ms[N_PHASES];
+    long count[N_PHASES];
+} Profile;
+
 struct ModelDevice {
     Model *m; /* the host model: configuration, shard sizes, LoRA buffers, tensor parallelism */
     DeviceOptions opt;
@@ -77,6 +111,7 @@ struct ModelDevice {
     act_t *x_sink; /* where a recomputed layer writes its (unneeded) output */
     void *attn_scratch; /* the attention backward's own scratch */
     int B, T;      /* shape of the last forward */
+    Profile *profile; /* NULL unless opt.profile */
 };
 
 /* A bump allocator run twice, as model.c's Carver: once with base == NULL to count the bytes,
@@ -95,6 +130,59 @@ static void *arena_take(Arena *a, size_t count, size_t size) {
 /* The device pointer of a host tensor: same offset in the device copy of its flat buffer. */
 static act_t *weight_on_device(const ModelDevice *d, const real *host) {
     return host ? d->weights + (host - d->m->weights_memory) : NULL;
+}
+
+/* Fold the stamps read so far into the phase totals; the last stamp stays as the next start. */
+static void profile_collect(Profile *pr) {
+    for (int i = 1; i < pr->n; i++) {
+        pr->ms[pr->phase[i - 1]] += dev_stamp_ms(pr->stamps[i - 1], pr->stamps[i]);
+        pr->count[pr->phase[i - 1]]++;
+    }
+    if (pr->n > 1) {
+        dev_stamp_t last = pr->stamps[pr->n - 1];
+        pr->stamps[pr->n - 1] = pr->stamps[0];
+        pr->stamps[0] = last;
+        pr->phase[0] = pr->phase[pr->n - 1];
+        pr->n = 1;
+    }
+}
+
+/* Phase p begins here (in stream order). */
+static void phase(ModelDevice *d, Phase p) {
+    Profile *pr = d->profile;
+    if (!pr) return;
+    if (pr->n == PROFILE_STAMPS) profile_collect(pr);
+    dev_stamp_record(&pr->stamps[pr->n]);
+    pr->phase[pr->n++] = (unsigned char)p;
+}
+
+static void profile_report(ModelDevice *d) {
+    Profile *pr = d->profile;
+    phase(d, PHASE_IDLE); /* closes the last phase */
+    profile_collect(pr);
+    double total = 0;
+    for (int p = 0; p < N_PHASES; p++) total += pr->ms[p];
+    paft_log("device profile (%s backend, every step since the model was made, warm-up included):\n",
+             DEVICE_BACKEND_NAME);
+    for (int p = 0; p < N_PHASES; p++)
+        if (pr->count[p])
+            paft_log("  %-14s %10.1f ms  %5.1f%%  (%ld spans)\n", phase_names[p], pr->ms[p],
+                     total > 0 ? 100 * pr->ms[p] / total : 0, pr->count[p]);
+    paft_log("  %-14s %10.1f ms\n", "total", total);
+}
+
+static void profile_create(ModelDevice *d) {
+    d->profile = paft_calloc(1, sizeof *d->profile);
+    for (int i = 0; i < PROFILE_STAMPS; i++) dev_stamp_create(&d->profile->stamps[i]);
+    phase(d, PHASE_IDLE);
+}
+
+static void profile_destroy(ModelDevice *d) {
+    if (!d->profile) return;
+    profile_report(d);
+    for (int i = 0; i < PROFILE_STAMPS; i++) dev_stamp_destroy(d->profile->stamps[i]);
+    free(d->profile);
+    d->profile = NULL;
 }
 
 /* ---- create / destroy -----------------------------------------------------------------------*/
@@ -164,6 +252,7 @@ static ModelDevice *device_create(Model *m, const DeviceOptions *opt) {
     dev_synchronize();
     dev_pin_host(m->lora_memory, m->n_lora * sizeof(real));
     dev_pin_host(m->lora_grads_memory, m->n_lora * sizeof(real));
+    if (opt->profile) profile_create(d);
     return d;
 }
 
@@ -177,6 +266,7 @@ static void device_free_activations(ModelDevice *d) {
 
 static void device_destroy(ModelDevice *d) {
     if (!d) return;
+    profile_destroy(d);
     device_free_activations(d);
     dev_unpin_host(d->m->lora_memory);
     dev_unpin_host(d->m->lora_grads_memory);
@@ -290,13 +380,20 @@ static void proj_forward(ModelDevice *d, int l, Proj p, act_t *out, const act_t 
     const DevLayerLora *lo = &d->lora[l];
     const float s = (float)m->lora.scale;
     const int lora = model_adapted(m, p);
+    phase(d, PHASE_GEMM);
     dev_matmul_forward(&d->ctx, out, inp, w->w[p], N, in, out_f, 1.0f, 0);
+    phase(d, PHASE_LORA);
     if (lora) dev_matmul_forward(&d->ctx, h, inp, lo->A[p], N, in, r, 1.0f, 0);
     if (proj_is_row_parallel(p)) {
+        phase(d, PHASE_COMM);
         if (lora) dev_allreduce_sum_act(&d->ctx, h, (size_t)N * r);
         dev_allreduce_sum_act(&d->ctx, out, (size_t)N * out_f);
     }
-    if (w->b[p]) dev_add_bias(out, w->b[p], N, out_f);
+    if (w->b[p]) {
+        phase(d, PHASE_POINTWISE);
+        dev_add_bias(out, w->b[p], N, out_f);
+    }
+    phase(d, PHASE_LORA);
     if (lora) dev_matmul_forward(&d->ctx, out, h, lo->B[p], N, r, out_f, s, 1);
 }
 
@@ -311,22 +408,29 @@ static void layer_forward(ModelDevice *d, int l, LayerActs *la, const act_t *x_i
     const DevLayerWeights *w = &d->layers[l];
 
     /* attention block: x_mid = x + o_proj(attention(rope(q), rope(k), v)) on this rank's heads */
+    phase(d, PHASE_NORM);
     dev_rmsnorm_forward(la->ln1, la->ln1_rstd, x_in, w->attn_norm, N, dm, eps);
     proj_forward(d, l, PROJ_Q, la->q, la->ln1, lora_h_of(d, la, PROJ_Q, N), N);
     proj_forward(d, l, PROJ_K, la->k, la->ln1, lora_h_of(d, la, PROJ_K, N), N);
     proj_forward(d, l, PROJ_V, la->v, la->ln1, lora_h_of(d, la, PROJ_V, N), N);
+    phase(d, PHASE_POINTWISE);
     dev_rope_forward(la->q, d->rope_cos, d->rope_sin, d->positions, N, Hq, D);
     dev_rope_forward(la->k, d->rope_cos, d->rope_sin, d->positions, N, Hkv, D);
+    phase(d, PHASE_ATTENTION_FWD);
     dev_attention_forward(&d->ctx, la->att, la->attn_state, la->q, la->k, la->v, B, T, Hq, Hkv, D);
     proj_forward(d, l, PROJ_O, la->x_mid, la->att, lora_h_of(d, la, PROJ_O, N), N);
+    phase(d, PHASE_POINTWISE);
     dev_residual_forward(la->x_mid, la->x_mid, x_in, nd);
 
     /* MLP block: x_out = x_mid + down_proj(silu(gate_proj(h)) * up_proj(h)) on this rank's ffn */
+    phase(d, PHASE_NORM);
     dev_rmsnorm_forward(la->ln2, la->ln2_rstd, la->x_mid, w->mlp_norm, N, dm, eps);
     proj_forward(d, l, PROJ_GATE, la->gate, la->ln2, lora_h_of(d, la, PROJ_GATE, N), N);
     proj_forward(d, l, PROJ_UP, la->up, la->ln2, lora_h_of(d, la, PROJ_UP, N), N);
+    phase(d, PHASE_POINTWISE);
     dev_swiglu_forward(la->act, la->gate, la->up, nff);
     proj_forward(d, l, PROJ_DOWN, x_out, la->act, lora_h_of(d, la, PROJ_DOWN, N), N);
+    phase(d, PHASE_POINTWISE);
     dev_residual_forward(x_out, x_out, la->x_mid, nd);
 }
 
@@ -336,6 +440,7 @@ static void layer_forward(ModelDevice *d, int l, LayerActs *la, const act_t *x_i
 static void device_logprob(ModelDevice *d, const int32_t *host_targets, int N) {
     Model *m = d->m;
     const int V = m->local_vocab;
+    phase(d, PHASE_LOGPROB);
     dev_logits_row_max(d->row_max, d->logits, N, V);
     if (m->tp_size > 1) {
         dev_download(m->row_max, d->row_max, (size_t)N * sizeof(stat_t));
@@ -362,6 +467,7 @@ static void device_forward(ModelDevice *d, const int32_t *tokens, const int32_t 
     const size_t nd = (size_t)N * c->hidden_size;
     d->B = B;
     d->T = T;
+    phase(d, PHASE_POINTWISE);
     dev_upload(d->tokens, tokens, (size_t)N * sizeof(int32_t));
     dev_upload(d->targets, targets, (size_t)N * sizeof(int32_t));
     for (int b = 0; b < B; b++)
@@ -374,14 +480,18 @@ static void device_forward(ModelDevice *d, const int32_t *tokens, const int32_t 
 
     dev_embedding_forward(d->x, d->tokens, d->embed, N, c->hidden_size, m->vocab_start,
                           m->local_vocab);
+    phase(d, PHASE_COMM);
     dev_allreduce_sum_act(&d->ctx, d->x, nd);
     for (int l = 0; l < c->num_layers; l++)
         layer_forward(d, l, slot_of(d, l), d->x + l * nd, d->x + (l + 1) * nd);
+    phase(d, PHASE_NORM);
     dev_rmsnorm_forward(d->lnf, d->lnf_rstd, d->x + (size_t)c->num_layers * nd, d->final_norm, N,
                         c->hidden_size, (float)c->rms_norm_eps);
+    phase(d, PHASE_GEMM);
     dev_matmul_forward(&d->ctx, d->logits, d->lnf, d->lm_head, N, c->hidden_size, m->local_vocab,
                        1.0f, 0);
     device_logprob(d, targets, N);
+    phase(d, PHASE_IDLE);
 }
 
 /* ---- backward --------------------------------------------------------------------------------*/
@@ -393,8 +503,10 @@ static void proj_backward(ModelDevice *d, int l, Proj p, act_t *dinp, const act_
     const Model *m = d->m;
     const int in = model_local_in(m, p), out_f = model_local_out(m, p), r = m->lora.r;
     const DevLayerLora *lo = &d->lora[l];
+    phase(d, PHASE_GEMM);
     dev_matmul_backward(&d->ctx, dinp, NULL, dout, inp, d->layers[l].w[p], N, in, out_f, 1.0f);
     if (!model_adapted(m, p)) return;
+    phase(d, PHASE_LORA);
     dev_zero(d->dlora_h, (size_t)N * r * sizeof(act_t));
     dev_matmul_backward(&d->ctx, d->dlora_h, lo->dB[p], dout, h, lo->B[p], N, r, out_f,
                         (float)m->lora.scale);
@@ -412,32 +524,45 @@ static void layer_backward(ModelDevice *d, int l, const LayerActs *la, const act
     const DevLayerWeights *w = &d->layers[l];
 
     /* MLP block; the residual passes dx through unchanged to x_mid */
+    phase(d, PHASE_ZERO);
     dev_zero(d->dact, nff * sizeof(act_t));
     proj_backward(d, l, PROJ_DOWN, d->dact, d->dx, la->act, lora_h_of(d, la, PROJ_DOWN, N), N);
+    phase(d, PHASE_ZERO);
     dev_zero(d->dgate, nff * sizeof(act_t));
     dev_zero(d->dup, nff * sizeof(act_t));
+    phase(d, PHASE_POINTWISE);
     dev_swiglu_backward(d->dgate, d->dup, d->dact, la->gate, la->up, nff);
+    phase(d, PHASE_ZERO);
     dev_zero(d->dln, nd * sizeof(act_t));
     proj_backward(d, l, PROJ_GATE, d->dln, d->dgate, la->ln2, lora_h_of(d, la, PROJ_GATE, N), N);
     proj_backward(d, l, PROJ_UP, d->dln, d->dup, la->ln2, lora_h_of(d, la, PROJ_UP, N), N);
+    phase(d, PHASE_COMM);
     dev_allreduce_sum_act(&d->ctx, d->dln, nd);
+    phase(d, PHASE_NORM);
     dev_rmsnorm_backward(d->dx, d->dln, la->x_mid, w->mlp_norm, la->ln2_rstd, N, dm);
 
     /* attention block; the residual passes dx through to x */
+    phase(d, PHASE_ZERO);
     dev_zero(d->datt, nq * sizeof(act_t));
     proj_backward(d, l, PROJ_O, d->datt, d->dx, la->att, lora_h_of(d, la, PROJ_O, N), N);
+    phase(d, PHASE_ZERO);
     dev_zero(d->dq, nq * sizeof(act_t));
     dev_zero(d->dk, nkv * sizeof(act_t));
     dev_zero(d->dv, nkv * sizeof(act_t));
+    phase(d, PHASE_ATTENTION_BWD);
     dev_attention_backward(&d->ctx, d->dq, d->dk, d->dv, d->datt, la->att, la->attn_state, la->q,
                            la->k, la->v, B, T, Hq, Hkv, D, d->attn_scratch);
+    phase(d, PHASE_POINTWISE);
     dev_rope_backward(d->dq, d->rope_cos, d->rope_sin, d->positions, N, Hq, D);
     dev_rope_backward(d->dk, d->rope_cos, d->rope_sin, d->positions, N, Hkv, D);
+    phase(d, PHASE_ZERO);
     dev_zero(d->dln, nd * sizeof(act_t));
     proj_backward(d, l, PROJ_Q, d->dln, d->dq, la->ln1, lora_h_of(d, la, PROJ_Q, N), N);
     proj_backward(d, l, PROJ_K, d->dln, d->dk, la->ln1, lora_h_of(d, la, PROJ_K, N), N);
     proj_backward(d, l, PROJ_V, d->dln, d->dv, la->ln1, lora_h_of(d, la, PROJ_V, N), N);
+    phase(d, PHASE_COMM);
     dev_allreduce_sum_act(&d->ctx, d->dln, nd);
+    phase(d, PHASE_NORM);
     dev_rmsnorm_backward(d->dx, d->dln, x_in, w->attn_norm, la->ln1_rstd, N, dm);
 }
 
@@ -450,14 +575,20 @@ static void device_backward(ModelDevice *d, const real *dlogp) {
         PAFT_FATAL("backward pass with the adapters disabled: nothing to train");
 
     /* head: logp -> this rank's logits -> final norm (the input gradient is partial: one sum) */
+    phase(d, PHASE_LOGPROB);
     dev_upload(d->dlogp, dlogp, (size_t)N * sizeof(stat_t));
     dev_zero(d->dlogits, (size_t)N * V * sizeof(act_t));
     dev_logprob_backward_shard(d->dlogits, d->dlogp, d->logits, d->lse, d->targets,
                                m->vocab_start, N, V);
+    phase(d, PHASE_ZERO);
     dev_zero(d->dln, nd * sizeof(act_t));
+    phase(d, PHASE_GEMM);
     dev_matmul_backward(&d->ctx, d->dln, NULL, d->dlogits, d->lnf, d->lm_head, N, dm, V, 1.0f);
+    phase(d, PHASE_COMM);
     dev_allreduce_sum_act(&d->ctx, d->dln, nd);
+    phase(d, PHASE_ZERO);
     dev_zero(d->dx, nd * sizeof(act_t));
+    phase(d, PHASE_NORM);
     dev_rmsnorm_backward(d->dx, d->dln, d->x + (size_t)c->num_layers * nd, d->final_norm,
                          d->lnf_rstd, N, dm);
 
@@ -471,10 +602,13 @@ static void device_backward(ModelDevice *d, const real *dlogp) {
      * them there) */
     if (!d->resident)
         dev_download(m->lora_grads_memory, d->lora_grads, m->n_lora * sizeof(stat_t));
+    phase(d, PHASE_IDLE);
 }
 
 static void device_zero_grads(ModelDevice *d) {
+    phase(d, PHASE_OPTIMIZER);
     dev_zero(d->lora_grads, d->m->n_lora * sizeof(stat_t));
+    phase(d, PHASE_IDLE);
 }
 
 /* ---- device-resident training ---------------------------------------------------------------*/
@@ -524,15 +658,22 @@ static void device_train_begin(ModelDevice *d, MPI_Comm dp_comm, int collectives
 }
 
 static void device_grads_allreduce(ModelDevice *d, int dp, size_t offset, size_t n) {
+    phase(d, PHASE_COMM);
     dev_allreduce_sum_stat(&d->ctx, dp, d->lora_grads + offset, n);
+    phase(d, PHASE_IDLE);
 }
 
 static void device_grads_zero(ModelDevice *d, size_t offset, size_t n) {
+    phase(d, PHASE_OPTIMIZER);
     dev_zero(d->lora_grads + offset, n * sizeof(stat_t));
+    phase(d, PHASE_IDLE);
 }
 
 static double device_grads_sum_squares(ModelDevice *d, size_t offset, size_t n) {
-    return dev_sum_squares(&d->ctx, d->lora_grads + offset, n);
+    phase(d, PHASE_OPTIMIZER);
+    const double sum = dev_sum_squares(&d->ctx, d->lora_grads + offset, n);
+    phase(d, PHASE_IDLE);
+    return sum;
 }
 
 /* step.c's add_l1_penalty on the device's fp32 values: this rank's rows (column-parallel) or
@@ -540,6 +681,7 @@ static double device_grads_sum_squares(ModelDevice *d, size_t offset, size_t n) 
 static double device_l1_penalty(ModelDevice *d, double lambda) {
     const Model *m = d->m;
     double l1 = 0;
+    phase(d, PHASE_OPTIMIZER);
     for (int l = 0; l < m->config.num_layers; l++)
         for (int p = 0; p < N_PROJ; p++) {
             if (!m->lora.targets[p]) continue;
@@ -548,14 +690,17 @@ static double device_l1_penalty(ModelDevice *d, double lambda) {
                                  model_local_out(m, p), model_local_in(m, p), m->lora.r,
                                  (float)m->lora.scale, (float)lambda, d->delta_scratch);
         }
+    phase(d, PHASE_IDLE);
     return l1;
 }
 
 static void device_adamw_step(ModelDevice *d, int64_t step, double lr, const AdamWHyper *hyper,
                               float grad_scale) {
     const size_t n = d->m->n_lora;
+    phase(d, PHASE_OPTIMIZER);
     dev_adamw(d->lora_master, d->lora_grads, d->adam_m, d->adam_v, n, step, lr, hyper, grad_scale);
     dev_cast_to_act(d->lora_act, d->lora_master, n);
+    phase(d, PHASE_IDLE);
 }
 
 const DeviceBackend THIS_BACKEND = {

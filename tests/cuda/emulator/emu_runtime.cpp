@@ -29,6 +29,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -864,6 +865,46 @@ cudaError_t cudaDeviceSynchronize(void) {
     initialise();
     flush_pending_copies();
     return cudaSuccess; /* everything ran when it was called */
+}
+
+/* Events: the wall-clock time of the record (every kernel has finished when its launch returns;
+ * a pending copy is flushed first, as the event would wait for it). */
+struct CUevent_st {
+    double seconds;
+    int recorded;
+};
+
+cudaError_t cudaEventCreate(cudaEvent_t *event) {
+    initialise();
+    if (!event) return cudaErrorInvalidValue;
+    *event = new CUevent_st{0, 0};
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+    delete event;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+    (void)stream;
+    if (!event) return cudaErrorInvalidValue;
+    flush_pending_copies();
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    event->seconds = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    event->recorded = 1;
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+    return event ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
+    if (!ms || !start || !end || !start->recorded || !end->recorded) return cudaErrorInvalidValue;
+    *ms = (float)(1e3 * (end->seconds - start->seconds));
+    return cudaSuccess;
 }
 
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
