@@ -22,6 +22,7 @@
 #include <mma.h>
 #include <type_traits>
 
+#include "attention_mma.h"
 #include "cuda_check.h"
 #include "ops_cuda.h"
 
@@ -873,12 +874,16 @@ static void fa_launch_forward_tc(floatX *out, float *lse, const floatX *q, const
     CHECK_LAUNCH();
 }
 
-/* The tensor-core kernels (forward and backward) for D a multiple of 16 (the WMMA tile), the fp32
- * ones otherwise; the environment variable PAFT_ATTENTION_FP32=1 forces the fp32 ones (to compare
- * the two on a GPU). */
-static bool fa_use_tensor_cores(int D) {
-    const char *force_fp32 = getenv("PAFT_ATTENTION_FP32");
-    return D % 16 == 0 && !(force_fp32 && force_fp32[0] == '1');
+/* Which kernels run: the register-level MMA ones (attention_mma.cu) for D = 64 and 128, the WMMA
+ * ones for other multiples of 16, the fp32 ones otherwise. PAFT_ATTENTION_WMMA=1 and
+ * PAFT_ATTENTION_FP32=1 force the older ones, to compare them on a GPU and to keep them tested. */
+static bool fa_env_set(const char *name) {
+    const char *value = getenv(name);
+    return value && value[0] == '1';
+}
+static bool fa_use_tensor_cores(int D) { return D % 16 == 0 && !fa_env_set("PAFT_ATTENTION_FP32"); }
+static bool fa_use_mma(int D) {
+    return attention_mma_supports(D) && fa_use_tensor_cores(D) && !fa_env_set("PAFT_ATTENTION_WMMA");
 }
 
 extern "C" void attention_forward_fused_cuda(floatX *out, float *lse, const floatX *q,
@@ -886,6 +891,10 @@ extern "C" void attention_forward_fused_cuda(floatX *out, float *lse, const floa
                                              int Hq, int Hkv, int D) {
     fa_check_shape("attention_forward_fused_cuda", Hq, Hkv, D);
     if (B <= 0 || T <= 0) return;
+    if (fa_use_mma(D)) {
+        attention_forward_mma_cuda(out, lse, q, k, v, B, T, Hq, Hkv, D);
+        return;
+    }
     const float scale = (float)(1.0 / sqrt((double)D));
     const bool wide = fa_forward_tile(D) == 64;
     if (fa_use_tensor_cores(D)) {
@@ -963,6 +972,10 @@ extern "C" void attention_backward_fused_cuda(floatX *dq, floatX *dk, floatX *dv
     attention_delta_kernel<<<(unsigned)((rows + fa_threads - 1) / fa_threads), fa_threads>>>(
         delta, dout, out, B, T, Hq, D);
     CHECK_LAUNCH();
+    if (fa_use_mma(D)) {
+        attention_backward_mma_cuda(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv, D);
+        return;
+    }
     const bool tensor_cores = fa_use_tensor_cores(D);
     switch (fa_backward_tile(D)) {
     case 64:

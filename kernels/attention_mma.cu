@@ -1,0 +1,602 @@
+/*
+ * attention_mma.cu - causal grouped-query attention, FlashAttention-2 style, with every tile
+ * product on bf16 tensor cores through mma.sync.m16n8k16 and the scores, probabilities and
+ * accumulators in registers (attention_mma.h). The WMMA kernels of attention_cuda.cu go through
+ * fp32 shared-memory tiles at every step; measured on an H100 (docs/BENCHMARKS.md) they left the
+ * attention at 60-70 % of a Llama-1B training step, which is why these exist.
+ *
+ * One warp computes a 16-row strip of each product. The MMA's operand layouts (PTX ISA, "Matrix
+ * Fragments for mma.m16n8k16"), with lane = 4 g + c (g = lane / 4, c = lane % 4):
+ *   A (16 x 16, row-major), 4 registers of two bf16: {A[g][2c..2c+1], A[g+8][2c..], A[g][2c+8..],
+ *     A[g+8][2c+8..]}
+ *   B (16 x 8, k x n),      2 registers:              {B[2c..2c+1][g], B[2c+8..2c+9][g]}
+ *   C (16 x 8, fp32),       4 floats:                 {C[g][2c], C[g][2c+1], C[g+8][2c], C[g+8][2c+1]}
+ * Two C tiles side by side (columns 16 j .. 16 j + 15) hold exactly the A operand of the next
+ * product (FlashAttention's trick): P = softmax(S) goes from the S accumulators to the P V MMA
+ * without leaving the registers. Where an operand is a row of a shared tile it is one 32-bit load;
+ * where it is a column (V, dout, q, k read as the k x n operand) it is two 16-bit loads.
+ *
+ * Blocks of 4 warps (128 threads). Tiles are staged in shared memory with rows of D + 8 elements:
+ * 16 bytes of padding put the 8 rows a quarter-warp reads in different banks.
+ *
+ *   forward: one block per (64 query rows, query head, batch); key tiles of 64 up to the diagonal.
+ *   dk, dv:  one block per (64 keys, KV head, batch), looping over the group's query heads and the
+ *            query tiles at or after the keys; each warp owns 16 keys' accumulators.
+ *   dq:      one block per (64 query rows, query head, batch), key tiles up to the diagonal.
+ * No atomics: every gradient element is summed by one thread, in a fixed order (deterministic).
+ *
+ * Off the GPU (the emulator, tests/cuda/emulator) and on GPUs before sm_80 the MMA is computed
+ * from the same registers through warp shuffles: the layout above is what both implement.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "attention_mma.h"
+#include "cuda_check.h"
+
+static constexpr int mma_threads = 128; /* 4 warps */
+static constexpr int mma_tile = 64;     /* rows of a block's own tile (queries or keys) */
+static constexpr float mma_log2e = 1.4426950408889634f;
+static constexpr unsigned full_warp = 0xffffffffu;
+
+/* ---- register and shared-memory helpers --------------------------------------------------- */
+
+__device__ static inline uint32_t bf16_bits(floatX x) {
+    uint16_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    return bits;
+}
+
+/* Two bf16 in one register, the lower index in the low half (the MMA operands' packing). */
+__device__ static inline uint32_t pack2(floatX lo, floatX hi) {
+    return bf16_bits(lo) | (bf16_bits(hi) << 16);
+}
+__device__ static inline uint32_t pack2f(float lo, float hi) {
+    return pack2(__float2bfloat16(lo), __float2bfloat16(hi));
+}
+
+/* Elements i and i + 1 of a shared tile (i even: 4-byte aligned). */
+__device__ static inline uint32_t load2(const floatX *p) {
+#ifdef __CUDA_ARCH__
+    return *reinterpret_cast<const uint32_t *>(p);
+#else
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+#endif
+}
+
+/* 8 bf16 (16 bytes, aligned) from src to dst, or zeros. */
+__device__ static inline void copy8(floatX *dst, const floatX *src) {
+#ifdef __CUDA_ARCH__
+    *reinterpret_cast<uint4 *>(dst) = src ? *reinterpret_cast<const uint4 *>(src) : make_uint4(0, 0, 0, 0);
+#else
+    if (src) memcpy(dst, src, 16);
+    else memset(dst, 0, 16);
+#endif
+}
+
+/* dst[r][0..D) (row stride D + 8) = row (row0 + r) of src for r < rows, zeros at or past T; src
+ * points at (b, t = 0, head) of a [B][T][H][D] tensor whose rows are row_stride apart. 16-byte
+ * loads: D is a multiple of 8, and every row starts 16-byte aligned. */
+template <int D>
+__device__ static void load_tile(floatX *dst, const floatX *src, int row0, int rows, int T,
+                                 size_t row_stride) {
+    constexpr int per_row = D / 8;
+    for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
+        const int r = e / per_row, col = (e % per_row) * 8;
+        const int t = row0 + r;
+        copy8(dst + r * (D + 8) + col, t < T ? src + (size_t)t * row_stride + col : nullptr);
+    }
+}
+
+/* c += A B for one 16 x 16 x 8 block (the layouts above). */
+__device__ static inline void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                       uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    /* Gather rows g and g + 8 of A and columns 2c and 2c + 1 of B from the lanes holding them,
+     * then the 4 dot products of 16 in k order. */
+    const int lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
+    float a_lo[16], a_hi[16], b_0[16], b_1[16];
+    const uint64_t a_rows = (uint64_t)a[0] | ((uint64_t)a[1] << 32);   /* k 2j.., rows g, g + 8 */
+    const uint64_t a_rows8 = (uint64_t)a[2] | ((uint64_t)a[3] << 32);  /* k 2j + 8.. */
+    const uint64_t b_both = (uint64_t)b0 | ((uint64_t)b1 << 32);
+    for (int j = 0; j < 4; j++) {
+        const uint64_t ra = __shfl_sync(full_warp, a_rows, 4 * g + j);
+        const uint64_t ra8 = __shfl_sync(full_warp, a_rows8, 4 * g + j);
+        const uint64_t rb0 = __shfl_sync(full_warp, b_both, 4 * (2 * c4) + j);
+        const uint64_t rb1 = __shfl_sync(full_warp, b_both, 4 * (2 * c4 + 1) + j);
+        const uint32_t words[4][2] = {{(uint32_t)ra, (uint32_t)ra8},           /* row g */
+                                      {(uint32_t)(ra >> 32), (uint32_t)(ra8 >> 32)}, /* row g+8 */
+                                      {(uint32_t)rb0, (uint32_t)(rb0 >> 32)},   /* column 2c */
+                                      {(uint32_t)rb1, (uint32_t)(rb1 >> 32)}};  /* column 2c+1 */
+        float *dst[4] = {a_lo, a_hi, b_0, b_1};
+        for (int w = 0; w < 4; w++)
+            for (int half = 0; half < 2; half++) /* k = 2j + 8 half + {0, 1} */
+                for (int bit = 0; bit < 2; bit++) {
+                    const uint32_t bits = ((words[w][half] >> (16 * bit)) & 0xffffu) << 16;
+                    float f;
+                    memcpy(&f, &bits, sizeof f);
+                    dst[w][2 * j + 8 * half + bit] = f;
+                }
+    }
+    for (int kk = 0; kk < 16; kk++) {
+        c[0] += a_lo[kk] * b_0[kk];
+        c[1] += a_lo[kk] * b_1[kk];
+        c[2] += a_hi[kk] * b_0[kk];
+        c[3] += a_hi[kk] * b_1[kk];
+    }
+#endif
+}
+
+/* The A operand of rows r .. r + 15, columns col .. col + 15 of a shared tile of stride ld. */
+__device__ static inline void load_a(uint32_t (&a)[4], const floatX *tile, int ld, int r, int col) {
+    const int g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
+    const floatX *p = tile + (r + g) * ld + col + 2 * c4;
+    a[0] = load2(p);
+    a[1] = load2(p + 8 * ld);
+    a[2] = load2(p + 8);
+    a[3] = load2(p + 8 * ld + 8);
+}
+
+/* The B operand B[k][n] = tile[n0 + n][k0 + k]: rows of the tile are B's columns (a product with
+ * a transposed tile, Q K^T). */
+__device__ static inline void load_b_rows(uint32_t &b0, uint32_t &b1, const floatX *tile, int ld,
+                                          int n0, int k0) {
+    const int g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
+    const floatX *p = tile + (n0 + g) * ld + k0 + 2 * c4;
+    b0 = load2(p);
+    b1 = load2(p + 8);
+}
+
+/* The B operand B[k][n] = tile[k0 + k][n0 + n]: the tile as stored (P V). */
+__device__ static inline void load_b_cols(uint32_t &b0, uint32_t &b1, const floatX *tile, int ld,
+                                          int k0, int n0) {
+    const int g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
+    const floatX *p = tile + (k0 + 2 * c4) * ld + n0 + g;
+    b0 = pack2(p[0], p[ld]);
+    b1 = pack2(p[8 * ld], p[9 * ld]);
+}
+
+/* The A operand made of C tiles j0 and j0 + 1 (16 columns), rounded to bf16. */
+__device__ static inline void a_from_c(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+    a[0] = pack2f(c0[0], c0[1]);
+    a[1] = pack2f(c0[2], c0[3]);
+    a[2] = pack2f(c1[0], c1[1]);
+    a[3] = pack2f(c1[2], c1[3]);
+}
+
+__device__ static inline float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(full_warp, x, 1));
+    return fmaxf(x, __shfl_xor_sync(full_warp, x, 2));
+}
+__device__ static inline float quad_sum(float x) {
+    x += __shfl_xor_sync(full_warp, x, 1);
+    return x + __shfl_xor_sync(full_warp, x, 2);
+}
+
+/* dst[col], dst[col + 1] += scale * (x0, x1), rounded once to bf16 (dst 4-byte aligned). */
+__device__ static inline void add_pair(floatX *dst, float scale, float x0, float x1) {
+    dst[0] = __float2bfloat16(__bfloat162float(dst[0]) + scale * x0);
+    dst[1] = __float2bfloat16(__bfloat162float(dst[1]) + scale * x1);
+}
+
+/* ---- forward ---------------------------------------------------------------------------------
+ * Warp w owns query rows 16 w .. 16 w + 15 of the block's tile; a thread, rows g and g + 8. Per
+ * key tile: S = Q K^T (Q's fragments stay in registers), scores scaled into the log2 domain and
+ * masked, the online softmax (row max over the quad of lanes sharing a row), O = O corr + P V. */
+template <int D>
+__global__ static void __launch_bounds__(mma_threads)
+    attention_forward_mma_kernel(floatX *out, float *lse, const floatX *q, const floatX *k,
+                                 const floatX *v, int T, int Hq, int Hkv, float scale_log2) {
+    constexpr int BQ = mma_tile, BK = mma_tile, LD = D + 8;
+    constexpr int d_steps = D / 16, key_tiles8 = BK / 8, dim_tiles8 = D / 8;
+    const int q_tile = gridDim.x - 1 - blockIdx.x; /* the longest rows first */
+    const int h = blockIdx.y, b = blockIdx.z, kv_head = h / (Hq / Hkv);
+    const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
+    const int q0 = q_tile * BQ, q_last = min(q0 + BQ, T) - 1;
+    const int t0 = q0 + 16 * warp + g, t1 = t0 + 8; /* this thread's two query rows */
+
+    extern __shared__ float mma_smem[];
+    floatX *Qs = (floatX *)mma_smem; /* [BQ][LD] */
+    floatX *Ks = Qs + BQ * LD;       /* [BK][LD] */
+    floatX *Vs = Ks + BK * LD;       /* [BK][LD] */
+
+    const size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
+    const floatX *q_bh = q + ((size_t)b * T * Hq + h) * D;
+    const floatX *k_bh = k + ((size_t)b * T * Hkv + kv_head) * D;
+    const floatX *v_bh = v + ((size_t)b * T * Hkv + kv_head) * D;
+    load_tile<D>(Qs, q_bh, q0, BQ, T, q_stride);
+    __syncthreads();
+    uint32_t qf[d_steps][4];
+#pragma unroll
+    for (int s = 0; s < d_steps; s++) load_a(qf[s], Qs, LD, 16 * warp, 16 * s);
+
+    float o[dim_tiles8][4];
+#pragma unroll
+    for (int n = 0; n < dim_tiles8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY; /* running row max, log2 domain */
+    float l0 = 0.0f, l1 = 0.0f;           /* this thread's part of the row sums */
+
+    for (int k0 = 0; k0 <= q_last; k0 += BK) {
+        __syncthreads(); /* the last tile's readers are done */
+        load_tile<D>(Ks, k_bh, k0, BK, T, kv_stride);
+        load_tile<D>(Vs, v_bh, k0, BK, T, kv_stride);
+        __syncthreads();
+
+        float s[key_tiles8][4];
+#pragma unroll
+        for (int j = 0; j < key_tiles8; j++) {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+            for (int d = 0; d < d_steps; d++) {
+                uint32_t b0, b1;
+                load_b_rows(b0, b1, Ks, LD, 8 * j, 16 * d);
+                mma16816(s[j], qf[d], b0, b1);
+            }
+        }
+        /* keys after a row's query are masked (and keys past T: they come after every row < T) */
+        const bool diagonal = k0 + BK - 1 > q0;
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < key_tiles8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int key = k0 + 8 * j + 2 * c4 + e;
+                float x0 = s[j][e] * scale_log2, x1 = s[j][2 + e] * scale_log2;
+                if (diagonal && key > t0) x0 = -INFINITY;
+                if (diagonal && key > t1) x1 = -INFINITY;
+                s[j][e] = x0;
+                s[j][2 + e] = x1;
+                mx0 = fmaxf(mx0, x0);
+                mx1 = fmaxf(mx1, x1);
+            }
+        const float new0 = fmaxf(m0, quad_max(mx0)), new1 = fmaxf(m1, quad_max(mx1));
+        /* a row with nothing visible yet keeps O = 0, l = 0 (cannot happen for rows < T) */
+        const float base0 = new0 == -INFINITY ? 0.0f : new0, base1 = new1 == -INFINITY ? 0.0f : new1;
+        const float corr0 = exp2f(m0 - base0), corr1 = exp2f(m1 - base1);
+        m0 = new0;
+        m1 = new1;
+        float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < key_tiles8; j++) {
+            s[j][0] = exp2f(s[j][0] - base0);
+            s[j][1] = exp2f(s[j][1] - base0);
+            s[j][2] = exp2f(s[j][2] - base1);
+            s[j][3] = exp2f(s[j][3] - base1);
+            sum0 += s[j][0] + s[j][1];
+            sum1 += s[j][2] + s[j][3];
+        }
+        l0 = l0 * corr0 + sum0;
+        l1 = l1 * corr1 + sum1;
+#pragma unroll
+        for (int n = 0; n < dim_tiles8; n++) {
+            o[n][0] *= corr0;
+            o[n][1] *= corr0;
+            o[n][2] *= corr1;
+            o[n][3] *= corr1;
+        }
+        /* O += P V, 16 keys at a time */
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++) {
+            uint32_t pa[4];
+            a_from_c(pa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int n = 0; n < dim_tiles8; n++) {
+                uint32_t b0, b1;
+                load_b_cols(b0, b1, Vs, LD, 16 * kk, 8 * n);
+                mma16816(o[n], pa, b0, b1);
+            }
+        }
+    }
+
+    l0 = quad_sum(l0);
+    l1 = quad_sum(l1);
+    floatX *out_bh = out + ((size_t)b * T * Hq + h) * D;
+#pragma unroll
+    for (int n = 0; n < dim_tiles8; n++) {
+        const int col = 8 * n + 2 * c4;
+        if (t0 < T) {
+            out_bh[(size_t)t0 * q_stride + col] = __float2bfloat16(o[n][0] / l0);
+            out_bh[(size_t)t0 * q_stride + col + 1] = __float2bfloat16(o[n][1] / l0);
+        }
+        if (t1 < T) {
+            out_bh[(size_t)t1 * q_stride + col] = __float2bfloat16(o[n][2] / l1);
+            out_bh[(size_t)t1 * q_stride + col + 1] = __float2bfloat16(o[n][3] / l1);
+        }
+    }
+    const float ln2 = 0.6931471805599453f; /* the log2-domain max back to natural units */
+    float *lse_bh = lse + ((size_t)b * Hq + h) * T;
+    if (c4 == 0 && t0 < T) lse_bh[t0] = m0 * ln2 + logf(l0);
+    if (c4 == 0 && t1 < T) lse_bh[t1] = m1 * ln2 + logf(l1);
+}
+
+/* ---- backward --------------------------------------------------------------------------------
+ * With P = exp(s scale - lse) (causal), Delta_t = dout_t . out_t:
+ *   dP = dout v^T,  dS = P (dP - Delta),  dv += P^T dout,  dk += scale dS^T q,  dq += scale dS k.
+ *
+ * dk, dv: warp w owns keys 16 w .. 16 w + 15 of the block's 64; per query tile of BQ rows it
+ * computes S^T = K Q^T and dP^T = V dout^T (keys x queries), turns them into P^T and dS^T in
+ * place, and adds P^T dout and dS^T Q into its accumulators. BQ = 32 at D = 128 keeps the
+ * registers (two D-wide accumulators) under the limit. */
+template <int D, int BQ>
+__global__ static void __launch_bounds__(mma_threads)
+    attention_backward_kv_mma_kernel(floatX *dk, floatX *dv, const floatX *dout, const float *lse,
+                                     const float *delta, const floatX *q, const floatX *k,
+                                     const floatX *v, int T, int Hq, int Hkv, float scale_log2,
+                                     float scale) {
+    constexpr int BK = mma_tile, LD = D + 8;
+    constexpr int d_steps = D / 16, query_tiles8 = BQ / 8, dim_tiles8 = D / 8;
+    const int k_tile = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z; /* most work first */
+    const int group = Hq / Hkv;
+    const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
+    const int k0 = k_tile * BK;
+    const int key0 = k0 + 16 * warp + g, key1 = key0 + 8; /* this thread's two keys */
+
+    extern __shared__ float mma_smem[];
+    floatX *Ks = (floatX *)mma_smem;        /* [BK][LD] */
+    floatX *Vs = Ks + BK * LD;              /* [BK][LD] */
+    floatX *Qs = Vs + BK * LD;              /* [BQ][LD] the current query tile */
+    floatX *dOs = Qs + BQ * LD;             /* [BQ][LD] its dout */
+    float *lse_s = (float *)(dOs + BQ * LD); /* [BQ] lse, log2 domain */
+    float *delta_s = lse_s + BQ;            /* [BQ] */
+
+    const size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
+    const size_t kv_offset = ((size_t)b * T * Hkv + kv_head) * D;
+    load_tile<D>(Ks, k + kv_offset, k0, BK, T, kv_stride);
+    load_tile<D>(Vs, v + kv_offset, k0, BK, T, kv_stride);
+
+    float dk_acc[dim_tiles8][4], dv_acc[dim_tiles8][4];
+#pragma unroll
+    for (int n = 0; n < dim_tiles8; n++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) dk_acc[n][i] = dv_acc[n][i] = 0.0f;
+
+    for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
+        const size_t q_offset = ((size_t)b * T * Hq + h) * D;
+        const size_t stat_offset = ((size_t)b * Hq + h) * T;
+        for (int q0 = k0; q0 < T; q0 += BQ) { /* earlier queries cannot see these keys */
+            __syncthreads(); /* K, V loaded (first pass); the last tile's readers are done */
+            load_tile<D>(Qs, q + q_offset, q0, BQ, T, q_stride);
+            load_tile<D>(dOs, dout + q_offset, q0, BQ, T, q_stride);
+            for (int r = threadIdx.x; r < BQ; r += blockDim.x) {
+                const int t = q0 + r;
+                lse_s[r] = t < T ? lse[stat_offset + t] * mma_log2e : 0.0f;
+                delta_s[r] = t < T ? delta[stat_offset + t] : 0.0f;
+            }
+            __syncthreads();
+
+            float st[query_tiles8][4], dpt[query_tiles8][4];
+#pragma unroll
+            for (int j = 0; j < query_tiles8; j++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) st[j][i] = dpt[j][i] = 0.0f;
+#pragma unroll
+            for (int d = 0; d < d_steps; d++) {
+                uint32_t ka[4], va[4];
+                load_a(ka, Ks, LD, 16 * warp, 16 * d);
+                load_a(va, Vs, LD, 16 * warp, 16 * d);
+#pragma unroll
+                for (int j = 0; j < query_tiles8; j++) {
+                    uint32_t b0, b1;
+                    load_b_rows(b0, b1, Qs, LD, 8 * j, 16 * d);
+                    mma16816(st[j], ka, b0, b1);
+                    load_b_rows(b0, b1, dOs, LD, 8 * j, 16 * d);
+                    mma16816(dpt[j], va, b0, b1);
+                }
+            }
+            /* P^T and dS^T in place: element (key, query) is visible when key <= query < T */
+#pragma unroll
+            for (int j = 0; j < query_tiles8; j++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int col = 8 * j + 2 * c4 + e, query = q0 + col;
+                    const float row_lse = lse_s[col], row_delta = delta_s[col];
+                    const float p0 = query < T && key0 <= query ? exp2f(st[j][e] * scale_log2 - row_lse) : 0.0f;
+                    const float p1 = query < T && key1 <= query ? exp2f(st[j][2 + e] * scale_log2 - row_lse) : 0.0f;
+                    st[j][e] = p0;
+                    st[j][2 + e] = p1;
+                    dpt[j][e] = p0 * (dpt[j][e] - row_delta);
+                    dpt[j][2 + e] = p1 * (dpt[j][2 + e] - row_delta);
+                }
+            /* dV += P^T dout, dK += dS^T Q, 16 queries at a time */
+#pragma unroll
+            for (int kq = 0; kq < BQ / 16; kq++) {
+                uint32_t pa[4], sa[4];
+                a_from_c(pa, st[2 * kq], st[2 * kq + 1]);
+                a_from_c(sa, dpt[2 * kq], dpt[2 * kq + 1]);
+#pragma unroll
+                for (int n = 0; n < dim_tiles8; n++) {
+                    uint32_t b0, b1;
+                    load_b_cols(b0, b1, dOs, LD, 16 * kq, 8 * n);
+                    mma16816(dv_acc[n], pa, b0, b1);
+                    load_b_cols(b0, b1, Qs, LD, 16 * kq, 8 * n);
+                    mma16816(dk_acc[n], sa, b0, b1);
+                }
+            }
+        }
+    }
+
+    floatX *dk_b = dk + kv_offset, *dv_b = dv + kv_offset;
+#pragma unroll
+    for (int n = 0; n < dim_tiles8; n++) {
+        const int col = 8 * n + 2 * c4;
+        if (key0 < T) {
+            add_pair(dk_b + (size_t)key0 * kv_stride + col, scale, dk_acc[n][0], dk_acc[n][1]);
+            add_pair(dv_b + (size_t)key0 * kv_stride + col, 1.0f, dv_acc[n][0], dv_acc[n][1]);
+        }
+        if (key1 < T) {
+            add_pair(dk_b + (size_t)key1 * kv_stride + col, scale, dk_acc[n][2], dk_acc[n][3]);
+            add_pair(dv_b + (size_t)key1 * kv_stride + col, 1.0f, dv_acc[n][2], dv_acc[n][3]);
+        }
+    }
+}
+
+/* dq: warp w owns query rows 16 w .. 16 w + 15; per key tile of BK keys (up to the diagonal):
+ * S = Q K^T and dP = dout V^T (Q's and dout's fragments stay in registers), dS in place, and
+ * dQ += dS K. BK = 32 at D = 128, for the registers. */
+template <int D, int BK>
+__global__ static void __launch_bounds__(mma_threads)
+    attention_backward_q_mma_kernel(floatX *dq, const floatX *dout, const float *lse,
+                                    const float *delta, const floatX *q, const floatX *k,
+                                    const floatX *v, int T, int Hq, int Hkv, float scale_log2,
+                                    float scale) {
+    constexpr int BQ = mma_tile, LD = D + 8;
+    constexpr int d_steps = D / 16, key_tiles8 = BK / 8, dim_tiles8 = D / 8;
+    const int q_tile = gridDim.x - 1 - blockIdx.x; /* the longest rows first */
+    const int h = blockIdx.y, b = blockIdx.z, kv_head = h / (Hq / Hkv);
+    const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
+    const int q0 = q_tile * BQ, q_last = min(q0 + BQ, T) - 1;
+    const int t0 = q0 + 16 * warp + g, t1 = t0 + 8;
+
+    extern __shared__ float mma_smem[];
+    floatX *Qs = (floatX *)mma_smem; /* [BQ][LD] */
+    floatX *dOs = Qs + BQ * LD;      /* [BQ][LD] */
+    floatX *Ks = dOs + BQ * LD;      /* [BK][LD] the current key tile */
+    floatX *Vs = Ks + BK * LD;       /* [BK][LD] */
+
+    const size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
+    const size_t q_offset = ((size_t)b * T * Hq + h) * D;
+    const size_t kv_offset = ((size_t)b * T * Hkv + kv_head) * D;
+    const size_t stat_offset = ((size_t)b * Hq + h) * T;
+    load_tile<D>(Qs, q + q_offset, q0, BQ, T, q_stride);
+    load_tile<D>(dOs, dout + q_offset, q0, BQ, T, q_stride);
+    const float lse0 = t0 < T ? lse[stat_offset + t0] * mma_log2e : 0.0f;
+    const float lse1 = t1 < T ? lse[stat_offset + t1] * mma_log2e : 0.0f;
+    const float delta0 = t0 < T ? delta[stat_offset + t0] : 0.0f;
+    const float delta1 = t1 < T ? delta[stat_offset + t1] : 0.0f;
+    __syncthreads();
+    uint32_t qf[d_steps][4], of[d_steps][4];
+#pragma unroll
+    for (int d = 0; d < d_steps; d++) {
+        load_a(qf[d], Qs, LD, 16 * warp, 16 * d);
+        load_a(of[d], dOs, LD, 16 * warp, 16 * d);
+    }
+    float dq_acc[dim_tiles8][4];
+#pragma unroll
+    for (int n = 0; n < dim_tiles8; n++) dq_acc[n][0] = dq_acc[n][1] = dq_acc[n][2] = dq_acc[n][3] = 0.0f;
+
+    for (int k0 = 0; k0 <= q_last; k0 += BK) {
+        __syncthreads(); /* the last tile's readers are done */
+        load_tile<D>(Ks, k + kv_offset, k0, BK, T, kv_stride);
+        load_tile<D>(Vs, v + kv_offset, k0, BK, T, kv_stride);
+        __syncthreads();
+
+        float s[key_tiles8][4], dp[key_tiles8][4];
+#pragma unroll
+        for (int j = 0; j < key_tiles8; j++) {
+#pragma unroll
+            for (int i = 0; i < 4; i++) s[j][i] = dp[j][i] = 0.0f;
+#pragma unroll
+            for (int d = 0; d < d_steps; d++) {
+                uint32_t b0, b1;
+                load_b_rows(b0, b1, Ks, LD, 8 * j, 16 * d);
+                mma16816(s[j], qf[d], b0, b1);
+                load_b_rows(b0, b1, Vs, LD, 8 * j, 16 * d);
+                mma16816(dp[j], of[d], b0, b1);
+            }
+        }
+        /* dS in place of S: keys after a row's query (and past T) have P = 0 */
+#pragma unroll
+        for (int j = 0; j < key_tiles8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int key = k0 + 8 * j + 2 * c4 + e;
+                const float p0 = t0 < T && key <= t0 ? exp2f(s[j][e] * scale_log2 - lse0) : 0.0f;
+                const float p1 = t1 < T && key <= t1 ? exp2f(s[j][2 + e] * scale_log2 - lse1) : 0.0f;
+                s[j][e] = p0 * (dp[j][e] - delta0);
+                s[j][2 + e] = p1 * (dp[j][2 + e] - delta1);
+            }
+        /* dQ += dS K, 16 keys at a time */
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++) {
+            uint32_t sa[4];
+            a_from_c(sa, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+            for (int n = 0; n < dim_tiles8; n++) {
+                uint32_t b0, b1;
+                load_b_cols(b0, b1, Ks, LD, 16 * kk, 8 * n);
+                mma16816(dq_acc[n], sa, b0, b1);
+            }
+        }
+    }
+
+    floatX *dq_bh = dq + q_offset;
+#pragma unroll
+    for (int n = 0; n < dim_tiles8; n++) {
+        const int col = 8 * n + 2 * c4;
+        if (t0 < T) add_pair(dq_bh + (size_t)t0 * q_stride + col, scale, dq_acc[n][0], dq_acc[n][1]);
+        if (t1 < T) add_pair(dq_bh + (size_t)t1 * q_stride + col, scale, dq_acc[n][2], dq_acc[n][3]);
+    }
+}
+
+/* ---- host side ------------------------------------------------------------------------------- */
+
+extern "C" int attention_mma_supports(int D) { return D == 64 || D == 128; }
+
+/* Dynamic shared memory above the default 48 KB needs the kernel's opt-in. */
+template <typename Kernel>
+static void mma_allow_smem(Kernel kernel, size_t bytes) {
+    int device = 0, optin = 0;
+    CHECK_CUDA(cudaGetDevice(&device));
+    CHECK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (bytes > (size_t)optin)
+        paft_fatal(__FILE__, __LINE__,
+                   "attention: %zu bytes of shared memory per block needed, the device allows %d",
+                   bytes, optin);
+    CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+
+static size_t tile_bytes(int rows, int D) { return (size_t)rows * (D + 8) * sizeof(floatX); }
+
+template <int D>
+static void launch_forward(floatX *out, float *lse, const floatX *q, const floatX *k,
+                           const floatX *v, int B, int T, int Hq, int Hkv) {
+    const size_t smem = 3 * tile_bytes(mma_tile, D);
+    mma_allow_smem(attention_forward_mma_kernel<D>, smem);
+    const float scale_log2 = (float)(mma_log2e / sqrt((double)D));
+    const dim3 grid((T + mma_tile - 1) / mma_tile, Hq, B);
+    attention_forward_mma_kernel<D><<<grid, mma_threads, smem>>>(out, lse, q, k, v, T, Hq, Hkv, scale_log2);
+    CHECK_LAUNCH();
+}
+
+template <int D, int BQ_KV, int BK_Q>
+static void launch_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *dout,
+                            const float *lse, const float *delta, const floatX *q, const floatX *k,
+                            const floatX *v, int B, int T, int Hq, int Hkv) {
+    const float scale = (float)(1.0 / sqrt((double)D)), scale_log2 = mma_log2e * scale;
+    const int tiles = (T + mma_tile - 1) / mma_tile;
+    const size_t smem_kv = 2 * tile_bytes(mma_tile, D) + 2 * tile_bytes(BQ_KV, D) + 2 * BQ_KV * sizeof(float);
+    mma_allow_smem(attention_backward_kv_mma_kernel<D, BQ_KV>, smem_kv);
+    attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hkv, B), mma_threads, smem_kv>>>(dk, dv, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
+    CHECK_LAUNCH();
+    const size_t smem_q = 2 * tile_bytes(mma_tile, D) + 2 * tile_bytes(BK_Q, D);
+    mma_allow_smem(attention_backward_q_mma_kernel<D, BK_Q>, smem_q);
+    attention_backward_q_mma_kernel<D, BK_Q><<<dim3(tiles, Hq, B), mma_threads, smem_q>>>(dq, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
+    CHECK_LAUNCH();
+}
+
+extern "C" void attention_forward_mma_cuda(floatX *out, float *lse, const floatX *q,
+                                           const floatX *k, const floatX *v, int B, int T, int Hq,
+                                           int Hkv, int D) {
+    if (B <= 0 || T <= 0) return;
+    if (D == 64) launch_forward<64>(out, lse, q, k, v, B, T, Hq, Hkv);
+    else if (D == 128) launch_forward<128>(out, lse, q, k, v, B, T, Hq, Hkv);
+    else paft_fatal(__FILE__, __LINE__, "attention_forward_mma_cuda: head dimension %d", D);
+}
+
+extern "C" void attention_backward_mma_cuda(floatX *dq, floatX *dk, floatX *dv,
+                                            const floatX *dout, const float *lse,
+                                            const float *delta, const floatX *q, const floatX *k,
+                                            const floatX *v, int B, int T, int Hq, int Hkv, int D) {
+    if (B <= 0 || T <= 0) return;
+    if (D == 64) launch_backward<64, 64, 64>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv);
+    else if (D == 128) launch_backward<128, 32, 32>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv);
+    else paft_fatal(__FILE__, __LINE__, "attention_backward_mma_cuda: head dimension %d", D);
+}

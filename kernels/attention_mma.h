@@ -1,0 +1,34 @@
+/*
+ * attention_mma.h - the fused causal attention on register-level tensor cores (mma.sync), for the
+ * head dimensions of real models (64 and 128). attention_cuda.cu dispatches here; the contracts
+ * are those of attention_forward_fused_cuda / attention_backward_fused_cuda (ops_cuda.h).
+ */
+#ifndef PAFT_ATTENTION_MMA_H
+#define PAFT_ATTENTION_MMA_H
+
+#include "ops_cuda.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* 1 when these kernels cover head dimension D. */
+int attention_mma_supports(int D);
+
+/* out [B][T][Hq][D] and lse [B][Hq][T] (natural log), as attention_forward_fused_cuda. */
+void attention_forward_mma_cuda(floatX *out, float *lse, const floatX *q, const floatX *k,
+                                const floatX *v, int B, int T, int Hq, int Hkv, int D);
+
+/* dq, dk, dv += the gradients, given lse from the forward and delta [B][Hq][T] = rowsum(dout *
+ * out) (attention_cuda.cu computes it). Deterministic: every gradient element is summed by one
+ * thread in a fixed order. */
+void attention_backward_mma_cuda(floatX *dq, floatX *dk, floatX *dv, const floatX *dout,
+                                 const float *lse, const float *delta, const floatX *q,
+                                 const floatX *k, const floatX *v, int B, int T, int Hq, int Hkv,
+                                 int D);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PAFT_ATTENTION_MMA_H */
