@@ -908,10 +908,13 @@ extern "C" void attention_forward_fused_cuda(floatX *out, float *lse, const floa
 }
 
 extern "C" size_t attention_backward_fused_scratch_bytes(int B, int T, int Hq, int Hkv, int D) {
-    (void)Hkv;
-    (void)D;
     if (B <= 0 || T <= 0 || Hq <= 0) return 0;
-    return (size_t)B * Hq * T * sizeof(float); /* Delta [B][Hq][T] */
+    const size_t delta_bytes = (size_t)B * Hq * T * sizeof(float); /* Delta [B][Hq][T] */
+    const size_t partials_bytes =
+        fa_use_mma(D) ? attention_backward_mma_partials_bytes(B, T, Hq, Hkv, D) : 0;
+    if (partials_bytes == 0) return delta_bytes;
+    /* then the MMA backward's per-head shares of dk, dv, 256-byte aligned */
+    return (delta_bytes + 255) / 256 * 256 + partials_bytes;
 }
 
 template <int TILE>
@@ -973,7 +976,9 @@ extern "C" void attention_backward_fused_cuda(floatX *dq, floatX *dk, floatX *dv
         delta, dout, out, B, T, Hq, D);
     CHECK_LAUNCH();
     if (fa_use_mma(D)) {
-        attention_backward_mma_cuda(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv, D);
+        const size_t delta_bytes = (size_t)B * Hq * T * sizeof(float);
+        float *partials = (float *)((char *)scratch + (delta_bytes + 255) / 256 * 256);
+        attention_backward_mma_cuda(dq, dk, dv, dout, lse, delta, partials, q, k, v, B, T, Hq, Hkv, D);
         return;
     }
     const bool tensor_cores = fa_use_tensor_cores(D);

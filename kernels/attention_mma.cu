@@ -324,17 +324,29 @@ __global__ static void __launch_bounds__(mma_threads)
  * dk, dv: warp w owns keys 16 w .. 16 w + 15 of the block's 64; per query tile of BQ rows it
  * computes S^T = K Q^T and dP^T = V dout^T (keys x queries), turns them into P^T and dS^T in
  * place, and adds P^T dout and dS^T Q into its accumulators. BQ = 32 at D = 128 keeps the
- * registers (two D-wide accumulators) under the limit. */
+ * registers (two D-wide accumulators) under the limit.
+ *
+ * Under grouped-query attention a block either loops over the group's query heads (partial_dk ==
+ * NULL: grid.y = Hkv) or takes one query head (grid.y = Hq) and writes its unscaled fp32 share
+ * into partial_dk / partial_dv [B][T][Hq][D], which attention_kv_group_sum_kernel then adds up in
+ * head order. The first leaves the blocks of the first key tiles with all the work (they see every
+ * query tile of every head: at T = 1024, 128 tiles against 8 for the last); measured on an H100
+ * it kept the SMs that finished early idle. Split by head, there are group times more blocks of at
+ * most T / 64 tiles, which the block scheduler balances. */
 template <int D, int BQ>
 __global__ static void __launch_bounds__(mma_threads)
-    attention_backward_kv_mma_kernel(floatX *dk, floatX *dv, const floatX *dout, const float *lse,
-                                     const float *delta, const floatX *q, const floatX *k,
-                                     const floatX *v, int T, int Hq, int Hkv, float scale_log2,
-                                     float scale) {
+    attention_backward_kv_mma_kernel(floatX *dk, floatX *dv, float *partial_dk, float *partial_dv,
+                                     const floatX *dout, const float *lse, const float *delta,
+                                     const floatX *q, const floatX *k, const floatX *v, int T,
+                                     int Hq, int Hkv, float scale_log2, float scale) {
     constexpr int BK = mma_tile, LD = D + 8;
     constexpr int d_steps = D / 16, query_tiles8 = BQ / 8, dim_tiles8 = D / 8;
-    const int k_tile = blockIdx.x, kv_head = blockIdx.y, b = blockIdx.z; /* most work first */
     const int group = Hq / Hkv;
+    const bool per_head = partial_dk != nullptr;
+    const int k_tile = blockIdx.x, b = blockIdx.z; /* most work first */
+    const int kv_head = per_head ? blockIdx.y / group : blockIdx.y;
+    const int h_begin = per_head ? blockIdx.y : kv_head * group;
+    const int h_end = per_head ? h_begin + 1 : (kv_head + 1) * group;
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
     const int k0 = k_tile * BK;
     const int key0 = k0 + 16 * warp + g, key1 = key0 + 8; /* this thread's two keys */
@@ -358,7 +370,7 @@ __global__ static void __launch_bounds__(mma_threads)
 #pragma unroll
         for (int i = 0; i < 4; i++) dk_acc[n][i] = dv_acc[n][i] = 0.0f;
 
-    for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
+    for (int h = h_begin; h < h_end; h++) {
         const size_t q_offset = ((size_t)b * T * Hq + h) * D;
         const size_t stat_offset = ((size_t)b * Hq + h) * T;
         for (int q0 = k0; q0 < T; q0 += BQ) { /* earlier queries cannot see these keys */
@@ -423,6 +435,27 @@ __global__ static void __launch_bounds__(mma_threads)
         }
     }
 
+    if (per_head) { /* this head's share, unscaled */
+        const size_t offset = ((size_t)b * T * Hq + h_begin) * D;
+#pragma unroll
+        for (int n = 0; n < dim_tiles8; n++) {
+            const int col = 8 * n + 2 * c4;
+            float *pk = partial_dk + offset + col, *pv = partial_dv + offset + col;
+            if (key0 < T) {
+                pk[(size_t)key0 * q_stride] = dk_acc[n][0];
+                pk[(size_t)key0 * q_stride + 1] = dk_acc[n][1];
+                pv[(size_t)key0 * q_stride] = dv_acc[n][0];
+                pv[(size_t)key0 * q_stride + 1] = dv_acc[n][1];
+            }
+            if (key1 < T) {
+                pk[(size_t)key1 * q_stride] = dk_acc[n][2];
+                pk[(size_t)key1 * q_stride + 1] = dk_acc[n][3];
+                pv[(size_t)key1 * q_stride] = dv_acc[n][2];
+                pv[(size_t)key1 * q_stride + 1] = dv_acc[n][3];
+            }
+        }
+        return;
+    }
     floatX *dk_b = dk + kv_offset, *dv_b = dv + kv_offset;
 #pragma unroll
     for (int n = 0; n < dim_tiles8; n++) {
@@ -436,6 +469,28 @@ __global__ static void __launch_bounds__(mma_threads)
             add_pair(dv_b + (size_t)key1 * kv_stride + col, 1.0f, dv_acc[n][2], dv_acc[n][3]);
         }
     }
+}
+
+/* dk += scale * (sum over the group's heads of partial_dk), dv += sum of partial_dv, the heads in
+ * order: one thread per (b, t, KV head, d). */
+__global__ static void attention_kv_group_sum_kernel(floatX *dk, floatX *dv, const float *partial_dk,
+                                                     const float *partial_dv, size_t rows_kv,
+                                                     int Hq, int Hkv, int D, float scale) {
+    const size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; /* ((b T + t) Hkv + kvh) D + d */
+    if (e >= rows_kv * D) return;
+    const int d = (int)(e % D);
+    const size_t row = e / D; /* (b T + t) Hkv + kv_head */
+    const int kv_head = (int)(row % Hkv), group = Hq / Hkv;
+    const size_t bt = row / Hkv;
+    const float *pk = partial_dk + (bt * Hq + (size_t)kv_head * group) * D + d;
+    const float *pv = partial_dv + (bt * Hq + (size_t)kv_head * group) * D + d;
+    float sum_k = 0.0f, sum_v = 0.0f;
+    for (int i = 0; i < group; i++) {
+        sum_k += pk[(size_t)i * D];
+        sum_v += pv[(size_t)i * D];
+    }
+    dk[e] = __float2bfloat16(__bfloat162float(dk[e]) + scale * sum_k);
+    dv[e] = __float2bfloat16(__bfloat162float(dv[e]) + sum_v);
 }
 
 /* dq: warp w owns query rows 16 w .. 16 w + 15; per key tile of BK keys (up to the diagonal):
@@ -540,6 +595,10 @@ __global__ static void __launch_bounds__(mma_threads)
 
 extern "C" int attention_mma_supports(int D) { return D == 64 || D == 128; }
 
+extern "C" size_t attention_backward_mma_partials_bytes(int B, int T, int Hq, int Hkv, int D) {
+    return Hq > Hkv ? 2 * (size_t)B * T * Hq * D * sizeof(float) : 0;
+}
+
 /* Dynamic shared memory above the default 48 KB needs the kernel's opt-in. */
 template <typename Kernel>
 static void mma_allow_smem(Kernel kernel, size_t bytes) {
@@ -568,14 +627,24 @@ static void launch_forward(floatX *out, float *lse, const floatX *q, const float
 
 template <int D, int BQ_KV, int BK_Q>
 static void launch_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *dout,
-                            const float *lse, const float *delta, const floatX *q, const floatX *k,
-                            const floatX *v, int B, int T, int Hq, int Hkv) {
+                            const float *lse, const float *delta, float *partials,
+                            const floatX *q, const floatX *k, const floatX *v, int B, int T,
+                            int Hq, int Hkv) {
     const float scale = (float)(1.0 / sqrt((double)D)), scale_log2 = mma_log2e * scale;
     const int tiles = (T + mma_tile - 1) / mma_tile;
     const size_t smem_kv = 2 * tile_bytes(mma_tile, D) + 2 * tile_bytes(BQ_KV, D) + 2 * BQ_KV * sizeof(float);
     mma_allow_smem(attention_backward_kv_mma_kernel<D, BQ_KV>, smem_kv);
-    attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hkv, B), mma_threads, smem_kv>>>(dk, dv, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
-    CHECK_LAUNCH();
+    if (partials) { /* grouped-query: one block per query head, then the sum over each group */
+        float *partial_dk = partials, *partial_dv = partials + (size_t)B * T * Hq * D;
+        attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hq, B), mma_threads, smem_kv>>>(dk, dv, partial_dk, partial_dv, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
+        CHECK_LAUNCH();
+        const size_t rows_kv = (size_t)B * T * Hkv, n = rows_kv * D;
+        attention_kv_group_sum_kernel<<<(unsigned)((n + 255) / 256), 256>>>(dk, dv, partial_dk, partial_dv, rows_kv, Hq, Hkv, D, scale);
+        CHECK_LAUNCH();
+    } else {
+        attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hkv, B), mma_threads, smem_kv>>>(dk, dv, nullptr, nullptr, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
+        CHECK_LAUNCH();
+    }
     const size_t smem_q = 2 * tile_bytes(mma_tile, D) + 2 * tile_bytes(BK_Q, D);
     mma_allow_smem(attention_backward_q_mma_kernel<D, BK_Q>, smem_q);
     attention_backward_q_mma_kernel<D, BK_Q><<<dim3(tiles, Hq, B), mma_threads, smem_q>>>(dq, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
@@ -593,10 +662,14 @@ extern "C" void attention_forward_mma_cuda(floatX *out, float *lse, const floatX
 
 extern "C" void attention_backward_mma_cuda(floatX *dq, floatX *dk, floatX *dv,
                                             const floatX *dout, const float *lse,
-                                            const float *delta, const floatX *q, const floatX *k,
-                                            const floatX *v, int B, int T, int Hq, int Hkv, int D) {
+                                            const float *delta, float *partials, const floatX *q,
+                                            const floatX *k, const floatX *v, int B, int T, int Hq,
+                                            int Hkv, int D) {
     if (B <= 0 || T <= 0) return;
-    if (D == 64) launch_backward<64, 64, 64>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv);
-    else if (D == 128) launch_backward<128, 32, 32>(dq, dk, dv, dout, lse, delta, q, k, v, B, T, Hq, Hkv);
+    if (Hq == Hkv) partials = nullptr;
+    else if (!partials)
+        paft_fatal(__FILE__, __LINE__, "attention_backward_mma_cuda: no scratch for the per-head shares");
+    if (D == 64) launch_backward<64, 64, 64>(dq, dk, dv, dout, lse, delta, partials, q, k, v, B, T, Hq, Hkv);
+    else if (D == 128) launch_backward<128, 32, 32>(dq, dk, dv, dout, lse, delta, partials, q, k, v, B, T, Hq, Hkv);
     else paft_fatal(__FILE__, __LINE__, "attention_backward_mma_cuda: head dimension %d", D);
 }

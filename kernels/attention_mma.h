@@ -19,13 +19,18 @@ int attention_mma_supports(int D);
 void attention_forward_mma_cuda(floatX *out, float *lse, const floatX *q, const floatX *k,
                                 const floatX *v, int B, int T, int Hq, int Hkv, int D);
 
+/* Device scratch the backward needs for grouped-query attention (Hq > Hkv): each query head's
+ * share of dk and dv in fp32, summed over the group afterwards; 0 when Hq == Hkv. */
+size_t attention_backward_mma_partials_bytes(int B, int T, int Hq, int Hkv, int D);
+
 /* dq, dk, dv += the gradients, given lse from the forward and delta [B][Hq][T] = rowsum(dout *
- * out) (attention_cuda.cu computes it). Deterministic: every gradient element is summed by one
- * thread in a fixed order. */
+ * out) (attention_cuda.cu computes it); partials: attention_backward_mma_partials_bytes of
+ * scratch (NULL when that is 0). Deterministic: every gradient element is summed in a fixed
+ * order, without atomics. */
 void attention_backward_mma_cuda(floatX *dq, floatX *dk, floatX *dv, const floatX *dout,
-                                 const float *lse, const float *delta, const floatX *q,
-                                 const floatX *k, const floatX *v, int B, int T, int Hq, int Hkv,
-                                 int D);
+                                 const float *lse, const float *delta, float *partials,
+                                 const floatX *q, const floatX *k, const floatX *v, int B, int T,
+                                 int Hq, int Hkv, int D);
 
 #ifdef __cplusplus
 }

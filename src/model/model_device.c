@@ -48,7 +48,8 @@ typedef struct {
  * host's own work in the middle of one). Stamps are read back in batches of PROFILE_STAMPS. */
 typedef enum {
     PHASE_GEMM,          /* the frozen projections and the LM head */
-    PHASE_LORA,          /* the adapters' thin GEMMs */
+    PHASE_LORA,          /* the adapters' thin GEMMs: forward, and the input gradient */
+    PHASE_LORA_GRAD,     /* the adapters' weight gradients (inner dimension: the tokens) */
     PHASE_ATTENTION_FWD, /* the attention kernel, forward */
     PHASE_ATTENTION_BWD, /* and backward */
     PHASE_NORM,          /* RMSNorm forward and backward */
@@ -62,7 +63,7 @@ typedef enum {
 } Phase;
 
 static const char *const phase_names[N_PHASES] = {
-    "frozen GEMMs", "LoRA GEMMs", "attention fwd", "attention bwd", "RMSNorm", "pointwise",
+    "frozen GEMMs", "LoRA GEMMs", "LoRA grads", "attention fwd", "attention bwd", "RMSNorm", "pointwise",
     "zeroing", "log-probs", "collectives", "optimizer", "idle (host)"};
 
 enum { PROFILE_STAMPS = 4096 };
@@ -506,11 +507,17 @@ static void proj_backward(ModelDevice *d, int l, Proj p, act_t *dinp, const act_
     phase(d, PHASE_GEMM);
     dev_matmul_backward(&d->ctx, dinp, NULL, dout, inp, d->layers[l].w[p], N, in, out_f, 1.0f);
     if (!model_adapted(m, p)) return;
+    const float s = (float)m->lora.scale;
+    /* dlora_h = s dout B, then the factors' gradients dB += s dout^T h, dA += dlora_h^T inp (the
+     * thin GEMMs whose inner dimension is the N tokens), then dinp += dlora_h A */
     phase(d, PHASE_LORA);
     dev_zero(d->dlora_h, (size_t)N * r * sizeof(act_t));
-    dev_matmul_backward(&d->ctx, d->dlora_h, lo->dB[p], dout, h, lo->B[p], N, r, out_f,
-                        (float)m->lora.scale);
-    dev_matmul_backward(&d->ctx, dinp, lo->dA[p], d->dlora_h, inp, lo->A[p], N, in, r, 1.0f);
+    dev_matmul_backward(&d->ctx, d->dlora_h, NULL, dout, h, lo->B[p], N, r, out_f, s);
+    phase(d, PHASE_LORA_GRAD);
+    dev_matmul_backward(&d->ctx, NULL, lo->dB[p], dout, h, lo->B[p], N, r, out_f, s);
+    dev_matmul_backward(&d->ctx, NULL, lo->dA[p], d->dlora_h, inp, lo->A[p], N, in, r, 1.0f);
+    phase(d, PHASE_LORA);
+    dev_matmul_backward(&d->ctx, dinp, NULL, d->dlora_h, inp, lo->A[p], N, in, r, 1.0f);
 }
 
 /* d->dx holds d loss / d x_{l+1} on entry, d loss / d x_l on exit. */

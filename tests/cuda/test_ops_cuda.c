@@ -91,8 +91,11 @@ static void test_attention_fused_shape(int B, int T, int Hq, int Hkv, int D, dou
 
     /* the fused backward from the fused forward's out and lse, onto non-zero gradients */
     const size_t scratch_bytes = attention_backward_fused_scratch_bytes(B, T, Hq, Hkv, D);
-    CHECK(scratch_bytes == nrows * sizeof(float), "scratch %zu bytes, expected %zu", scratch_bytes,
-          nrows * sizeof(float));
+    /* Delta [B][Hq][T], and under grouped-query attention on the MMA kernels each query head's
+     * fp32 share of dk and dv: linear in T, never T x T */
+    const size_t scratch_most = nrows * sizeof(float) + 256 + (Hq > Hkv ? 2 * nq * sizeof(float) : 0);
+    CHECK(scratch_bytes >= nrows * sizeof(float) && scratch_bytes <= scratch_most,
+          "scratch %zu bytes, expected %zu to %zu", scratch_bytes, nrows * sizeof(float), scratch_most);
     void *d_scratch = cuda_calloc(scratch_bytes);
     floatX *d_dq = cuda_upload_bf16(dq, nq), *d_dk = cuda_upload_bf16(dk, nkv);
     floatX *d_dv = cuda_upload_bf16(dv, nkv);
