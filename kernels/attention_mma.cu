@@ -13,8 +13,8 @@
  *   C (16 x 8, fp32),       4 floats:                 {C[g][2c], C[g][2c+1], C[g+8][2c], C[g+8][2c+1]}
  * Two C tiles side by side (columns 16 j .. 16 j + 15) hold exactly the A operand of the next
  * product (FlashAttention's trick): P = softmax(S) goes from the S accumulators to the P V MMA
- * without leaving the registers. Where an operand is a row of a shared tile it is one 32-bit load;
- * where it is a column (V, dout, q, k read as the k x n operand) it is two 16-bit loads.
+ * without leaving the registers. Operands come from shared memory through ldmatrix (plain for A
+ * and for the rows of K in Q K^T, transposed for V in P V and the like), four 8 x 8 matrices a go.
  *
  * Blocks of 4 warps (128 threads). Tiles are staged in shared memory with rows of D + 8 elements:
  * 16 bytes of padding put the 8 rows a quarter-warp reads in different banks.
@@ -135,33 +135,62 @@ __device__ static inline void mma16816(float (&c)[4], const uint32_t (&a)[4], ui
 #endif
 }
 
-/* The A operand of rows r .. r + 15, columns col .. col + 15 of a shared tile of stride ld. */
+/* Four 8 x 8 bf16 matrices from shared memory in one instruction (ldmatrix.x4): lane l gives the
+ * address of row l % 8 of matrix l / 8 (16-byte aligned); r[i] gets, of matrix i, elements
+ * (g, 2c) and (g, 2c + 1), or with Trans its transpose's: (2c, g) and (2c + 1, g). That is one
+ * register of an MMA operand per matrix; read one element pair at a time, the same operands took
+ * 4 to 16 shared-memory loads. Off the GPU: the row addresses come through shuffles. */
+template <bool Trans>
+__device__ static inline void ldmatrix_x4(uint32_t (&r)[4], const floatX *row) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+    const unsigned addr = (unsigned)__cvta_generic_to_shared(row);
+    if (Trans)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(addr));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(addr));
+#else
+    const int lane = threadIdx.x % 32, g = lane / 4, c4 = lane % 4;
+    const uint64_t mine = (uint64_t)(uintptr_t)row;
+    for (int i = 0; i < 4; i++) {
+        if (!Trans) {
+            const floatX *p = (const floatX *)(uintptr_t)__shfl_sync(full_warp, mine, 8 * i + g);
+            r[i] = load2(p + 2 * c4);
+        } else {
+            const floatX *p0 = (const floatX *)(uintptr_t)__shfl_sync(full_warp, mine, 8 * i + 2 * c4);
+            const floatX *p1 = (const floatX *)(uintptr_t)__shfl_sync(full_warp, mine, 8 * i + 2 * c4 + 1);
+            r[i] = pack2(p0[g], p1[g]);
+        }
+    }
+#endif
+}
+
+/* The A operand of rows r .. r + 15, columns col .. col + 15 of a shared tile of stride ld: the
+ * four 8 x 8 quarters in the order of the operand's registers (top left, bottom left, top right,
+ * bottom right). */
 __device__ static inline void load_a(uint32_t (&a)[4], const floatX *tile, int ld, int r, int col) {
-    const int g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
-    const floatX *p = tile + (r + g) * ld + col + 2 * c4;
-    a[0] = load2(p);
-    a[1] = load2(p + 8 * ld);
-    a[2] = load2(p + 8);
-    a[3] = load2(p + 8 * ld + 8);
+    const int lane = threadIdx.x % 32, quarter = lane / 8;
+    ldmatrix_x4<false>(a, tile + (r + (quarter % 2) * 8 + lane % 8) * ld + col + (quarter / 2) * 8);
 }
 
-/* The B operand B[k][n] = tile[n0 + n][k0 + k]: rows of the tile are B's columns (a product with
- * a transposed tile, Q K^T). */
-__device__ static inline void load_b_rows(uint32_t &b0, uint32_t &b1, const floatX *tile, int ld,
-                                          int n0, int k0) {
-    const int g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
-    const floatX *p = tile + (n0 + g) * ld + k0 + 2 * c4;
-    b0 = load2(p);
-    b1 = load2(p + 8);
+/* B operands of two n-tiles, B[k][n] = tile[n0 + n][k0 + k] for n < 16, k < 16: rows of the tile
+ * are B's columns (a product with a transposed tile, Q K^T). b[0], b[1]: columns n0 .. n0 + 7;
+ * b[2], b[3]: n0 + 8 .. n0 + 15. */
+__device__ static inline void load_b_rows(uint32_t (&b)[4], const floatX *tile, int ld, int n0,
+                                          int k0) {
+    const int lane = threadIdx.x % 32, quarter = lane / 8;
+    ldmatrix_x4<false>(b, tile + (n0 + (quarter / 2) * 8 + lane % 8) * ld + k0 + (quarter % 2) * 8);
 }
 
-/* The B operand B[k][n] = tile[k0 + k][n0 + n]: the tile as stored (P V). */
-__device__ static inline void load_b_cols(uint32_t &b0, uint32_t &b1, const floatX *tile, int ld,
-                                          int k0, int n0) {
-    const int g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
-    const floatX *p = tile + (k0 + 2 * c4) * ld + n0 + g;
-    b0 = pack2(p[0], p[ld]);
-    b1 = pack2(p[8 * ld], p[9 * ld]);
+/* B operands of two n-tiles, B[k][n] = tile[k0 + k][n0 + n]: the tile as stored (P V), read
+ * transposed. b[0], b[1]: columns n0 .. n0 + 7; b[2], b[3]: n0 + 8 .. n0 + 15. */
+__device__ static inline void load_b_cols(uint32_t (&b)[4], const floatX *tile, int ld, int k0,
+                                          int n0) {
+    const int lane = threadIdx.x % 32, quarter = lane / 8;
+    ldmatrix_x4<true>(b, tile + (k0 + (quarter % 2) * 8 + lane % 8) * ld + n0 + (quarter / 2) * 8);
 }
 
 /* The A operand made of C tiles j0 and j0 + 1 (16 columns), rounded to bf16. */
@@ -232,15 +261,16 @@ __global__ static void __launch_bounds__(mma_threads)
 
         float s[key_tiles8][4];
 #pragma unroll
-        for (int j = 0; j < key_tiles8; j++) {
-            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+        for (int j = 0; j < key_tiles8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < key_tiles8; j += 2)
 #pragma unroll
             for (int d = 0; d < d_steps; d++) {
-                uint32_t b0, b1;
-                load_b_rows(b0, b1, Ks, LD, 8 * j, 16 * d);
-                mma16816(s[j], qf[d], b0, b1);
+                uint32_t kb[4];
+                load_b_rows(kb, Ks, LD, 8 * j, 16 * d);
+                mma16816(s[j], qf[d], kb[0], kb[1]);
+                mma16816(s[j + 1], qf[d], kb[2], kb[3]);
             }
-        }
         /* keys after a row's query are masked (and keys past T: they come after every row < T) */
         const bool diagonal = k0 + BK - 1 > q0;
         float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -288,10 +318,11 @@ __global__ static void __launch_bounds__(mma_threads)
             uint32_t pa[4];
             a_from_c(pa, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
-            for (int n = 0; n < dim_tiles8; n++) {
-                uint32_t b0, b1;
-                load_b_cols(b0, b1, Vs, LD, 16 * kk, 8 * n);
-                mma16816(o[n], pa, b0, b1);
+            for (int n = 0; n < dim_tiles8; n += 2) {
+                uint32_t vb[4];
+                load_b_cols(vb, Vs, LD, 16 * kk, 8 * n);
+                mma16816(o[n], pa, vb[0], vb[1]);
+                mma16816(o[n + 1], pa, vb[2], vb[3]);
             }
         }
     }
@@ -395,12 +426,14 @@ __global__ static void __launch_bounds__(mma_threads)
                 load_a(ka, Ks, LD, 16 * warp, 16 * d);
                 load_a(va, Vs, LD, 16 * warp, 16 * d);
 #pragma unroll
-                for (int j = 0; j < query_tiles8; j++) {
-                    uint32_t b0, b1;
-                    load_b_rows(b0, b1, Qs, LD, 8 * j, 16 * d);
-                    mma16816(st[j], ka, b0, b1);
-                    load_b_rows(b0, b1, dOs, LD, 8 * j, 16 * d);
-                    mma16816(dpt[j], va, b0, b1);
+                for (int j = 0; j < query_tiles8; j += 2) {
+                    uint32_t qb[4], ob[4];
+                    load_b_rows(qb, Qs, LD, 8 * j, 16 * d);
+                    mma16816(st[j], ka, qb[0], qb[1]);
+                    mma16816(st[j + 1], ka, qb[2], qb[3]);
+                    load_b_rows(ob, dOs, LD, 8 * j, 16 * d);
+                    mma16816(dpt[j], va, ob[0], ob[1]);
+                    mma16816(dpt[j + 1], va, ob[2], ob[3]);
                 }
             }
             /* P^T and dS^T in place: element (key, query) is visible when key <= query < T */
@@ -424,12 +457,14 @@ __global__ static void __launch_bounds__(mma_threads)
                 a_from_c(pa, st[2 * kq], st[2 * kq + 1]);
                 a_from_c(sa, dpt[2 * kq], dpt[2 * kq + 1]);
 #pragma unroll
-                for (int n = 0; n < dim_tiles8; n++) {
-                    uint32_t b0, b1;
-                    load_b_cols(b0, b1, dOs, LD, 16 * kq, 8 * n);
-                    mma16816(dv_acc[n], pa, b0, b1);
-                    load_b_cols(b0, b1, Qs, LD, 16 * kq, 8 * n);
-                    mma16816(dk_acc[n], sa, b0, b1);
+                for (int n = 0; n < dim_tiles8; n += 2) {
+                    uint32_t ob[4], qb[4];
+                    load_b_cols(ob, dOs, LD, 16 * kq, 8 * n);
+                    mma16816(dv_acc[n], pa, ob[0], ob[1]);
+                    mma16816(dv_acc[n + 1], pa, ob[2], ob[3]);
+                    load_b_cols(qb, Qs, LD, 16 * kq, 8 * n);
+                    mma16816(dk_acc[n], sa, qb[0], qb[1]);
+                    mma16816(dk_acc[n + 1], sa, qb[2], qb[3]);
                 }
             }
         }
@@ -545,18 +580,21 @@ __global__ static void __launch_bounds__(mma_threads)
 
         float s[key_tiles8][4], dp[key_tiles8][4];
 #pragma unroll
-        for (int j = 0; j < key_tiles8; j++) {
+        for (int j = 0; j < key_tiles8; j++)
 #pragma unroll
             for (int i = 0; i < 4; i++) s[j][i] = dp[j][i] = 0.0f;
 #pragma unroll
+        for (int j = 0; j < key_tiles8; j += 2)
+#pragma unroll
             for (int d = 0; d < d_steps; d++) {
-                uint32_t b0, b1;
-                load_b_rows(b0, b1, Ks, LD, 8 * j, 16 * d);
-                mma16816(s[j], qf[d], b0, b1);
-                load_b_rows(b0, b1, Vs, LD, 8 * j, 16 * d);
-                mma16816(dp[j], of[d], b0, b1);
+                uint32_t kb[4], vb[4];
+                load_b_rows(kb, Ks, LD, 8 * j, 16 * d);
+                mma16816(s[j], qf[d], kb[0], kb[1]);
+                mma16816(s[j + 1], qf[d], kb[2], kb[3]);
+                load_b_rows(vb, Vs, LD, 8 * j, 16 * d);
+                mma16816(dp[j], of[d], vb[0], vb[1]);
+                mma16816(dp[j + 1], of[d], vb[2], vb[3]);
             }
-        }
         /* dS in place of S: keys after a row's query (and past T) have P = 0 */
 #pragma unroll
         for (int j = 0; j < key_tiles8; j++)
@@ -574,10 +612,11 @@ __global__ static void __launch_bounds__(mma_threads)
             uint32_t sa[4];
             a_from_c(sa, s[2 * kk], s[2 * kk + 1]);
 #pragma unroll
-            for (int n = 0; n < dim_tiles8; n++) {
-                uint32_t b0, b1;
-                load_b_cols(b0, b1, Ks, LD, 16 * kk, 8 * n);
-                mma16816(dq_acc[n], sa, b0, b1);
+            for (int n = 0; n < dim_tiles8; n += 2) {
+                uint32_t kb[4];
+                load_b_cols(kb, Ks, LD, 16 * kk, 8 * n);
+                mma16816(dq_acc[n], sa, kb[0], kb[1]);
+                mma16816(dq_acc[n + 1], sa, kb[2], kb[3]);
             }
         }
     }
