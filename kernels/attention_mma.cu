@@ -56,16 +56,14 @@ __device__ static inline uint32_t pack2f(float lo, float hi) {
     return pack2(__float2bfloat16(lo), __float2bfloat16(hi));
 }
 
-/* Elements i and i + 1 of a shared tile (i even: 4-byte aligned). */
+#if !(defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750)
+/* Elements i and i + 1 of a shared tile (i even: 4-byte aligned), for ldmatrix's stand-in. */
 __device__ static inline uint32_t load2(const floatX *p) {
-#ifdef __CUDA_ARCH__
-    return *reinterpret_cast<const uint32_t *>(p);
-#else
     uint32_t v;
     memcpy(&v, p, sizeof v);
     return v;
-#endif
 }
+#endif
 
 /* 8 bf16 (16 bytes, aligned) from src to dst, or zeros. */
 __device__ static inline void copy8(floatX *dst, const floatX *src) {

@@ -420,6 +420,31 @@ int main(void) {
         free(g_out); free(dinp); free(dW_cpu); free(dinp_gpu); free(dW_gpu);
     }
 
+    /* The thin weight gradients of LoRA factors (ops_cuda.cu's chunked path: one side at most 64
+     * wide, at least 256 tokens): dA-like (OC thin) and dB-like (C thin, written transposed),
+     * several chunks and a partial last chunk, against the CPU op and against cuBLASLt */
+    {
+        const int shapes[][3] = {{1000, 72, 16}, {700, 24, 130}, {300, 8, 40}};
+        for (int sh = 0; sh < 3; sh++) {
+            const int Nt = shapes[sh][0], Ct = shapes[sh][1], Ot = shapes[sh][2];
+            const float alpha = 0.75f;
+            float *xt = random_bf16((size_t)Nt * Ct, 1.0, 0.0, &rng);
+            float *gt = random_bf16((size_t)Nt * Ot, 1.0, 0.0, &rng);
+            float *thin_dw = random_bf16((size_t)Ot * Ct, 1.0, 0.0, &rng);
+            floatX *d_x = cuda_upload_bf16(xt, (size_t)Nt * Ct), *d_g = cuda_upload_bf16(gt, (size_t)Nt * Ot);
+            float *d_thin_dw = cuda_upload_f32(thin_dw, (size_t)Ot * Ct);
+            matmul_backward(NULL, thin_dw, NULL, gt, xt, NULL, Nt, Ct, Ot, alpha);
+            matmul_backward_cuda(ctx, NULL, d_thin_dw, d_g, d_x, NULL, Nt, Ct, Ot, alpha);
+            float *got_thin_dw = malloc(sizeof(float) * Ot * Ct);
+            cuda_download_f32(got_thin_dw, d_thin_dw, (size_t)Ot * Ct);
+            char name[80];
+            snprintf(name, sizeof name, "thin dweight N %d C %d OC %d", Nt, Ct, Ot);
+            compare(name, got_thin_dw, thin_dw, (size_t)Ot * Ct, 1e-4);
+            cuda_free(d_x); cuda_free(d_g); cuda_free(d_thin_dw);
+            free(xt); free(gt); free(thin_dw); free(got_thin_dw);
+        }
+    }
+
     /* Embedding of a vocab shard: rows [vocab_start, vocab_start + rows); other tokens get zeros */
     {
         const int rows = 20, vocab_start = 10;
