@@ -479,8 +479,6 @@ struct CudaContext {
     size_t workspace_size;
     GemmPlan plans[GEMM_PLAN_SLOTS]; /* open addressing on a hash of the shape */
     double *partials; /* [REDUCE_BLOCKS] per-block sums of the deterministic reductions */
-    float *thin_partials; /* the thin weight gradients' per-chunk sums (grown on demand) */
-    size_t thin_bytes;
 };
 
 extern "C" CudaContext *cuda_context_create(void) {
@@ -504,7 +502,6 @@ extern "C" void cuda_context_destroy(CudaContext *ctx) {
     }
     CHECK_CUDA(cudaFree(ctx->workspace));
     CHECK_CUDA(cudaFree(ctx->partials));
-    if (ctx->thin_partials) CHECK_CUDA(cudaFree(ctx->thin_partials));
     CHECK_CUBLAS(cublasLtDestroy(ctx->lt));
     free(ctx);
 }
@@ -637,139 +634,6 @@ extern "C" void matmul_forward_cuda(CudaContext *ctx, floatX *out, const floatX 
  * inp^T (C x N) dout (N x OC): inp's memory is inp^T (C x N, ld C): A, trans_a = N; dout's memory
  * is dout^T (OC x N, ld OC), transposed: B, trans_b = T; D is dweight^T (C x OC, ld C) in fp32
  * (bf16 A and B with fp32 C/D is one of cuBLASLt's CUBLAS_COMPUTE_32F combinations). */
-/* ---- thin weight gradients ---------------------------------------------------------------------
- * A LoRA factor's gradient, dA [r][in] += dh^T inp or dB [out][r] += s dout^T h, is a product
- * whose inner dimension is every token of the micro-batch (thousands) and whose output is thin (r
- * = 8..64 rows). cuBLASLt spreads such a product over few blocks (the output has few tiles) and
- * ran these at a fraction of the memory bandwidth they need: measured on an H100, a Llama-1B step
- * spent 18 ms in them. Here the tokens are cut into chunks, each block sums one chunk for 256
- * columns of the wide operand into a partial, and a second kernel adds the partials in chunk
- * order: deterministic, no atomics. The wide operand, the only large read, is read once. */
-
-static const int thin_columns = 256; /* wide-operand columns per block: 2 per thread */
-
-/* 8 consecutive bf16 (16-byte aligned) as floats: one vector load. */
-__device__ static inline void load8_float(float (&dst)[8], const floatX *src) {
-#ifdef __CUDA_ARCH__
-    const uint4 bits = *reinterpret_cast<const uint4 *>(src);
-    const __nv_bfloat162 *pairs = reinterpret_cast<const __nv_bfloat162 *>(&bits);
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        dst[2 * i] = __low2float(pairs[i]);
-        dst[2 * i + 1] = __high2float(pairs[i]);
-    }
-#else
-    for (int i = 0; i < 8; i++) dst[i] = bf(src[i]);
-#endif
-}
-
-/* Two consecutive bf16 (4-byte aligned) as floats. */
-__device__ static inline void load2_float(float &x0, float &x1, const floatX *src) {
-#ifdef __CUDA_ARCH__
-    const __nv_bfloat162 pair = *reinterpret_cast<const __nv_bfloat162 *>(src);
-    x0 = __low2float(pair);
-    x1 = __high2float(pair);
-#else
-    x0 = bf(src[0]);
-    x1 = bf(src[1]);
-#endif
-}
-
-/* partial[chunk][i][m] = sum over the chunk's tokens n of G[n][i] X[n][m], for i < R (R % 8 == 0,
- * R <= 64) and m < M (M even): blockDim = 128 x R / 8, thread (m pair, group of 8 i). The loop
- * takes thin_unroll tokens at a time, their loads issued together: one token per trip left each
- * warp waiting out a full memory latency per token (measured: slower than cuBLASLt). */
-static constexpr int thin_unroll = 4;
-
-__global__ static void thin_weight_grad_kernel(float *partial, const floatX *G, const floatX *X,
-                                               int N, int R, int M, int chunk) {
-    const int m = 2 * (blockIdx.x * 128 + threadIdx.x % 128), i0 = 8 * (threadIdx.x / 128);
-    const int n0 = blockIdx.y * chunk, n1 = min(N, n0 + chunk);
-    if (m >= M) return;
-    float acc[8][2] = {};
-    int n = n0;
-    for (; n + thin_unroll <= n1; n += thin_unroll) {
-        float x[thin_unroll][2], g[thin_unroll][8];
-#pragma unroll
-        for (int u = 0; u < thin_unroll; u++) {
-            load2_float(x[u][0], x[u][1], X + (size_t)(n + u) * M + m);
-            load8_float(g[u], G + (size_t)(n + u) * R + i0);
-        }
-#pragma unroll
-        for (int u = 0; u < thin_unroll; u++)
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                acc[i][0] += g[u][i] * x[u][0];
-                acc[i][1] += g[u][i] * x[u][1];
-            }
-    }
-    for (; n < n1; n++) {
-        float x0, x1, g[8];
-        load2_float(x0, x1, X + (size_t)n * M + m);
-        load8_float(g, G + (size_t)n * R + i0);
-#pragma unroll
-        for (int i = 0; i < 8; i++) {
-            acc[i][0] += g[i] * x0;
-            acc[i][1] += g[i] * x1;
-        }
-    }
-    float *out = partial + ((size_t)blockIdx.y * R + i0) * M + m;
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        out[(size_t)i * M] = acc[i][0];
-        out[(size_t)i * M + 1] = acc[i][1];
-    }
-}
-
-/* dweight += alpha * (sum of the chunks' partials, in chunk order): at [i][m] (row-major R x M),
- * or transposed at [m][i]. */
-__global__ static void thin_weight_grad_sum_kernel(float *dweight, const float *partial, int chunks,
-                                                   int R, int M, float alpha, int transposed) {
-    const size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (e >= (size_t)R * M) return;
-    float sum = 0.0f;
-    for (int c = 0; c < chunks; c++) sum += partial[(size_t)c * R * M + e];
-    const size_t i = e / M, m = e % M;
-    dweight[transposed ? m * R + i : e] += alpha * sum;
-}
-
-/* Whether the thin path computes dweight[OC][C] += alpha dout^T inp for this shape. */
-static int thin_weight_grad_applies(int N, int C, int OC, const void *dout, const void *inp) {
-    const int R = C < OC ? C : OC, M = C < OC ? OC : C;
-    const void *thin = C < OC ? inp : dout, *wide = C < OC ? dout : inp;
-    return R % 8 == 0 && R <= 64 && M % 2 == 0 && M >= 4 * R && N >= 256 &&
-           alignment_of(thin) >= 16 && alignment_of(wide) >= 4;
-}
-
-static void thin_weight_grad(CudaContext *ctx, float *dweight, const floatX *dout,
-                             const floatX *inp, int N, int C, int OC, float alpha) {
-    /* the thin side G (N x R) and the wide side X (N x M): OC thin: dW[o][c] = sum dout[n][o]
-     * inp[n][c] is partial[o][c] as stored; C thin: it is partial[c][o], written transposed */
-    const int oc_thin = OC < C;
-    const int R = oc_thin ? OC : C, M = oc_thin ? C : OC;
-    const floatX *G = oc_thin ? dout : inp, *X = oc_thin ? inp : dout;
-    /* chunks of at least 64 tokens, enough blocks for ~4 per SM of a large GPU (they wait on
-     * memory most of the time) */
-    const int column_blocks = (M + thin_columns - 1) / thin_columns;
-    int chunks = (528 + column_blocks - 1) / column_blocks;
-    chunks = max(1, min(chunks, N / 64));
-    const int chunk = (N + chunks - 1) / chunks;
-    chunks = (N + chunk - 1) / chunk;
-    const size_t bytes = (size_t)chunks * R * M * sizeof(float);
-    if (bytes > ctx->thin_bytes) { /* the first steps only: the shapes repeat */
-        if (ctx->thin_partials) CHECK_CUDA(cudaFree(ctx->thin_partials));
-        CHECK_CUDA(cudaMalloc(&ctx->thin_partials, bytes));
-        ctx->thin_bytes = bytes;
-    }
-    thin_weight_grad_kernel<<<dim3(column_blocks, chunks), 128 * (R / 8)>>>(ctx->thin_partials, G,
-                                                                            X, N, R, M, chunk);
-    CHECK_LAUNCH();
-    const size_t n = (size_t)R * M;
-    thin_weight_grad_sum_kernel<<<blocks_for(n), block_size>>>(dweight, ctx->thin_partials, chunks,
-                                                               R, M, alpha, !oc_thin);
-    CHECK_LAUNCH();
-}
-
 extern "C" void matmul_backward_cuda(CudaContext *ctx, floatX *dinp, float *dweight,
                                      const floatX *dout, const floatX *inp, const floatX *weight,
                                      int N, int C, int OC, float alpha) {
@@ -777,9 +641,7 @@ extern "C" void matmul_backward_cuda(CudaContext *ctx, floatX *dinp, float *dwei
     if (dinp)
         lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, weight, C, dout, OC, dinp, CUDA_R_16BF, C,
                 alpha, 1.0f);
-    if (dweight && thin_weight_grad_applies(N, C, OC, dout, inp) && !getenv("PAFT_THIN_GEMM_CUBLAS"))
-        thin_weight_grad(ctx, dweight, dout, inp, N, C, OC, alpha);
-    else if (dweight)
+    if (dweight)
         lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, dweight, CUDA_R_32F, C,
                 alpha, 1.0f);
 }

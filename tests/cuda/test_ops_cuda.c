@@ -420,9 +420,9 @@ int main(void) {
         free(g_out); free(dinp); free(dW_cpu); free(dinp_gpu); free(dW_gpu);
     }
 
-    /* The thin weight gradients of LoRA factors (ops_cuda.cu's chunked path: one side at most 64
-     * wide, at least 256 tokens): dA-like (OC thin) and dB-like (C thin, written transposed),
-     * several chunks and a partial last chunk, against the CPU op and against cuBLASLt */
+    /* The weight gradients of LoRA factors: thin outputs (r rows or columns) over many tokens,
+     * dA-like (OC thin) and dB-like (C thin), against the CPU op. (A chunked CUDA-core kernel for
+     * these was tried and measured slower than cuBLASLt on an H100: docs/BENCHMARKS.md.) */
     {
         const int shapes[][3] = {{1000, 72, 16}, {700, 24, 130}, {300, 8, 40}};
         for (int sh = 0; sh < 3; sh++) {
