@@ -75,9 +75,34 @@ __device__ static inline void copy8(floatX *dst, const floatX *src) {
 #endif
 }
 
+/* copy8, asynchronous on sm_80 and later (cp.async: global to shared without passing through
+ * registers): the thread goes on while the data travels, so the next tile's loads overlap this
+ * tile's MMAs. Zeros are plain stores. tiles_arrived() waits for every copy the thread issued; a
+ * __syncthreads() after it makes the whole tile visible to the block. */
+__device__ static inline void copy8_async(floatX *dst, const floatX *src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if (src) {
+        const unsigned dst_shared = (unsigned)__cvta_generic_to_shared(dst);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst_shared), "l"(src)
+                     : "memory");
+    } else {
+        copy8(dst, nullptr);
+    }
+#else
+    copy8(dst, src);
+#endif
+}
+
+__device__ static inline void tiles_arrived() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
 /* dst[r][0..D) (row stride D + 8) = row (row0 + r) of src for r < rows, zeros at or past T; src
  * points at (b, t = 0, head) of a [B][T][H][D] tensor whose rows are row_stride apart. 16-byte
- * loads: D is a multiple of 8, and every row starts 16-byte aligned. */
+ * copies (D is a multiple of 8, every row starts 16-byte aligned), asynchronous: see
+ * tiles_arrived(). */
 template <int D>
 __device__ static void load_tile(floatX *dst, const floatX *src, int row0, int rows, int T,
                                  size_t row_stride) {
@@ -85,7 +110,7 @@ __device__ static void load_tile(floatX *dst, const floatX *src, int row0, int r
     for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
         const int r = e / per_row, col = (e % per_row) * 8;
         const int t = row0 + r;
-        copy8(dst + r * (D + 8) + col, t < T ? src + (size_t)t * row_stride + col : nullptr);
+        copy8_async(dst + r * (D + 8) + col, t < T ? src + (size_t)t * row_stride + col : nullptr);
     }
 }
 
@@ -240,6 +265,8 @@ __global__ static void __launch_bounds__(mma_threads)
     const floatX *k_bh = k + ((size_t)b * T * Hkv + kv_head) * D;
     const floatX *v_bh = v + ((size_t)b * T * Hkv + kv_head) * D;
     load_tile<D>(Qs, q_bh, q0, BQ, T, q_stride);
+    load_tile<D>(Ks, k_bh, 0, BK, T, kv_stride);
+    tiles_arrived();
     __syncthreads();
     uint32_t qf[d_steps][4];
 #pragma unroll
@@ -251,11 +278,10 @@ __global__ static void __launch_bounds__(mma_threads)
     float m0 = -INFINITY, m1 = -INFINITY; /* running row max, log2 domain */
     float l0 = 0.0f, l1 = 0.0f;           /* this thread's part of the row sums */
 
+    /* On entry to each trip Ks holds this tile's keys and nobody reads Vs: V travels during
+     * S = Q K^T and the softmax, the next K during O += P V. */
     for (int k0 = 0; k0 <= q_last; k0 += BK) {
-        __syncthreads(); /* the last tile's readers are done */
-        load_tile<D>(Ks, k_bh, k0, BK, T, kv_stride);
         load_tile<D>(Vs, v_bh, k0, BK, T, kv_stride);
-        __syncthreads();
 
         float s[key_tiles8][4];
 #pragma unroll
@@ -303,6 +329,9 @@ __global__ static void __launch_bounds__(mma_threads)
         }
         l0 = l0 * corr0 + sum0;
         l1 = l1 * corr1 + sum1;
+        tiles_arrived();
+        __syncthreads(); /* V is in; every warp is done with Ks */
+        if (k0 + BK <= q_last) load_tile<D>(Ks, k_bh, k0 + BK, BK, T, kv_stride);
 #pragma unroll
         for (int n = 0; n < dim_tiles8; n++) {
             o[n][0] *= corr0;
@@ -323,6 +352,8 @@ __global__ static void __launch_bounds__(mma_threads)
                 mma16816(o[n + 1], pa, vb[2], vb[3]);
             }
         }
+        tiles_arrived();
+        __syncthreads(); /* the next K is in; every warp is done with Vs */
     }
 
     l0 = quad_sum(l0);
@@ -381,12 +412,12 @@ __global__ static void __launch_bounds__(mma_threads)
     const int key0 = k0 + 16 * warp + g, key1 = key0 + 8; /* this thread's two keys */
 
     extern __shared__ float mma_smem[];
-    floatX *Ks = (floatX *)mma_smem;        /* [BK][LD] */
-    floatX *Vs = Ks + BK * LD;              /* [BK][LD] */
-    floatX *Qs = Vs + BK * LD;              /* [BQ][LD] the current query tile */
-    floatX *dOs = Qs + BQ * LD;             /* [BQ][LD] its dout */
-    float *lse_s = (float *)(dOs + BQ * LD); /* [BQ] lse, log2 domain */
-    float *delta_s = lse_s + BQ;            /* [BQ] */
+    floatX *Ks = (floatX *)mma_smem;              /* [BK][LD] */
+    floatX *Vs = Ks + BK * LD;                    /* [BK][LD] */
+    floatX *Q_buf = Vs + BK * LD;                 /* [2][BQ][LD] query tiles, two buffers */
+    floatX *dO_buf = Q_buf + 2 * BQ * LD;         /* [2][BQ][LD] their dout */
+    float *lse_buf = (float *)(dO_buf + 2 * BQ * LD); /* [2][BQ] lse, log2 domain */
+    float *delta_buf = lse_buf + 2 * BQ;          /* [2][BQ] */
 
     const size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
     const size_t kv_offset = ((size_t)b * T * Hkv + kv_head) * D;
@@ -399,19 +430,34 @@ __global__ static void __launch_bounds__(mma_threads)
 #pragma unroll
         for (int i = 0; i < 4; i++) dk_acc[n][i] = dv_acc[n][i] = 0.0f;
 
-    for (int h = h_begin; h < h_end; h++) {
-        const size_t q_offset = ((size_t)b * T * Hq + h) * D;
-        const size_t stat_offset = ((size_t)b * Hq + h) * T;
-        for (int q0 = k0; q0 < T; q0 += BQ) { /* earlier queries cannot see these keys */
-            __syncthreads(); /* K, V loaded (first pass); the last tile's readers are done */
-            load_tile<D>(Qs, q + q_offset, q0, BQ, T, q_stride);
-            load_tile<D>(dOs, dout + q_offset, q0, BQ, T, q_stride);
-            for (int r = threadIdx.x; r < BQ; r += blockDim.x) {
-                const int t = q0 + r;
-                lse_s[r] = t < T ? lse[stat_offset + t] * mma_log2e : 0.0f;
-                delta_s[r] = t < T ? delta[stat_offset + t] : 0.0f;
-            }
-            __syncthreads();
+    /* The query tiles (h, q0) this block visits, heads in order and from the keys' tile on
+     * (earlier queries cannot see these keys): tile i is read from buffer i % 2 while tile i + 1
+     * travels into the other. */
+    auto load_queries = [&](int buffer, int head, int first) {
+        const size_t q_offset = ((size_t)b * T * Hq + head) * D;
+        const size_t stat_offset = ((size_t)b * Hq + head) * T;
+        load_tile<D>(Q_buf + buffer * BQ * LD, q + q_offset, first, BQ, T, q_stride);
+        load_tile<D>(dO_buf + buffer * BQ * LD, dout + q_offset, first, BQ, T, q_stride);
+        for (int r = threadIdx.x; r < BQ; r += blockDim.x) {
+            const int t = first + r;
+            lse_buf[buffer * BQ + r] = t < T ? lse[stat_offset + t] * mma_log2e : 0.0f;
+            delta_buf[buffer * BQ + r] = t < T ? delta[stat_offset + t] : 0.0f;
+        }
+    };
+    int h = h_begin, q0 = k0, buf = 0;
+    load_queries(0, h, q0);
+    while (h < h_end) {
+        tiles_arrived();
+        __syncthreads(); /* this tile is in (and K, V on the first trip); the other buffer is free */
+        int next_h = h, next_q0 = q0 + BQ;
+        if (next_q0 >= T) {
+            next_h++;
+            next_q0 = k0;
+        }
+        if (next_h < h_end) load_queries(buf ^ 1, next_h, next_q0);
+        {
+            const floatX *Qs = Q_buf + buf * BQ * LD, *dOs = dO_buf + buf * BQ * LD;
+            const float *lse_s = lse_buf + buf * BQ, *delta_s = delta_buf + buf * BQ;
 
             float st[query_tiles8][4], dpt[query_tiles8][4];
 #pragma unroll
@@ -466,6 +512,9 @@ __global__ static void __launch_bounds__(mma_threads)
                 }
             }
         }
+        h = next_h;
+        q0 = next_q0;
+        buf ^= 1;
     }
 
     if (per_head) { /* this head's share, unscaled */
@@ -544,10 +593,10 @@ __global__ static void __launch_bounds__(mma_threads)
     const int t0 = q0 + 16 * warp + g, t1 = t0 + 8;
 
     extern __shared__ float mma_smem[];
-    floatX *Qs = (floatX *)mma_smem; /* [BQ][LD] */
-    floatX *dOs = Qs + BQ * LD;      /* [BQ][LD] */
-    floatX *Ks = dOs + BQ * LD;      /* [BK][LD] the current key tile */
-    floatX *Vs = Ks + BK * LD;       /* [BK][LD] */
+    floatX *Qs = (floatX *)mma_smem;   /* [BQ][LD] */
+    floatX *dOs = Qs + BQ * LD;        /* [BQ][LD] */
+    floatX *K_buf = dOs + BQ * LD;     /* [2][BK][LD] key tiles, two buffers */
+    floatX *V_buf = K_buf + 2 * BK * LD; /* [2][BK][LD] */
 
     const size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
     const size_t q_offset = ((size_t)b * T * Hq + h) * D;
@@ -555,10 +604,13 @@ __global__ static void __launch_bounds__(mma_threads)
     const size_t stat_offset = ((size_t)b * Hq + h) * T;
     load_tile<D>(Qs, q + q_offset, q0, BQ, T, q_stride);
     load_tile<D>(dOs, dout + q_offset, q0, BQ, T, q_stride);
+    load_tile<D>(K_buf, k + kv_offset, 0, BK, T, kv_stride);
+    load_tile<D>(V_buf, v + kv_offset, 0, BK, T, kv_stride);
     const float lse0 = t0 < T ? lse[stat_offset + t0] * mma_log2e : 0.0f;
     const float lse1 = t1 < T ? lse[stat_offset + t1] * mma_log2e : 0.0f;
     const float delta0 = t0 < T ? delta[stat_offset + t0] : 0.0f;
     const float delta1 = t1 < T ? delta[stat_offset + t1] : 0.0f;
+    tiles_arrived();
     __syncthreads();
     uint32_t qf[d_steps][4], of[d_steps][4];
 #pragma unroll
@@ -570,11 +622,15 @@ __global__ static void __launch_bounds__(mma_threads)
 #pragma unroll
     for (int n = 0; n < dim_tiles8; n++) dq_acc[n][0] = dq_acc[n][1] = dq_acc[n][2] = dq_acc[n][3] = 0.0f;
 
-    for (int k0 = 0; k0 <= q_last; k0 += BK) {
-        __syncthreads(); /* the last tile's readers are done */
-        load_tile<D>(Ks, k + kv_offset, k0, BK, T, kv_stride);
-        load_tile<D>(Vs, v + kv_offset, k0, BK, T, kv_stride);
-        __syncthreads();
+    /* key tile i is read from buffer i % 2 while tile i + 1 travels into the other */
+    for (int k0 = 0, buf = 0; k0 <= q_last; k0 += BK, buf ^= 1) {
+        tiles_arrived();
+        __syncthreads(); /* this tile is in; every warp is done with the other buffer */
+        if (k0 + BK <= q_last) {
+            load_tile<D>(K_buf + (buf ^ 1) * BK * LD, k + kv_offset, k0 + BK, BK, T, kv_stride);
+            load_tile<D>(V_buf + (buf ^ 1) * BK * LD, v + kv_offset, k0 + BK, BK, T, kv_stride);
+        }
+        const floatX *Ks = K_buf + buf * BK * LD, *Vs = V_buf + buf * BK * LD;
 
         float s[key_tiles8][4], dp[key_tiles8][4];
 #pragma unroll
@@ -669,7 +725,7 @@ static void launch_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *do
                             int Hq, int Hkv) {
     const float scale = (float)(1.0 / sqrt((double)D)), scale_log2 = mma_log2e * scale;
     const int tiles = (T + mma_tile - 1) / mma_tile;
-    const size_t smem_kv = 2 * tile_bytes(mma_tile, D) + 2 * tile_bytes(BQ_KV, D) + 2 * BQ_KV * sizeof(float);
+    const size_t smem_kv = 2 * tile_bytes(mma_tile, D) + 4 * tile_bytes(BQ_KV, D) + 4 * BQ_KV * sizeof(float);
     mma_allow_smem(attention_backward_kv_mma_kernel<D, BQ_KV>, smem_kv);
     if (partials) { /* grouped-query: one block per query head, then the sum over each group */
         float *partial_dk = partials, *partial_dv = partials + (size_t)B * T * Hq * D;
@@ -682,7 +738,7 @@ static void launch_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *do
         attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hkv, B), mma_threads, smem_kv>>>(dk, dv, nullptr, nullptr, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
         CHECK_LAUNCH();
     }
-    const size_t smem_q = 2 * tile_bytes(mma_tile, D) + 2 * tile_bytes(BK_Q, D);
+    const size_t smem_q = 2 * tile_bytes(mma_tile, D) + 4 * tile_bytes(BK_Q, D);
     mma_allow_smem(attention_backward_q_mma_kernel<D, BK_Q>, smem_q);
     attention_backward_q_mma_kernel<D, BK_Q><<<dim3(tiles, Hq, B), mma_threads, smem_q>>>(dq, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
     CHECK_LAUNCH();
