@@ -94,6 +94,9 @@ __device__ static inline void copy16(void *dst, const void *src) {
 #ifdef __CUDA_ARCH__
     *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
 #else
+    /* the emulator: a GPU faults on a misaligned vector access ("misaligned address"), so must it */
+    if ((uintptr_t)dst % 16 != 0 || (uintptr_t)src % 16 != 0)
+        paft_fatal(__FILE__, __LINE__, "misaligned 16-byte access (%p <- %p)", dst, src);
     memcpy(dst, src, 16);
 #endif
 }
