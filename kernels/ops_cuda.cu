@@ -1,10 +1,13 @@
 /*
  * ops_cuda.cu - the CUDA ops of ops_cuda.h. One kernel per op, written for clarity first: one
- * block per row for the row-wise ops (reductions in fp32 through shared memory), one thread per
- * element or per rotation pair for the elementwise ones. bf16 in memory, fp32 in registers.
+ * block per row for most row-wise ops (reductions in fp32 through shared memory), one warp per
+ * row for RMSNorm, and for the elementwise ones and RoPE a thread per group of 8 bf16 moved with
+ * 16-byte accesses (one element per thread where the pointers are not 16-byte aligned). bf16 in
+ * memory, fp32 in registers.
  */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "cuda_check.h"
 #include "ops_cuda.h"
@@ -73,133 +76,314 @@ extern "C" void embedding_forward_cuda(floatX *out, const int32_t *tokens, const
     CHECK_LAUNCH();
 }
 
-/* ---- RMSNorm -------------------------------------------------------------------------------- */
+/* ---- 16-byte memory accesses ------------------------------------------------------------------
+ * RMSNorm, SwiGLU, the residual and RoPE do a few flops per byte: their time is the time to move
+ * their bytes. One bf16 (2 bytes) per load uses a fraction of each memory transaction and issues
+ * eight times the instructions, so these kernels move a Vec of 8 bf16 (or 4 fp32) per access when
+ * the pointers are 16-byte aligned (as the device model's arena hands them out), and fall back to
+ * one element per access otherwise (a width-1 Vec: the same code). On the GPU a 16-byte access is
+ * one uint4 load or store; the emulator has no vector types, so its host path copies the bytes
+ * (the pattern of attention_mma.cu's copy8). */
 
+template <typename T, int W> struct alignas(sizeof(T) * W >= 16 ? 16 : sizeof(T) * W) Vec {
+    T e[W];
+};
+
+/* 16 bytes from src to dst, both 16-byte aligned */
+__device__ static inline void copy16(void *dst, const void *src) {
+#ifdef __CUDA_ARCH__
+    *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
+#else
+    /* the emulator: a GPU faults on a misaligned vector access ("misaligned address"), so must it */
+    if ((uintptr_t)dst % 16 != 0 || (uintptr_t)src % 16 != 0)
+        paft_fatal(__FILE__, __LINE__, "misaligned 16-byte access (%p <- %p)", dst, src);
+    memcpy(dst, src, 16);
+#endif
+}
+
+/* p[0..W): in 16-byte accesses when the Vec is a whole number of them (p is then 16-byte aligned:
+ * the caller checked), element by element otherwise (W = 1, the fallback) */
+template <int W, typename T> __device__ static inline Vec<T, W> load_vec(const T *p) {
+    Vec<T, W> v;
+    if constexpr (sizeof v % 16 == 0) {
+        for (int k = 0; k < (int)(sizeof v / 16); k++)
+            copy16((char *)&v + 16 * k, (const char *)p + 16 * k);
+    } else {
+        for (int k = 0; k < W; k++) v.e[k] = p[k];
+    }
+    return v;
+}
+
+template <int W, typename T> __device__ static inline void store_vec(T *p, const Vec<T, W> &v) {
+    if constexpr (sizeof v % 16 == 0) {
+        for (int k = 0; k < (int)(sizeof v / 16); k++)
+            copy16((char *)p + 16 * k, (const char *)&v + 16 * k);
+    } else {
+        for (int k = 0; k < W; k++) p[k] = v.e[k];
+    }
+}
+
+static bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
+
+/* bf16 per 16-byte access */
+static const int bf16_per_access = 8;
+
+__device__ static float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* ---- RMSNorm: one warp per row ------------------------------------------------------------------
+ * A row (C = 2048 for Llama-1B) is 64 elements per lane: a warp's shuffles sum it without shared
+ * memory or block barriers, and a block of 256 threads normalises 8 rows. W = 8 (16-byte accesses)
+ * when C % 8 == 0 and the pointers are aligned, W = 1 otherwise. The row is read twice (the sum,
+ * then the output): the second read mostly hits the caches. */
+
+static const int rows_per_block = block_size / 32;
+
+static unsigned row_blocks(int N) { return (unsigned)((N + rows_per_block - 1) / rows_per_block); }
+
+template <int W>
 __global__ static void rmsnorm_forward_kernel(floatX *out, float *rstd, const floatX *inp,
-                                              const floatX *weight, int C, float eps) {
-    const size_t row = blockIdx.x;
+                                              const floatX *weight, int N, int C, float eps) {
+    const int lane = threadIdx.x % 32;
+    const size_t row = (size_t)blockIdx.x * rows_per_block + threadIdx.x / 32;
+    if (row >= (size_t)N) return; /* the whole warp leaves: no shuffle waits for it */
     const floatX *x = inp + row * C;
     float ss = 0;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) {
-        float xi = __bfloat162float(x[i]);
-        ss += xi * xi;
+    for (int i = lane * W; i < C; i += 32 * W) {
+        const Vec<floatX, W> xv = load_vec<W>(x + i);
+        for (int k = 0; k < W; k++) {
+            const float xi = bf(xv.e[k]);
+            ss += xi * xi;
+        }
     }
-    ss = block_sum(ss);
+    ss = warp_sum(ss);
     const float r = rsqrtf(ss / C + eps);
-    if (threadIdx.x == 0) rstd[row] = r;
-    for (int i = threadIdx.x; i < C; i += blockDim.x)
-        out[row * C + i] = __float2bfloat16(__bfloat162float(x[i]) * r * __bfloat162float(weight[i]));
+    if (lane == 0) rstd[row] = r;
+    for (int i = lane * W; i < C; i += 32 * W) {
+        const Vec<floatX, W> xv = load_vec<W>(x + i), wv = load_vec<W>(weight + i);
+        Vec<floatX, W> y;
+        for (int k = 0; k < W; k++) y.e[k] = __float2bfloat16(bf(xv.e[k]) * r * bf(wv.e[k]));
+        store_vec(out + row * C + i, y);
+    }
 }
 
 extern "C" void rmsnorm_forward_cuda(floatX *out, float *rstd, const floatX *inp,
                                      const floatX *weight, int N, int C, float eps) {
-    rmsnorm_forward_kernel<<<N, block_size>>>(out, rstd, inp, weight, C, eps);
+    if (N <= 0) return;
+    if (C % bf16_per_access == 0 && aligned16(out) && aligned16(inp) && aligned16(weight))
+        rmsnorm_forward_kernel<bf16_per_access><<<row_blocks(N), block_size>>>(out, rstd, inp, weight, N, C, eps);
+    else
+        rmsnorm_forward_kernel<1><<<row_blocks(N), block_size>>>(out, rstd, inp, weight, N, C, eps);
     CHECK_LAUNCH();
 }
 
 /* y = x r w with r = (mean x^2 + eps)^-1/2:
- *   dx = r g - (r^3 / C) x sum_j(g_j x_j),  g = dy * w;   dw_j += sum_rows dy_j x_j r */
+ *   dx = r g - (r^3 / C) x sum_j(g_j x_j),  g = dy * w;   dw_j += sum_rows dy_j x_j r
+ * One warp per row as the forward. dweight (a trained norm; NULL when frozen, as in LoRA) takes
+ * one fp32 atomicAdd per element and row. */
+template <int W>
 __global__ static void rmsnorm_backward_kernel(floatX *dinp, float *dweight, const floatX *dout,
                                                const floatX *inp, const floatX *weight,
-                                               const float *rstd, int C) {
-    const size_t row = blockIdx.x;
+                                               const float *rstd, int N, int C) {
+    const int lane = threadIdx.x % 32;
+    const size_t row = (size_t)blockIdx.x * rows_per_block + threadIdx.x / 32;
+    if (row >= (size_t)N) return; /* the whole warp leaves: no shuffle waits for it */
     const floatX *x = inp + row * C, *dy = dout + row * C;
+    floatX *dx = dinp + row * C;
     const float r = rstd[row];
     float gx = 0;
-    for (int i = threadIdx.x; i < C; i += blockDim.x)
-        gx += __bfloat162float(dy[i]) * __bfloat162float(weight[i]) * __bfloat162float(x[i]);
-    gx = block_sum(gx);
+    for (int i = lane * W; i < C; i += 32 * W) {
+        const Vec<floatX, W> dyv = load_vec<W>(dy + i), wv = load_vec<W>(weight + i);
+        const Vec<floatX, W> xv = load_vec<W>(x + i);
+        for (int k = 0; k < W; k++) gx += bf(dyv.e[k]) * bf(wv.e[k]) * bf(xv.e[k]);
+    }
+    gx = warp_sum(gx);
     const float coef = r * r * r / C * gx;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) {
-        const float xi = __bfloat162float(x[i]), dyi = __bfloat162float(dy[i]);
-        const float g = dyi * __bfloat162float(weight[i]);
-        floatX *d = dinp + row * C + i;
-        *d = __float2bfloat16(__bfloat162float(*d) + r * g - coef * xi);
-        if (dweight) atomicAdd(&dweight[i], dyi * xi * r);
+    for (int i = lane * W; i < C; i += 32 * W) {
+        const Vec<floatX, W> dyv = load_vec<W>(dy + i), wv = load_vec<W>(weight + i);
+        const Vec<floatX, W> xv = load_vec<W>(x + i);
+        Vec<floatX, W> dxv = load_vec<W>(dx + i);
+        for (int k = 0; k < W; k++) {
+            const float xi = bf(xv.e[k]), dyi = bf(dyv.e[k]);
+            const float g = dyi * bf(wv.e[k]);
+            dxv.e[k] = __float2bfloat16(bf(dxv.e[k]) + r * g - coef * xi);
+            if (dweight) atomicAdd(&dweight[i + k], dyi * xi * r);
+        }
+        store_vec(dx + i, dxv);
     }
 }
 
 extern "C" void rmsnorm_backward_cuda(floatX *dinp, float *dweight, const floatX *dout,
                                       const floatX *inp, const floatX *weight, const float *rstd,
                                       int N, int C) {
-    rmsnorm_backward_kernel<<<N, block_size>>>(dinp, dweight, dout, inp, weight, rstd, C);
+    if (N <= 0) return;
+    if (C % bf16_per_access == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) &&
+        aligned16(weight))
+        rmsnorm_backward_kernel<bf16_per_access><<<row_blocks(N), block_size>>>(dinp, dweight, dout, inp, weight, rstd, N, C);
+    else
+        rmsnorm_backward_kernel<1><<<row_blocks(N), block_size>>>(dinp, dweight, dout, inp, weight, rstd, N, C);
     CHECK_LAUNCH();
 }
 
-/* ---- SwiGLU and residual -------------------------------------------------------------------- */
+/* ---- SwiGLU and residual -----------------------------------------------------------------------
+ * W consecutive elements per thread: elements [i, i + W) in one vector access per operand when
+ * the group lies inside n, one by one for the tail past the last whole group (fewer than W
+ * elements, the last thread). W = 8 when every pointer is 16-byte aligned, else W = 1. */
 
+__device__ static floatX swiglu_value(floatX gate, floatX up) {
+    const float g = bf(gate);
+    return __float2bfloat16(g / (1.0f + expf(-g)) * bf(up));
+}
+
+/* dgate += d u s (1 + g (1 - s)), dup += d g s, with s = sigmoid(g) */
+__device__ static void swiglu_gradient(floatX *dgate, floatX *dup, floatX dout, floatX gate,
+                                       floatX up) {
+    const float g = bf(gate), u = bf(up), d = bf(dout);
+    const float s = 1.0f / (1.0f + expf(-g));
+    *dgate = __float2bfloat16(bf(*dgate) + d * u * s * (1.0f + g * (1.0f - s)));
+    *dup = __float2bfloat16(bf(*dup) + d * g * s);
+}
+
+__device__ static floatX residual_value(floatX a, floatX b) {
+    return __float2bfloat16(bf(a) + bf(b));
+}
+
+/* the first element of this thread's group of W */
+template <int W> __device__ static size_t group_start() {
+    return ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * W;
+}
+
+template <int W>
 __global__ static void swiglu_forward_kernel(floatX *out, const floatX *gate, const floatX *up,
                                              size_t n) {
-    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    const float g = __bfloat162float(gate[i]);
-    out[i] = __float2bfloat16(g / (1.0f + expf(-g)) * __bfloat162float(up[i]));
+    const size_t i = group_start<W>();
+    if (i + W <= n) {
+        const Vec<floatX, W> g = load_vec<W>(gate + i), u = load_vec<W>(up + i);
+        Vec<floatX, W> o;
+        for (int k = 0; k < W; k++) o.e[k] = swiglu_value(g.e[k], u.e[k]);
+        store_vec(out + i, o);
+    } else {
+        for (size_t j = i; j < n; j++) out[j] = swiglu_value(gate[j], up[j]);
+    }
 }
 
+template <int W>
 __global__ static void swiglu_backward_kernel(floatX *dgate, floatX *dup, const floatX *dout,
                                               const floatX *gate, const floatX *up, size_t n) {
-    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    const float g = __bfloat162float(gate[i]), u = __bfloat162float(up[i]);
-    const float d = __bfloat162float(dout[i]);
-    const float s = 1.0f / (1.0f + expf(-g));
-    dgate[i] = __float2bfloat16(__bfloat162float(dgate[i]) + d * u * s * (1.0f + g * (1.0f - s)));
-    dup[i] = __float2bfloat16(__bfloat162float(dup[i]) + d * g * s);
+    const size_t i = group_start<W>();
+    if (i + W <= n) {
+        const Vec<floatX, W> d = load_vec<W>(dout + i), g = load_vec<W>(gate + i);
+        const Vec<floatX, W> u = load_vec<W>(up + i);
+        Vec<floatX, W> dg = load_vec<W>(dgate + i), du = load_vec<W>(dup + i);
+        for (int k = 0; k < W; k++) swiglu_gradient(&dg.e[k], &du.e[k], d.e[k], g.e[k], u.e[k]);
+        store_vec(dgate + i, dg);
+        store_vec(dup + i, du);
+    } else {
+        for (size_t j = i; j < n; j++) swiglu_gradient(&dgate[j], &dup[j], dout[j], gate[j], up[j]);
+    }
 }
 
+template <int W>
 __global__ static void residual_forward_kernel(floatX *out, const floatX *a, const floatX *b,
                                                size_t n) {
-    size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (i < n) out[i] = __float2bfloat16(__bfloat162float(a[i]) + __bfloat162float(b[i]));
+    const size_t i = group_start<W>();
+    if (i + W <= n) {
+        const Vec<floatX, W> av = load_vec<W>(a + i), bv = load_vec<W>(b + i);
+        Vec<floatX, W> o;
+        for (int k = 0; k < W; k++) o.e[k] = residual_value(av.e[k], bv.e[k]);
+        store_vec(out + i, o);
+    } else {
+        for (size_t j = i; j < n; j++) out[j] = residual_value(a[j], b[j]);
+    }
 }
 
+/* blocks of block_size threads for n elements, W per thread */
+static unsigned group_blocks(size_t n, int W) { return blocks_for((n + W - 1) / W); }
+
 extern "C" void swiglu_forward_cuda(floatX *out, const floatX *gate, const floatX *up, size_t n) {
-    swiglu_forward_kernel<<<blocks_for(n), block_size>>>(out, gate, up, n);
+    if (n == 0) return;
+    const int W = bf16_per_access;
+    if (aligned16(out) && aligned16(gate) && aligned16(up))
+        swiglu_forward_kernel<W><<<group_blocks(n, W), block_size>>>(out, gate, up, n);
+    else
+        swiglu_forward_kernel<1><<<group_blocks(n, 1), block_size>>>(out, gate, up, n);
     CHECK_LAUNCH();
 }
 
 extern "C" void swiglu_backward_cuda(floatX *dgate, floatX *dup, const floatX *dout,
                                      const floatX *gate, const floatX *up, size_t n) {
-    swiglu_backward_kernel<<<blocks_for(n), block_size>>>(dgate, dup, dout, gate, up, n);
+    if (n == 0) return;
+    const int W = bf16_per_access;
+    if (aligned16(dgate) && aligned16(dup) && aligned16(dout) && aligned16(gate) && aligned16(up))
+        swiglu_backward_kernel<W><<<group_blocks(n, W), block_size>>>(dgate, dup, dout, gate, up, n);
+    else
+        swiglu_backward_kernel<1><<<group_blocks(n, 1), block_size>>>(dgate, dup, dout, gate, up, n);
     CHECK_LAUNCH();
 }
 
 extern "C" void residual_forward_cuda(floatX *out, const floatX *a, const floatX *b, size_t n) {
-    residual_forward_kernel<<<blocks_for(n), block_size>>>(out, a, b, n);
+    if (n == 0) return;
+    const int W = bf16_per_access;
+    if (aligned16(out) && aligned16(a) && aligned16(b))
+        residual_forward_kernel<W><<<group_blocks(n, W), block_size>>>(out, a, b, n);
+    else
+        residual_forward_kernel<1><<<group_blocks(n, 1), block_size>>>(out, a, b, n);
     CHECK_LAUNCH();
 }
 
-/* ---- RoPE (rotate-half), one thread per rotation pair ---------------------------------------- */
+/* ---- RoPE (rotate-half) -------------------------------------------------------------------------
+ * A thread rotates P consecutive pairs (i, i + D/2) of one head: P = 8 when D/2 % 8 == 0 (D = 64,
+ * 128: every group is whole) and x and the tables are 16-byte aligned, so x[i..i+8) and
+ * x[i+D/2..) are one 16-byte access each and the cos and sin entries two; P = 1 otherwise (any
+ * even D). The tables are read once per head: the heads of a row share a block, so these hit L1. */
 
+template <int P>
 __global__ static void rope_kernel(floatX *x, const float *cos_table, const float *sin_table,
-                                   const int32_t *positions, int N, int H, int D, float direction) {
-    const int half = D / 2;
-    size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (idx >= (size_t)N * H * half) return;
-    const int i = (int)(idx % half);
-    const size_t nh = idx / half; /* row * H + head */
+                                   const int32_t *positions, int N, int H, int D,
+                                   float direction) {
+    const int half = D / 2, groups = half / P; /* P divides half */
+    const size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * H * groups) return;
+    const int i = (int)(idx % groups) * P;
+    const size_t nh = idx / groups; /* row * H + head */
     const int n = (int)(nh / H);
     const size_t t = (size_t)positions[n] * half + i;
-    const float c = cos_table[t], s = direction * sin_table[t];
+    const Vec<float, P> c = load_vec<P>(cos_table + t), s = load_vec<P>(sin_table + t);
     floatX *v = x + nh * D;
-    const float x1 = __bfloat162float(v[i]), x2 = __bfloat162float(v[i + half]);
-    v[i] = __float2bfloat16(x1 * c - x2 * s);
-    v[i + half] = __float2bfloat16(x2 * c + x1 * s);
+    Vec<floatX, P> v1 = load_vec<P>(v + i), v2 = load_vec<P>(v + i + half);
+    for (int k = 0; k < P; k++) {
+        const float x1 = bf(v1.e[k]), x2 = bf(v2.e[k]);
+        const float ck = c.e[k], sk = direction * s.e[k];
+        v1.e[k] = __float2bfloat16(x1 * ck - x2 * sk);
+        v2.e[k] = __float2bfloat16(x2 * ck + x1 * sk);
+    }
+    store_vec(v + i, v1);
+    store_vec(v + i + half, v2);
+}
+
+static void rope_launch(floatX *x, const float *cos_table, const float *sin_table,
+                        const int32_t *positions, int N, int H, int D, float direction) {
+    const size_t pairs = (size_t)N * H * (D / 2);
+    if (pairs == 0) return;
+    const int P = bf16_per_access;
+    if ((D / 2) % P == 0 && aligned16(x) && aligned16(cos_table) && aligned16(sin_table))
+        rope_kernel<P><<<blocks_for(pairs / P), block_size>>>(x, cos_table, sin_table, positions, N, H, D, direction);
+    else
+        rope_kernel<1><<<blocks_for(pairs), block_size>>>(x, cos_table, sin_table, positions, N, H, D, direction);
+    CHECK_LAUNCH();
 }
 
 extern "C" void rope_forward_cuda(floatX *x, const float *cos_table, const float *sin_table,
                                   const int32_t *positions, int N, int H, int D) {
-    rope_kernel<<<blocks_for((size_t)N * H * (D / 2)), block_size>>>(x, cos_table, sin_table,
-                                                                     positions, N, H, D, 1.0f);
-    CHECK_LAUNCH();
+    rope_launch(x, cos_table, sin_table, positions, N, H, D, 1.0f);
 }
 
 /* the transpose of a rotation by a is the rotation by -a */
 extern "C" void rope_backward_cuda(floatX *dx, const float *cos_table, const float *sin_table,
                                    const int32_t *positions, int N, int H, int D) {
-    rope_kernel<<<blocks_for((size_t)N * H * (D / 2)), block_size>>>(dx, cos_table, sin_table,
-                                                                     positions, N, H, D, -1.0f);
-    CHECK_LAUNCH();
+    rope_launch(dx, cos_table, sin_table, positions, N, H, D, -1.0f);
 }
 
 /* ---- causal grouped-query attention, a first unfused version ----------------------------------

@@ -295,6 +295,190 @@ static void test_model_support(CudaContext *ctx, Rng *rng) {
     free(dB); free(delta); free(dA_gpu); free(dB_gpu);
 }
 
+/* ---- the memory-bound kernels' two paths -------------------------------------------------------
+ * RMSNorm, SwiGLU, the residual and RoPE move 8 bf16 per 16-byte access when C (or n, or D/2) and
+ * every pointer allow it, one element per access otherwise, and the elementwise ops finish a
+ * tail of n % 8 elements one by one. The cases below take each path: an operand is placed
+ * `offset` elements into its allocation (offset 1: 2 bytes, not 16-byte aligned), with GUARD
+ * sentinel elements before and after it that no kernel may write. */
+
+enum { GUARD = 8 };
+static const float sentinel = 7.0f;
+
+static floatX *upload_placed(const float *x, size_t n, int offset) {
+    const size_t total = (size_t)offset + n + GUARD;
+    float *tmp = malloc(total * sizeof(float));
+    for (size_t i = 0; i < total; i++) tmp[i] = sentinel;
+    memcpy(tmp + offset, x, n * sizeof(float));
+    floatX *d = cuda_upload_bf16(tmp, total);
+    free(tmp);
+    return d;
+}
+
+/* the n values at base + offset into x; the sentinels around them must be untouched */
+static void download_placed(float *x, const floatX *base, size_t n, int offset, const char *what) {
+    const size_t total = (size_t)offset + n + GUARD;
+    float *tmp = malloc(total * sizeof(float));
+    cuda_download_bf16(tmp, base, total);
+    size_t written = 0;
+    for (size_t i = 0; i < total; i++)
+        written += (i < (size_t)offset || i >= offset + n) && tmp[i] != sentinel;
+    CHECK(written == 0, "%s: %zu elements outside the operand were written", what, written);
+    memcpy(x, tmp + offset, n * sizeof(float));
+    free(tmp);
+}
+
+/* SwiGLU forward and backward (onto non-zero gradients) and the residual on n elements. Operand
+ * `misaligned` (0 gate / a, 1 up / b, 2 out / dgate, 3 dout, 4 dup; -1 none) is 2 bytes off
+ * 16-byte alignment. */
+static void test_elementwise_case(size_t n, int misaligned, Rng *rng) {
+    int off[5] = {0, 0, 0, 0, 0};
+    if (misaligned >= 0) off[misaligned] = 1;
+    char what[96];
+    float *gate = random_bf16(n, 1.5, 0.0, rng), *up = random_bf16(n, 1.0, 0.0, rng);
+    float *dout = random_bf16(n, 1.0, 0.0, rng), *dgate = random_bf16(n, 1.0, 0.0, rng);
+    float *dup = random_bf16(n, 1.0, 0.0, rng);
+    float *ref = malloc(n * sizeof(float)), *got = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) ref[i] = 50.0f; /* far from any output: one left unwritten fails */
+    floatX *d_gate = upload_placed(gate, n, off[0]), *d_up = upload_placed(up, n, off[1]);
+    floatX *d_out = upload_placed(ref, n, off[2]);
+    floatX *d_dgate = upload_placed(dgate, n, off[2]), *d_dout = upload_placed(dout, n, off[3]);
+    floatX *d_dup = upload_placed(dup, n, off[4]);
+
+    swiglu_forward(ref, gate, up, n);
+    swiglu_forward_cuda(d_out + off[2], d_gate + off[0], d_up + off[1], n);
+    snprintf(what, sizeof what, "swiglu_forward n %zu misaligned %d", n, misaligned);
+    download_placed(got, d_out, n, off[2], what);
+    compare(what, got, ref, n, 1e-2);
+
+    swiglu_backward(dgate, dup, dout, gate, up, n);
+    swiglu_backward_cuda(d_dgate + off[2], d_dup + off[4], d_dout + off[3], d_gate + off[0],
+                         d_up + off[1], n);
+    snprintf(what, sizeof what, "swiglu_backward dgate n %zu misaligned %d", n, misaligned);
+    download_placed(got, d_dgate, n, off[2], what);
+    compare(what, got, dgate, n, 1e-2);
+    snprintf(what, sizeof what, "swiglu_backward dup n %zu misaligned %d", n, misaligned);
+    download_placed(got, d_dup, n, off[4], what);
+    compare(what, got, dup, n, 1e-2);
+
+    residual_forward(ref, gate, up, n);
+    residual_forward_cuda(d_out + off[2], d_gate + off[0], d_up + off[1], n);
+    snprintf(what, sizeof what, "residual_forward n %zu misaligned %d", n, misaligned);
+    download_placed(got, d_out, n, off[2], what);
+    compare(what, got, ref, n, 1e-2);
+
+    cuda_free(d_gate); cuda_free(d_up); cuda_free(d_out); cuda_free(d_dgate); cuda_free(d_dout);
+    cuda_free(d_dup);
+    free(gate); free(up); free(dout); free(dgate); free(dup); free(ref); free(got);
+}
+
+/* RMSNorm forward and backward on [N][C] (backward onto non-zero dinp; dweight += when
+ * with_dweight, NULL otherwise: a frozen norm). Operand `misaligned` (0 inp, 1 weight, 2 out /
+ * dinp, 3 dout; -1 none) is 2 bytes off 16-byte alignment. */
+static void test_rmsnorm_case(int N, int C, int misaligned, int with_dweight, Rng *rng) {
+    int off[4] = {0, 0, 0, 0};
+    if (misaligned >= 0) off[misaligned] = 1;
+    const size_t n = (size_t)N * C;
+    char what[96];
+    float *x = random_bf16(n, 1.0, 0.0, rng), *w = random_bf16(C, 0.2, 1.0, rng);
+    float *dout = random_bf16(n, 1.0, 0.0, rng), *dinp = random_bf16(n, 1.0, 0.0, rng);
+    float *dweight = random_bf16(C, 1.0, 0.0, rng);
+    float *out = malloc(n * sizeof(float)), *rstd = malloc(N * sizeof(float));
+    float *got = malloc(n * sizeof(float)), *got_rstd = malloc(N * sizeof(float));
+    floatX *d_x = upload_placed(x, n, off[0]), *d_w = upload_placed(w, C, off[1]);
+    for (size_t i = 0; i < n; i++) got[i] = 50.0f; /* far from any output: one left unwritten fails */
+    floatX *d_out = upload_placed(got, n, off[2]);
+    floatX *d_dinp = upload_placed(dinp, n, off[2]), *d_dout = upload_placed(dout, n, off[3]);
+    float *d_rstd = cuda_calloc(N * sizeof(float)), *d_dweight = cuda_upload_f32(dweight, C);
+
+    rmsnorm_forward(out, rstd, x, w, N, C, 1e-5f);
+    rmsnorm_forward_cuda(d_out + off[2], d_rstd, d_x + off[0], d_w + off[1], N, C, 1e-5f);
+    snprintf(what, sizeof what, "rmsnorm_forward N %d C %d misaligned %d", N, C, misaligned);
+    download_placed(got, d_out, n, off[2], what);
+    compare(what, got, out, n, 1e-2);
+    cuda_download_f32(got_rstd, d_rstd, N);
+    compare("rmsnorm_forward rstd (same case)", got_rstd, rstd, N, 1e-5);
+
+    rmsnorm_backward(dinp, with_dweight ? dweight : NULL, dout, x, w, rstd, N, C);
+    rmsnorm_backward_cuda(d_dinp + off[2], with_dweight ? d_dweight : NULL, d_dout + off[3],
+                          d_x + off[0], d_w + off[1], d_rstd, N, C);
+    snprintf(what, sizeof what, "rmsnorm_backward N %d C %d misaligned %d%s", N, C, misaligned,
+             with_dweight ? "" : " (dweight NULL)");
+    download_placed(got, d_dinp, n, off[2], what);
+    compare(what, got, dinp, n, 1e-2);
+    if (with_dweight) {
+        cuda_download_f32(got, d_dweight, C);
+        compare("rmsnorm_backward dweight (same case)", got, dweight, C, 1e-3);
+    }
+
+    cuda_free(d_x); cuda_free(d_w); cuda_free(d_out); cuda_free(d_dinp); cuda_free(d_dout);
+    cuda_free(d_rstd); cuda_free(d_dweight);
+    free(x); free(w); free(dout); free(dinp); free(dweight); free(out); free(rstd); free(got);
+    free(got_rstd);
+}
+
+/* RoPE forward then backward, in place on [N][H][D]. misaligned: 0 none, 1 x 2 bytes off
+ * 16-byte alignment, 2 the cos table 4 bytes off. */
+static void test_rope_case(int N, int H, int D, int misaligned, Rng *rng) {
+    const int max_pos = 16, half = D / 2, x_off = misaligned == 1, cos_off = misaligned == 2;
+    const size_t n = (size_t)N * H * D, table = (size_t)max_pos * half;
+    char what[96];
+    float *x = random_bf16(n, 1.0, 0.0, rng), *got = malloc(n * sizeof(float));
+    float *cos_t = malloc((cos_off + table) * sizeof(float)), *sin_t = malloc(table * sizeof(float));
+    cos_t[0] = sentinel;
+    for (int p = 0; p < max_pos; p++)
+        for (int i = 0; i < half; i++) {
+            const double a = p * pow(10000.0, -2.0 * i / D);
+            cos_t[cos_off + (size_t)p * half + i] = (float)cos(a);
+            sin_t[(size_t)p * half + i] = (float)sin(a);
+        }
+    int32_t *pos = malloc(N * sizeof(int32_t));
+    for (int r = 0; r < N; r++) pos[r] = (r * 5 + 3) % max_pos;
+    floatX *d_x = upload_placed(x, n, x_off);
+    float *d_cos = cuda_upload_f32(cos_t, cos_off + table), *d_sin = cuda_upload_f32(sin_t, table);
+    int32_t *d_pos = cuda_upload_i32(pos, N);
+
+    rope_forward(x, cos_t + cos_off, sin_t, pos, N, H, D);
+    rope_forward_cuda(d_x + x_off, d_cos + cos_off, d_sin, d_pos, N, H, D);
+    snprintf(what, sizeof what, "rope_forward N %d H %d D %d misaligned %d", N, H, D, misaligned);
+    download_placed(got, d_x, n, x_off, what);
+    compare(what, got, x, n, 1e-2);
+    rope_backward(x, cos_t + cos_off, sin_t, pos, N, H, D);
+    rope_backward_cuda(d_x + x_off, d_cos + cos_off, d_sin, d_pos, N, H, D);
+    snprintf(what, sizeof what, "rope_backward N %d H %d D %d misaligned %d", N, H, D, misaligned);
+    download_placed(got, d_x, n, x_off, what);
+    compare(what, got, x, n, 1e-2);
+
+    cuda_free(d_x); cuda_free(d_cos); cuda_free(d_sin); cuda_free(d_pos);
+    free(x); free(got); free(cos_t); free(sin_t); free(pos);
+}
+
+static void test_memory_bound_paths(Rng *rng) {
+    /* elementwise: 16-byte groups and a tail of 3; groups only; the tail alone (n < 8); each
+     * operand misaligned in turn (one element per thread) */
+    test_elementwise_case(1003, -1, rng);
+    test_elementwise_case(1024, -1, rng);
+    test_elementwise_case(5, -1, rng);
+    for (int operand = 0; operand < 5; operand++) test_elementwise_case(1003, operand, rng);
+    /* RMSNorm: C = 264 is 33 groups of 8 (a lane takes two), C = 256 one per lane, N = 9 spans
+     * two blocks of 8 rows; C = 100 and 98 (not multiples of 8) and each operand misaligned in
+     * turn take the one-element path; dweight NULL on some */
+    test_rmsnorm_case(3, 264, -1, 1, rng);
+    test_rmsnorm_case(9, 256, -1, 0, rng);
+    test_rmsnorm_case(9, 100, -1, 1, rng);
+    test_rmsnorm_case(3, 98, -1, 0, rng);
+    for (int operand = 0; operand < 4; operand++) test_rmsnorm_case(3, 96, operand, operand % 2, rng);
+    /* RoPE: D = 16, 32 and 64 (D/2 a multiple of 8: 16-byte groups), D = 20 and 2 (one pair per
+     * thread), and D = 32 with x or the cos table misaligned */
+    test_rope_case(5, 3, 16, 0, rng);
+    test_rope_case(5, 3, 32, 0, rng);
+    test_rope_case(4, 2, 64, 0, rng);
+    test_rope_case(5, 3, 20, 0, rng);
+    test_rope_case(5, 3, 2, 0, rng);
+    test_rope_case(5, 3, 32, 1, rng);
+    test_rope_case(5, 3, 32, 2, rng);
+}
+
 int main(void) {
     if (cuda_device_count() == 0) {
         printf("test_ops_cuda: SKIPPED: no CUDA device on this machine (run it on the GPU machine)\n");
@@ -390,6 +574,8 @@ int main(void) {
     rope_backward_cuda(dq, dcos, dsin, dpos, N, H, D);
     cuda_download_bf16(q_gpu, dq, (size_t)N * H * D);
     compare("rope_backward", q_gpu, q_cpu, (size_t)N * H * D, 1e-2);
+
+    test_memory_bound_paths(&rng);
 
     /* GEMM: out = x W^T (fp32 accumulation) */
     float *W = random_bf16((size_t)OC * C, 0.1, 0.0, &rng);
