@@ -78,12 +78,13 @@ extern "C" void embedding_forward_cuda(floatX *out, const int32_t *tokens, const
 
 /* ---- 16-byte memory accesses ------------------------------------------------------------------
  * RMSNorm, SwiGLU, the residual and RoPE do a few flops per byte: their time is the time to move
- * their bytes. One bf16 (2 bytes) per load uses a fraction of each memory transaction and issues
- * eight times the instructions, so these kernels move a Vec of 8 bf16 (or 4 fp32) per access when
- * the pointers are 16-byte aligned (as the device model's arena hands them out), and fall back to
- * one element per access otherwise (a width-1 Vec: the same code). On the GPU a 16-byte access is
- * one uint4 load or store; the emulator has no vector types, so its host path copies the bytes
- * (the pattern of attention_mma.cu's copy8). */
+ * their bytes. One bf16 (2 bytes) per access takes eight times the load and store instructions
+ * and keeps few bytes in flight per thread, short of what HBM needs to stream at full rate (they
+ * took ~25 ms of a 150 ms Llama-1B step on an H100 that way), so these kernels move a Vec of 8
+ * bf16 (or 4 fp32) per access when the pointers are 16-byte aligned (as the device model's arena
+ * hands them out), and fall back to one element per access otherwise (a width-1 Vec: the same
+ * code). On the GPU a 16-byte access is one uint4 load or store; the emulator has no vector
+ * types, so its host path copies the bytes (the pattern of attention_mma.cu's copy8). */
 
 template <typename T, int W> struct alignas(sizeof(T) * W >= 16 ? 16 : sizeof(T) * W) Vec {
     T e[W];
