@@ -241,7 +241,8 @@ __global__ static void __launch_bounds__(fa_threads)
  * exp(m_old - m_new), then each warp loads its 16 x 16 blocks of O as accumulators, adds P V and
  * stores them back. Only fill / load / mma / store are used, never a fragment's elements, whose
  * layout across the lanes is unspecified. The 8 warps take the 16 x 16 output blocks in turn.
- * Not yet run on a GPU (checked on the emulator, tests/cuda/emulator). */
+ * Selected at D = 64 / 128 only by PAFT_ATTENTION_WMMA=1: the MMA kernels (attention_mma.cu) are
+ * about 5x faster there on an H100 (docs/BENCHMARKS.md). */
 
 static constexpr int fa_warps = fa_threads / 32;
 
@@ -610,7 +611,7 @@ __global__ static void __launch_bounds__(fa_threads)
  * (keys x D) and dQ (queries x D) stay in shared memory in fp32, loaded and stored as WMMA
  * accumulators around each tile's products (dV += P^T dout, dK += dS^T Q, dQ += dS K). P^T and
  * dS^T are P and dS read as column-major A operands. The scale of dK and dQ is applied once, at
- * the write-out. Not yet run on a GPU (checked on the emulator, tests/cuda/emulator). */
+ * the write-out. Tested on an H100 and on the emulator. */
 
 /* Shared memory of the tensor-core dk/dv kernel, in bytes, in the order the kernel carves it
  * (every part a multiple of 32 bytes, as in the forward). */
