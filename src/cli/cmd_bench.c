@@ -1,6 +1,7 @@
 /*
  * cmd_bench.c - `paft bench [model=PRESET batch=B seq=T stage=sft|dpo steps=N r=R
- * device=cpu|cuda|emulate recompute=0|1 attention=fused|simple l1=LAMBDA peak=TFLOPS profile=0|1]`: the
+ * device=cpu|cuda|emulate recompute=0|1 attention=fused|simple l1=LAMBDA peak=TFLOPS profile=0|1
+ * logits_chunk=ROWS]`: the
  * throughput of one LoRA training step on random weights of a preset model shape, on the chosen
  * backend. The step is what a training step does: forward, backward, (SFT with l1 > 0: PAFT's L1
  * term), the gradient norm and AdamW; on a device the LoRA state stays there as in training
@@ -66,6 +67,7 @@ static double matmul_parameters(const ModelConfig *c) {
 int cmd_bench(int argc, char **argv) {
     const char *preset = "tiny", *stage = "sft", *device = "cpu";
     int batch = 2, seq = 64, steps = 3, r = 16, recompute = 0, simple_attention = 0, profile = 0;
+    int logits_chunk = 0;
     double l1 = 0;
     double peak = 989.4;
     for (int i = 1; i < argc; i++) {
@@ -91,9 +93,13 @@ int cmd_bench(int argc, char **argv) {
                 PAFT_FATAL("command line: %s: profile is 0 or 1", a);
             profile = a[8] == '1';
         }
+        else if (strncmp(a, "logits_chunk=", 13) == 0) {
+            logits_chunk = atoi(a + 13);
+            if (logits_chunk < 0) PAFT_FATAL("command line: %s: logits_chunk is >= 0", a);
+        }
         else if (strncmp(a, "peak=", 5) == 0) peak = atof(a + 5);
         else if (strncmp(a, "l1=", 3) == 0) l1 = atof(a + 3);
-        else PAFT_FATAL("command line: unknown argument '%s' for 'paft bench' (model= batch= seq= stage= steps= r= device= recompute= attention= l1= peak= profile=)", a);
+        else PAFT_FATAL("command line: unknown argument '%s' for 'paft bench' (model= batch= seq= stage= steps= r= device= recompute= attention= l1= peak= profile= logits_chunk=)", a);
     }
     if (batch < 1 || seq < 2 || steps < 1 || r < 1 || !(peak > 0))
         PAFT_FATAL("command line: batch, steps and r must be >= 1, seq >= 2 and peak > 0");
@@ -115,7 +121,8 @@ int cmd_bench(int argc, char **argv) {
     if (backend) { /* the device makes its own random weights: no host copy of a 7B model */
         model_init_shape(&m, &config, &lora, 1);
         DeviceOptions opt = {.recompute = recompute, .random_init_std = 0.02,
-                             .simple_attention = simple_attention, .profile = profile};
+                             .simple_attention = simple_attention, .profile = profile,
+                             .logits_chunk = logits_chunk};
         model_use_device(&m, device, &opt, "command line: device");
     } else {
         model_init_random(&m, &config, &lora, 1, 0.02);

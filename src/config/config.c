@@ -53,6 +53,7 @@ static const ConfigKey config_keys[] = {
     ONE_OF("model", "dtype", model.dtype, "bf16", "bf16|fp32"),
     ONE_OF("model", "device", model.device, "cpu", "cpu|cuda|emulate"),
     NUM("model", "recompute", KEY_BOOL, model.recompute, "false", 0, 1),
+    NUM("model", "logits_chunk", KEY_INT, model.logits_chunk, "0", 0, 1e9),
     ONE_OF("model", "attention", model.attention, "fused", "fused|simple"),
 
     NUM("lora", "r", KEY_INT, lora.r, "16", 1, 65536),

@@ -42,6 +42,7 @@ typedef struct {
         char dtype[CONFIG_WORD_MAX];   /* bf16 | fp32 (GPU compute dtype) */
         char device[CONFIG_WORD_MAX];  /* cpu | cuda | emulate (model_device.h) */
         int recompute;                 /* activation recomputation on a device */
+        int logits_chunk;              /* rows of logits at a time on a device (0: automatic) */
         char attention[CONFIG_WORD_MAX]; /* fused | simple (cuda attention kernels) */
     } model;
     struct {

@@ -104,7 +104,8 @@ struct ModelDevice {
     int max_B, max_T, n_slots;
     act_t *x; /* [L+1][N][d] the residual stream: every layer's input is kept */
     LayerActs *slots;
-    act_t *lnf, *logits;
+    act_t *lnf, *logits; /* logits: logit_rows rows at a time (logits_chunk_rows) */
+    int logit_rows;
     stat_t *lnf_rstd, *lse, *dlogp, *row_max, *rope_cos, *rope_sin;
     double *row_sumexp, *row_target;
     int32_t *tokens, *targets, *positions;
@@ -309,7 +310,7 @@ static void bind_activations(ModelDevice *d, int B, int T, Arena *a) {
     }
     d->lnf = arena_take(a, N * d_model, sizeof(act_t));
     d->lnf_rstd = arena_take(a, N, sizeof(stat_t));
-    d->logits = arena_take(a, N * V, sizeof(act_t));
+    d->logits = arena_take(a, (size_t)d->logit_rows * V, sizeof(act_t));
     d->lse = arena_take(a, N, sizeof(stat_t));
     d->dlogp = arena_take(a, N, sizeof(stat_t));
     d->row_max = arena_take(a, N, sizeof(stat_t));
@@ -332,13 +333,25 @@ static void bind_activations(ModelDevice *d, int B, int T, Arena *a) {
     d->dup = arena_take(a, nff, sizeof(act_t));
     d->dact = arena_take(a, nff, sizeof(act_t));
     d->dlora_h = arena_take(a, N * r, sizeof(act_t));
-    d->dlogits = arena_take(a, N * V, sizeof(act_t));
+    d->dlogits = arena_take(a, (size_t)d->logit_rows * V, sizeof(act_t));
     d->attn_scratch = arena_take(a, dev_attention_scratch_bytes(&d->ctx, B, T, m->local_heads,
                                                                 m->local_kv_heads, c->head_dim), 1);
 }
 
+/* Rows of logits held at once: DeviceOptions.logits_chunk, or by default the whole micro-batch
+ * unless its logits (and their gradient, the same size again) would take more than 1 GiB each on
+ * this rank, then as many rows as fit in that. A 128k vocabulary at 8 x 4096 tokens is 8.4 GB of
+ * bf16 logits; in chunks the backward computes each chunk's logits again (one more LM-head
+ * product), which the whole micro-batch avoids. */
+static int logits_chunk_rows(const ModelDevice *d, int N) {
+    if (d->opt.logits_chunk > 0) return PAFT_MIN(d->opt.logits_chunk, N);
+    const size_t row_bytes = (size_t)d->m->local_vocab * sizeof(act_t), budget = (size_t)1 << 30;
+    return (int)PAFT_MAX((size_t)1, PAFT_MIN((size_t)N, budget / row_bytes));
+}
+
 static void device_alloc_activations(ModelDevice *d, int B, int T) {
     device_free_activations(d);
+    d->logit_rows = logits_chunk_rows(d, B * T);
     d->n_slots = d->opt.recompute ? 1 : d->m->config.num_layers;
     d->slots = paft_calloc((size_t)d->n_slots, sizeof *d->slots);
     Arena count = {0};
@@ -436,20 +449,28 @@ static void layer_forward(ModelDevice *d, int l, LayerActs *la, const act_t *x_i
 }
 
 /* logp = target logit - logsumexp over the whole vocabulary from this rank's shard: the three
- * [N] statistics come to the host, are reduced over the tensor-parallel group there (as model.c
- * does) and lse goes back for the backward. */
-static void device_logprob(ModelDevice *d, const int32_t *host_targets, int N) {
+ * [N] statistics of rows n0 .. n0 + n - 1 from the logits buffer (which holds those rows), the
+ * row max reduced over the tensor-parallel group on the host (as model.c does) before the sums
+ * use it. */
+static void logprob_statistics(ModelDevice *d, int n0, int n) {
     Model *m = d->m;
     const int V = m->local_vocab;
     phase(d, PHASE_LOGPROB);
-    dev_logits_row_max(d->row_max, d->logits, N, V);
+    dev_logits_row_max(d->row_max + n0, d->logits, n, V);
     if (m->tp_size > 1) {
-        dev_download(m->row_max, d->row_max, (size_t)N * sizeof(stat_t));
-        allreduce_max_real(m->row_max, (size_t)N, m->tp_comm);
-        dev_upload(d->row_max, m->row_max, (size_t)N * sizeof(stat_t));
+        dev_download(m->row_max + n0, d->row_max + n0, (size_t)n * sizeof(stat_t));
+        allreduce_max_real(m->row_max + n0, (size_t)n, m->tp_comm);
+        dev_upload(d->row_max + n0, m->row_max + n0, (size_t)n * sizeof(stat_t));
     }
-    dev_logits_row_sumexp(d->row_sumexp, d->logits, d->row_max, N, V);
-    dev_logits_target(d->row_target, d->logits, d->targets, m->vocab_start, N, V);
+    dev_logits_row_sumexp(d->row_sumexp + n0, d->logits, d->row_max + n0, n, V);
+    dev_logits_target(d->row_target + n0, d->logits, d->targets + n0, m->vocab_start, n, V);
+}
+
+/* The statistics come to the host, which forms logp and lse (model.c's arithmetic); lse goes
+ * back for the backward. */
+static void logprob_finish(ModelDevice *d, const int32_t *host_targets, int N) {
+    Model *m = d->m;
+    phase(d, PHASE_LOGPROB);
     if (m->tp_size == 1) dev_download(m->row_max, d->row_max, (size_t)N * sizeof(stat_t));
     dev_download(m->row_sumexp, d->row_sumexp, (size_t)N * sizeof(double));
     dev_download(m->row_target, d->row_target, (size_t)N * sizeof(double));
@@ -488,10 +509,16 @@ static void device_forward(ModelDevice *d, const int32_t *tokens, const int32_t 
     phase(d, PHASE_NORM);
     dev_rmsnorm_forward(d->lnf, d->lnf_rstd, d->x + (size_t)c->num_layers * nd, d->final_norm, N,
                         c->hidden_size, (float)c->rms_norm_eps);
-    phase(d, PHASE_GEMM);
-    dev_matmul_forward(&d->ctx, d->logits, d->lnf, d->lm_head, N, c->hidden_size, m->local_vocab,
-                       1.0f, 0);
-    device_logprob(d, targets, N);
+    /* the LM head and the log-softmax statistics, logit_rows rows at a time */
+    const int dm = c->hidden_size;
+    for (int n0 = 0; n0 < N; n0 += d->logit_rows) {
+        const int n = PAFT_MIN(d->logit_rows, N - n0);
+        phase(d, PHASE_GEMM);
+        dev_matmul_forward(&d->ctx, d->logits, d->lnf + (size_t)n0 * dm, d->lm_head, n, dm,
+                           m->local_vocab, 1.0f, 0);
+        logprob_statistics(d, n0, n);
+    }
+    logprob_finish(d, targets, N);
     phase(d, PHASE_IDLE);
 }
 
@@ -584,13 +611,26 @@ static void device_backward(ModelDevice *d, const real *dlogp) {
     /* head: logp -> this rank's logits -> final norm (the input gradient is partial: one sum) */
     phase(d, PHASE_LOGPROB);
     dev_upload(d->dlogp, dlogp, (size_t)N * sizeof(stat_t));
-    dev_zero(d->dlogits, (size_t)N * V * sizeof(act_t));
-    dev_logprob_backward_shard(d->dlogits, d->dlogp, d->logits, d->lse, d->targets,
-                               m->vocab_start, N, V);
     phase(d, PHASE_ZERO);
     dev_zero(d->dln, nd * sizeof(act_t));
-    phase(d, PHASE_GEMM);
-    dev_matmul_backward(&d->ctx, d->dln, NULL, d->dlogits, d->lnf, d->lm_head, N, dm, V, 1.0f);
+    /* logit_rows rows at a time; in chunks, each chunk's logits are computed again (the forward
+     * kept only the last chunk's) */
+    const int chunked = d->logit_rows < N;
+    for (int n0 = 0; n0 < N; n0 += d->logit_rows) {
+        const int n = PAFT_MIN(d->logit_rows, N - n0);
+        const act_t *lnf_rows = d->lnf + (size_t)n0 * dm;
+        if (chunked) {
+            phase(d, PHASE_GEMM);
+            dev_matmul_forward(&d->ctx, d->logits, lnf_rows, d->lm_head, n, dm, V, 1.0f, 0);
+        }
+        phase(d, PHASE_LOGPROB);
+        dev_zero(d->dlogits, (size_t)n * V * sizeof(act_t));
+        dev_logprob_backward_shard(d->dlogits, d->dlogp + n0, d->logits, d->lse + n0,
+                                   d->targets + n0, m->vocab_start, n, V);
+        phase(d, PHASE_GEMM);
+        dev_matmul_backward(&d->ctx, d->dln + (size_t)n0 * dm, NULL, d->dlogits, lnf_rows,
+                            d->lm_head, n, dm, V, 1.0f);
+    }
     phase(d, PHASE_COMM);
     dev_allreduce_sum_act(&d->ctx, d->dln, nd);
     phase(d, PHASE_ZERO);

@@ -45,6 +45,8 @@ typedef struct {
     int collectives; /* kernels/device_comm.h DeviceCommKind: 0 auto, 1 nccl, 2 mpi (cuda only) */
     int simple_attention; /* cuda: the first, unfused attention kernels (T x T probabilities kept)
                              instead of the fused ones; for cross-checking */
+    int logits_chunk; /* rows of logits computed at a time: 0 = the whole micro-batch unless its
+                         logits exceed 1 GiB on this rank (model_device.c, logits_chunk_rows) */
     int profile; /* 1: time the device's work by phase (GEMMs, attention, ...) with stamps in its
                     stream, and print where the time went when the model is freed */
     double random_init_std; /* > 0: make the base weights N(0, std^2) (norms 1 + that) on the

@@ -85,6 +85,7 @@ void train_use_device(const Config *cfg, Model *model) {
                    "activations are not implemented; the CPU backend computes in fp32)",
                    cfg->model.dtype);
     DeviceOptions opt = {.recompute = cfg->model.recompute,
+                         .logits_chunk = cfg->model.logits_chunk,
                          .collectives = collectives_kind(cfg),
                          .simple_attention = strcmp(cfg->model.attention, "simple") == 0};
     model_use_device(model, cfg->model.device, &opt, "configuration: model.device");

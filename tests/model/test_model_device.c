@@ -10,7 +10,8 @@
  *   - logp of a forward with adapters, and without (DPO's reference);
  *   - the LoRA gradients of a backward, and after a second, accumulated micro-batch;
  *   - logp after the host changes the LoRA values (the optimizer's step): the device must use them;
- * and a third model on BACKEND with activation recomputation must agree with the second.
+ * and a third model on BACKEND with activation recomputation and the logits in chunks of 7 rows
+ * (of 18: two whole chunks and a partial one) must agree with the second.
  * Tolerances: the emulation runs the same CPU ops in the same order, so 1e-5; CUDA computes in
  * bf16, so the comparison is scale-aware at a few 1e-2 (logp) and 0.12 (gradients, see grad_tol).
  * With no device (CUDA without a GPU, or a build without CUDA) the test reports itself skipped
@@ -56,7 +57,9 @@ static void load(Model *m, const char *dir, const char *device, int recompute, M
                      "test");
     model_load(m, dir, &lora, 11, tp);
     randomize_lora(m, 5);
-    DeviceOptions opt = {.recompute = recompute, .simple_attention = simple_attention};
+    /* the recomputing model also takes the logits 7 rows at a time */
+    DeviceOptions opt = {.recompute = recompute, .simple_attention = simple_attention,
+                         .logits_chunk = recompute ? 7 : 0};
     model_use_device(m, device, &opt, "test");
     model_alloc_activations(m, B, T);
 }
