@@ -3,11 +3,15 @@
 # the CUDA tests (every op, the device model and `paft run` against the CPU backend), then
 # `paft bench` on the issue's shapes and the PyTorch + PEFT anchor in the same call. Logs and
 # JSON lines go to $OUT; a short table is printed last.
-#   usage (device tool): bash tests/bench/gpu_check.sh DEPS [tests|bench|all]
-#   (a call may run 10 minutes: if `all` does not fit, run `tests`, then `bench` while it is warm)
+#   usage (device tool): bash tests/bench/gpu_check.sh DEPS [tests|bench|profile|all]
+#   (a call may run 10 minutes: if `all` does not fit, run `tests`, then `bench` while it is warm;
+#   `profile`: the step's device time by phase, `paft bench profile=1`, for llama-1b and mistral-7b
+#   plus compute-sanitizer's memcheck of the op tests; about a minute)
+#   Nsight Compute (ncu) hangs on the lent machine ("Failed to profile nvjet_sm90...") and Nsight
+#   Systems is not installed: use `profile`.
 #   DEPS: the folder made by tests/bench/fetch_device_deps.sh, named in the call's `carry`.
 set -uo pipefail
-deps=${1:?usage: gpu_check.sh DEPS [tests|bench|all]} what=${2:-all}
+deps=${1:?usage: gpu_check.sh DEPS [tests|bench|profile|all]} what=${2:-all}
 out=${OUT:-/tmp/paft-gpu-out}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
@@ -27,6 +31,19 @@ if ! { cmake -S . -B build-gpu -DPAFT_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE
   echo "BUILD FAILED"; grep -E "error|Error" "$out/build.log" | head -40; exit 1
 fi
 echo "build: $(( $(date +%s) - start )) s"
+
+if [ "$what" = profile ]; then
+  for run in "llama-1b 8" "mistral-7b 4"; do
+    set -- $run
+    echo "== $1 ${2}x1024"
+    build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 profile=1 2>&1 |
+      grep -v '^bench:' | tee "$out/profile_$1.log"
+  done
+  /usr/local/cuda/bin/compute-sanitizer --tool memcheck --print-limit 5 \
+    build-gpu/tests/cuda/test_ops_cuda > "$out/memcheck.log" 2>&1
+  grep -E "ERROR SUMMARY|test_ops_cuda:" "$out/memcheck.log"
+  exit 0
+fi
 
 if [ "$what" != bench ]; then
   # '^cuda$': the label is a regular expression, and cuda-emulated (the CPU emulator) is not wanted here
