@@ -469,13 +469,20 @@ const char *shuffle_name(EmuShuffle k) {
     return "?";
 }
 
-/* ids (ascending) become ready, in the configured order */
-void release(std::vector<unsigned> &ids) {
+/* ids (ascending) become ready, in the configured order: after the threads already ready, or
+ * (ahead) before them */
+void release(std::vector<unsigned> &ids, bool ahead = false) {
     arrange(ids);
-    for (unsigned i : ids) {
-        block.threads[i].state = READY;
-        block.ready.push_back(i);
-    }
+    if (ahead)
+        for (auto i = ids.rbegin(); i != ids.rend(); ++i) {
+            block.threads[*i].state = READY;
+            block.ready.push_front(*i);
+        }
+    else
+        for (unsigned i : ids) {
+            block.threads[i].state = READY;
+            block.ready.push_back(i);
+        }
 }
 
 /* every live lane of warp w has arrived: hand each its source lane's value */
@@ -497,7 +504,12 @@ void complete_warp(unsigned w) {
         lanes.push_back(i);
     }
     block.warp_waiting[w] = 0;
-    release(lanes);
+    /* The warp goes on first, before the other warps' ready threads: a warp that meets its lanes
+     * at a shuffle (or an MMA, ldmatrix, WMMA call built on one) runs ahead as a fast warp on a
+     * GPU may, up to its next __syncthreads. Released at the back, the other warps would first
+     * run up to their own warp intrinsics, filling shared memory before this warp reads it, and
+     * a missing __syncthreads() before the read would go unnoticed. */
+    release(lanes, true);
 }
 
 /* Bookkeeping after thread t stopped running: its state says why. */
