@@ -656,7 +656,7 @@ typedef struct {
     cublasLtMatmulAlgo_t algo;
 } GemmPlan;
 
-enum { GEMM_PLAN_SLOTS = 256, REDUCE_BLOCKS = 512 };
+enum { GEMM_PLAN_SLOTS = 1024, REDUCE_BLOCKS = 512 };
 
 struct CudaContext {
     cublasLtHandle_t lt;
@@ -675,8 +675,8 @@ extern "C" CudaContext *cuda_context_create(void) {
     return ctx;
 }
 
-extern "C" void cuda_context_destroy(CudaContext *ctx) {
-    if (!ctx) return;
+/* Every cached plan's descriptors released, the table empty. */
+static void gemm_plans_clear(CudaContext *ctx) {
     for (int i = 0; i < GEMM_PLAN_SLOTS; i++) {
         GemmPlan *p = &ctx->plans[i];
         if (!p->used) continue;
@@ -684,7 +684,13 @@ extern "C" void cuda_context_destroy(CudaContext *ctx) {
         CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(p->b));
         CHECK_CUBLAS(cublasLtMatrixLayoutDestroy(p->d));
         CHECK_CUBLAS(cublasLtMatmulDescDestroy(p->op));
+        p->used = 0;
     }
+}
+
+extern "C" void cuda_context_destroy(CudaContext *ctx) {
+    if (!ctx) return;
+    gemm_plans_clear(ctx);
     CHECK_CUDA(cudaFree(ctx->workspace));
     CHECK_CUDA(cudaFree(ctx->partials));
     CHECK_CUBLAS(cublasLtDestroy(ctx->lt));
@@ -774,8 +780,10 @@ static const GemmPlan *gemm_plan(CudaContext *ctx, cublasOperation_t trans_a,
         p->used = 1;
         return p;
     }
-    paft_fatal(__FILE__, __LINE__, "more than %d GEMM shapes in one run", GEMM_PLAN_SLOTS);
-    return NULL;
+    /* the table is full (a run with very many shapes or pointer alignments): start it again; the
+     * plans of the shapes still in use are made again as they come */
+    gemm_plans_clear(ctx);
+    return gemm_plan(ctx, trans_a, trans_b, m, n, k, lda, ldb, ldd, ab_type, d_type, align);
 }
 
 /* Column-major D (m x n, type d_type, leading dimension ldd) = alpha op(A) op(B) + beta D, A and B
@@ -804,12 +812,18 @@ static void lt_gemm(CudaContext *ctx, cublasOperation_t trans_a, cublasOperation
 /* Row-major out[N][OC] = inp[N][C] W[OC][C]^T is, column-major, out^T (OC x N) = W (OC x C)
  * inp^T (C x N): W's memory is W^T column-major (C x OC, ld C), so A = W with trans_a = T;
  * inp's memory is inp^T column-major (C x N, ld C), B with trans_b = N; D is out^T (OC x N, ld OC). */
+extern "C" void matmul_forward_strided_cuda(CudaContext *ctx, floatX *out, const floatX *inp,
+                                            int ld_inp, const floatX *weight, int N, int C, int OC,
+                                            float alpha, int accumulate) {
+    if (N <= 0 || OC <= 0) return;
+    lt_gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, weight, C, inp, ld_inp, out, CUDA_R_16BF, OC,
+            alpha, accumulate ? 1.0f : 0.0f);
+}
+
 extern "C" void matmul_forward_cuda(CudaContext *ctx, floatX *out, const floatX *inp,
                                     const floatX *weight, int N, int C, int OC, float alpha,
                                     int accumulate) {
-    if (N <= 0 || OC <= 0) return;
-    lt_gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, weight, C, inp, C, out, CUDA_R_16BF, OC, alpha,
-            accumulate ? 1.0f : 0.0f);
+    matmul_forward_strided_cuda(ctx, out, inp, C, weight, N, C, OC, alpha, accumulate);
 }
 
 /* dinp[N][C] += alpha dout[N][OC] W[OC][C] is, column-major, dinp^T (C x N) += W^T (C x OC)
@@ -819,16 +833,23 @@ extern "C" void matmul_forward_cuda(CudaContext *ctx, floatX *out, const floatX 
  * inp^T (C x N) dout (N x OC): inp's memory is inp^T (C x N, ld C): A, trans_a = N; dout's memory
  * is dout^T (OC x N, ld OC), transposed: B, trans_b = T; D is dweight^T (C x OC, ld C) in fp32
  * (bf16 A and B with fp32 C/D is one of cuBLASLt's CUBLAS_COMPUTE_32F combinations). */
+extern "C" void matmul_backward_strided_cuda(CudaContext *ctx, floatX *dinp, int ld_dinp,
+                                             float *dweight, const floatX *dout, const floatX *inp,
+                                             int ld_inp, const floatX *weight, int N, int C, int OC,
+                                             float alpha) {
+    if (N <= 0 || C <= 0 || OC <= 0) return;
+    if (dinp)
+        lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, weight, C, dout, OC, dinp, CUDA_R_16BF,
+                ld_dinp, alpha, 1.0f);
+    if (dweight)
+        lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, ld_inp, dout, OC, dweight, CUDA_R_32F,
+                C, alpha, 1.0f);
+}
+
 extern "C" void matmul_backward_cuda(CudaContext *ctx, floatX *dinp, float *dweight,
                                      const floatX *dout, const floatX *inp, const floatX *weight,
                                      int N, int C, int OC, float alpha) {
-    if (N <= 0 || C <= 0 || OC <= 0) return;
-    if (dinp)
-        lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, weight, C, dout, OC, dinp, CUDA_R_16BF, C,
-                alpha, 1.0f);
-    if (dweight)
-        lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, C, dout, OC, dweight, CUDA_R_32F, C,
-                alpha, 1.0f);
+    matmul_backward_strided_cuda(ctx, dinp, C, dweight, dout, inp, C, weight, N, C, OC, alpha);
 }
 
 /* ---- reductions to one double, deterministic ---------------------------------------------------

@@ -132,6 +132,16 @@ void matmul_backward_cuda(CudaContext *ctx, floatX *dinp, float *dweight, const 
                           const floatX *inp, const floatX *weight, int N, int C, int OC,
                           float alpha);
 
+/* The same two with the rows of inp (and of dinp) ld_inp (ld_dinp >= C) elements apart: C columns
+ * of a wider matrix, as when the LoRA projections of q, k and v share one product
+ * h = inp [A_q; A_k; A_v]^T and each reads its r columns of h (model_device.c). */
+void matmul_forward_strided_cuda(CudaContext *ctx, floatX *out, const floatX *inp, int ld_inp,
+                                 const floatX *weight, int N, int C, int OC, float alpha,
+                                 int accumulate);
+void matmul_backward_strided_cuda(CudaContext *ctx, floatX *dinp, int ld_dinp, float *dweight,
+                                  const floatX *dout, const floatX *inp, int ld_inp,
+                                  const floatX *weight, int N, int C, int OC, float alpha);
+
 /* ---- support for the device model (model_support.cu) ---- */
 /* dst = src rounded to bf16 (nearest even), both on the device. */
 void cast_f32_to_bf16_cuda(floatX *dst, const float *src, size_t n);

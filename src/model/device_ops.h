@@ -198,6 +198,24 @@ static inline void dev_matmul_backward(DevCtx *ctx, act_t *dinp, stat_t *dweight
                                        int N, int C, int OC, float alpha) {
     matmul_backward_cuda(ctx->cuda, dinp, dweight, dout, inp, weight, N, C, OC, alpha);
 }
+/* The adapters of projections that read the same input (q, k, v; gate, up) share one product
+ * h = inp [A_1; A_2; ...]^T: one pass over the activations instead of one per projection, and
+ * likewise for dA and the input gradient in the backward (model_device.c, "shared LoRA input").
+ * The emulation keeps model.c's per-projection order, so that it stays bitwise equal to it. */
+#define DEV_SHARES_LORA_INPUT 1
+/* the matmuls with inp (and dinp) rows ld elements apart: columns of a wider matrix */
+static inline void dev_matmul_forward_ld(DevCtx *ctx, act_t *out, const act_t *inp, int ld_inp,
+                                         const act_t *weight, int N, int C, int OC, float alpha,
+                                         int accumulate) {
+    matmul_forward_strided_cuda(ctx->cuda, out, inp, ld_inp, weight, N, C, OC, alpha, accumulate);
+}
+static inline void dev_matmul_backward_ld(DevCtx *ctx, act_t *dinp, int ld_dinp, stat_t *dweight,
+                                          const act_t *dout, const act_t *inp, int ld_inp,
+                                          const act_t *weight, int N, int C, int OC,
+                                          float alpha) {
+    matmul_backward_strided_cuda(ctx->cuda, dinp, ld_dinp, dweight, dout, inp, ld_inp, weight, N,
+                                 C, OC, alpha);
+}
 static inline void dev_add_bias(act_t *out, const act_t *bias, int N, int OC) {
     add_bias_cuda(out, bias, N, OC);
 }
@@ -371,6 +389,7 @@ static inline void dev_matmul_backward(DevCtx *ctx, act_t *dinp, stat_t *dweight
                                        int N, int C, int OC, float alpha) {
     matmul_backward(dinp, dweight, NULL, dout, inp, weight, N, C, OC, (real)alpha);
 }
+#define DEV_SHARES_LORA_INPUT 0 /* model.c's order: one LoRA product per projection */
 static inline void dev_add_bias(act_t *out, const act_t *bias, int N, int OC) {
     for (int n = 0; n < N; n++)
         for (int o = 0; o < OC; o++) out[(size_t)n * OC + o] += bias[o];

@@ -332,7 +332,7 @@ static void bind_activations(ModelDevice *d, int B, int T, Arena *a) {
     d->dgate = arena_take(a, nff, sizeof(act_t));
     d->dup = arena_take(a, nff, sizeof(act_t));
     d->dact = arena_take(a, nff, sizeof(act_t));
-    d->dlora_h = arena_take(a, N * r, sizeof(act_t));
+    d->dlora_h = arena_take(a, N * r * 3, sizeof(act_t)); /* up to 3 projections share it */
     d->dlogits = arena_take(a, (size_t)d->logit_rows * V, sizeof(act_t));
     d->attn_scratch = arena_take(a, dev_attention_scratch_bytes(&d->ctx, B, T, m->local_heads,
                                                                 m->local_kv_heads, c->head_dim), 1);
@@ -411,6 +411,66 @@ static void proj_forward(ModelDevice *d, int l, Proj p, act_t *out, const act_t 
     if (lora) dev_matmul_forward(&d->ctx, out, h, lo->B[p], N, r, out_f, s, 1);
 }
 
+/* ---- shared LoRA input (DEV_SHARES_LORA_INPUT, the CUDA backend) ------------------------------
+ * q, k and v read the same normalised input, and so do gate and up. When every projection of
+ * such a group is adapted and their A factors lie one after the other in the LoRA buffer
+ * (model.c's layout puts them so), the group's adapters take one product h = inp [A_1; A_2; ..]^T
+ * (N x count r: one pass over the N x d input instead of count), stored in the group's lora_h
+ * slots as [N][count r]; each projection's B product reads its r columns. The backward likewise
+ * makes one dA product and one input-gradient product for the group. The arithmetic per element
+ * is the same; the input gradient's sums run in another order (bf16 rounding, tested against the
+ * CPU backend as everything on CUDA is). */
+#if DEV_SHARES_LORA_INPUT
+static int lora_group_shared(const ModelDevice *d, int l, Proj first, int count) {
+    const Model *m = d->m;
+    const DevLayerLora *lo = &d->lora[l];
+    const size_t block = (size_t)m->lora.r * model_local_in(m, first);
+    for (int i = 0; i < count; i++) {
+        const Proj p = (Proj)(first + i);
+        if (!model_adapted(m, p) || proj_is_row_parallel(p) ||
+            model_local_in(m, p) != model_local_in(m, first))
+            return 0;
+        if (i > 0 && (lo->A[p] != lo->A[p - 1] + block || lo->dA[p] != lo->dA[p - 1] + block))
+            return 0;
+    }
+    return count > 1;
+}
+#endif
+
+/* outs[i] = inp W^T + b + s (inp A^T) B^T for the projections first .. first + count - 1, which
+ * share inp (column-parallel: no tensor-parallel sums). */
+static void projs_forward(ModelDevice *d, int l, LayerActs *la, Proj first, int count,
+                          act_t *const *outs, const act_t *inp, int N) {
+#if DEV_SHARES_LORA_INPUT
+    if (lora_group_shared(d, l, first, count)) {
+        const Model *m = d->m;
+        const int in = model_local_in(m, first), r = m->lora.r, ld = count * r;
+        const DevLayerWeights *w = &d->layers[l];
+        const DevLayerLora *lo = &d->lora[l];
+        act_t *h = lora_h_of(d, la, first, N); /* [N][count r] over the group's slots */
+        for (int i = 0; i < count; i++) {
+            const Proj p = (Proj)(first + i);
+            phase(d, PHASE_GEMM);
+            dev_matmul_forward(&d->ctx, outs[i], inp, w->w[p], N, in, model_local_out(m, p), 1.0f, 0);
+            if (w->b[p]) {
+                phase(d, PHASE_POINTWISE);
+                dev_add_bias(outs[i], w->b[p], N, model_local_out(m, p));
+            }
+        }
+        phase(d, PHASE_LORA);
+        dev_matmul_forward(&d->ctx, h, inp, lo->A[first], N, in, ld, 1.0f, 0);
+        for (int i = 0; i < count; i++) {
+            const Proj p = (Proj)(first + i);
+            dev_matmul_forward_ld(&d->ctx, outs[i], h + i * r, ld, lo->B[p], N, r,
+                                  model_local_out(m, p), (float)m->lora.scale, 1);
+        }
+        return;
+    }
+#endif
+    for (int i = 0; i < count; i++)
+        proj_forward(d, l, (Proj)(first + i), outs[i], inp, lora_h_of(d, la, (Proj)(first + i), N), N);
+}
+
 /* One decoder layer, x_in -> x_out, saving what its backward needs in la. */
 static void layer_forward(ModelDevice *d, int l, LayerActs *la, const act_t *x_in, act_t *x_out) {
     const Model *m = d->m;
@@ -424,9 +484,8 @@ static void layer_forward(ModelDevice *d, int l, LayerActs *la, const act_t *x_i
     /* attention block: x_mid = x + o_proj(attention(rope(q), rope(k), v)) on this rank's heads */
     phase(d, PHASE_NORM);
     dev_rmsnorm_forward(la->ln1, la->ln1_rstd, x_in, w->attn_norm, N, dm, eps);
-    proj_forward(d, l, PROJ_Q, la->q, la->ln1, lora_h_of(d, la, PROJ_Q, N), N);
-    proj_forward(d, l, PROJ_K, la->k, la->ln1, lora_h_of(d, la, PROJ_K, N), N);
-    proj_forward(d, l, PROJ_V, la->v, la->ln1, lora_h_of(d, la, PROJ_V, N), N);
+    act_t *const qkv[3] = {la->q, la->k, la->v};
+    projs_forward(d, l, la, PROJ_Q, 3, qkv, la->ln1, N);
     phase(d, PHASE_POINTWISE);
     dev_rope_forward(la->q, d->rope_cos, d->rope_sin, d->positions, N, Hq, D);
     dev_rope_forward(la->k, d->rope_cos, d->rope_sin, d->positions, N, Hkv, D);
@@ -439,8 +498,8 @@ static void layer_forward(ModelDevice *d, int l, LayerActs *la, const act_t *x_i
     /* MLP block: x_out = x_mid + down_proj(silu(gate_proj(h)) * up_proj(h)) on this rank's ffn */
     phase(d, PHASE_NORM);
     dev_rmsnorm_forward(la->ln2, la->ln2_rstd, la->x_mid, w->mlp_norm, N, dm, eps);
-    proj_forward(d, l, PROJ_GATE, la->gate, la->ln2, lora_h_of(d, la, PROJ_GATE, N), N);
-    proj_forward(d, l, PROJ_UP, la->up, la->ln2, lora_h_of(d, la, PROJ_UP, N), N);
+    act_t *const gate_up[2] = {la->gate, la->up};
+    projs_forward(d, l, la, PROJ_GATE, 2, gate_up, la->ln2, N);
     phase(d, PHASE_POINTWISE);
     dev_swiglu_forward(la->act, la->gate, la->up, nff);
     proj_forward(d, l, PROJ_DOWN, x_out, la->act, lora_h_of(d, la, PROJ_DOWN, N), N);
@@ -547,6 +606,51 @@ static void proj_backward(ModelDevice *d, int l, Proj p, act_t *dinp, const act_
     dev_matmul_backward(&d->ctx, dinp, NULL, d->dlora_h, inp, lo->A[p], N, in, r, 1.0f);
 }
 
+/* proj_backward for the projections first .. first + count - 1, which share inp: dinp += the
+ * input gradients (partial under column parallelism), the LoRA gradients into the accumulator. */
+static void projs_backward(ModelDevice *d, int l, const LayerActs *la, Proj first, int count,
+                           act_t *dinp, const act_t *const *douts, const act_t *inp, int N) {
+#if DEV_SHARES_LORA_INPUT
+    if (lora_group_shared(d, l, first, count)) {
+        const Model *m = d->m;
+        const int in = model_local_in(m, first), r = m->lora.r, ld = count * r;
+        const float s = (float)m->lora.scale;
+        const DevLayerLora *lo = &d->lora[l];
+        const act_t *h = lora_h_of(d, la, first, N); /* [N][count r] */
+        for (int i = 0; i < count; i++) {
+            const Proj p = (Proj)(first + i);
+            phase(d, PHASE_GEMM);
+            dev_matmul_backward(&d->ctx, dinp, NULL, douts[i], inp, d->layers[l].w[p], N, in,
+                                model_local_out(m, p), 1.0f);
+        }
+        /* dlora_h [N][count r]: each projection's s dout B in its r columns, and dB += s dout^T h
+         * from its columns of h */
+        phase(d, PHASE_LORA);
+        dev_zero(d->dlora_h, (size_t)N * ld * sizeof(act_t));
+        for (int i = 0; i < count; i++) {
+            const Proj p = (Proj)(first + i);
+            dev_matmul_backward_ld(&d->ctx, d->dlora_h + i * r, ld, NULL, douts[i], NULL, 0,
+                                   lo->B[p], N, r, model_local_out(m, p), s);
+        }
+        phase(d, PHASE_LORA_GRAD);
+        for (int i = 0; i < count; i++) {
+            const Proj p = (Proj)(first + i);
+            dev_matmul_backward_ld(&d->ctx, NULL, 0, lo->dB[p], douts[i], h + i * r, ld, lo->B[p],
+                                   N, r, model_local_out(m, p), s);
+        }
+        /* the group's dA (count r x in, one block) and input gradient in one product each */
+        dev_matmul_backward(&d->ctx, NULL, lo->dA[first], d->dlora_h, inp, lo->A[first], N, in,
+                            ld, 1.0f);
+        phase(d, PHASE_LORA);
+        dev_matmul_backward(&d->ctx, dinp, NULL, d->dlora_h, inp, lo->A[first], N, in, ld, 1.0f);
+        return;
+    }
+#endif
+    for (int i = 0; i < count; i++)
+        proj_backward(d, l, (Proj)(first + i), dinp, douts[i], inp,
+                      lora_h_of(d, la, (Proj)(first + i), N), N);
+}
+
 /* d->dx holds d loss / d x_{l+1} on entry, d loss / d x_l on exit. */
 static void layer_backward(ModelDevice *d, int l, const LayerActs *la, const act_t *x_in) {
     const Model *m = d->m;
@@ -568,8 +672,8 @@ static void layer_backward(ModelDevice *d, int l, const LayerActs *la, const act
     dev_swiglu_backward(d->dgate, d->dup, d->dact, la->gate, la->up, nff);
     phase(d, PHASE_ZERO);
     dev_zero(d->dln, nd * sizeof(act_t));
-    proj_backward(d, l, PROJ_GATE, d->dln, d->dgate, la->ln2, lora_h_of(d, la, PROJ_GATE, N), N);
-    proj_backward(d, l, PROJ_UP, d->dln, d->dup, la->ln2, lora_h_of(d, la, PROJ_UP, N), N);
+    const act_t *const d_gate_up[2] = {d->dgate, d->dup};
+    projs_backward(d, l, la, PROJ_GATE, 2, d->dln, d_gate_up, la->ln2, N);
     phase(d, PHASE_COMM);
     dev_allreduce_sum_act(&d->ctx, d->dln, nd);
     phase(d, PHASE_NORM);
@@ -591,9 +695,8 @@ static void layer_backward(ModelDevice *d, int l, const LayerActs *la, const act
     dev_rope_backward(d->dk, d->rope_cos, d->rope_sin, d->positions, N, Hkv, D);
     phase(d, PHASE_ZERO);
     dev_zero(d->dln, nd * sizeof(act_t));
-    proj_backward(d, l, PROJ_Q, d->dln, d->dq, la->ln1, lora_h_of(d, la, PROJ_Q, N), N);
-    proj_backward(d, l, PROJ_K, d->dln, d->dk, la->ln1, lora_h_of(d, la, PROJ_K, N), N);
-    proj_backward(d, l, PROJ_V, d->dln, d->dv, la->ln1, lora_h_of(d, la, PROJ_V, N), N);
+    const act_t *const d_qkv[3] = {d->dq, d->dk, d->dv};
+    projs_backward(d, l, la, PROJ_Q, 3, d->dln, d_qkv, la->ln1, N);
     phase(d, PHASE_COMM);
     dev_allreduce_sum_act(&d->ctx, d->dln, nd);
     phase(d, PHASE_NORM);

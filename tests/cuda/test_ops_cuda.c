@@ -606,6 +606,53 @@ int main(void) {
         free(g_out); free(dinp); free(dW_cpu); free(dinp_gpu); free(dW_gpu);
     }
 
+    /* The strided GEMMs: inp (and dinp) as r = 8 columns at offset 8 of rows 24 wide (how q, k
+     * and v read their share of one LoRA product), against the CPU ops on packed copies; the
+     * other columns must stay untouched */
+    {
+        const int Ns = 37, r = 8, ld = 24, off = 8, Os = 40;
+        float *wide = random_bf16((size_t)Ns * ld, 1.0, 0.0, &rng);
+        float *Bw = random_bf16((size_t)Os * r, 0.5, 0.0, &rng);
+        float *g_out = random_bf16((size_t)Ns * Os, 1.0, 0.0, &rng);
+        float *packed = malloc(sizeof(float) * Ns * r);
+        for (int n = 0; n < Ns; n++)
+            for (int c = 0; c < r; c++) packed[n * r + c] = wide[n * ld + off + c];
+        floatX *d_wide = cuda_upload_bf16(wide, (size_t)Ns * ld), *d_Bw = cuda_upload_bf16(Bw, (size_t)Os * r);
+        floatX *d_gout = cuda_upload_bf16(g_out, (size_t)Ns * Os);
+        /* forward: s_out = 0.5 h B^T + s_out (accumulating onto non-zero values) */
+        float *s_out = random_bf16((size_t)Ns * Os, 1.0, 0.0, &rng), *s_got = malloc(sizeof(float) * Ns * Os);
+        floatX *d_out = cuda_upload_bf16(s_out, (size_t)Ns * Os);
+        matmul_forward(s_out, packed, Bw, NULL, Ns, r, Os, 0.5f, 1);
+        matmul_forward_strided_cuda(ctx, d_out, d_wide + off, ld, d_Bw, Ns, r, Os, 0.5f, 1);
+        cuda_download_bf16(s_got, d_out, (size_t)Ns * Os);
+        compare("strided matmul_forward", s_got, s_out, (size_t)Ns * Os, 1e-2);
+        /* backward: the packed columns of wide += 0.5 dout B; dB += 0.5 dout^T h */
+        float *dB = random_bf16((size_t)Os * r, 1.0, 0.0, &rng), *got_dB = malloc(sizeof(float) * Os * r);
+        float *d_dB = cuda_upload_f32(dB, (size_t)Os * r);
+        float *packed_grad = malloc(sizeof(float) * Ns * r);
+        memcpy(packed_grad, packed, sizeof(float) * Ns * r);
+        matmul_backward(packed_grad, dB, NULL, g_out, packed, Bw, Ns, r, Os, 0.5f);
+        floatX *d_wide_grad = cuda_upload_bf16(wide, (size_t)Ns * ld); /* dinp: its own buffer */
+        matmul_backward_strided_cuda(ctx, d_wide_grad + off, ld, d_dB, d_gout, d_wide + off, ld,
+                                     d_Bw, Ns, r, Os, 0.5f);
+        float *got_wide = malloc(sizeof(float) * Ns * ld);
+        cuda_download_bf16(got_wide, d_wide_grad, (size_t)Ns * ld);
+        cuda_download_f32(got_dB, d_dB, (size_t)Os * r);
+        float *got_packed = malloc(sizeof(float) * Ns * r);
+        int others_kept = 1;
+        for (int n = 0; n < Ns; n++)
+            for (int c = 0; c < ld; c++) {
+                if (c >= off && c < off + r) got_packed[n * r + c - off] = got_wide[n * ld + c];
+                else others_kept &= got_wide[n * ld + c] == wide[n * ld + c];
+            }
+        CHECK(others_kept, "strided matmul_backward wrote outside its columns");
+        compare("strided matmul_backward dinp", got_packed, packed_grad, (size_t)Ns * r, 1e-2);
+        compare("strided matmul_backward dweight", got_dB, dB, (size_t)Os * r, 1e-3);
+        cuda_free(d_wide); cuda_free(d_wide_grad); cuda_free(d_Bw); cuda_free(d_gout); cuda_free(d_out); cuda_free(d_dB);
+        free(wide); free(Bw); free(g_out); free(packed); free(s_out); free(s_got); free(dB);
+        free(got_dB); free(packed_grad); free(got_wide); free(got_packed);
+    }
+
     /* The weight gradients of LoRA factors: thin outputs (r rows or columns) over many tokens,
      * dA-like (OC thin) and dB-like (C thin), against the CPU op. (A chunked CUDA-core kernel for
      * these was tried and measured slower than cuBLASLt on an H100: docs/BENCHMARKS.md.) */
