@@ -18,6 +18,7 @@
  * shared-memory hand-over between these two ownerships goes through a __syncthreads().
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <mma.h>
 #include <type_traits>
@@ -842,15 +843,9 @@ static int fa_backward_tile(int D) {
  * with the numbers when the device has less. */
 template <typename Kernel>
 static void fa_allow_smem(Kernel kernel, size_t bytes, const char *op, int D) {
-    int device = 0, optin = 0;
-    CHECK_CUDA(cudaGetDevice(&device));
-    CHECK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    if (bytes > (size_t)optin)
-        paft_fatal(__FILE__, __LINE__,
-                   "%s: D = %d needs %zu bytes of shared memory per block, the device allows %d",
-                   op, D, bytes, optin);
-    CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    (int)bytes));
+    char what[96];
+    snprintf(what, sizeof what, "%s: D = %d", op, D);
+    cuda_allow_shared_memory(kernel, bytes, what);
 }
 
 template <int TILE>

@@ -29,6 +29,7 @@
  * from the same registers through warp shuffles: the layout above is what both implement.
  */
 #include <math.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -224,6 +225,27 @@ __device__ static inline void a_from_c(uint32_t (&a)[4], const float (&c0)[4], c
     a[3] = pack2f(c1[2], c1[3]);
 }
 
+/* acc (16 x 8 dim_tiles8) += C V, where C (16 x 16 steps) is the fp32 accumulators c (tiles
+ * 2 kk and 2 kk + 1 as the A operand of step kk, rounded to bf16) and V (16 steps x 8 dim_tiles8)
+ * is a shared tile as stored: P V in the forward, dS K for dq, P^T dout and dS^T Q for dk, dv. */
+template <int steps, int dim_tiles8>
+__device__ static inline void mma_c_times_tile(float (&acc)[dim_tiles8][4],
+                                               const float (&c)[2 * steps][4], const floatX *tile,
+                                               int ld) {
+#pragma unroll
+    for (int kk = 0; kk < steps; kk++) {
+        uint32_t a[4];
+        a_from_c(a, c[2 * kk], c[2 * kk + 1]);
+#pragma unroll
+        for (int n = 0; n < dim_tiles8; n += 2) {
+            uint32_t b[4];
+            load_b_cols(b, tile, ld, 16 * kk, 8 * n);
+            mma16816(acc[n], a, b[0], b[1]);
+            mma16816(acc[n + 1], a, b[2], b[3]);
+        }
+    }
+}
+
 __device__ static inline float quad_max(float x) {
     x = fmaxf(x, __shfl_xor_sync(full_warp, x, 1));
     return fmaxf(x, __shfl_xor_sync(full_warp, x, 2));
@@ -339,19 +361,7 @@ __global__ static void __launch_bounds__(mma_threads)
             o[n][2] *= corr1;
             o[n][3] *= corr1;
         }
-        /* O += P V, 16 keys at a time */
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; kk++) {
-            uint32_t pa[4];
-            a_from_c(pa, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-            for (int n = 0; n < dim_tiles8; n += 2) {
-                uint32_t vb[4];
-                load_b_cols(vb, Vs, LD, 16 * kk, 8 * n);
-                mma16816(o[n], pa, vb[0], vb[1]);
-                mma16816(o[n + 1], pa, vb[2], vb[3]);
-            }
-        }
+        mma_c_times_tile<BK / 16>(o, s, Vs, LD); /* O += P V */
         tiles_arrived();
         __syncthreads(); /* the next K is in; every warp is done with Vs */
     }
@@ -494,23 +504,8 @@ __global__ static void __launch_bounds__(mma_threads)
                     dpt[j][e] = p0 * (dpt[j][e] - row_delta);
                     dpt[j][2 + e] = p1 * (dpt[j][2 + e] - row_delta);
                 }
-            /* dV += P^T dout, dK += dS^T Q, 16 queries at a time */
-#pragma unroll
-            for (int kq = 0; kq < BQ / 16; kq++) {
-                uint32_t pa[4], sa[4];
-                a_from_c(pa, st[2 * kq], st[2 * kq + 1]);
-                a_from_c(sa, dpt[2 * kq], dpt[2 * kq + 1]);
-#pragma unroll
-                for (int n = 0; n < dim_tiles8; n += 2) {
-                    uint32_t ob[4], qb[4];
-                    load_b_cols(ob, dOs, LD, 16 * kq, 8 * n);
-                    mma16816(dv_acc[n], pa, ob[0], ob[1]);
-                    mma16816(dv_acc[n + 1], pa, ob[2], ob[3]);
-                    load_b_cols(qb, Qs, LD, 16 * kq, 8 * n);
-                    mma16816(dk_acc[n], sa, qb[0], qb[1]);
-                    mma16816(dk_acc[n + 1], sa, qb[2], qb[3]);
-                }
-            }
+            mma_c_times_tile<BQ / 16>(dv_acc, st, dOs, LD); /* dV += P^T dout */
+            mma_c_times_tile<BQ / 16>(dk_acc, dpt, Qs, LD); /* dK += dS^T Q */
         }
         h = next_h;
         q0 = next_q0;
@@ -660,19 +655,7 @@ __global__ static void __launch_bounds__(mma_threads)
                 s[j][e] = p0 * (dp[j][e] - delta0);
                 s[j][2 + e] = p1 * (dp[j][2 + e] - delta1);
             }
-        /* dQ += dS K, 16 keys at a time */
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; kk++) {
-            uint32_t sa[4];
-            a_from_c(sa, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-            for (int n = 0; n < dim_tiles8; n += 2) {
-                uint32_t kb[4];
-                load_b_cols(kb, Ks, LD, 16 * kk, 8 * n);
-                mma16816(dq_acc[n], sa, kb[0], kb[1]);
-                mma16816(dq_acc[n + 1], sa, kb[2], kb[3]);
-            }
-        }
+        mma_c_times_tile<BK / 16>(dq_acc, s, Ks, LD); /* dQ += dS K */
     }
 
     floatX *dq_bh = dq + q_offset;
@@ -692,17 +675,12 @@ extern "C" size_t attention_backward_mma_partials_bytes(int B, int T, int Hq, in
     return Hq > Hkv ? 2 * (size_t)B * T * Hq * D * sizeof(float) : 0;
 }
 
-/* Dynamic shared memory above the default 48 KB needs the kernel's opt-in. */
+/* The kernels' opt-in to their shared memory, naming the op and D in an error. */
 template <typename Kernel>
-static void mma_allow_smem(Kernel kernel, size_t bytes) {
-    int device = 0, optin = 0;
-    CHECK_CUDA(cudaGetDevice(&device));
-    CHECK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    if (bytes > (size_t)optin)
-        paft_fatal(__FILE__, __LINE__,
-                   "attention: %zu bytes of shared memory per block needed, the device allows %d",
-                   bytes, optin);
-    CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+static void mma_allow_smem(Kernel kernel, size_t bytes, int D) {
+    char what[64];
+    snprintf(what, sizeof what, "attention (MMA kernels), D = %d,", D);
+    cuda_allow_shared_memory(kernel, bytes, what);
 }
 
 static size_t tile_bytes(int rows, int D) { return (size_t)rows * (D + 8) * sizeof(floatX); }
@@ -711,7 +689,7 @@ template <int D>
 static void launch_forward(floatX *out, float *lse, const floatX *q, const floatX *k,
                            const floatX *v, int B, int T, int Hq, int Hkv) {
     const size_t smem = 3 * tile_bytes(mma_tile, D);
-    mma_allow_smem(attention_forward_mma_kernel<D>, smem);
+    mma_allow_smem(attention_forward_mma_kernel<D>, smem, D);
     const float scale_log2 = (float)(mma_log2e / sqrt((double)D));
     const dim3 grid((T + mma_tile - 1) / mma_tile, Hq, B);
     attention_forward_mma_kernel<D><<<grid, mma_threads, smem>>>(out, lse, q, k, v, T, Hq, Hkv, scale_log2);
@@ -726,7 +704,7 @@ static void launch_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *do
     const float scale = (float)(1.0 / sqrt((double)D)), scale_log2 = mma_log2e * scale;
     const int tiles = (T + mma_tile - 1) / mma_tile;
     const size_t smem_kv = 2 * tile_bytes(mma_tile, D) + 4 * tile_bytes(BQ_KV, D) + 4 * BQ_KV * sizeof(float);
-    mma_allow_smem(attention_backward_kv_mma_kernel<D, BQ_KV>, smem_kv);
+    mma_allow_smem(attention_backward_kv_mma_kernel<D, BQ_KV>, smem_kv, D);
     if (partials) { /* grouped-query: one block per query head, then the sum over each group */
         float *partial_dk = partials, *partial_dv = partials + (size_t)B * T * Hq * D;
         attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hq, B), mma_threads, smem_kv>>>(dk, dv, partial_dk, partial_dv, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
@@ -739,7 +717,7 @@ static void launch_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *do
         CHECK_LAUNCH();
     }
     const size_t smem_q = 2 * tile_bytes(mma_tile, D) + 4 * tile_bytes(BK_Q, D);
-    mma_allow_smem(attention_backward_q_mma_kernel<D, BK_Q>, smem_q);
+    mma_allow_smem(attention_backward_q_mma_kernel<D, BK_Q>, smem_q, D);
     attention_backward_q_mma_kernel<D, BK_Q><<<dim3(tiles, Hq, B), mma_threads, smem_q>>>(dq, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
     CHECK_LAUNCH();
 }

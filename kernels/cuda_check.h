@@ -43,4 +43,20 @@
     } while (0)
 #endif
 
+#ifdef __cplusplus
+/* Dynamic shared memory above the default 48 KB needs the kernel's opt-in (cudaFuncSetAttribute);
+ * more than the device allows ends the job with both numbers and `what` (the op and shape). */
+template <typename Kernel>
+static void cuda_allow_shared_memory(Kernel kernel, size_t bytes, const char *what) {
+    int device = 0, optin = 0;
+    CHECK_CUDA(cudaGetDevice(&device));
+    CHECK_CUDA(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (bytes > (size_t)optin)
+        paft_fatal(__FILE__, __LINE__,
+                   "%s needs %zu bytes of shared memory per block, the device allows %d", what,
+                   bytes, optin);
+    CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+}
+#endif
+
 #endif
