@@ -187,6 +187,7 @@ int main(int argc, char **argv) {
      * multiple of them, T = 1, groups of 1, 2 and 4 heads, D padded (80) and tiny (2) */
     attention_shape(ctx, 2, 70, 4, 4, 64);
     attention_shape(ctx, 2, 1, 4, 1, 128);
+    attention_shape(ctx, 1, 100, 4, 2, 64); /* MMA kernels, GQA: per-head shares over two tiles */
     attention_shape(ctx, 1, 45, 4, 2, 80);
     attention_shape(ctx, 1, 17, 2, 1, 2);
     if (argc > 1) {
