@@ -425,6 +425,9 @@ static int lora_group_shared(const ModelDevice *d, int l, Proj first, int count)
     const Model *m = d->m;
     const DevLayerLora *lo = &d->lora[l];
     const size_t block = (size_t)m->lora.r * model_local_in(m, first);
+    /* each projection's columns of h start 16-byte aligned (r a multiple of 8 in bf16), as
+     * cuBLASLt's tensor-core kernels want; other ranks keep one product per projection */
+    if ((m->lora.r * sizeof(act_t)) % 16 != 0) return 0;
     for (int i = 0; i < count; i++) {
         const Proj p = (Proj)(first + i);
         if (!model_adapted(m, p) || proj_is_row_parallel(p) ||

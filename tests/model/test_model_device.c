@@ -53,7 +53,9 @@ static int simple_attention; /* argv[3] == "simple": the unfused CUDA attention 
 
 static void load(Model *m, const char *dir, const char *device, int recompute, MPI_Comm tp) {
     LoraConfig lora;
-    lora_config_init(&lora, 4, 8, 0, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+    /* r = 8: on CUDA the adapters of q, k, v (and gate, up) then share one product with their
+     * input (model_device.c, "shared LoRA input"), which wants 16-byte aligned columns */
+    lora_config_init(&lora, 8, 16, 0, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                      "test");
     model_load(m, dir, &lora, 11, tp);
     randomize_lora(m, 5);
