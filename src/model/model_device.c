@@ -428,6 +428,9 @@ static int lora_group_shared(const ModelDevice *d, int l, Proj first, int count)
     /* each projection's columns of h start 16-byte aligned (r a multiple of 8 in bf16), as
      * cuBLASLt's tensor-core kernels want; other ranks keep one product per projection */
     if ((m->lora.r * sizeof(act_t)) % 16 != 0) return 0;
+    /* PAFT_LORA_SHARED_INPUT=0: one product per projection, to compare the two on a GPU */
+    const char *env = getenv("PAFT_LORA_SHARED_INPUT");
+    if (env && env[0] == '0') return 0;
     for (int i = 0; i < count; i++) {
         const Proj p = (Proj)(first + i);
         if (!model_adapted(m, p) || proj_is_row_parallel(p) ||

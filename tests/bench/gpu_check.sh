@@ -38,6 +38,13 @@ if [ "$what" = profile ]; then
     echo "== $1 ${2}x1024"
     build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 profile=1 2>&1 |
       grep -v '^bench:' | tee "$out/profile_$1.log"
+    # what two choices cost or save: one LoRA product per projection, and the logits in chunks
+    echo "== $1, PAFT_LORA_SHARED_INPUT=0"
+    PAFT_LORA_SHARED_INPUT=0 build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 |
+      grep '^  step'
+    echo "== $1, logits_chunk=2048"
+    build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 logits_chunk=2048 |
+      grep '^  step'
   done
   /usr/local/cuda/bin/compute-sanitizer --tool memcheck --print-limit 5 \
     build-gpu/tests/cuda/test_ops_cuda > "$out/memcheck.log" 2>&1

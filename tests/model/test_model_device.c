@@ -1,9 +1,10 @@
 /*
  * test_model_device.c - the device model (model_device.c) against the host model (model.c).
  *
- *   test_model_device BACKEND [ARCH [simple]]  (BACKEND: emulate or cuda; under mpirun -np P the
- *                                     model is tensor-parallel over the P ranks; simple: CUDA's
- *                                     unfused attention kernels instead of the fused ones)
+ *   test_model_device BACKEND [ARCH [simple|unshared]]  (BACKEND: emulate or cuda; under mpirun
+ *                        -np P the model is tensor-parallel over the P ranks; simple: CUDA's
+ *                        unfused attention kernels instead of the fused ones; unshared: one LoRA
+ *                        product per projection, PAFT_LORA_SHARED_INPUT=0)
  *
  * Two models load the same tiny checkpoint with the same LoRA factors (B made non-zero, so every
  * LoRA path does work): one computes on the host, one on BACKEND. They must agree on
@@ -71,6 +72,8 @@ int main(int argc, char **argv) {
     const char *backend_name = argc > 1 ? argv[1] : "emulate";
     const char *arch = argc > 2 ? argv[2] : "LlamaForCausalLM";
     simple_attention = argc > 3 && strcmp(argv[3], "simple") == 0;
+    const int unshared = argc > 3 && strcmp(argv[3], "unshared") == 0;
+    if (unshared) setenv("PAFT_LORA_SHARED_INPUT", "0", 1);
     int rank, size;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -95,7 +98,7 @@ int main(int argc, char **argv) {
     /* a tiny model with every feature that changes the sequencing: GQA, (Qwen2: q/k/v biases) */
     char dir[256];
     snprintf(dir, sizeof dir, "device_model_%s_%s_%d%s", backend_name, arch, size,
-             simple_attention ? "_simple" : "");
+             simple_attention ? "_simple" : unshared ? "_unshared" : "");
     TinyModelSpec spec = tiny_model_default();
     spec.architecture = arch;
     spec.vocab_size = 96;
