@@ -903,14 +903,19 @@ extern "C" void attention_forward_fused_cuda(floatX *out, float *lse, const floa
     }
 }
 
+/* The backward's scratch: Delta [B][Hq][T] fp32 first, then (MMA kernels, grouped-query) the
+ * per-head shares of dk and dv from this byte offset, 256-byte aligned. */
+static size_t fa_partials_offset(int B, int T, int Hq) {
+    return ((size_t)B * Hq * T * sizeof(float) + 255) / 256 * 256;
+}
+
 extern "C" size_t attention_backward_fused_scratch_bytes(int B, int T, int Hq, int Hkv, int D) {
     if (B <= 0 || T <= 0 || Hq <= 0) return 0;
     const size_t delta_bytes = (size_t)B * Hq * T * sizeof(float); /* Delta [B][Hq][T] */
     const size_t partials_bytes =
         fa_use_mma(D) ? attention_backward_mma_partials_bytes(B, T, Hq, Hkv, D) : 0;
     if (partials_bytes == 0) return delta_bytes;
-    /* then the MMA backward's per-head shares of dk, dv, 256-byte aligned */
-    return (delta_bytes + 255) / 256 * 256 + partials_bytes;
+    return fa_partials_offset(B, T, Hq) + partials_bytes;
 }
 
 template <int TILE>
@@ -972,8 +977,7 @@ extern "C" void attention_backward_fused_cuda(floatX *dq, floatX *dk, floatX *dv
         delta, dout, out, B, T, Hq, D);
     CHECK_LAUNCH();
     if (fa_use_mma(D)) {
-        const size_t delta_bytes = (size_t)B * Hq * T * sizeof(float);
-        float *partials = (float *)((char *)scratch + (delta_bytes + 255) / 256 * 256);
+        float *partials = (float *)((char *)scratch + fa_partials_offset(B, T, Hq));
         attention_backward_mma_cuda(dq, dk, dv, dout, lse, delta, partials, q, k, v, B, T, Hq, Hkv, D);
         return;
     }

@@ -217,6 +217,13 @@ __device__ static inline void load_b_cols(uint32_t (&b)[4], const floatX *tile, 
     ldmatrix_x4<true>(b, tile + (k0 + (quarter % 2) * 8 + lane % 8) * ld + n0 + (quarter / 2) * 8);
 }
 
+/* Every accumulator of n C tiles to 0. */
+template <int n>
+__device__ static inline void zero_tiles(float (&c)[n][4]) {
+#pragma unroll
+    for (int j = 0; j < n; j++) c[j][0] = c[j][1] = c[j][2] = c[j][3] = 0.0f;
+}
+
 /* The A operand made of C tiles j0 and j0 + 1 (16 columns), rounded to bf16. */
 __device__ static inline void a_from_c(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
     a[0] = pack2f(c0[0], c0[1]);
@@ -295,8 +302,7 @@ __global__ static void __launch_bounds__(mma_threads)
     for (int s = 0; s < d_steps; s++) load_a(qf[s], Qs, LD, 16 * warp, 16 * s);
 
     float o[dim_tiles8][4];
-#pragma unroll
-    for (int n = 0; n < dim_tiles8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    zero_tiles(o);
     float m0 = -INFINITY, m1 = -INFINITY; /* running row max, log2 domain */
     float l0 = 0.0f, l1 = 0.0f;           /* this thread's part of the row sums */
 
@@ -306,8 +312,7 @@ __global__ static void __launch_bounds__(mma_threads)
         load_tile<D>(Vs, v_bh, k0, BK, T, kv_stride);
 
         float s[key_tiles8][4];
-#pragma unroll
-        for (int j = 0; j < key_tiles8; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+        zero_tiles(s);
 #pragma unroll
         for (int j = 0; j < key_tiles8; j += 2)
 #pragma unroll
@@ -435,10 +440,8 @@ __global__ static void __launch_bounds__(mma_threads)
     load_tile<D>(Vs, v + kv_offset, k0, BK, T, kv_stride);
 
     float dk_acc[dim_tiles8][4], dv_acc[dim_tiles8][4];
-#pragma unroll
-    for (int n = 0; n < dim_tiles8; n++)
-#pragma unroll
-        for (int i = 0; i < 4; i++) dk_acc[n][i] = dv_acc[n][i] = 0.0f;
+    zero_tiles(dk_acc);
+    zero_tiles(dv_acc);
 
     /* The query tiles (h, q0) this block visits, heads in order and from the keys' tile on
      * (earlier queries cannot see these keys): tile i is read from buffer i % 2 while tile i + 1
@@ -470,10 +473,8 @@ __global__ static void __launch_bounds__(mma_threads)
             const float *lse_s = lse_buf + buf * BQ, *delta_s = delta_buf + buf * BQ;
 
             float st[query_tiles8][4], dpt[query_tiles8][4];
-#pragma unroll
-            for (int j = 0; j < query_tiles8; j++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) st[j][i] = dpt[j][i] = 0.0f;
+            zero_tiles(st);
+            zero_tiles(dpt);
 #pragma unroll
             for (int d = 0; d < d_steps; d++) {
                 uint32_t ka[4], va[4];
@@ -614,8 +615,7 @@ __global__ static void __launch_bounds__(mma_threads)
         load_a(of[d], dOs, LD, 16 * warp, 16 * d);
     }
     float dq_acc[dim_tiles8][4];
-#pragma unroll
-    for (int n = 0; n < dim_tiles8; n++) dq_acc[n][0] = dq_acc[n][1] = dq_acc[n][2] = dq_acc[n][3] = 0.0f;
+    zero_tiles(dq_acc);
 
     /* key tile i is read from buffer i % 2 while tile i + 1 travels into the other */
     for (int k0 = 0, buf = 0; k0 <= q_last; k0 += BK, buf ^= 1) {
@@ -628,10 +628,8 @@ __global__ static void __launch_bounds__(mma_threads)
         const floatX *Ks = K_buf + buf * BK * LD, *Vs = V_buf + buf * BK * LD;
 
         float s[key_tiles8][4], dp[key_tiles8][4];
-#pragma unroll
-        for (int j = 0; j < key_tiles8; j++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) s[j][i] = dp[j][i] = 0.0f;
+        zero_tiles(s);
+        zero_tiles(dp);
 #pragma unroll
         for (int j = 0; j < key_tiles8; j += 2)
 #pragma unroll

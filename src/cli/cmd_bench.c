@@ -94,8 +94,11 @@ int cmd_bench(int argc, char **argv) {
             profile = a[8] == '1';
         }
         else if (strncmp(a, "logits_chunk=", 13) == 0) {
-            logits_chunk = atoi(a + 13);
-            if (logits_chunk < 0) PAFT_FATAL("command line: %s: logits_chunk is >= 0", a);
+            char *end = NULL;
+            const long rows = strtol(a + 13, &end, 10);
+            if (end == a + 13 || *end != '\0' || rows < 0 || rows > 1000000000)
+                PAFT_FATAL("command line: %s: logits_chunk is a number of rows >= 0 (0: automatic)", a);
+            logits_chunk = (int)rows;
         }
         else if (strncmp(a, "peak=", 5) == 0) peak = atof(a + 5);
         else if (strncmp(a, "l1=", 3) == 0) l1 = atof(a + 3);

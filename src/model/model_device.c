@@ -114,6 +114,7 @@ struct ModelDevice {
     void *attn_scratch; /* the attention backward's own scratch */
     int B, T;      /* shape of the last forward */
     Profile *profile; /* NULL unless opt.profile */
+    int share_lora_input; /* DEV_SHARES_LORA_INPUT, unless PAFT_LORA_SHARED_INPUT=0 (at creation) */
 };
 
 /* A bump allocator run twice, as model.c's Carver: once with base == NULL to count the bytes,
@@ -255,6 +256,9 @@ static ModelDevice *device_create(Model *m, const DeviceOptions *opt) {
     dev_pin_host(m->lora_memory, m->n_lora * sizeof(real));
     dev_pin_host(m->lora_grads_memory, m->n_lora * sizeof(real));
     if (opt->profile) profile_create(d);
+    /* PAFT_LORA_SHARED_INPUT=0: one LoRA product per projection, to compare the two on a GPU */
+    const char *share = getenv("PAFT_LORA_SHARED_INPUT");
+    d->share_lora_input = DEV_SHARES_LORA_INPUT && !(share && share[0] == '0');
     return d;
 }
 
@@ -427,10 +431,7 @@ static int lora_group_shared(const ModelDevice *d, int l, Proj first, int count)
     const size_t block = (size_t)m->lora.r * model_local_in(m, first);
     /* each projection's columns of h start 16-byte aligned (r a multiple of 8 in bf16), as
      * cuBLASLt's tensor-core kernels want; other ranks keep one product per projection */
-    if ((m->lora.r * sizeof(act_t)) % 16 != 0) return 0;
-    /* PAFT_LORA_SHARED_INPUT=0: one product per projection, to compare the two on a GPU */
-    const char *env = getenv("PAFT_LORA_SHARED_INPUT");
-    if (env && env[0] == '0') return 0;
+    if (!d->share_lora_input || (m->lora.r * sizeof(act_t)) % 16 != 0) return 0;
     for (int i = 0; i < count; i++) {
         const Proj p = (Proj)(first + i);
         if (!model_adapted(m, p) || proj_is_row_parallel(p) ||
