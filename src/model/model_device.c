@@ -69,7 +69,7 @@ static const char *const phase_names[N_PHASES] = {
 enum { PROFILE_STAMPS = 4096 };
 
 typedef struct {
-    int on, n;
+    int n; /* stamps recorded and not yet read */
     dev_stamp_t stamps[PROFILE_STAMPS];
     unsigned char phase[PROFILE_STAMPS]; /* what begins at stamps[i] */
     double ms[N_PHASES];
