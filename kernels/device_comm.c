@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cuda_check.h"
+#include "ops_cuda.h"
 #include "util/common.h"
 
 #ifdef PAFT_HAVE_NCCL
@@ -130,6 +131,26 @@ int cuda_select_device(MPI_Comm world) {
     const int device = local_rank % count;
     CHECK_CUDA(cudaSetDevice(device));
     return device;
+}
+
+void cuda_select_local_device(void) {
+    static const char *const local_rank_vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID",
+                                                  "MPI_LOCALRANKID", "PALS_LOCAL_RANKID"};
+    if (cuda_device_count() == 0)
+        PAFT_FATAL("model.device = cuda, but no CUDA device is visible to this process (check "
+                   "CUDA_VISIBLE_DEVICES and the job's GPU request, e.g. --gpus-per-task=1)");
+    int world_size = 1;
+    CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &world_size));
+    int local_rank = world_size == 1 ? 0 : -1;
+    for (size_t i = 0; i < sizeof local_rank_vars / sizeof local_rank_vars[0] && local_rank < 0; i++) {
+        const char *v = getenv(local_rank_vars[i]);
+        if (v && *v) local_rank = atoi(v);
+    }
+    if (local_rank < 0) {
+        cuda_select_device(MPI_COMM_WORLD);
+        return;
+    }
+    CHECK_CUDA(cudaSetDevice(local_rank % cuda_device_count()));
 }
 
 /* ---- creation -------------------------------------------------------------------------------- */

@@ -43,6 +43,14 @@ int device_comm_kind_from_name(const char *name);
  * CUDA call of the process. */
 int cuda_select_device(MPI_Comm world);
 
+/* One GPU per rank by node-local rank, without a collective where it can: the launchers say which
+ * rank of the node a process is (Open MPI's mpirun, Slurm's srun, MPICH's Hydra, Cray PALS), so a
+ * model can go onto the GPU on some ranks only (one group evaluating, another not). Only under an
+ * unknown launcher does it fall back to cuda_select_device's collective split over
+ * MPI_COMM_WORLD, which every rank must then reach. PAFT_FATAL when no GPU is visible. Used by the
+ * device model and the merge stage (model.device = cuda). */
+void cuda_select_local_device(void);
+
 /* Pure, testable without a GPU: n ranks, rank i described by a node id and a device id (hashes of
  * the host name and of the GPU's PCI bus id); 1 when any two ranks share (node, device), 0
  * otherwise (n <= 1 included). NCCL needs 0. */

@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "merge/merge_kernels.h"
 #include "util/common.h"
 
 /* ---- method names and parameters ---------------------------------------------------------- */
@@ -127,37 +128,25 @@ void merge_row_range(int64_t rows, int rank, int size, int64_t *start, int64_t *
 }
 
 /* ---- DARE's counter-based generator -------------------------------------------------------
- * SplitMix64 (Steele, Lea, Flood 2014): a Weyl sequence state_i = key + i * GOLDEN put through a
- * 64-bit finalizer. Element `index` takes draw number index + 1 of the stream seeded with `key`,
- * so any element's draw is computed directly, whichever rank holds it. The key absorbs seed,
- * tensor id and model with three SplitMix64 steps. docs/MERGE.md repeats this exactly and
- * tests/merge/merge_reference.py reimplements it in numpy. */
-#define SPLITMIX_GOLDEN 0x9E3779B97F4A7C15ULL
-
-static inline uint64_t splitmix64_mix(uint64_t z) {
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return z ^ (z >> 31);
-}
-
+ * SplitMix64 (merge_elementwise.h): element `index` takes draw number index + 1 of the stream
+ * seeded with `key`, so any element's draw is computed directly, whichever rank holds it. The key
+ * absorbs seed, tensor id and model with three SplitMix64 steps. docs/MERGE.md repeats this
+ * exactly and tests/merge/merge_reference.py reimplements it in numpy. */
 static uint64_t dare_stream_key(uint64_t seed, uint64_t tensor_id, int which) {
-    uint64_t h = splitmix64_mix(seed + SPLITMIX_GOLDEN);
-    h = splitmix64_mix(h + tensor_id + SPLITMIX_GOLDEN);
-    return splitmix64_mix(h + (uint64_t)which + SPLITMIX_GOLDEN);
-}
-
-static inline double dare_draw(uint64_t key, uint64_t index) {
-    uint64_t r = splitmix64_mix(key + (index + 1) * SPLITMIX_GOLDEN);
-    return (double)(r >> 11) * 0x1.0p-53; /* 53 random bits: uniform on [0, 1) */
+    uint64_t h = merge_splitmix64_mix(seed + MERGE_SPLITMIX_GOLDEN);
+    h = merge_splitmix64_mix(h + tensor_id + MERGE_SPLITMIX_GOLDEN);
+    return merge_splitmix64_mix(h + (uint64_t)which + MERGE_SPLITMIX_GOLDEN);
 }
 
 double merge_dare_uniform(uint64_t seed, uint64_t tensor_id, int which, uint64_t index) {
-    return dare_draw(dare_stream_key(seed, tensor_id, which), index);
+    /* 53 random bits: uniform on [0, 1) */
+    return (double)merge_dare_bits(dare_stream_key(seed, tensor_id, which), index) * 0x1.0p-53;
 }
 
 /* ---- the row layout of one tensor over the communicator ------------------------------------ */
 
 typedef struct {
+    MergeBackend be; /* where this rank's elements live and the passes run */
     MPI_Comm comm;
     int rank, size;
     uint64_t tensor_id;
@@ -170,9 +159,10 @@ typedef struct {
 /* Gather every rank's block and check that all ranks agree on the tensor and that the blocks
  * tile the rows in rank order: a wiring mistake would otherwise give a silently wrong (or
  * rank-count dependent) result. */
-static RowLayout layout_gather(MPI_Comm comm, const MergeParams *p, uint64_t tensor_id,
-                               int64_t rows, int64_t cols, int64_t row_start, int64_t n_rows) {
-    RowLayout L = {.comm = comm, .tensor_id = tensor_id, .rows = rows, .cols = cols,
+static RowLayout layout_gather(MergeBackend be, MPI_Comm comm, const MergeParams *p,
+                               uint64_t tensor_id, int64_t rows, int64_t cols, int64_t row_start,
+                               int64_t n_rows) {
+    RowLayout L = {.be = be, .comm = comm, .tensor_id = tensor_id, .rows = rows, .cols = cols,
                    .row_start = row_start, .n_rows = n_rows};
     CHECK_MPI(MPI_Comm_rank(comm, &L.rank));
     CHECK_MPI(MPI_Comm_size(comm, &L.size));
@@ -263,12 +253,6 @@ static void sum_row_partials(const RowLayout *L, int nvals, const double *row_pa
  * across ranks comes from an MPI_Exscan of the per-rank counts). The kept set is exactly the
  * top-k with ties broken by index, whatever the number of ranks. */
 
-static inline uint32_t magnitude_bits(float x) {
-    uint32_t bits;
-    memcpy(&bits, &x, sizeof bits);
-    return bits & 0x7FFFFFFFu;
-}
-
 typedef struct {
     uint32_t threshold;   /* T: the k-th largest |x| bit pattern */
     int64_t take_equal;   /* how many elements equal to T are kept, over the whole tensor */
@@ -283,33 +267,21 @@ static TopkCut magnitude_topk_cut(const RowLayout *L, const float *x, int64_t k)
     uint32_t prefix = 0, prefix_mask = 0;
     int64_t remaining = k; /* how many of the elements matching the prefix are still to keep */
     int64_t *hist = paft_malloc(TOPK_MAX_BINS * sizeof *hist);
+    int64_t *global = paft_malloc(TOPK_MAX_BINS * sizeof *global);
     int64_t equal_here = 0; /* elements equal to T on this rank: the last local histogram's bin */
     for (int round = 0; round < 3; round++) {
         const int shift = digit_shift[round], bins = 1 << digit_bits[round];
         const uint32_t digit_mask = (uint32_t)bins - 1;
-        memset(hist, 0, (size_t)bins * sizeof *hist);
-#pragma omp parallel
-        {
-            int64_t *local = paft_calloc((size_t)bins, sizeof *local);
-#pragma omp for schedule(static)
-            for (size_t i = 0; i < n; i++) {
-                uint32_t b = magnitude_bits(x[i]);
-                if ((b & prefix_mask) == prefix) local[(b >> shift) & digit_mask]++;
-            }
-#pragma omp critical
-            for (int d = 0; d < bins; d++) hist[d] += local[d];
-            free(local);
-        }
-        int64_t *global = paft_malloc((size_t)bins * sizeof *global);
+        L->be.k->magnitude_histogram(L->be.s, x, n, prefix, prefix_mask, shift, bins, hist);
         CHECK_MPI(MPI_Allreduce(hist, global, bins, MPI_INT64_T, MPI_SUM, L->comm));
         /* The histogram counts at least `remaining` elements in all, so a digit is found. */
         int digit = bins - 1;
         while (digit > 0 && global[digit] < remaining) remaining -= global[digit--];
         equal_here = hist[digit];
-        free(global);
         prefix |= (uint32_t)digit << shift;
         prefix_mask |= digit_mask << shift;
     }
+    free(global);
     free(hist);
     TopkCut cut = {.threshold = prefix, .take_equal = remaining, .equal_before = 0};
     CHECK_MPI(MPI_Exscan(&equal_here, &cut.equal_before, 1, MPI_INT64_T, MPI_SUM, L->comm));
@@ -330,31 +302,18 @@ static int64_t sparsify_magnitude(const RowLayout *L, double density, const floa
                    (unsigned long long)L->tensor_id, (long long)L->rows, (long long)L->cols,
                    density);
     if (k >= numel) {
-        memcpy(kept, delta, n * sizeof *kept);
+        L->be.k->copy(L->be.s, kept, delta, n * sizeof *kept);
         return (int64_t)n;
     }
     TopkCut cut = magnitude_topk_cut(L, delta, k);
-    const uint32_t threshold = cut.threshold;
     int64_t count = 0, equal = 0;
-#pragma omp parallel for schedule(static) reduction(+ : count, equal)
-    for (size_t i = 0; i < n; i++) {
-        uint32_t b = magnitude_bits(delta[i]);
-        kept[i] = b >= threshold ? delta[i] : 0.0f;
-        count += b >= threshold;
-        equal += b == threshold;
-    }
+    L->be.k->magnitude_keep(L->be.s, delta, n, cut.threshold, kept, &count, &equal);
     /* Above, every element equal to T was kept. Where the cut falls inside a run of equal
      * magnitudes, drop those past the first take_equal in global index order (rare with real
-     * deltas, common with quantized ones): a sequential pass, since it counts. */
+     * deltas, common with quantized ones). */
     if (cut.equal_before + equal > cut.take_equal) {
-        int64_t equal_seen = cut.equal_before;
-        for (size_t i = 0; i < n; i++) {
-            if (magnitude_bits(delta[i]) != threshold) continue;
-            if (equal_seen++ >= cut.take_equal) {
-                kept[i] = 0.0f;
-                count--;
-            }
-        }
+        int64_t keep_here = PAFT_MAX(cut.take_equal - cut.equal_before, (int64_t)0);
+        count -= L->be.k->magnitude_drop_equal(L->be.s, delta, n, cut.threshold, keep_here, kept);
     }
     return count;
 }
@@ -370,42 +329,22 @@ static int64_t sparsify_dare(const RowLayout *L, const MergeParams *p, int which
     uint64_t key = dare_stream_key(p->seed, L->tensor_id, which);
     uint64_t first_index = (uint64_t)(L->row_start * L->cols);
     /* draw < density  <=>  (r >> 11) < density * 2^53  <=>  (r >> 11) < ceil(density * 2^53):
-     * the same test as dare_draw() < density, in integers. */
+     * the same test as merge_dare_uniform() < density, in integers. */
     const uint64_t keep_below = (uint64_t)ceil(density * 0x1.0p53);
-    int64_t count = 0;
-    const float density_f = (float)density;
     int rescale_by_density = !p->dare_rescale_l1;
     *scale_applied = rescale_by_density ? 1.0 / density : 1.0;
-#pragma omp parallel for schedule(static) reduction(+ : count)
-    for (size_t i = 0; i < n; i++) {
-        uint64_t r = splitmix64_mix(key + (first_index + i + 1) * SPLITMIX_GOLDEN);
-        int keep = (r >> 11) < keep_below;
-        float value = rescale_by_density ? delta[i] / density_f : delta[i];
-        kept[i] = keep ? value : 0.0f;
-        count += keep;
-    }
+    int64_t count = L->be.k->dare_keep(L->be.s, delta, n, key, first_index, keep_below,
+                                       rescale_by_density ? (float)density : 1.0f, kept);
     if (p->dare_rescale_l1) {
-        int64_t cols = L->cols;
         double *partials = paft_malloc((size_t)(L->n_rows * 2 + 1) * sizeof *partials);
-#pragma omp parallel for schedule(static)
-        for (int64_t r = 0; r < L->n_rows; r++) {
-            double before = 0, after = 0;
-            for (int64_t c = 0; c < cols; c++) {
-                before += fabs((double)delta[r * cols + c]);
-                after += fabs((double)kept[r * cols + c]);
-            }
-            partials[2 * r] = before;
-            partials[2 * r + 1] = after;
-        }
+        L->be.k->row_abs_sums(L->be.s, delta, kept, L->n_rows, L->cols, partials);
         double norms[2];
         sum_row_partials(L, 2, partials, norms);
         free(partials);
         const double eps = 1e-7;
         if (norms[0] >= eps && norms[1] >= eps) {
             *scale_applied = norms[0] / norms[1];
-            float scale = (float)*scale_applied;
-#pragma omp parallel for schedule(static)
-            for (size_t i = 0; i < n; i++) kept[i] *= scale;
+            L->be.k->scale(L->be.s, kept, n, (float)*scale_applied);
         }
     }
     return count;
@@ -413,123 +352,33 @@ static int64_t sparsify_dare(const RowLayout *L, const MergeParams *p, int which
 
 /* ---- the methods ---------------------------------------------------------------------------- */
 
-/* Branch-free tests on IEEE-754 bit patterns (+-0 is neither positive nor negative). Integer logic
- * cannot raise floating-point exceptions, so GCC if-converts and vectorizes the loops that use
- * these, which it refuses to do for float compares feeding selects (-ftrapping-math). */
-static inline uint32_t float_bits(float x) {
-    uint32_t b;
-    memcpy(&b, &x, sizeof b);
-    return b;
-}
-static inline float bits_float(uint32_t b) {
-    float x;
-    memcpy(&x, &b, sizeof x);
-    return x;
-}
-static inline uint32_t is_zero(float x) { return (float_bits(x) << 1) == 0; }
-static inline uint32_t is_negative(float x) { return (float_bits(x) >> 31) & !is_zero(x); }
-static inline uint32_t is_positive(float x) { return ((float_bits(x) >> 31) ^ 1u) & !is_zero(x); }
-/* cond (0 or 1) ? a : b */
-static inline float select_float(uint32_t cond, float a, float b) {
-    uint32_t all = 0u - cond;
-    return bits_float((all & float_bits(a)) | (~all & float_bits(b)));
-}
-
-/* Theta of the task-arithmetic family: base + lambda * mix(w_i * kept_i), mergekit's
- * GeneralizedTaskArithmetic, in fp32 with the same operation order. */
-static void mix_task_arithmetic(const RowLayout *L, const MergeParams *p, const float *base,
-                                const float *k0, const float *k1, float *out,
-                                int64_t *small_merged) {
-    size_t n = (size_t)(L->n_rows * L->cols);
-    const float w0 = (float)p->weight[0], w1 = (float)p->weight[1];
-    /* mergekit skips the division without normalize and the product when lambda is 1; dividing
-     * by 1 and multiplying by 1 are exact in IEEE arithmetic, so the loops below do both always
-     * (no branches: they vectorize). */
-    const float lambda = (float)p->lambda;
-    const int consensus = uses_sign_election(p->method);
-    const int normalize = p->normalize;
-    float sum_divisor = normalize ? w0 + w1 : 1.0f;
-    if (fabsf(sum_divisor) < 1e-8f) sum_divisor = 1.0f; /* mergekit's guard without consensus */
-    int64_t small = 0;
-    if (consensus) {
-        /* Elect a sign per element (+ on a tie), keep the weighted deltas that carry it (a zero
-         * carries no sign) through a 0/1 mask as mergekit does, divide by the weights of those
-         * kept (0 -> 1). Written with integer logic on the bit patterns (merge_simd helpers)
-         * and no branches, because GCC will not vectorize float compares feeding selects. */
-        const uint32_t by_count = p->sign_by_count != 0, by_sum = !by_count;
-        const uint32_t no_normalize = !normalize;
-#pragma omp parallel for schedule(static) reduction(+ : small)
-        for (size_t i = 0; i < n; i++) {
-            float W0 = k0[i] * w0, W1 = k1[i] * w1;
-            uint32_t pos0 = is_positive(W0), neg0 = is_negative(W0);
-            uint32_t pos1 = is_positive(W1), neg1 = is_negative(W1);
-            uint32_t positive = (by_count & (pos0 + pos1 >= neg0 + neg1)) |
-                                (by_sum & !is_negative(W0 + W1)); /* -0 counts as >= 0 */
-            float mask0 = (float)((positive & pos0) | ((positive ^ 1u) & neg0));
-            float mask1 = (float)((positive & pos1) | ((positive ^ 1u) & neg1));
-            float mixed = W0 * mask0 + W1 * mask1;
-            float divisor = w0 * mask0 + w1 * mask1;
-            divisor = select_float(is_zero(divisor) | no_normalize, 1.0f, divisor);
-            mixed = mixed / divisor * lambda; /* x / 1 and x * 1 are exact */
-            float theta = base[i] + mixed;
-            small += fabsf(theta - base[i]) < MERGE_SPARSITY_EPS;
-            out[i] = theta;
-        }
-    } else {
-#pragma omp parallel for schedule(static) reduction(+ : small)
-        for (size_t i = 0; i < n; i++) {
-            float mixed = (k0[i] * w0 + k1[i] * w1) / sum_divisor * lambda;
-            float theta = base[i] + mixed;
-            small += fabsf(theta - base[i]) < MERGE_SPARSITY_EPS;
-            out[i] = theta;
-        }
-    }
-    *small_merged = small;
+/* The element-wise step of the task-arithmetic family: base + lambda * mix(w_i * kept_i),
+ * mergekit's GeneralizedTaskArithmetic, in fp32 with the same operation order. */
+static MergeMix task_arithmetic_mix(const MergeParams *p) {
+    MergeMix m = {.w0 = (float)p->weight[0], .w1 = (float)p->weight[1],
+                  .lambda = (float)p->lambda, .normalize = (uint32_t)p->normalize,
+                  .by_count = p->sign_by_count != 0};
+    m.kind = uses_sign_election(p->method) ? MERGE_MIX_CONSENSUS : MERGE_MIX_WEIGHTED;
+    m.divisor = p->normalize ? m.w0 + m.w1 : 1.0f;
+    if (fabsf(m.divisor) < 1e-8f) m.divisor = 1.0f; /* mergekit's guard without consensus */
+    return m;
 }
 
 /* mergekit's LinearMerge over the two full models: sum_i w_i theta_i (/ sum_i w_i). */
-static void merge_linear(const RowLayout *L, const MergeParams *p, const float *base,
-                         const float *d0, const float *d1, float *out, int64_t *small_merged) {
-    size_t n = (size_t)(L->n_rows * L->cols);
-    const float w0 = (float)p->weight[0], w1 = (float)p->weight[1];
-    const float weight_sum = w0 + w1;
-    const int normalize = p->normalize;
-    int64_t small = 0;
-#pragma omp parallel for schedule(static) reduction(+ : small)
-    for (size_t i = 0; i < n; i++) {
-        float theta0 = base[i] + d0[i], theta1 = base[i] + d1[i];
-        float theta = w0 * theta0 + w1 * theta1;
-        if (normalize) theta /= weight_sum;
-        small += fabsf(theta - base[i]) < MERGE_SPARSITY_EPS;
-        out[i] = theta;
-    }
-    *small_merged = small;
+static MergeMix linear_mix(const MergeParams *p) {
+    MergeMix m = {.kind = MERGE_MIX_LINEAR, .w0 = (float)p->weight[0], .w1 = (float)p->weight[1]};
+    m.divisor = p->normalize ? m.w0 + m.w1 : 1.0f;
+    return m;
 }
 
 /* mergekit's slerp of the two whole tensors (flattened) theta_sft -> theta_pref at t. The angle
  * comes from the vectors normalised to unit length (a norm <= 1e-8 is left as it is); the result
  * is s0 * theta_sft + s1 * theta_pref of the original vectors (no renormalisation), or the lerp
  * (1 - t) theta_sft + t theta_pref when |cos| > 0.9995. */
-static void merge_slerp(const RowLayout *L, const MergeParams *p, const float *base,
-                        const float *d0, const float *d1, float *out, int64_t *small_merged,
-                        double *cos_out, int *lerped) {
-    size_t n = (size_t)(L->n_rows * L->cols);
-    int64_t cols = L->cols;
+static MergeMix slerp_mix(const RowLayout *L, const MergeParams *p, const float *base,
+                          const float *d0, const float *d1, double *cos_out, int *lerped) {
     double *partials = paft_malloc((size_t)(L->n_rows * 3 + 1) * sizeof *partials);
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < L->n_rows; r++) {
-        double dot = 0, norm0 = 0, norm1 = 0;
-        for (int64_t c = 0; c < cols; c++) {
-            size_t i = (size_t)(r * cols + c);
-            double theta0 = (double)(base[i] + d0[i]), theta1 = (double)(base[i] + d1[i]);
-            dot += theta0 * theta1;
-            norm0 += theta0 * theta0;
-            norm1 += theta1 * theta1;
-        }
-        partials[3 * r] = dot;
-        partials[3 * r + 1] = norm0;
-        partials[3 * r + 2] = norm1;
-    }
+    L->be.k->slerp_row_sums(L->be.s, base, d0, d1, L->n_rows, L->cols, partials);
     double sums[3];
     sum_row_partials(L, 3, partials, sums);
     free(partials);
@@ -538,26 +387,18 @@ static void merge_slerp(const RowLayout *L, const MergeParams *p, const float *b
     double t = p->weight[1] / (p->weight[0] + p->weight[1]);
     double norm0 = sqrt(sums[1]), norm1 = sqrt(sums[2]);
     double cos_angle = sums[0] / ((norm0 > eps ? norm0 : 1.0) * (norm1 > eps ? norm1 : 1.0));
-    float s0, s1;
+    MergeMix m = {.kind = MERGE_MIX_SLERP};
     *cos_out = cos_angle;
     *lerped = fabs(cos_angle) > dot_threshold;
     if (*lerped) {
-        s0 = (float)(1.0 - t);
-        s1 = (float)t;
+        m.s0 = (float)(1.0 - t);
+        m.s1 = (float)t;
     } else {
         double angle = acos(cos_angle), sin_angle = sin(angle);
-        s0 = (float)(sin(angle - angle * t) / sin_angle);
-        s1 = (float)(sin(angle * t) / sin_angle);
+        m.s0 = (float)(sin(angle - angle * t) / sin_angle);
+        m.s1 = (float)(sin(angle * t) / sin_angle);
     }
-    int64_t small = 0;
-#pragma omp parallel for schedule(static) reduction(+ : small)
-    for (size_t i = 0; i < n; i++) {
-        float theta0 = base[i] + d0[i], theta1 = base[i] + d1[i];
-        float theta = s0 * theta0 + s1 * theta1;
-        small += fabsf(theta - base[i]) < MERGE_SPARSITY_EPS;
-        out[i] = theta;
-    }
-    *small_merged = small;
+    return m;
 }
 
 /* ---- the entry point ---------------------------------------------------------------------- */
@@ -567,32 +408,38 @@ static void merge_slerp(const RowLayout *L, const MergeParams *p, const float *b
 static int64_t check_delta(const RowLayout *L, const float *delta, const char *which) {
     size_t n = (size_t)(L->n_rows * L->cols);
     int64_t small = 0, nonfinite = 0;
-#pragma omp parallel for schedule(static) reduction(+ : small, nonfinite)
-    for (size_t i = 0; i < n; i++) {
-        uint32_t b = magnitude_bits(delta[i]);
-        nonfinite += b >= 0x7F800000u; /* exponent all ones: Inf or NaN */
-        small += fabsf(delta[i]) < MERGE_SPARSITY_EPS;
-    }
+    L->be.k->count_small(L->be.s, delta, n, &small, &nonfinite);
+    if (nonfinite == 0) return small;
+    /* the error path: find the first one on the host, to name it */
+    float *host = paft_malloc(n * sizeof *host);
+    L->be.k->to_host(L->be.s, host, delta, n * sizeof *host);
     size_t bad = 0;
-    while (nonfinite > 0 && isfinite(delta[bad])) bad++;
-    if (nonfinite > 0)
-        PAFT_FATAL("merge of tensor %llu: delta_%s has a non-finite value (%g) at row %lld column "
-                   "%lld: the adapter is broken (did training diverge?)",
-                   (unsigned long long)L->tensor_id, which, (double)delta[bad],
-                   (long long)(L->row_start + (int64_t)bad / L->cols),
-                   (long long)((int64_t)bad % L->cols));
-    return small;
+    while (bad + 1 < n && isfinite(host[bad])) bad++;
+    PAFT_FATAL("merge of tensor %llu: delta_%s has a non-finite value (%g) at row %lld column "
+               "%lld: the adapter is broken (did training diverge?)",
+               (unsigned long long)L->tensor_id, which, (double)host[bad],
+               (long long)(L->row_start + (int64_t)bad / L->cols),
+               (long long)((int64_t)bad % L->cols));
 }
 
 void merge_tensor_rows(const MergeParams *p, MPI_Comm comm, uint64_t tensor_id, int64_t rows,
                        int64_t cols, int64_t row_start, int64_t n_rows, const float *base,
                        const float *delta_sft, const float *delta_pref, float *out,
                        MergeStats *stats) {
+    MergeBackend cpu = {&merge_kernels_cpu, NULL};
+    merge_tensor_rows_on(cpu, p, comm, tensor_id, rows, cols, row_start, n_rows, base, delta_sft,
+                         delta_pref, out, stats);
+}
+
+void merge_tensor_rows_on(MergeBackend be, const MergeParams *p, MPI_Comm comm,
+                          uint64_t tensor_id, int64_t rows, int64_t cols, int64_t row_start,
+                          int64_t n_rows, const float *base, const float *delta_sft,
+                          const float *delta_pref, float *out, MergeStats *stats) {
     if (p->normalize == MERGE_NORMALIZE_AUTO)
         PAFT_FATAL("merge of tensor %llu: merge parameters not resolved (call "
                    "merge_params_resolve first)",
                    (unsigned long long)tensor_id);
-    RowLayout L = layout_gather(comm, p, tensor_id, rows, cols, row_start, n_rows);
+    RowLayout L = layout_gather(be, comm, p, tensor_id, rows, cols, row_start, n_rows);
     size_t n = (size_t)(n_rows * cols);
     const float *delta[2] = {delta_sft, delta_pref};
     if (n > 0 && (!base || !delta_sft || !delta_pref || !out))
@@ -610,18 +457,18 @@ void merge_tensor_rows(const MergeParams *p, MPI_Comm comm, uint64_t tensor_id, 
     counts[1] = check_delta(&L, delta_pref, "pref");
 
     MergeMethod m = p->method;
+    const float *kept[2] = {delta_sft, delta_pref};
+    float *scratch[2] = {NULL, NULL};
+    MergeMix mix;
     if (m == MERGE_LINEAR) {
-        merge_linear(&L, p, base, delta_sft, delta_pref, out, &counts[2]);
+        mix = linear_mix(p);
     } else if (m == MERGE_SLERP) {
-        merge_slerp(&L, p, base, delta_sft, delta_pref, out, &counts[2], &slerp_cos,
-                    &slerp_lerped);
+        mix = slerp_mix(&L, p, base, delta_sft, delta_pref, &slerp_cos, &slerp_lerped);
     } else {
         /* Step 1: sparsify into scratch copies (a density of 1 keeps the delta as it is). */
-        const float *kept[2] = {delta_sft, delta_pref};
-        float *scratch[2] = {NULL, NULL};
         for (int which = 0; which < 2; which++) {
             if (p->density[which] >= 1.0 || !(uses_magnitude_topk(m) || uses_dare(m))) continue;
-            scratch[which] = paft_malloc((n ? n : 1) * sizeof(float));
+            scratch[which] = be.k->alloc(be.s, (n ? n : 1) * sizeof(float));
             if (uses_magnitude_topk(m))
                 counts[3 + which] = sparsify_magnitude(&L, p->density[which], delta[which],
                                                        scratch[which]);
@@ -630,11 +477,13 @@ void merge_tensor_rows(const MergeParams *p, MPI_Comm comm, uint64_t tensor_id, 
                                                   &dare_scale[which]);
             kept[which] = scratch[which];
         }
-        /* Steps 2-4: weight, elect signs, mix, normalise, scale, add to the base. */
-        mix_task_arithmetic(&L, p, base, kept[0], kept[1], out, &counts[2]);
-        free(scratch[0]);
-        free(scratch[1]);
+        /* Steps 2-4: weight, elect signs, mix, normalise, scale (merge_elementwise.h). */
+        mix = task_arithmetic_mix(p);
     }
+    /* theta = base + the mixed delta (or the linear / slerp combination), element by element */
+    counts[2] = be.k->mix(be.s, &mix, base, kept[0], kept[1], out, n);
+    for (int which = 0; which < 2; which++)
+        if (scratch[which]) be.k->release(be.s, scratch[which]);
 
     if (stats) {
         CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, counts, 5, MPI_INT64_T, MPI_SUM, comm));

@@ -18,6 +18,8 @@
 #include <mpi.h>
 #include <stdint.h>
 
+#include "merge/merge_kernels.h" /* MergeBackend; MERGE_SPARSITY_EPS */
+
 typedef enum {
     MERGE_LINEAR,          /* sum_i w_i theta_i / sum_i w_i                                   */
     MERGE_TASK_ARITHMETIC, /* base + lambda * sum_i w_i delta_i                               */
@@ -31,9 +33,6 @@ typedef enum {
 
 /* normalize = MERGE_NORMALIZE_AUTO resolves to the method's mergekit default. */
 #define MERGE_NORMALIZE_AUTO (-1)
-
-/* |x| below this counts as zero in the sparsity statistics (the paper's Figure 2 measure). */
-#define MERGE_SPARSITY_EPS 1e-5f
 
 typedef struct {
     MergeMethod method;
@@ -100,6 +99,14 @@ void merge_tensor_rows(const MergeParams *params, MPI_Comm comm, uint64_t tensor
                        int64_t cols, int64_t row_start, int64_t n_rows, const float *base,
                        const float *delta_sft, const float *delta_pref, float *out,
                        MergeStats *stats);
+
+/* The same with the buffers (base, the deltas, out) in the memory of a merge backend
+ * (merge_kernels.h: device memory for CUDA) and the element passes run there; the result is the
+ * same bits on every backend. merge_tensor_rows is this with the CPU backend. */
+void merge_tensor_rows_on(MergeBackend be, const MergeParams *params, MPI_Comm comm,
+                          uint64_t tensor_id, int64_t rows, int64_t cols, int64_t row_start,
+                          int64_t n_rows, const float *base, const float *delta_sft,
+                          const float *delta_pref, float *out, MergeStats *stats);
 
 /* DARE's counter-based generator (exposed for tests and docs/MERGE.md): the uniform draw in
  * [0, 1) of element `index` (global, row-major) of model `which` (0 sft, 1 pref). The element is

@@ -20,6 +20,8 @@
 #include "io/safetensors.h"
 #include "loss/lora_delta.h"
 #include "merge/merge.h"
+#include "merge/merge_kernels.h"
+#include "model/model_device.h"
 
 #define ADAPTER_FORMAT "paft-adapter-1"
 
@@ -344,6 +346,9 @@ typedef struct {
     float *base_f, *delta_f[2]; /* the fp64 test build only: merge_tensor_rows computes in float */
     uint16_t *bf16;
     size_t cap_bf16;
+    /* the merge backend's buffers when it is not the host (model.device = cuda) */
+    float *dev_base, *dev_delta[2], *dev_A, *dev_B;
+    size_t cap_dev_base, cap_dev_delta[2], cap_dev_A, cap_dev_B;
 } Scratch;
 
 static void grow(void **buf, size_t *cap, size_t need, size_t elem) {
@@ -351,6 +356,15 @@ static void grow(void **buf, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap) return;
     free(*buf);
     *buf = paft_malloc(need * elem);
+    *cap = need;
+}
+
+/* grow() for a buffer in the merge backend's memory */
+static void grow_on(MergeBackend be, float **buf, size_t *cap, size_t need) {
+    need = PAFT_MAX(need, (size_t)1);
+    if (need <= *cap) return;
+    if (*buf) be.k->release(be.s, *buf);
+    *buf = be.k->alloc(be.s, need * sizeof(float));
     *cap = need;
 }
 
@@ -410,15 +424,13 @@ static void copy_tensor(Stage *s, H5File *out, const char *dataset, const StageT
     }
 }
 
-/* This rank's rows of delta = s B A of one adapter (zero when it does not adapt the module). */
-static void form_delta(StageAdapter *a, const StageTensor *t, int64_t row0, int64_t n,
-                       real *A, real *B, real *delta) {
+/* This rank's rows of B and all of A of one adapter's module for tensor t (host memory); 0 when
+ * the adapter does not adapt the module (its delta is zero). */
+static int read_factors(StageAdapter *a, const StageTensor *t, int64_t row0, int64_t n, real *A,
+                        real *B) {
     const int64_t in = t->view->cols, out = t->view->rows;
     const int r = a->lora.r;
-    if (!a->lora.targets[t->proj]) {
-        memset(delta, 0, (size_t)(n * in) * sizeof(real));
-        return;
-    }
+    if (!a->lora.targets[t->proj]) return 0;
     char name[256];
     snprintf(name, sizeof name, "/lora/model.layers.%d.%s/A", t->layer, proj_module_name((Proj)t->proj));
     H5Block whole_A = h5_whole(r, in, 1); /* every rank needs all of A */
@@ -426,31 +438,74 @@ static void form_delta(StageAdapter *a, const StageTensor *t, int64_t row0, int6
     snprintf(name, sizeof name, "/lora/model.layers.%d.%s/B", t->layer, proj_module_name((Proj)t->proj));
     H5Block rows_B = {out, r, row0, 0, n, r};
     h5_read_real(&a->file, name, &rows_B, B);
-    lora_delta(delta, A, B, (int)n, (int)in, r, (real)a->lora.scale);
+    return 1;
+}
+
+/* This rank's rows of delta = s B A of one adapter, in host memory. */
+static void form_delta(StageAdapter *a, const StageTensor *t, int64_t row0, int64_t n,
+                       real *A, real *B, real *delta) {
+    if (read_factors(a, t, row0, n, A, B))
+        lora_delta(delta, A, B, (int)n, (int)t->view->cols, a->lora.r, (real)a->lora.scale);
+    else
+        memset(delta, 0, (size_t)(n * t->view->cols) * sizeof(real));
+}
+
+/* The same in the merge backend's memory: the factors go up, the delta is formed there. */
+static void form_delta_on(MergeBackend be, StageAdapter *a, const StageTensor *t, int64_t row0,
+                          int64_t n, Scratch *sc, float *delta) {
+    const int64_t cols = t->view->cols;
+    const int r = a->lora.r;
+    if (!read_factors(a, t, row0, n, sc->A, sc->B)) {
+        be.k->zero(be.s, delta, (size_t)(n * cols));
+        return;
+    }
+    be.k->to_device(be.s, sc->dev_A, sc->A, (size_t)(r * cols) * sizeof(float));
+    be.k->to_device(be.s, sc->dev_B, sc->B, (size_t)(n * r) * sizeof(float));
+    be.k->lora_delta(be.s, delta, sc->dev_A, sc->dev_B, n, cols, r, (float)a->lora.scale);
 }
 
 static void merge_tensor(Stage *s, H5File *out, const char *dataset, const StageTensor *t,
-                         uint64_t tensor_id, int rank, int size, MPI_Comm comm, Scratch *sc,
-                         StageTimes *tm, MergeStats *stats) {
+                         uint64_t tensor_id, int rank, int size, MPI_Comm comm, MergeBackend be,
+                         Scratch *sc, StageTimes *tm, MergeStats *stats) {
     const int64_t rows = t->view->rows, cols = t->view->cols;
     int64_t row0, n;
     merge_row_range(rows, rank, size, &row0, &n);
     const size_t count = (size_t)(n * cols);
-    grow((void **)&sc->base, &sc->cap_base, count, sizeof(real));
-    for (int k = 0; k < 2; k++) grow((void **)&sc->delta[k], &sc->cap_delta[k], count, sizeof(real));
     const int max_r = PAFT_MAX(s->adapter[0].lora.r, s->adapter[1].lora.r);
+    grow((void **)&sc->base, &sc->cap_base, count, sizeof(real));
     grow((void **)&sc->A, &sc->cap_A, (size_t)(max_r * cols), sizeof(real));
     grow((void **)&sc->B, &sc->cap_B, (size_t)(n * max_r), sizeof(real));
 
-    double t0 = MPI_Wtime();
+    double t0 = MPI_Wtime(), t1, t2;
     if (n > 0) checkpoint_read_block(&s->ckpt, t->info, row0, n, 0, cols, sc->base);
-    for (int k = 0; k < 2; k++) form_delta(&s->adapter[k], t, row0, n, sc->A, sc->B, sc->delta[k]);
-    double t1 = MPI_Wtime();
     float *base = as_float(sc->base, &sc->base_f, count);
-    float *d0 = as_float(sc->delta[0], &sc->delta_f[0], count);
-    float *d1 = as_float(sc->delta[1], &sc->delta_f[1], count);
-    merge_tensor_rows(&s->params, comm, tensor_id, rows, cols, row0, n, base, d0, d1, base, stats);
-    double t2 = MPI_Wtime();
+    if (be.k->host_memory) {
+        for (int k = 0; k < 2; k++) {
+            grow((void **)&sc->delta[k], &sc->cap_delta[k], count, sizeof(real));
+            form_delta(&s->adapter[k], t, row0, n, sc->A, sc->B, sc->delta[k]);
+        }
+        t1 = MPI_Wtime();
+        float *d0 = as_float(sc->delta[0], &sc->delta_f[0], count);
+        float *d1 = as_float(sc->delta[1], &sc->delta_f[1], count);
+        merge_tensor_rows_on(be, &s->params, comm, tensor_id, rows, cols, row0, n, base, d0, d1,
+                             base, stats);
+    } else {
+        /* the device: W's rows and the factors go up, theta's rows come down (the CUDA
+         * backend exists in the float build only: real is float here) */
+        grow_on(be, &sc->dev_base, &sc->cap_dev_base, count);
+        grow_on(be, &sc->dev_A, &sc->cap_dev_A, (size_t)(max_r * cols));
+        grow_on(be, &sc->dev_B, &sc->cap_dev_B, (size_t)(n * max_r));
+        be.k->to_device(be.s, sc->dev_base, base, count * sizeof(float));
+        for (int k = 0; k < 2; k++) {
+            grow_on(be, &sc->dev_delta[k], &sc->cap_dev_delta[k], count);
+            form_delta_on(be, &s->adapter[k], t, row0, n, sc, sc->dev_delta[k]);
+        }
+        t1 = MPI_Wtime();
+        merge_tensor_rows_on(be, &s->params, comm, tensor_id, rows, cols, row0, n, sc->dev_base,
+                             sc->dev_delta[0], sc->dev_delta[1], sc->dev_base, stats);
+        be.k->to_host(be.s, base, sc->dev_base, count * sizeof(float));
+    }
+    t2 = MPI_Wtime();
     write_rows(out, dataset, t, row0, n, base, s->dtype, sc);
     tm->read += t1 - t0; /* includes forming delta: it is a few % of reading W */
     tm->compute += t2 - t1;
@@ -542,6 +597,12 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
     h5_create_group(&out, "/weights");
     h5_create_group(&out, "/stats");
 
+    /* model.device = cuda: every rank merges its rows on its GPU (kernels/merge_cuda.cu); the
+     * file is the same bits as a CPU merge. emulate and cpu merge on the CPU. */
+    MergeBackend be = {&merge_kernels_cpu, NULL};
+    if (device_backend_by_name(cfg->model.device, "model.device") == &device_backend_cuda)
+        be.k = &merge_kernels_cuda;
+    be.s = be.k->create();
     Scratch sc;
     memset(&sc, 0, sizeof sc);
     StageTimes tm = {0, 0, 0};
@@ -559,7 +620,7 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
             continue;
         }
         MergeStats stats;
-        merge_tensor(&s, &out, dataset, t, (uint64_t)i, rank, size, world, &sc, &tm, &stats);
+        merge_tensor(&s, &out, dataset, t, (uint64_t)i, rank, size, world, be, &sc, &tm, &stats);
         MergedTensorStats record = {
             .numel = stats.numel,
             .sparsity_sft = (double)stats.small_sft / (double)stats.numel,
@@ -587,8 +648,8 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
     tm.write += MPI_Wtime() - t_close;
     for (int a = 0; a < 2; a++) h5_close(&s.adapter[a].file);
 
-    paft_log("merge: wrote %s in %.2f s (rank 0: read %.2f s, merge %.2f s, write %.2f s)\n", s.out,
-             MPI_Wtime() - t_start, tm.read, tm.compute, tm.write);
+    paft_log("merge: wrote %s in %.2f s (rank 0: read %.2f s, merge %.2f s on %s, write %.2f s)\n",
+             s.out, MPI_Wtime() - t_start, tm.read, tm.compute, be.k->name, tm.write);
     if (numel_total > 0)
         paft_log("merge: sparsity (|delta| < 1e-5) of delta_sft %.4f, delta_pref %.4f, merged %.4f\n",
                  small_total[0] / numel_total, small_total[1] / numel_total,
@@ -603,6 +664,10 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
     free(sc.delta_f[0]);
     free(sc.delta_f[1]);
     free(sc.bf16);
+    float *dev[5] = {sc.dev_base, sc.dev_delta[0], sc.dev_delta[1], sc.dev_A, sc.dev_B};
+    for (int i = 0; i < 5; i++)
+        if (dev[i]) be.k->release(be.s, dev[i]);
+    be.k->destroy(be.s);
     free(parameters);
     free(sources);
     free(s.tensors);

@@ -41,37 +41,12 @@ typedef struct {
     int simple_attention; /* the unfused reference kernels instead of the fused ones */
 } DevCtx;
 
-/* One GPU per rank by node-local rank. The launchers say which rank of the node a process is
- * (Open MPI's mpirun, Slurm's srun, MPICH's Hydra, Cray PALS); reading that needs no collective,
- * so a model can go onto the GPU on some ranks only (one group evaluating, another not). Only
- * under an unknown launcher does it fall back to cuda_select_device's collective split over
- * MPI_COMM_WORLD, which every rank must then reach. */
-static inline void dev_select_gpu(void) {
-    static const char *const local_rank_vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID",
-                                                  "MPI_LOCALRANKID", "PALS_LOCAL_RANKID"};
-    int world_size = 1;
-    CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &world_size));
-    int local_rank = world_size == 1 ? 0 : -1;
-    for (size_t i = 0; i < sizeof local_rank_vars / sizeof local_rank_vars[0] && local_rank < 0; i++) {
-        const char *v = getenv(local_rank_vars[i]);
-        if (v && *v) local_rank = atoi(v);
-    }
-    if (local_rank < 0) {
-        cuda_select_device(MPI_COMM_WORLD);
-        return;
-    }
-    CHECK_CUDA(cudaSetDevice(local_rank % cuda_device_count()));
-}
-
 static inline void dev_ctx_init(DevCtx *ctx, MPI_Comm tp_comm, int tp_size, int collectives,
                                 int simple_attention) {
     ctx->tp_comm = tp_comm;
     ctx->tp_size = tp_size;
     ctx->simple_attention = simple_attention;
-    if (cuda_device_count() == 0)
-        PAFT_FATAL("model.device = cuda, but no CUDA device is visible to this process (check "
-                   "CUDA_VISIBLE_DEVICES and the job's GPU request, e.g. --gpus-per-task=1)");
-    dev_select_gpu();
+    cuda_select_local_device();
     ctx->cuda = cuda_context_create();
     ctx->tp = device_comm_create(tp_comm, (DeviceCommKind)collectives);
 }

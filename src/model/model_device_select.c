@@ -4,6 +4,7 @@
  */
 #include <string.h>
 
+#include "merge/merge_kernels.h"
 #include "model/model_device.h"
 
 #ifndef PAFT_WITH_CUDA
@@ -18,6 +19,15 @@ static ModelDevice *cuda_not_built(struct Model *m, const DeviceOptions *opt) {
 static int no_devices(void) { return 0; }
 const DeviceBackend device_backend_cuda = {.name = "cuda", .available = 0,
                                            .device_count = no_devices, .create = cuda_not_built};
+
+static MergeKernelState *merge_cuda_not_built(void) {
+    PAFT_FATAL("model.device = cuda: the merge would run on the GPU, but this paft was built "
+               "without the CUDA backend (configure with -DPAFT_CUDA=ON on a machine with the "
+               "CUDA toolkit, or merge with model.device = cpu)");
+    return NULL;
+}
+const MergeKernels merge_kernels_cuda = {.name = "cuda", .available = 0,
+                                         .create = merge_cuda_not_built};
 #endif
 
 const DeviceBackend *device_backend_by_name(const char *name, const char *origin) {
