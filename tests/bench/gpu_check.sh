@@ -5,8 +5,9 @@
 # JSON lines go to $OUT; a short table is printed last.
 #   usage (device tool): bash tests/bench/gpu_check.sh DEPS [tests|bench|profile|all]
 #   (a call may run 10 minutes: if `all` does not fit, run `tests`, then `bench` while it is warm;
-#   `profile`: the step's device time by phase, `paft bench profile=1`, for llama-1b and mistral-7b
-#   plus compute-sanitizer's memcheck of the op tests; about a minute)
+#   `profile`: the step's device time by phase, `paft bench profile=1`, for llama-1b and mistral-7b,
+#   the merge's passes on CPU and GPU (bench_merge), and compute-sanitizer's memcheck of the op and
+#   merge tests; about two minutes)
 #   Nsight Compute (ncu) hangs on the lent machine ("Failed to profile nvjet_sm90...") and Nsight
 #   Systems is not installed: use `profile`.
 #   DEPS: the folder made by tests/bench/fetch_device_deps.sh, named in the call's `carry`.
@@ -46,9 +47,16 @@ if [ "$what" = profile ]; then
     build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 logits_chunk=2048 |
       grep '^  step'
   done
+  # the merge's passes on one Mistral-MLP-sized tensor: 16 CPU threads, then the GPU
+  echo "== merge, one 4096 x 14336 tensor"
+  OMP_NUM_THREADS=16 build-gpu/tests/merge/bench_merge 4096 14336 3 cpu 2>&1 | tee "$out/merge_cpu.log"
+  build-gpu/tests/merge/bench_merge 4096 14336 3 cuda 2>&1 | tee "$out/merge_cuda.log"
   /usr/local/cuda/bin/compute-sanitizer --tool memcheck --print-limit 5 \
     build-gpu/tests/cuda/test_ops_cuda > "$out/memcheck.log" 2>&1
   grep -E "ERROR SUMMARY|test_ops_cuda:" "$out/memcheck.log"
+  /usr/local/cuda/bin/compute-sanitizer --tool memcheck --print-limit 5 \
+    build-gpu/tests/cuda/test_merge_cuda > "$out/memcheck_merge.log" 2>&1
+  grep -E "ERROR SUMMARY|test_merge_cuda:" "$out/memcheck_merge.log"
   exit 0
 fi
 
