@@ -270,19 +270,34 @@ __global__ static void swiglu_forward_kernel(floatX *out, const floatX *gate, co
     }
 }
 
-template <int W>
+/* Accumulate: dgate += ..., dup += ...; otherwise dgate = ..., dup = ... without reading them (the
+ * same bits as adding onto zeros: the gradient starts from a bf16 zero either way), which saves
+ * zeroing both buffers first. */
+template <int W, bool Accumulate>
 __global__ static void swiglu_backward_kernel(floatX *dgate, floatX *dup, const floatX *dout,
                                               const floatX *gate, const floatX *up, size_t n) {
     const size_t i = group_start<W>();
+    const floatX zero = __float2bfloat16(0.0f);
     if (i + W <= n) {
         const Vec<floatX, W> d = load_vec<W>(dout + i), g = load_vec<W>(gate + i);
         const Vec<floatX, W> u = load_vec<W>(up + i);
-        Vec<floatX, W> dg = load_vec<W>(dgate + i), du = load_vec<W>(dup + i);
+        Vec<floatX, W> dg, du;
+        if (Accumulate) {
+            dg = load_vec<W>(dgate + i);
+            du = load_vec<W>(dup + i);
+        } else {
+            for (int k = 0; k < W; k++) dg.e[k] = du.e[k] = zero;
+        }
         for (int k = 0; k < W; k++) swiglu_gradient(&dg.e[k], &du.e[k], d.e[k], g.e[k], u.e[k]);
         store_vec(dgate + i, dg);
         store_vec(dup + i, du);
     } else {
-        for (size_t j = i; j < n; j++) swiglu_gradient(&dgate[j], &dup[j], dout[j], gate[j], up[j]);
+        for (size_t j = i; j < n; j++) {
+            floatX dg = Accumulate ? dgate[j] : zero, du = Accumulate ? dup[j] : zero;
+            swiglu_gradient(&dg, &du, dout[j], gate[j], up[j]);
+            dgate[j] = dg;
+            dup[j] = du;
+        }
     }
 }
 
@@ -313,15 +328,28 @@ extern "C" void swiglu_forward_cuda(floatX *out, const floatX *gate, const float
     CHECK_LAUNCH();
 }
 
-extern "C" void swiglu_backward_cuda(floatX *dgate, floatX *dup, const floatX *dout,
-                                     const floatX *gate, const floatX *up, size_t n) {
+template <bool Accumulate>
+static void swiglu_backward_launch(floatX *dgate, floatX *dup, const floatX *dout,
+                                   const floatX *gate, const floatX *up, size_t n) {
     if (n == 0) return;
     const int W = bf16_per_access;
     if (aligned16(dgate) && aligned16(dup) && aligned16(dout) && aligned16(gate) && aligned16(up))
-        swiglu_backward_kernel<W><<<group_blocks(n, W), block_size>>>(dgate, dup, dout, gate, up, n);
+        swiglu_backward_kernel<W, Accumulate><<<group_blocks(n, W), block_size>>>(dgate, dup, dout,
+                                                                                  gate, up, n);
     else
-        swiglu_backward_kernel<1><<<group_blocks(n, 1), block_size>>>(dgate, dup, dout, gate, up, n);
+        swiglu_backward_kernel<1, Accumulate><<<group_blocks(n, 1), block_size>>>(dgate, dup, dout,
+                                                                                  gate, up, n);
     CHECK_LAUNCH();
+}
+
+extern "C" void swiglu_backward_cuda(floatX *dgate, floatX *dup, const floatX *dout,
+                                     const floatX *gate, const floatX *up, size_t n) {
+    swiglu_backward_launch<true>(dgate, dup, dout, gate, up, n);
+}
+
+extern "C" void swiglu_backward_store_cuda(floatX *dgate, floatX *dup, const floatX *dout,
+                                           const floatX *gate, const floatX *up, size_t n) {
+    swiglu_backward_launch<false>(dgate, dup, dout, gate, up, n);
 }
 
 extern "C" void residual_forward_cuda(floatX *out, const floatX *a, const floatX *b, size_t n) {
@@ -833,14 +861,21 @@ extern "C" void matmul_forward_cuda(CudaContext *ctx, floatX *out, const floatX 
  * inp^T (C x N) dout (N x OC): inp's memory is inp^T (C x N, ld C): A, trans_a = N; dout's memory
  * is dout^T (OC x N, ld OC), transposed: B, trans_b = T; D is dweight^T (C x OC, ld C) in fp32
  * (bf16 A and B with fp32 C/D is one of cuBLASLt's CUBLAS_COMPUTE_32F combinations). */
+extern "C" void matmul_input_grad_cuda(CudaContext *ctx, floatX *dinp, int ld_dinp,
+                                       const floatX *dout, const floatX *weight, int N, int C,
+                                       int OC, float alpha, int accumulate) {
+    if (N <= 0 || C <= 0 || OC <= 0) return;
+    /* beta = 0: cuBLASLt does not read dinp at all (it may hold anything, NaN included) */
+    lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, weight, C, dout, OC, dinp, CUDA_R_16BF,
+            ld_dinp, alpha, accumulate ? 1.0f : 0.0f);
+}
+
 extern "C" void matmul_backward_strided_cuda(CudaContext *ctx, floatX *dinp, int ld_dinp,
                                              float *dweight, const floatX *dout, const floatX *inp,
                                              int ld_inp, const floatX *weight, int N, int C, int OC,
                                              float alpha) {
     if (N <= 0 || C <= 0 || OC <= 0) return;
-    if (dinp)
-        lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, weight, C, dout, OC, dinp, CUDA_R_16BF,
-                ld_dinp, alpha, 1.0f);
+    if (dinp) matmul_input_grad_cuda(ctx, dinp, ld_dinp, dout, weight, N, C, OC, alpha, 1);
     if (dweight)
         lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, ld_inp, dout, OC, dweight, CUDA_R_32F,
                 C, alpha, 1.0f);

@@ -40,6 +40,9 @@ void rmsnorm_backward_cuda(floatX *dinp, float *dweight, const floatX *dout, con
 
 /* out = silu(gate) * up, and its backward (dgate += ..., dup += ...). */
 void swiglu_forward_cuda(floatX *out, const floatX *gate, const floatX *up, size_t n);
+/* swiglu_backward_cuda's store form: dgate = ..., dup = ... (not read: no zeroing first). */
+void swiglu_backward_store_cuda(floatX *dgate, floatX *dup, const floatX *dout,
+                                const floatX *gate, const floatX *up, size_t n);
 void swiglu_backward_cuda(floatX *dgate, floatX *dup, const floatX *dout, const floatX *gate,
                           const floatX *up, size_t n);
 
@@ -141,6 +144,11 @@ void matmul_forward_strided_cuda(CudaContext *ctx, floatX *out, const floatX *in
 void matmul_backward_strided_cuda(CudaContext *ctx, floatX *dinp, int ld_dinp, float *dweight,
                                   const floatX *dout, const floatX *inp, int ld_inp,
                                   const floatX *weight, int N, int C, int OC, float alpha);
+/* The input gradient alone: dinp (=|+=) alpha * dout W, rows ld_dinp apart. With accumulate = 0
+ * dinp is written without being read (no zeroing needed first; the same bits as adding onto
+ * zeros). */
+void matmul_input_grad_cuda(CudaContext *ctx, floatX *dinp, int ld_dinp, const floatX *dout,
+                            const floatX *weight, int N, int C, int OC, float alpha, int accumulate);
 
 /* ---- support for the device model (model_support.cu) ---- */
 /* dst = src rounded to bf16 (nearest even), both on the device. */

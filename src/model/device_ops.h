@@ -173,6 +173,13 @@ static inline void dev_matmul_backward(DevCtx *ctx, act_t *dinp, stat_t *dweight
                                        int N, int C, int OC, float alpha) {
     matmul_backward_cuda(ctx->cuda, dinp, dweight, dout, inp, weight, N, C, OC, alpha);
 }
+/* The input gradient alone, dinp (=|+=) alpha dout W with dinp's rows ld apart; accumulate = 0
+ * writes dinp without reading it, so the first product into a gradient buffer needs no zeroing. */
+static inline void dev_matmul_input_grad(DevCtx *ctx, act_t *dinp, int ld, const act_t *dout,
+                                         const act_t *weight, int N, int C, int OC, float alpha,
+                                         int accumulate) {
+    matmul_input_grad_cuda(ctx->cuda, dinp, ld, dout, weight, N, C, OC, alpha, accumulate);
+}
 /* The adapters of projections that read the same input (q, k, v; gate, up) share one product
  * h = inp [A_1; A_2; ...]^T: one pass over the activations instead of one per projection, and
  * likewise for dA and the input gradient in the backward (model_device.c, "shared LoRA input").
@@ -235,9 +242,12 @@ static inline void dev_attention_backward(DevCtx *ctx, act_t *dq, act_t *dk, act
 static inline void dev_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n) {
     swiglu_forward_cuda(out, gate, up, n);
 }
+/* accumulate = 0: dgate, dup are written, not added to (no zeroing needed first) */
 static inline void dev_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout,
-                                       const act_t *gate, const act_t *up, size_t n) {
-    swiglu_backward_cuda(dgate, dup, dout, gate, up, n);
+                                       const act_t *gate, const act_t *up, size_t n,
+                                       int accumulate) {
+    if (accumulate) swiglu_backward_cuda(dgate, dup, dout, gate, up, n);
+    else swiglu_backward_store_cuda(dgate, dup, dout, gate, up, n);
 }
 static inline void dev_residual_forward(act_t *out, const act_t *a, const act_t *b, size_t n) {
     residual_forward_cuda(out, a, b, n);
@@ -364,6 +374,13 @@ static inline void dev_matmul_backward(DevCtx *ctx, act_t *dinp, stat_t *dweight
                                        int N, int C, int OC, float alpha) {
     matmul_backward(dinp, dweight, NULL, dout, inp, weight, N, C, OC, (real)alpha);
 }
+static inline void dev_matmul_input_grad(DevCtx *ctx, act_t *dinp, int ld, const act_t *dout,
+                                         const act_t *weight, int N, int C, int OC, float alpha,
+                                         int accumulate) {
+    if (ld != C) PAFT_FATAL("emulate: strided input gradients are the CUDA backend's alone");
+    if (!accumulate) memset(dinp, 0, (size_t)N * C * sizeof *dinp);
+    matmul_backward(dinp, NULL, NULL, dout, NULL, weight, N, C, OC, (real)alpha);
+}
 #define DEV_SHARES_LORA_INPUT 0 /* model.c's order: one LoRA product per projection */
 static inline void dev_add_bias(act_t *out, const act_t *bias, int N, int OC) {
     for (int n = 0; n < N; n++)
@@ -400,7 +417,12 @@ static inline void dev_swiglu_forward(act_t *out, const act_t *gate, const act_t
     swiglu_forward(out, gate, up, n);
 }
 static inline void dev_swiglu_backward(act_t *dgate, act_t *dup, const act_t *dout,
-                                       const act_t *gate, const act_t *up, size_t n) {
+                                       const act_t *gate, const act_t *up, size_t n,
+                                       int accumulate) {
+    if (!accumulate) {
+        memset(dgate, 0, n * sizeof *dgate);
+        memset(dup, 0, n * sizeof *dup);
+    }
     swiglu_backward(dgate, dup, dout, gate, up, n);
 }
 static inline void dev_residual_forward(act_t *out, const act_t *a, const act_t *b, size_t n) {

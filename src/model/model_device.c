@@ -591,21 +591,23 @@ static void device_forward(ModelDevice *d, const int32_t *tokens, const int32_t 
 /* ---- backward --------------------------------------------------------------------------------*/
 
 /* model.c's proj_backward: dinp += d/d inp (partial under column parallelism: the caller sums it
- * once per block), and the LoRA gradients into the fp32 accumulator. */
-static void proj_backward(ModelDevice *d, int l, Proj p, act_t *dinp, const act_t *dout,
-                          const act_t *inp, const act_t *h, int N) {
+ * once per block), and the LoRA gradients into the fp32 accumulator. dinp_fresh: dinp holds
+ * nothing yet, so the first product writes it instead of adding (the same bits as adding onto
+ * zeros, without a pass that zeroes the buffer first). */
+static void proj_backward(ModelDevice *d, int l, Proj p, act_t *dinp, int dinp_fresh,
+                          const act_t *dout, const act_t *inp, const act_t *h, int N) {
     const Model *m = d->m;
     const int in = model_local_in(m, p), out_f = model_local_out(m, p), r = m->lora.r;
     const DevLayerLora *lo = &d->lora[l];
     phase(d, PHASE_GEMM);
-    dev_matmul_backward(&d->ctx, dinp, NULL, dout, inp, d->layers[l].w[p], N, in, out_f, 1.0f);
+    dev_matmul_input_grad(&d->ctx, dinp, in, dout, d->layers[l].w[p], N, in, out_f, 1.0f,
+                          !dinp_fresh);
     if (!model_adapted(m, p)) return;
     const float s = (float)m->lora.scale;
     /* dlora_h = s dout B, then the factors' gradients dB += s dout^T h, dA += dlora_h^T inp (the
      * thin GEMMs whose inner dimension is the N tokens), then dinp += dlora_h A */
     phase(d, PHASE_LORA);
-    dev_zero(d->dlora_h, (size_t)N * r * sizeof(act_t));
-    dev_matmul_backward(&d->ctx, d->dlora_h, NULL, dout, h, lo->B[p], N, r, out_f, s);
+    dev_matmul_input_grad(&d->ctx, d->dlora_h, r, dout, lo->B[p], N, r, out_f, s, 0);
     phase(d, PHASE_LORA_GRAD);
     dev_matmul_backward(&d->ctx, NULL, lo->dB[p], dout, h, lo->B[p], N, r, out_f, s);
     dev_matmul_backward(&d->ctx, NULL, lo->dA[p], d->dlora_h, inp, lo->A[p], N, in, r, 1.0f);
@@ -616,7 +618,8 @@ static void proj_backward(ModelDevice *d, int l, Proj p, act_t *dinp, const act_
 /* proj_backward for the projections first .. first + count - 1, which share inp: dinp += the
  * input gradients (partial under column parallelism), the LoRA gradients into the accumulator. */
 static void projs_backward(ModelDevice *d, int l, const LayerActs *la, Proj first, int count,
-                           act_t *dinp, const act_t *const *douts, const act_t *inp, int N) {
+                           act_t *dinp, int dinp_fresh, const act_t *const *douts,
+                           const act_t *inp, int N) {
 #if DEV_SHARES_LORA_INPUT
     if (lora_group_shared(d, l, first, count)) {
         const Model *m = d->m;
@@ -627,17 +630,16 @@ static void projs_backward(ModelDevice *d, int l, const LayerActs *la, Proj firs
         for (int i = 0; i < count; i++) {
             const Proj p = (Proj)(first + i);
             phase(d, PHASE_GEMM);
-            dev_matmul_backward(&d->ctx, dinp, NULL, douts[i], inp, d->layers[l].w[p], N, in,
-                                model_local_out(m, p), 1.0f);
+            dev_matmul_input_grad(&d->ctx, dinp, in, douts[i], d->layers[l].w[p], N, in,
+                                  model_local_out(m, p), 1.0f, i > 0 || !dinp_fresh);
         }
-        /* dlora_h [N][count r]: each projection's s dout B in its r columns, and dB += s dout^T h
-         * from its columns of h */
+        /* dlora_h [N][count r]: each projection's s dout B written into its r columns, and
+         * dB += s dout^T h from its columns of h */
         phase(d, PHASE_LORA);
-        dev_zero(d->dlora_h, (size_t)N * ld * sizeof(act_t));
         for (int i = 0; i < count; i++) {
             const Proj p = (Proj)(first + i);
-            dev_matmul_backward_ld(&d->ctx, d->dlora_h + i * r, ld, NULL, douts[i], NULL, 0,
-                                   lo->B[p], N, r, model_local_out(m, p), s);
+            dev_matmul_input_grad(&d->ctx, d->dlora_h + i * r, ld, douts[i], lo->B[p], N, r,
+                                  model_local_out(m, p), s, 0);
         }
         phase(d, PHASE_LORA_GRAD);
         for (int i = 0; i < count; i++) {
@@ -654,7 +656,7 @@ static void projs_backward(ModelDevice *d, int l, const LayerActs *la, Proj firs
     }
 #endif
     for (int i = 0; i < count; i++)
-        proj_backward(d, l, (Proj)(first + i), dinp, douts[i], inp,
+        proj_backward(d, l, (Proj)(first + i), dinp, i == 0 && dinp_fresh, douts[i], inp,
                       lora_h_of(d, la, (Proj)(first + i), N), N);
 }
 
@@ -668,28 +670,20 @@ static void layer_backward(ModelDevice *d, int l, const LayerActs *la, const act
     const size_t nff = (size_t)N * m->local_ffn;
     const DevLayerWeights *w = &d->layers[l];
 
-    /* MLP block; the residual passes dx through unchanged to x_mid */
-    phase(d, PHASE_ZERO);
-    dev_zero(d->dact, nff * sizeof(act_t));
-    proj_backward(d, l, PROJ_DOWN, d->dact, d->dx, la->act, lora_h_of(d, la, PROJ_DOWN, N), N);
-    phase(d, PHASE_ZERO);
-    dev_zero(d->dgate, nff * sizeof(act_t));
-    dev_zero(d->dup, nff * sizeof(act_t));
+    /* MLP block; the residual passes dx through unchanged to x_mid. Each gradient buffer's first
+     * writer writes it (fresh = 1) rather than adding onto zeros: no zeroing passes. */
+    proj_backward(d, l, PROJ_DOWN, d->dact, 1, d->dx, la->act, lora_h_of(d, la, PROJ_DOWN, N), N);
     phase(d, PHASE_POINTWISE);
-    dev_swiglu_backward(d->dgate, d->dup, d->dact, la->gate, la->up, nff);
-    phase(d, PHASE_ZERO);
-    dev_zero(d->dln, nd * sizeof(act_t));
+    dev_swiglu_backward(d->dgate, d->dup, d->dact, la->gate, la->up, nff, 0);
     const act_t *const d_gate_up[2] = {d->dgate, d->dup};
-    projs_backward(d, l, la, PROJ_GATE, 2, d->dln, d_gate_up, la->ln2, N);
+    projs_backward(d, l, la, PROJ_GATE, 2, d->dln, 1, d_gate_up, la->ln2, N);
     phase(d, PHASE_COMM);
     dev_allreduce_sum_act(&d->ctx, d->dln, nd);
     phase(d, PHASE_NORM);
     dev_rmsnorm_backward(d->dx, d->dln, la->x_mid, w->mlp_norm, la->ln2_rstd, N, dm);
 
     /* attention block; the residual passes dx through to x */
-    phase(d, PHASE_ZERO);
-    dev_zero(d->datt, nq * sizeof(act_t));
-    proj_backward(d, l, PROJ_O, d->datt, d->dx, la->att, lora_h_of(d, la, PROJ_O, N), N);
+    proj_backward(d, l, PROJ_O, d->datt, 1, d->dx, la->att, lora_h_of(d, la, PROJ_O, N), N);
     phase(d, PHASE_ZERO);
     dev_zero(d->dq, nq * sizeof(act_t));
     dev_zero(d->dk, nkv * sizeof(act_t));
@@ -700,10 +694,8 @@ static void layer_backward(ModelDevice *d, int l, const LayerActs *la, const act
     phase(d, PHASE_POINTWISE);
     dev_rope_backward(d->dq, d->rope_cos, d->rope_sin, d->positions, N, Hq, D);
     dev_rope_backward(d->dk, d->rope_cos, d->rope_sin, d->positions, N, Hkv, D);
-    phase(d, PHASE_ZERO);
-    dev_zero(d->dln, nd * sizeof(act_t));
     const act_t *const d_qkv[3] = {d->dq, d->dk, d->dv};
-    projs_backward(d, l, la, PROJ_Q, 3, d->dln, d_qkv, la->ln1, N);
+    projs_backward(d, l, la, PROJ_Q, 3, d->dln, 1, d_qkv, la->ln1, N);
     phase(d, PHASE_COMM);
     dev_allreduce_sum_act(&d->ctx, d->dln, nd);
     phase(d, PHASE_NORM);
@@ -721,9 +713,7 @@ static void device_backward(ModelDevice *d, const real *dlogp) {
     /* head: logp -> this rank's logits -> final norm (the input gradient is partial: one sum) */
     phase(d, PHASE_LOGPROB);
     dev_upload(d->dlogp, dlogp, (size_t)N * sizeof(stat_t));
-    phase(d, PHASE_ZERO);
-    dev_zero(d->dln, nd * sizeof(act_t));
-    /* logit_rows rows at a time; in chunks, each chunk's logits are computed again (the forward
+    /* logit_rows rows at a time (each chunk writes its rows of dln: no zeroing first); in chunks, each chunk's logits are computed again (the forward
      * kept only the last chunk's) */
     const int chunked = d->logit_rows < N;
     for (int n0 = 0; n0 < N; n0 += d->logit_rows) {
@@ -738,8 +728,8 @@ static void device_backward(ModelDevice *d, const real *dlogp) {
         dev_logprob_backward_shard(d->dlogits, d->dlogp + n0, d->logits, d->lse + n0,
                                    d->targets + n0, m->vocab_start, n, V);
         phase(d, PHASE_GEMM);
-        dev_matmul_backward(&d->ctx, d->dln + (size_t)n0 * dm, NULL, d->dlogits, lnf_rows,
-                            d->lm_head, n, dm, V, 1.0f);
+        dev_matmul_input_grad(&d->ctx, d->dln + (size_t)n0 * dm, dm, d->dlogits, d->lm_head, n,
+                              dm, V, 1.0f, 0);
     }
     phase(d, PHASE_COMM);
     dev_allreduce_sum_act(&d->ctx, d->dln, nd);

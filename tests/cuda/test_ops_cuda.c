@@ -539,6 +539,26 @@ int main(void) {
         cuda_download_bf16(du_gpu, d_du, (size_t)N * C);
         compare("swiglu_backward dgate", dg_gpu, dg, (size_t)N * C, 1e-2);
         compare("swiglu_backward dup", du_gpu, du, (size_t)N * C, 1e-2);
+        /* the store form writes dgate, dup without reading them (NaN there must not matter):
+         * the bits of adding onto zeros */
+        {
+            const size_t n = (size_t)N * C;
+            float *nans = malloc(sizeof(float) * n), *zeros = calloc(n, sizeof(float));
+            for (size_t i = 0; i < n; i++) nans[i] = NAN;
+            floatX *s_dg = cuda_upload_bf16(nans, n), *s_du = cuda_upload_bf16(nans, n);
+            floatX *z_dg = cuda_upload_bf16(zeros, n), *z_du = cuda_upload_bf16(zeros, n);
+            swiglu_backward_store_cuda(s_dg, s_du, d_gout, dgate, dup, n);
+            swiglu_backward_cuda(z_dg, z_du, d_gout, dgate, dup, n);
+            float *a = malloc(sizeof(float) * n), *b = malloc(sizeof(float) * n);
+            cuda_download_bf16(a, s_dg, n);
+            cuda_download_bf16(b, z_dg, n);
+            CHECK(memcmp(a, b, sizeof(float) * n) == 0, "swiglu_backward_store dgate = += onto zeros");
+            cuda_download_bf16(a, s_du, n);
+            cuda_download_bf16(b, z_du, n);
+            CHECK(memcmp(a, b, sizeof(float) * n) == 0, "swiglu_backward_store dup = += onto zeros");
+            cuda_free(s_dg); cuda_free(s_du); cuda_free(z_dg); cuda_free(z_du);
+            free(nans); free(zeros); free(a); free(b);
+        }
         residual_forward(out, gate, up, (size_t)N * C);
         residual_forward_cuda(dout, dgate, dup, (size_t)N * C);
         cuda_download_bf16(got, dout, (size_t)N * C);
@@ -602,6 +622,22 @@ int main(void) {
         cuda_download_f32(dW_gpu, d_dW, (size_t)OC * C);
         compare("matmul_backward dinp", dinp_gpu, dinp, (size_t)N * C, 1e-2);
         compare("matmul_backward dweight", dW_gpu, dW_cpu, (size_t)OC * C, 1e-3);
+        /* the input gradient written (accumulate = 0) over NaN: the bits of += onto zeros */
+        {
+            const size_t n = (size_t)N * C;
+            float *nans = malloc(sizeof(float) * n), *zeros = calloc(n, sizeof(float));
+            for (size_t i = 0; i < n; i++) nans[i] = NAN;
+            floatX *d_nan = cuda_upload_bf16(nans, n), *d_zero = cuda_upload_bf16(zeros, n);
+            matmul_input_grad_cuda(ctx, d_nan, C, d_gout, dW, N, C, OC, alpha, 0);
+            matmul_backward_cuda(ctx, d_zero, NULL, d_gout, dx, dW, N, C, OC, alpha);
+            float *a = malloc(sizeof(float) * n), *b = malloc(sizeof(float) * n);
+            cuda_download_bf16(a, d_nan, n);
+            cuda_download_bf16(b, d_zero, n);
+            CHECK(memcmp(a, b, sizeof(float) * n) == 0,
+                  "matmul_input_grad, accumulate 0 over NaN = += onto zeros");
+            cuda_free(d_nan); cuda_free(d_zero);
+            free(nans); free(zeros); free(a); free(b);
+        }
         cuda_free(d_gout); cuda_free(d_dinp); cuda_free(d_dW);
         free(g_out); free(dinp); free(dW_cpu); free(dinp_gpu); free(dW_gpu);
     }
