@@ -137,8 +137,9 @@ void cuda_select_local_device(void) {
     static const char *const local_rank_vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID",
                                                   "MPI_LOCALRANKID", "PALS_LOCAL_RANKID"};
     if (cuda_device_count() == 0)
-        PAFT_FATAL("model.device = cuda, but no CUDA device is visible to this process (check "
-                   "CUDA_VISIBLE_DEVICES and the job's GPU request, e.g. --gpus-per-task=1)");
+        PAFT_FATAL("device cuda (model.device or merge.device), but no CUDA device is visible to "
+                   "this process (check CUDA_VISIBLE_DEVICES and the job's GPU request, e.g. "
+                   "--gpus-per-task=1)");
     int world_size = 1;
     CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &world_size));
     int local_rank = world_size == 1 ? 0 : -1;

@@ -21,13 +21,15 @@
 #include "cuda_check.h"
 #include "device_comm.h"
 #include "merge/merge_kernels.h"
+#include "ops_cuda.h"
 
 static const int merge_block = 256;
 /* the grid-stride kernels that count: enough blocks to fill an H100 several times over */
 static const unsigned merge_max_blocks = 4096;
 /* magnitude_drop_equal: elements per thread of its sequential walk */
 static const size_t drop_chunk = 1024;
-/* one thread per element (or row): at most the grid's x limit of blocks */
+/* the kernels with one thread per row (or chunk of 1024 elements): at most the grid's x limit of
+ * blocks, 2^31 x 256 rows, which no tensor reaches; the element kernels stride over the grid */
 static const unsigned max_grid = 0x7FFFFFFFu;
 
 struct MergeKernelState {
@@ -135,12 +137,14 @@ static void cuda_merge_zero(MergeKernelState *s, float *x, size_t n) {
 
 __global__ static void lora_delta_kernel(float *delta, const float *A, const float *B,
                                          int64_t rows, int64_t cols, int r, float scale) {
-    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (size_t)(rows * cols)) return;
-    const size_t o = i / (size_t)cols, c = i % (size_t)cols;
-    float acc = 0.0f;
-    for (int k = 0; k < r; k++) acc += B[o * (size_t)r + (size_t)k] * A[(size_t)k * cols + c];
-    delta[i] = acc * scale;
+    const size_t n = (size_t)(rows * cols);
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const size_t o = i / (size_t)cols, c = i % (size_t)cols;
+        float acc = 0.0f;
+        for (int k = 0; k < r; k++) acc += B[o * (size_t)r + (size_t)k] * A[(size_t)k * cols + c];
+        delta[i] = acc * scale;
+    }
 }
 
 static void cuda_merge_lora_delta(MergeKernelState *s, float *delta, const float *A,
@@ -148,7 +152,7 @@ static void cuda_merge_lora_delta(MergeKernelState *s, float *delta, const float
     (void)s;
     size_t n = (size_t)(rows * cols);
     if (n == 0) return;
-    lora_delta_kernel<<<blocks_for(n, max_grid), merge_block>>>(delta, A, B, rows, cols, r,
+    lora_delta_kernel<<<blocks_for(n, merge_max_blocks), merge_block>>>(delta, A, B, rows, cols, r,
                                                                   scale);
     CHECK_LAUNCH();
 }
@@ -391,14 +395,15 @@ static void cuda_merge_slerp_row_sums(MergeKernelState *s, const float *base, co
 /* ---- scaling and mixing ------------------------------------------------------------------------ */
 
 __global__ static void scale_kernel(float *x, size_t n, float factor) {
-    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] *= factor;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        x[i] *= factor;
 }
 
 static void cuda_merge_scale(MergeKernelState *s, float *x, size_t n, float factor) {
     (void)s;
     if (n == 0) return;
-    scale_kernel<<<blocks_for(n, max_grid), merge_block>>>(x, n, factor);
+    scale_kernel<<<blocks_for(n, merge_max_blocks), merge_block>>>(x, n, factor);
     CHECK_LAUNCH();
 }
 
@@ -440,6 +445,7 @@ extern "C" const MergeKernels merge_kernels_cuda = {
     /* .name = */ "cuda",
     /* .available = */ 1,
     /* .host_memory = */ 0,
+    /* .device_count = */ cuda_device_count,
     /* .create = */ cuda_merge_create,
     /* .destroy = */ cuda_merge_destroy,
     /* .alloc = */ cuda_merge_alloc,

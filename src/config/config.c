@@ -86,6 +86,7 @@ static const ConfigKey config_keys[] = {
     ONE_OF("merge", "rescale", merge.rescale, "density", "density|l1"),
     NUM("merge", "seed", KEY_INT, merge.seed, "0", 0, 2147483647.0),
     ONE_OF("merge", "dtype", merge.dtype, "bf16", "bf16|fp32"),
+    ONE_OF("merge", "device", merge.device, "auto", "auto|cpu|cuda"),
 
     STR("eval", "sft_data", eval.sft_data, ""),
     STR("eval", "pref_data", eval.pref_data, ""),

@@ -71,6 +71,7 @@ typedef struct {
         char rescale[CONFIG_WORD_MAX];   /* density | l1 (DARE) */
         int seed;
         char dtype[CONFIG_WORD_MAX];     /* bf16 | fp32 */
+        char device[CONFIG_WORD_MAX];    /* auto | cpu | cuda: where the merge computes */
     } merge;
     struct {
         char sft_data[CONFIG_PATH_MAX];

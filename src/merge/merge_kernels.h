@@ -10,7 +10,7 @@
  *
  * Both implementations compute the same bits (merge_elementwise.h: one copy of the per-element
  * formulas, no fused multiply-add; counts are integers; the per-row partial sums add the row's
- * columns in order, in double): tests/cuda/test_ops_cuda.c checks every pass bit for bit, and the
+ * columns in order, in double): tests/cuda/test_merge_cuda.c checks every pass bit for bit, and the
  * merged file of a CUDA merge is compared with `cmp` against the CPU merge's.
  */
 #ifndef PAFT_MERGE_KERNELS_H
@@ -32,6 +32,8 @@ typedef struct {
     int available;    /* 0: not compiled in (create then ends the job saying how to build it) */
     int host_memory;  /* 1: the buffers are host memory (alloc is malloc, the copies memcpy) */
 
+    /* Devices this process can use: the CPU 1; CUDA the visible GPUs (0 without, or not built). */
+    int (*device_count)(void);
     /* Bind to a device (CUDA: the GPU of this rank's node-local rank) and make the scratch. */
     MergeKernelState *(*create)(void);
     void (*destroy)(MergeKernelState *s);

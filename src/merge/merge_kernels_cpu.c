@@ -12,6 +12,7 @@
 #include "loss/lora_delta.h"
 #include "util/common.h"
 
+static int cpu_device_count(void) { return 1; }
 static MergeKernelState *cpu_create(void) { return NULL; }
 static void cpu_destroy(MergeKernelState *s) { (void)s; }
 static void *cpu_alloc(MergeKernelState *s, size_t bytes) {
@@ -190,6 +191,7 @@ const MergeKernels merge_kernels_cpu = {
     .name = "cpu",
     .available = 1,
     .host_memory = 1,
+    .device_count = cpu_device_count,
     .create = cpu_create,
     .destroy = cpu_destroy,
     .alloc = cpu_alloc,

@@ -514,6 +514,24 @@ static void merge_tensor(Stage *s, H5File *out, const char *dataset, const Stage
 
 /* ---- the stage -------------------------------------------------------------------------------- */
 
+/* merge.device: where this rank merges its rows. The file is the same bits on the CPU and on a GPU
+ * (kernels/merge_cuda.cu), so `auto` may choose per rank: the GPU when the model runs on CUDA and
+ * this process sees one, else the CPU (a training configuration merges on a node without GPUs). */
+static const MergeKernels *merge_kernels_for(const Config *cfg) {
+    const char *want = cfg->merge.device;
+    if (strcmp(want, "cpu") == 0) return &merge_kernels_cpu;
+    if (strcmp(want, "cuda") == 0) return &merge_kernels_cuda; /* its create says what is missing */
+    if (strcmp(want, "auto") != 0)
+        PAFT_FATAL("merge.device: '%s' (expected auto, cpu or cuda)", want);
+    if (device_backend_by_name(cfg->model.device, "model.device") != &device_backend_cuda)
+        return &merge_kernels_cpu;
+    if (merge_kernels_cuda.device_count() > 0) return &merge_kernels_cuda;
+    paft_log("merge: note: model.device = cuda, but %s: merging on the CPU (merge.device = auto; "
+             "the merged file is the same)\n",
+             merge_kernels_cuda.available ? "no GPU is visible" : "paft was built without CUDA");
+    return &merge_kernels_cpu;
+}
+
 static void open_base(Stage *s) {
     model_config_of_path(s->base, &s->config);
     checkpoint_open(&s->ckpt, s->base);
@@ -577,6 +595,10 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
              merge_method_name(s.params.method), s.adapter[0].path, s.adapter[1].path, s.base,
              s.n_views, n_merged, h5_float_type_name(s.dtype), size, size == 1 ? "" : "s");
 
+    /* where this rank computes: before the output file exists, so that a missing GPU leaves none */
+    MergeBackend be = {merge_kernels_for(cfg), NULL};
+    be.s = be.k->create();
+
     /* 2. the output file: attributes, then every tensor in sorted order */
     for (int a = 0; a < 2; a++) h5_open_read(&s.adapter[a].file, s.adapter[a].path, world);
     H5File out;
@@ -597,12 +619,6 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
     h5_create_group(&out, "/weights");
     h5_create_group(&out, "/stats");
 
-    /* model.device = cuda: every rank merges its rows on its GPU (kernels/merge_cuda.cu); the
-     * file is the same bits as a CPU merge. emulate and cpu merge on the CPU. */
-    MergeBackend be = {&merge_kernels_cpu, NULL};
-    if (device_backend_by_name(cfg->model.device, "model.device") == &device_backend_cuda)
-        be.k = &merge_kernels_cuda;
-    be.s = be.k->create();
     Scratch sc;
     memset(&sc, 0, sizeof sc);
     StageTimes tm = {0, 0, 0};

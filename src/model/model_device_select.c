@@ -21,12 +21,13 @@ const DeviceBackend device_backend_cuda = {.name = "cuda", .available = 0,
                                            .device_count = no_devices, .create = cuda_not_built};
 
 static MergeKernelState *merge_cuda_not_built(void) {
-    PAFT_FATAL("model.device = cuda: the merge would run on the GPU, but this paft was built "
-               "without the CUDA backend (configure with -DPAFT_CUDA=ON on a machine with the "
-               "CUDA toolkit, or merge with model.device = cpu)");
+    PAFT_FATAL("merge.device = cuda, but this paft was built without the CUDA backend "
+               "(configure with -DPAFT_CUDA=ON on a machine with the CUDA toolkit, or merge with "
+               "merge.device = cpu or auto: the merged file is the same)");
     return NULL;
 }
 const MergeKernels merge_kernels_cuda = {.name = "cuda", .available = 0,
+                                         .device_count = no_devices,
                                          .create = merge_cuda_not_built};
 #endif
 

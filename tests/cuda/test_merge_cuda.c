@@ -4,8 +4,10 @@
  * then whole tensors of every method through merge_tensor_rows_on, with the rows split over the
  * ranks of MPI_COMM_WORLD (run it on 1 and 2 ranks; ranks may share the GPU). Why the bits must
  * agree: src/merge/merge_elementwise.h. The inputs look like LoRA deltas and are made to hit the
- * corner cases: exact zeros of both signs, values under the sparsity threshold, runs of equal
- * magnitudes (the top-k cut falls inside one), both signs. Without a GPU it reports itself skipped
+ * corner cases: exact zeros of both signs, values under the sparsity threshold, subnormals, runs of
+ * equal magnitudes (the top-k cut falls inside one), both signs. `--large` adds a pass test over
+ * 1.2 M elements (the grid-stride loops go round more than once, drop_equal spans over a thousand
+ * chunks in several blocks): a few seconds on the emulator. Without a GPU it reports itself skipped
  * (exit 77); the CUDA emulator runs it everywhere (tests/cuda/emulator).
  */
 #include <math.h>
@@ -63,6 +65,7 @@ static float *make_delta(size_t n, double scale, int quantized, Rng *rng) {
         if (u < 0.05) v = 0.0;
         else if (u < 0.07) v = -0.0;
         else if (u < 0.12) v = 3e-6 * rng_normal(rng);
+        else if (u < 0.13) v = 1e-39 * rng_normal(rng); /* subnormal: a flush to zero shows */
         x[i] = (float)v;
     }
     return x;
@@ -70,8 +73,8 @@ static float *make_delta(size_t n, double scale, int quantized, Rng *rng) {
 
 /* ---- the passes --------------------------------------------------------------------------------- */
 
-static void test_passes(Rng *rng) {
-    const int64_t rows = 37, cols = 130, r = 5; /* n crosses the 1024-element chunks of drop_equal */
+static void test_passes(Rng *rng, int64_t rows, int64_t cols) {
+    const int64_t r = 5;
     const size_t n = (size_t)(rows * cols);
 
     /* lora_delta */
@@ -126,6 +129,10 @@ static void test_passes(Rng *rng) {
           (long long)kept_g, (long long)equal_g, (long long)kept_c, (long long)equal_c);
     free(got);
     for (int64_t keep_equal = 0; keep_equal <= equal_c; keep_equal += equal_c / 3 + 1) {
+        /* each from a fresh keep pass: dropping fewer after dropping more would compare two
+         * arrays the earlier pass already zeroed alike */
+        cpu->magnitude_keep(NULL, x, n, threshold, want, &kept_c, &equal_c);
+        gpu->magnitude_keep(gpu_state, dx, n, threshold, d_out, &kept_g, &equal_g);
         int64_t dropped_c = cpu->magnitude_drop_equal(NULL, x, n, threshold, keep_equal, want);
         int64_t dropped_g = gpu->magnitude_drop_equal(gpu_state, dx, n, threshold, keep_equal, d_out);
         got = from_gpu(d_out, n);
@@ -304,10 +311,12 @@ int main(int argc, char **argv) {
         MPI_Finalize();
         return 77;
     }
+    const int large = argc > 1 && strcmp(argv[1], "--large") == 0;
     gpu_state = gpu->create();
     Rng rng;
     rng_seed(&rng, 2026 + (uint64_t)rank);
-    test_passes(&rng);
+    test_passes(&rng, 37, 130); /* n crosses the 1024-element chunks of drop_equal */
+    if (large) test_passes(&rng, 1100, 1111);
     test_methods();
     gpu->destroy(gpu_state);
     int failed = test_finish("test_merge_cuda") != 0, any_failed = 0;
