@@ -145,8 +145,9 @@ static const int rows_per_block = block_size / 32;
 static unsigned row_blocks(int N) { return (unsigned)((N + rows_per_block - 1) / rows_per_block); }
 
 template <int W>
-__global__ static void rmsnorm_forward_kernel(floatX *out, float *rstd, const floatX *inp,
-                                              const floatX *weight, int N, int C, float eps) {
+__global__ static void rmsnorm_forward_kernel(floatX *out, int ld_out, float *rstd,
+                                              const floatX *inp, const floatX *weight, int N, int C,
+                                              float eps) {
     const int lane = threadIdx.x % 32;
     const size_t row = (size_t)blockIdx.x * rows_per_block + threadIdx.x / 32;
     if (row >= (size_t)N) return; /* the whole warp leaves: no shuffle waits for it */
@@ -166,18 +167,24 @@ __global__ static void rmsnorm_forward_kernel(floatX *out, float *rstd, const fl
         const Vec<floatX, W> xv = load_vec<W>(x + i), wv = load_vec<W>(weight + i);
         Vec<floatX, W> y;
         for (int k = 0; k < W; k++) y.e[k] = __float2bfloat16(bf(xv.e[k]) * r * bf(wv.e[k]));
-        store_vec(out + row * C + i, y);
+        store_vec(out + row * ld_out + i, y);
     }
+}
+
+extern "C" void rmsnorm_forward_ld_cuda(floatX *out, int ld_out, float *rstd, const floatX *inp,
+                                        const floatX *weight, int N, int C, float eps) {
+    if (N <= 0) return;
+    if (C % bf16_per_access == 0 && ld_out % bf16_per_access == 0 && aligned16(out) &&
+        aligned16(inp) && aligned16(weight))
+        rmsnorm_forward_kernel<bf16_per_access><<<row_blocks(N), block_size>>>(out, ld_out, rstd, inp, weight, N, C, eps);
+    else
+        rmsnorm_forward_kernel<1><<<row_blocks(N), block_size>>>(out, ld_out, rstd, inp, weight, N, C, eps);
+    CHECK_LAUNCH();
 }
 
 extern "C" void rmsnorm_forward_cuda(floatX *out, float *rstd, const floatX *inp,
                                      const floatX *weight, int N, int C, float eps) {
-    if (N <= 0) return;
-    if (C % bf16_per_access == 0 && aligned16(out) && aligned16(inp) && aligned16(weight))
-        rmsnorm_forward_kernel<bf16_per_access><<<row_blocks(N), block_size>>>(out, rstd, inp, weight, N, C, eps);
-    else
-        rmsnorm_forward_kernel<1><<<row_blocks(N), block_size>>>(out, rstd, inp, weight, N, C, eps);
-    CHECK_LAUNCH();
+    rmsnorm_forward_ld_cuda(out, C, rstd, inp, weight, N, C, eps);
 }
 
 /* y = x r w with r = (mean x^2 + eps)^-1/2:
@@ -186,12 +193,13 @@ extern "C" void rmsnorm_forward_cuda(floatX *out, float *rstd, const floatX *inp
  * one fp32 atomicAdd per element and row. */
 template <int W>
 __global__ static void rmsnorm_backward_kernel(floatX *dinp, float *dweight, const floatX *dout,
-                                               const floatX *inp, const floatX *weight,
-                                               const float *rstd, int N, int C) {
+                                               int ld_dout, const floatX *inp,
+                                               const floatX *weight, const float *rstd, int N,
+                                               int C) {
     const int lane = threadIdx.x % 32;
     const size_t row = (size_t)blockIdx.x * rows_per_block + threadIdx.x / 32;
     if (row >= (size_t)N) return; /* the whole warp leaves: no shuffle waits for it */
-    const floatX *x = inp + row * C, *dy = dout + row * C;
+    const floatX *x = inp + row * C, *dy = dout + row * ld_dout;
     floatX *dx = dinp + row * C;
     const float r = rstd[row];
     float gx = 0;
@@ -216,16 +224,22 @@ __global__ static void rmsnorm_backward_kernel(floatX *dinp, float *dweight, con
     }
 }
 
+extern "C" void rmsnorm_backward_ld_cuda(floatX *dinp, float *dweight, const floatX *dout,
+                                         int ld_dout, const floatX *inp, const floatX *weight,
+                                         const float *rstd, int N, int C) {
+    if (N <= 0) return;
+    if (C % bf16_per_access == 0 && ld_dout % bf16_per_access == 0 && aligned16(dinp) &&
+        aligned16(dout) && aligned16(inp) && aligned16(weight))
+        rmsnorm_backward_kernel<bf16_per_access><<<row_blocks(N), block_size>>>(dinp, dweight, dout, ld_dout, inp, weight, rstd, N, C);
+    else
+        rmsnorm_backward_kernel<1><<<row_blocks(N), block_size>>>(dinp, dweight, dout, ld_dout, inp, weight, rstd, N, C);
+    CHECK_LAUNCH();
+}
+
 extern "C" void rmsnorm_backward_cuda(floatX *dinp, float *dweight, const floatX *dout,
                                       const floatX *inp, const floatX *weight, const float *rstd,
                                       int N, int C) {
-    if (N <= 0) return;
-    if (C % bf16_per_access == 0 && aligned16(dinp) && aligned16(dout) && aligned16(inp) &&
-        aligned16(weight))
-        rmsnorm_backward_kernel<bf16_per_access><<<row_blocks(N), block_size>>>(dinp, dweight, dout, inp, weight, rstd, N, C);
-    else
-        rmsnorm_backward_kernel<1><<<row_blocks(N), block_size>>>(dinp, dweight, dout, inp, weight, rstd, N, C);
-    CHECK_LAUNCH();
+    rmsnorm_backward_ld_cuda(dinp, dweight, dout, C, inp, weight, rstd, N, C);
 }
 
 /* ---- SwiGLU and residual -----------------------------------------------------------------------
@@ -840,12 +854,19 @@ static void lt_gemm(CudaContext *ctx, cublasOperation_t trans_a, cublasOperation
 /* Row-major out[N][OC] = inp[N][C] W[OC][C]^T is, column-major, out^T (OC x N) = W (OC x C)
  * inp^T (C x N): W's memory is W^T column-major (C x OC, ld C), so A = W with trans_a = T;
  * inp's memory is inp^T column-major (C x N, ld C), B with trans_b = N; D is out^T (OC x N, ld OC). */
+extern "C" void matmul_forward_ld_cuda(CudaContext *ctx, floatX *out, int ld_out,
+                                       const floatX *inp, int ld_inp, const floatX *weight,
+                                       int ld_weight, int N, int C, int OC, float alpha,
+                                       int accumulate) {
+    if (N <= 0 || OC <= 0) return;
+    lt_gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, weight, ld_weight, inp, ld_inp, out,
+            CUDA_R_16BF, ld_out, alpha, accumulate ? 1.0f : 0.0f);
+}
+
 extern "C" void matmul_forward_strided_cuda(CudaContext *ctx, floatX *out, const floatX *inp,
                                             int ld_inp, const floatX *weight, int N, int C, int OC,
                                             float alpha, int accumulate) {
-    if (N <= 0 || OC <= 0) return;
-    lt_gemm(ctx, CUBLAS_OP_T, CUBLAS_OP_N, OC, N, C, weight, C, inp, ld_inp, out, CUDA_R_16BF, OC,
-            alpha, accumulate ? 1.0f : 0.0f);
+    matmul_forward_ld_cuda(ctx, out, OC, inp, ld_inp, weight, C, N, C, OC, alpha, accumulate);
 }
 
 extern "C" void matmul_forward_cuda(CudaContext *ctx, floatX *out, const floatX *inp,
@@ -861,13 +882,29 @@ extern "C" void matmul_forward_cuda(CudaContext *ctx, floatX *out, const floatX 
  * inp^T (C x N) dout (N x OC): inp's memory is inp^T (C x N, ld C): A, trans_a = N; dout's memory
  * is dout^T (OC x N, ld OC), transposed: B, trans_b = T; D is dweight^T (C x OC, ld C) in fp32
  * (bf16 A and B with fp32 C/D is one of cuBLASLt's CUBLAS_COMPUTE_32F combinations). */
+extern "C" void matmul_input_grad_ld_cuda(CudaContext *ctx, floatX *dinp, int ld_dinp,
+                                          const floatX *dout, int ld_dout, const floatX *weight,
+                                          int ld_weight, int N, int C, int OC, float alpha,
+                                          int accumulate) {
+    if (N <= 0 || C <= 0 || OC <= 0) return;
+    /* beta = 0: cuBLASLt does not read dinp at all (it may hold anything, NaN included) */
+    lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, weight, ld_weight, dout, ld_dout, dinp,
+            CUDA_R_16BF, ld_dinp, alpha, accumulate ? 1.0f : 0.0f);
+}
+
 extern "C" void matmul_input_grad_cuda(CudaContext *ctx, floatX *dinp, int ld_dinp,
                                        const floatX *dout, const floatX *weight, int N, int C,
                                        int OC, float alpha, int accumulate) {
+    matmul_input_grad_ld_cuda(ctx, dinp, ld_dinp, dout, OC, weight, C, N, C, OC, alpha,
+                              accumulate);
+}
+
+extern "C" void matmul_weight_grad_ld_cuda(CudaContext *ctx, float *dweight, const floatX *dout,
+                                           int ld_dout, const floatX *inp, int ld_inp, int N,
+                                           int C, int OC, float alpha) {
     if (N <= 0 || C <= 0 || OC <= 0) return;
-    /* beta = 0: cuBLASLt does not read dinp at all (it may hold anything, NaN included) */
-    lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, weight, C, dout, OC, dinp, CUDA_R_16BF,
-            ld_dinp, alpha, accumulate ? 1.0f : 0.0f);
+    lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, ld_inp, dout, ld_dout, dweight,
+            CUDA_R_32F, C, alpha, 1.0f);
 }
 
 extern "C" void matmul_backward_strided_cuda(CudaContext *ctx, floatX *dinp, int ld_dinp,
@@ -876,9 +913,7 @@ extern "C" void matmul_backward_strided_cuda(CudaContext *ctx, floatX *dinp, int
                                              float alpha) {
     if (N <= 0 || C <= 0 || OC <= 0) return;
     if (dinp) matmul_input_grad_cuda(ctx, dinp, ld_dinp, dout, weight, N, C, OC, alpha, 1);
-    if (dweight)
-        lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, ld_inp, dout, OC, dweight, CUDA_R_32F,
-                C, alpha, 1.0f);
+    if (dweight) matmul_weight_grad_ld_cuda(ctx, dweight, dout, OC, inp, ld_inp, N, C, OC, alpha);
 }
 
 extern "C" void matmul_backward_cuda(CudaContext *ctx, floatX *dinp, float *dweight,

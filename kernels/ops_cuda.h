@@ -37,6 +37,13 @@ void rmsnorm_forward_cuda(floatX *out, float *rstd, const floatX *inp, const flo
 /* dinp += ..., dweight += ... (dweight fp32, may be NULL for a frozen weight) */
 void rmsnorm_backward_cuda(floatX *dinp, float *dweight, const floatX *dout, const floatX *inp,
                            const floatX *weight, const float *rstd, int N, int C);
+/* The same with out's (forward) or dout's (backward) rows ld apart: the normalised input of the
+ * projections with folded LoRA has G r more columns per row (model_device.c). */
+void rmsnorm_forward_ld_cuda(floatX *out, int ld_out, float *rstd, const floatX *inp,
+                             const floatX *weight, int N, int C, float eps);
+void rmsnorm_backward_ld_cuda(floatX *dinp, float *dweight, const floatX *dout, int ld_dout,
+                              const floatX *inp, const floatX *weight, const float *rstd, int N,
+                              int C);
 
 /* out = silu(gate) * up, and its backward (dgate += ..., dup += ...). */
 void swiglu_forward_cuda(floatX *out, const floatX *gate, const floatX *up, size_t n);
@@ -150,7 +157,25 @@ void matmul_backward_strided_cuda(CudaContext *ctx, floatX *dinp, int ld_dinp, f
 void matmul_input_grad_cuda(CudaContext *ctx, floatX *dinp, int ld_dinp, const floatX *dout,
                             const floatX *weight, int N, int C, int OC, float alpha, int accumulate);
 
+/* The general forms, every matrix with its own row stride (in elements): the device model's LoRA
+ * folded into the frozen projections (model_device.c) reads and writes columns of wider rows.
+ *   forward      out[N][OC] (=|+=) alpha inp[N][C] W[OC][C]^T
+ *   input grad   dinp[N][C] (=|+=) alpha dout[N][OC] W[OC][C]   (not read with accumulate 0)
+ *   weight grad  dweight[OC][C] (fp32, rows C apart) += alpha dout^T inp */
+void matmul_forward_ld_cuda(CudaContext *ctx, floatX *out, int ld_out, const floatX *inp,
+                            int ld_inp, const floatX *weight, int ld_weight, int N, int C, int OC,
+                            float alpha, int accumulate);
+void matmul_input_grad_ld_cuda(CudaContext *ctx, floatX *dinp, int ld_dinp, const floatX *dout,
+                               int ld_dout, const floatX *weight, int ld_weight, int N, int C,
+                               int OC, float alpha, int accumulate);
+void matmul_weight_grad_ld_cuda(CudaContext *ctx, float *dweight, const floatX *dout, int ld_dout,
+                                const floatX *inp, int ld_inp, int N, int C, int OC, float alpha);
+
 /* ---- support for the device model (model_support.cu) ---- */
+/* Row o of wide [OC][ld]: columns [C, C + pad) = s B[o][:] (B fp32 [OC][r]) in slot `slot` (columns
+ * C + slot r ..), zeros in the other slots of r (model_device.c, "folded LoRA"). */
+void lora_fold_cuda(floatX *wide, int ld, int C, int pad, int slot, const float *B, int r,
+                    float scale, int OC);
 /* dst = src rounded to bf16 (nearest even), both on the device. */
 void cast_f32_to_bf16_cuda(floatX *dst, const float *src, size_t n);
 /* out[n][o] += bias[o] for out [N][OC] (the projections with a bias). */

@@ -128,6 +128,19 @@ static inline void dev_upload_as_act(act_t *dst, const real *src, size_t n) {
 static inline void dev_fill_normal(act_t *p, size_t n, uint64_t seed, float mean, float std) {
     fill_normal_cuda(p, n, (unsigned long long)seed, mean, std);
 }
+/* A rows x cols tensor into device rows ld apart (ld >= cols), from the host (fill: NULL src) or
+ * made N(mean, std^2) on the device with the values the contiguous tensor would get. */
+static inline void dev_put_rows(act_t *dst, int64_t ld, const real *src, int64_t rows,
+                                int64_t cols, uint64_t seed, float mean, float std) {
+    const size_t n = (size_t)(rows * cols);
+    act_t *staging = ld == cols ? dst : (act_t *)dev_alloc(n * sizeof(act_t));
+    if (src) dev_upload_as_act(staging, src, n);
+    else dev_fill_normal(staging, n, seed, mean, std);
+    if (staging == dst) return;
+    CHECK_CUDA(cudaMemcpy2D(dst, (size_t)ld * sizeof(act_t), staging, (size_t)cols * sizeof(act_t),
+                            (size_t)cols * sizeof(act_t), (size_t)rows, cudaMemcpyDeviceToDevice));
+    dev_free(staging);
+}
 
 static inline void dev_allreduce_sum_act(DevCtx *ctx, act_t *buf, size_t n) {
     if (ctx->tp_size > 1) device_allreduce_sum_bf16(ctx->tp, buf, n);
@@ -155,13 +168,15 @@ static inline void dev_embedding_forward(act_t *out, const int32_t *tokens, cons
                                          int N, int C, int vocab_start, int vocab_rows) {
     embedding_forward_cuda(out, tokens, table, N, C, vocab_start, vocab_rows);
 }
-static inline void dev_rmsnorm_forward(act_t *out, stat_t *rstd, const act_t *inp,
+/* out's (forward) and dout's (backward) rows ld apart (ld > C: the folded LoRA's padding) */
+static inline void dev_rmsnorm_forward(act_t *out, int ld, stat_t *rstd, const act_t *inp,
                                        const act_t *weight, int N, int C, float eps) {
-    rmsnorm_forward_cuda(out, rstd, inp, weight, N, C, eps);
+    rmsnorm_forward_ld_cuda(out, ld, rstd, inp, weight, N, C, eps);
 }
-static inline void dev_rmsnorm_backward(act_t *dinp, const act_t *dout, const act_t *inp,
-                                        const act_t *weight, const stat_t *rstd, int N, int C) {
-    rmsnorm_backward_cuda(dinp, NULL, dout, inp, weight, rstd, N, C);
+static inline void dev_rmsnorm_backward(act_t *dinp, const act_t *dout, int ld,
+                                        const act_t *inp, const act_t *weight,
+                                        const stat_t *rstd, int N, int C) {
+    rmsnorm_backward_ld_cuda(dinp, NULL, dout, ld, inp, weight, rstd, N, C);
 }
 static inline void dev_matmul_forward(DevCtx *ctx, act_t *out, const act_t *inp,
                                       const act_t *weight, int N, int C, int OC, float alpha,
@@ -197,6 +212,31 @@ static inline void dev_matmul_backward_ld(DevCtx *ctx, act_t *dinp, int ld_dinp,
                                           float alpha) {
     matmul_backward_strided_cuda(ctx->cuda, dinp, ld_dinp, dweight, dout, inp, ld_inp, weight, N,
                                  C, OC, alpha);
+}
+/* The LoRA of q, k, v (and of gate, up) folded into their frozen GEMMs along K (model_device.c,
+ * "folded LoRA"): the GEMMs with every row stride given, and the fold of s B into a wide weight. */
+#define DEV_FOLDS_LORA 1
+static inline void dev_matmul_forward_lds(DevCtx *ctx, act_t *out, int ld_out, const act_t *inp,
+                                          int ld_inp, const act_t *weight, int ld_weight, int N,
+                                          int C, int OC, float alpha, int accumulate) {
+    matmul_forward_ld_cuda(ctx->cuda, out, ld_out, inp, ld_inp, weight, ld_weight, N, C, OC, alpha,
+                           accumulate);
+}
+static inline void dev_matmul_input_grad_lds(DevCtx *ctx, act_t *dinp, int ld_dinp,
+                                             const act_t *dout, int ld_dout, const act_t *weight,
+                                             int ld_weight, int N, int C, int OC, float alpha,
+                                             int accumulate) {
+    matmul_input_grad_ld_cuda(ctx->cuda, dinp, ld_dinp, dout, ld_dout, weight, ld_weight, N, C, OC,
+                              alpha, accumulate);
+}
+static inline void dev_matmul_weight_grad_lds(DevCtx *ctx, stat_t *dweight, const act_t *dout,
+                                              int ld_dout, const act_t *inp, int ld_inp, int N,
+                                              int C, int OC, float alpha) {
+    matmul_weight_grad_ld_cuda(ctx->cuda, dweight, dout, ld_dout, inp, ld_inp, N, C, OC, alpha);
+}
+static inline void dev_lora_fold(act_t *wide, int ld, int C, int pad, int slot, const stat_t *B,
+                                 int r, float scale, int OC) {
+    lora_fold_cuda(wide, ld, C, pad, slot, B, r, scale, OC);
 }
 static inline void dev_add_bias(act_t *out, const act_t *bias, int N, int OC) {
     add_bias_cuda(out, bias, N, OC);
@@ -331,6 +371,12 @@ static inline void dev_fill_normal(act_t *p, size_t n, uint64_t seed, float mean
     rng_seed(&rng, seed);
     for (size_t i = 0; i < n; i++) p[i] = (act_t)(mean + std * rng_normal(&rng));
 }
+static inline void dev_put_rows(act_t *dst, int64_t ld, const real *src, int64_t rows,
+                                int64_t cols, uint64_t seed, float mean, float std) {
+    if (ld != cols) PAFT_FATAL("emulate: row strides are the CUDA backend's alone");
+    if (src) dev_upload_as_act(dst, src, (size_t)(rows * cols));
+    else dev_fill_normal(dst, (size_t)(rows * cols), seed, mean, std);
+}
 
 static inline void dev_allreduce_sum_act(DevCtx *ctx, act_t *buf, size_t n) {
     if (ctx->tp_size > 1) allreduce_sum_real(buf, n, ctx->tp_comm);
@@ -356,12 +402,15 @@ static inline void dev_embedding_forward(act_t *out, const int32_t *tokens, cons
                                          int N, int C, int vocab_start, int vocab_rows) {
     embedding_forward(out, tokens, table, N, C, vocab_start, vocab_rows);
 }
-static inline void dev_rmsnorm_forward(act_t *out, stat_t *rstd, const act_t *inp,
+static inline void dev_rmsnorm_forward(act_t *out, int ld, stat_t *rstd, const act_t *inp,
                                        const act_t *weight, int N, int C, float eps) {
+    if (ld != C) PAFT_FATAL("emulate: row strides are the CUDA backend's alone");
     rmsnorm_forward(out, rstd, inp, weight, N, C, eps);
 }
-static inline void dev_rmsnorm_backward(act_t *dinp, const act_t *dout, const act_t *inp,
-                                        const act_t *weight, const stat_t *rstd, int N, int C) {
+static inline void dev_rmsnorm_backward(act_t *dinp, const act_t *dout, int ld,
+                                        const act_t *inp, const act_t *weight,
+                                        const stat_t *rstd, int N, int C) {
+    if (ld != C) PAFT_FATAL("emulate: row strides are the CUDA backend's alone");
     rmsnorm_backward(dinp, NULL, dout, inp, weight, rstd, N, C);
 }
 static inline void dev_matmul_forward(DevCtx *ctx, act_t *out, const act_t *inp,
@@ -382,6 +431,7 @@ static inline void dev_matmul_input_grad(DevCtx *ctx, act_t *dinp, int ld, const
     matmul_backward(dinp, NULL, NULL, dout, NULL, weight, N, C, OC, (real)alpha);
 }
 #define DEV_SHARES_LORA_INPUT 0 /* model.c's order: one LoRA product per projection */
+#define DEV_FOLDS_LORA 0        /* nor folded into the frozen GEMMs */
 static inline void dev_add_bias(act_t *out, const act_t *bias, int N, int OC) {
     for (int n = 0; n < N; n++)
         for (int o = 0; o < OC; o++) out[(size_t)n * OC + o] += bias[o];

@@ -24,6 +24,7 @@
 
 typedef struct {
     act_t *attn_norm, *w[N_PROJ], *b[N_PROJ], *mlp_norm;
+    int ld[N_PROJ]; /* w[p]'s row stride: its input width, or C + G r with the LoRA folded in */
 } DevLayerWeights;
 
 typedef struct {
@@ -81,9 +82,11 @@ struct ModelDevice {
     DeviceOptions opt;
     DevCtx ctx;
 
-    /* parameters: the base weights in the host's layout, the LoRA copies and gradients */
+    /* parameters: the base weights (tensor i of the model's weight views at view_dev[i], rows
+     * view_ld[i] apart), the LoRA copies and gradients */
     void *param_memory;
-    act_t *weights;
+    act_t **view_dev;
+    int64_t *view_ld;
     DevLayerWeights *layers; /* [L] */
     act_t *embed, *final_norm, *lm_head;
     stat_t *lora_master; /* the host's LoRA values, copied before each forward */
@@ -115,7 +118,16 @@ struct ModelDevice {
     int B, T;      /* shape of the last forward */
     Profile *profile; /* NULL unless opt.profile */
     int share_lora_input; /* DEV_SHARES_LORA_INPUT, unless PAFT_LORA_SHARED_INPUT=0 (at creation) */
+    /* folded LoRA (DEV_FOLDS_LORA, unless PAFT_LORA_FOLDED=0): per group (0: q, k, v on ln1;
+     * 1: gate, up on ln2), whether its adapters are folded into the frozen GEMMs, and the row
+     * stride of its normalised input (ln1, ln2) and of that input's gradient (dln) */
+    int fold[2];
+    int ln_ld[2];
 };
+
+/* The projections that read one input: q, k, v read ln1, gate and up read ln2. */
+static const Proj group_first[2] = {PROJ_Q, PROJ_GATE};
+static const int group_count[2] = {3, 2};
 
 /* A bump allocator run twice, as model.c's Carver: once with base == NULL to count the bytes,
  * once to hand out pointers into the one allocation. 256-byte alignment suits every kernel. */
@@ -130,9 +142,19 @@ static void *arena_take(Arena *a, size_t count, size_t size) {
     return a->base ? a->base + offset : NULL;
 }
 
-/* The device pointer of a host tensor: same offset in the device copy of its flat buffer. */
+/* Which of the model's weight views starts at this host tensor (-1: none). */
+static int view_of(const Model *m, const real *host) {
+    for (int i = 0; i < m->n_weight_views; i++)
+        if (m->weights_memory + m->weight_views[i].offset == host) return i;
+    return -1;
+}
+
+/* The device copy of a host tensor (NULL for NULL). */
 static act_t *weight_on_device(const ModelDevice *d, const real *host) {
-    return host ? d->weights + (host - d->m->weights_memory) : NULL;
+    if (!host) return NULL;
+    const int i = view_of(d->m, host);
+    if (i < 0) PAFT_FATAL("device model: a weight that is not one of the model's tensors");
+    return d->view_dev[i];
 }
 
 /* Fold the stamps read so far into the phase totals; the last stamp stays as the next start. */
@@ -188,11 +210,87 @@ static void profile_destroy(ModelDevice *d) {
     d->profile = NULL;
 }
 
+/* ---- shared LoRA input (DEV_SHARES_LORA_INPUT, the CUDA backend) ------------------------------
+ * q, k and v read the same normalised input, and so do gate and up. When every projection of
+ * such a group is adapted and their A factors lie one after the other in the LoRA buffer
+ * (model.c's layout puts them so), the group's adapters take one product h = inp [A_1; A_2; ..]^T
+ * (N x count r: one pass over the N x d input instead of count), stored in the group's lora_h
+ * slots as [N][count r]; each projection's B product reads its r columns. The backward likewise
+ * makes one dA product and one input-gradient product for the group. The arithmetic per element
+ * is the same; the input gradient's sums run in another order (bf16 rounding, tested against the
+ * CPU backend as everything on CUDA is). */
+/* Whether the group's adapters can share one product in layer l: all adapted, column-parallel,
+ * the same input width, the A factors (and their gradients) one after the other in the LoRA
+ * buffers (model.c's layout; the device mirrors it), and each projection's columns of h 16-byte
+ * aligned (r a multiple of 8 in bf16), as cuBLASLt's tensor-core kernels want. */
+static int lora_group_shareable(const ModelDevice *d, int l, Proj first, int count) {
+    const Model *m = d->m;
+    const LayerLora *lo = &m->lora_params[l], *lg = &m->lora_grads[l];
+    const size_t block = (size_t)m->lora.r * model_local_in(m, first);
+    if (!d->share_lora_input || (m->lora.r * sizeof(act_t)) % 16 != 0) return 0;
+    for (int i = 0; i < count; i++) {
+        const Proj p = (Proj)(first + i);
+        if (!m->lora.targets[p] || proj_is_row_parallel(p) ||
+            model_local_in(m, p) != model_local_in(m, first))
+            return 0;
+        if (i > 0 && (lo->A[p] != lo->A[p - 1] + block || lg->A[p] != lg->A[p - 1] + block))
+            return 0;
+    }
+    return count > 1;
+}
+
+#if DEV_SHARES_LORA_INPUT
+/* ... and shares it now (not with the adapters switched off) */
+static int lora_group_shared(const ModelDevice *d, int l, Proj first, int count) {
+    return d->m->adapters_enabled && lora_group_shareable(d, l, first, count);
+}
+#endif
+
+/* ---- folded LoRA (DEV_FOLDS_LORA, the CUDA backend) ----------------------------------------------
+ * A group's adapters go one step further than sharing their input: they are folded into the
+ * frozen GEMMs along K. The group's normalised input is stored with G r more columns per row,
+ * [x | h] with h = x [A_1; ..; A_G]^T written into them, and each projection's frozen weight with
+ * as many more, W' = [W | 0 .. s B .. 0] (its s B in its slot of r columns, refreshed whenever the
+ * LoRA values change). Then
+ *     out = [x | h] W'^T = x W^T + s h_slot B^T
+ * is one GEMM, K = C + G r instead of C (about 1 % longer), and the B products' separate pass
+ * over the output (read and write of N x OC) is gone. In the backward, dout W' is
+ * [dout W | s dout B in the slot]: the input gradient's dlora_h comes out of the frozen product
+ * too, into the padding columns of dln. What stays apart: h (one thin product), dB, dA and
+ * dinp += dlora_h A. Adapters off (a reference forward): the same GEMMs with K = C. */
+static int group_foldable(const ModelDevice *d, int g) {
+    for (int l = 0; l < d->m->config.num_layers; l++)
+        if (!lora_group_shareable(d, l, group_first[g], group_count[g])) return 0;
+    return 1;
+}
+
+#if DEV_FOLDS_LORA
+/* s B of every folded projection into its slot of its wide weight (after the LoRA values changed) */
+static void fold_lora_weights(ModelDevice *d) {
+    const Model *m = d->m;
+    for (int g = 0; g < 2; g++) {
+        if (!d->fold[g]) continue;
+        const int C = model_local_in(m, group_first[g]), pad = d->ln_ld[g] - C;
+        for (int l = 0; l < m->config.num_layers; l++)
+            for (int i = 0; i < group_count[g]; i++) {
+                const Proj p = (Proj)(group_first[g] + i);
+                dev_lora_fold(d->layers[l].w[p], d->ln_ld[g], C, pad, i, d->lora[l].mB[p],
+                              m->lora.r, (float)m->lora.scale, model_local_out(m, p));
+            }
+    }
+}
+#else
+static void fold_lora_weights(ModelDevice *d) { (void)d; }
+#endif
+
 /* ---- create / destroy -----------------------------------------------------------------------*/
 
 static void bind_parameters(ModelDevice *d, Arena *a) {
     Model *m = d->m;
-    d->weights = arena_take(a, m->n_weights, sizeof(act_t));
+    for (int i = 0; i < m->n_weight_views; i++) {
+        const TensorView *v = &m->weight_views[i];
+        d->view_dev[i] = arena_take(a, (size_t)(v->rows * d->view_ld[i]), sizeof(act_t));
+    }
     d->lora_master = arena_take(a, m->n_lora, sizeof(stat_t));
     d->lora_act = arena_take(a, m->n_lora, sizeof(act_t));
     d->lora_grads = arena_take(a, m->n_lora, sizeof(stat_t));
@@ -208,6 +306,7 @@ static void bind_parameters(ModelDevice *d, Arena *a) {
         for (int p = 0; p < N_PROJ; p++) {
             dw->w[p] = weight_on_device(d, hw->w[p]);
             dw->b[p] = weight_on_device(d, hw->b[p]);
+            dw->ld[p] = hw->w[p] ? (int)d->view_ld[view_of(m, hw->w[p])] : 0;
             const real *A = m->lora_params[l].A[p], *B = m->lora_params[l].B[p];
             if (!A) continue;
             DevLayerLora *dl = &d->lora[l];
@@ -228,8 +327,18 @@ static void fill_random_weights(ModelDevice *d, double std) {
     for (int i = 0; i < m->n_weight_views; i++) {
         const TensorView *v = &m->weight_views[i];
         float mean = strstr(v->name, "norm") ? 1.0f : 0.0f;
-        dev_fill_normal(d->weights + v->offset, (size_t)(v->rows * v->cols), 0x5EEDULL + (uint64_t)i,
-                        mean, (float)std);
+        dev_put_rows(d->view_dev[i], d->view_ld[i], NULL, v->rows, v->cols, 0x5EEDULL + (uint64_t)i,
+                     mean, (float)std);
+    }
+}
+
+/* The host's base weights onto the device, tensor by tensor (rows view_ld apart there). */
+static void upload_weights(ModelDevice *d) {
+    const Model *m = d->m;
+    for (int i = 0; i < m->n_weight_views; i++) {
+        const TensorView *v = &m->weight_views[i];
+        dev_put_rows(d->view_dev[i], d->view_ld[i], m->weights_memory + v->offset, v->rows,
+                     v->cols, 0, 0.0f, 0.0f);
     }
 }
 
@@ -242,6 +351,22 @@ static ModelDevice *device_create(Model *m, const DeviceOptions *opt) {
     dev_ctx_init(&d->ctx, m->tp_comm, m->tp_size, opt->collectives, opt->simple_attention);
     d->layers = paft_calloc((size_t)m->config.num_layers, sizeof *d->layers);
     d->lora = paft_calloc((size_t)m->config.num_layers, sizeof *d->lora);
+    /* PAFT_LORA_SHARED_INPUT=0: one LoRA product per projection; PAFT_LORA_FOLDED=0: the LoRA
+     * products apart from the frozen GEMMs (to compare the choices on a GPU) */
+    const char *share = getenv("PAFT_LORA_SHARED_INPUT"), *folded = getenv("PAFT_LORA_FOLDED");
+    d->share_lora_input = DEV_SHARES_LORA_INPUT && !(share && share[0] == '0');
+    const int fold_lora = DEV_FOLDS_LORA && d->share_lora_input && !(folded && folded[0] == '0');
+    d->view_dev = paft_calloc((size_t)m->n_weight_views, sizeof *d->view_dev);
+    d->view_ld = paft_calloc((size_t)m->n_weight_views, sizeof *d->view_ld);
+    for (int i = 0; i < m->n_weight_views; i++) d->view_ld[i] = m->weight_views[i].cols;
+    for (int g = 0; g < 2; g++) {
+        const int C = model_local_in(m, group_first[g]);
+        d->fold[g] = fold_lora && group_foldable(d, g);
+        d->ln_ld[g] = C + (d->fold[g] ? group_count[g] * m->lora.r : 0);
+        for (int l = 0; d->fold[g] && l < m->config.num_layers; l++)
+            for (int i = 0; i < group_count[g]; i++)
+                d->view_ld[view_of(m, m->weights.layers[l].w[group_first[g] + i])] = d->ln_ld[g];
+    }
     Arena count = {0};
     bind_parameters(d, &count);
     d->param_bytes = count.cursor;
@@ -251,14 +376,11 @@ static ModelDevice *device_create(Model *m, const DeviceOptions *opt) {
     if (opt->random_init_std > 0)
         fill_random_weights(d, opt->random_init_std);
     else
-        dev_upload_as_act(d->weights, m->weights_memory, m->n_weights);
+        upload_weights(d);
     dev_synchronize();
     dev_pin_host(m->lora_memory, m->n_lora * sizeof(real));
     dev_pin_host(m->lora_grads_memory, m->n_lora * sizeof(real));
     if (opt->profile) profile_create(d);
-    /* PAFT_LORA_SHARED_INPUT=0: one LoRA product per projection, to compare the two on a GPU */
-    const char *share = getenv("PAFT_LORA_SHARED_INPUT");
-    d->share_lora_input = DEV_SHARES_LORA_INPUT && !(share && share[0] == '0');
     return d;
 }
 
@@ -278,6 +400,8 @@ static void device_destroy(ModelDevice *d) {
     dev_unpin_host(d->m->lora_grads_memory);
     dev_free(d->train_memory);
     dev_free(d->param_memory);
+    free(d->view_dev);
+    free(d->view_ld);
     free(d->layers);
     free(d->lora);
     dev_ctx_free(&d->ctx);
@@ -295,7 +419,7 @@ static void bind_activations(ModelDevice *d, int B, int T, Arena *a) {
     d->x = arena_take(a, (size_t)(c->num_layers + 1) * N * d_model, sizeof(act_t));
     for (int s = 0; s < d->n_slots; s++) {
         LayerActs la;
-        la.ln1 = arena_take(a, N * d_model, sizeof(act_t));
+        la.ln1 = arena_take(a, N * (size_t)d->ln_ld[0], sizeof(act_t));
         la.ln1_rstd = arena_take(a, N, sizeof(stat_t));
         la.q = arena_take(a, nq, sizeof(act_t));
         la.k = arena_take(a, nkv, sizeof(act_t));
@@ -304,7 +428,7 @@ static void bind_activations(ModelDevice *d, int B, int T, Arena *a) {
             a, dev_attention_state_count(&d->ctx, B, T, m->local_heads), sizeof(stat_t));
         la.att = arena_take(a, nq, sizeof(act_t));
         la.x_mid = arena_take(a, N * d_model, sizeof(act_t));
-        la.ln2 = arena_take(a, N * d_model, sizeof(act_t));
+        la.ln2 = arena_take(a, N * (size_t)d->ln_ld[1], sizeof(act_t));
         la.ln2_rstd = arena_take(a, N, sizeof(stat_t));
         la.gate = arena_take(a, nff, sizeof(act_t));
         la.up = arena_take(a, nff, sizeof(act_t));
@@ -327,7 +451,7 @@ static void bind_activations(ModelDevice *d, int B, int T, Arena *a) {
     d->rope_sin = arena_take(a, (size_t)T * (c->head_dim / 2), sizeof(stat_t));
     /* backward scratch, reused layer after layer */
     d->dx = arena_take(a, N * d_model, sizeof(act_t));
-    d->dln = arena_take(a, N * d_model, sizeof(act_t));
+    d->dln = arena_take(a, N * (size_t)PAFT_MAX(d->ln_ld[0], d->ln_ld[1]), sizeof(act_t));
     d->x_sink = arena_take(a, N * d_model, sizeof(act_t));
     d->dq = arena_take(a, nq, sizeof(act_t));
     d->datt = arena_take(a, nq, sizeof(act_t));
@@ -415,39 +539,37 @@ static void proj_forward(ModelDevice *d, int l, Proj p, act_t *out, const act_t 
     if (lora) dev_matmul_forward(&d->ctx, out, h, lo->B[p], N, r, out_f, s, 1);
 }
 
-/* ---- shared LoRA input (DEV_SHARES_LORA_INPUT, the CUDA backend) ------------------------------
- * q, k and v read the same normalised input, and so do gate and up. When every projection of
- * such a group is adapted and their A factors lie one after the other in the LoRA buffer
- * (model.c's layout puts them so), the group's adapters take one product h = inp [A_1; A_2; ..]^T
- * (N x count r: one pass over the N x d input instead of count), stored in the group's lora_h
- * slots as [N][count r]; each projection's B product reads its r columns. The backward likewise
- * makes one dA product and one input-gradient product for the group. The arithmetic per element
- * is the same; the input gradient's sums run in another order (bf16 rounding, tested against the
- * CPU backend as everything on CUDA is). */
-#if DEV_SHARES_LORA_INPUT
-static int lora_group_shared(const ModelDevice *d, int l, Proj first, int count) {
-    const Model *m = d->m;
-    const DevLayerLora *lo = &d->lora[l];
-    const size_t block = (size_t)m->lora.r * model_local_in(m, first);
-    /* each projection's columns of h start 16-byte aligned (r a multiple of 8 in bf16), as
-     * cuBLASLt's tensor-core kernels want; other ranks keep one product per projection */
-    if (!d->share_lora_input || (m->lora.r * sizeof(act_t)) % 16 != 0) return 0;
-    for (int i = 0; i < count; i++) {
-        const Proj p = (Proj)(first + i);
-        if (!model_adapted(m, p) || proj_is_row_parallel(p) ||
-            model_local_in(m, p) != model_local_in(m, first))
-            return 0;
-        if (i > 0 && (lo->A[p] != lo->A[p - 1] + block || lo->dA[p] != lo->dA[p - 1] + block))
-            return 0;
-    }
-    return count > 1;
-}
-#endif
-
 /* outs[i] = inp W^T + b + s (inp A^T) B^T for the projections first .. first + count - 1, which
  * share inp (column-parallel: no tensor-parallel sums). */
 static void projs_forward(ModelDevice *d, int l, LayerActs *la, Proj first, int count,
-                          act_t *const *outs, const act_t *inp, int N) {
+                          act_t *const *outs, act_t *inp, int N) {
+#if DEV_FOLDS_LORA
+    const int g = first == PROJ_Q ? 0 : 1;
+    if (d->fold[g]) {
+        /* inp is [x | h], rows ld apart; each weight is [W | its s B in its slot] */
+        const Model *m = d->m;
+        const int C = model_local_in(m, first), ld = d->ln_ld[g], r = m->lora.r;
+        const DevLayerWeights *w = &d->layers[l];
+        const int K = m->adapters_enabled ? ld : C; /* adapters off: x W^T alone */
+        if (m->adapters_enabled) {
+            phase(d, PHASE_LORA);
+            dev_matmul_forward_lds(&d->ctx, inp + C, ld, inp, ld, d->lora[l].A[first], C, N, C,
+                                   count * r, 1.0f, 0);
+        }
+        for (int i = 0; i < count; i++) {
+            const Proj p = (Proj)(first + i);
+            const int out_f = model_local_out(m, p);
+            phase(d, PHASE_GEMM);
+            dev_matmul_forward_lds(&d->ctx, outs[i], out_f, inp, ld, w->w[p], ld, N, K, out_f,
+                                   1.0f, 0);
+            if (w->b[p]) {
+                phase(d, PHASE_POINTWISE);
+                dev_add_bias(outs[i], w->b[p], N, out_f);
+            }
+        }
+        return;
+    }
+#endif
 #if DEV_SHARES_LORA_INPUT
     if (lora_group_shared(d, l, first, count)) {
         const Model *m = d->m;
@@ -490,7 +612,7 @@ static void layer_forward(ModelDevice *d, int l, LayerActs *la, const act_t *x_i
 
     /* attention block: x_mid = x + o_proj(attention(rope(q), rope(k), v)) on this rank's heads */
     phase(d, PHASE_NORM);
-    dev_rmsnorm_forward(la->ln1, la->ln1_rstd, x_in, w->attn_norm, N, dm, eps);
+    dev_rmsnorm_forward(la->ln1, d->ln_ld[0], la->ln1_rstd, x_in, w->attn_norm, N, dm, eps);
     act_t *const qkv[3] = {la->q, la->k, la->v};
     projs_forward(d, l, la, PROJ_Q, 3, qkv, la->ln1, N);
     phase(d, PHASE_POINTWISE);
@@ -504,7 +626,7 @@ static void layer_forward(ModelDevice *d, int l, LayerActs *la, const act_t *x_i
 
     /* MLP block: x_out = x_mid + down_proj(silu(gate_proj(h)) * up_proj(h)) on this rank's ffn */
     phase(d, PHASE_NORM);
-    dev_rmsnorm_forward(la->ln2, la->ln2_rstd, la->x_mid, w->mlp_norm, N, dm, eps);
+    dev_rmsnorm_forward(la->ln2, d->ln_ld[1], la->ln2_rstd, la->x_mid, w->mlp_norm, N, dm, eps);
     act_t *const gate_up[2] = {la->gate, la->up};
     projs_forward(d, l, la, PROJ_GATE, 2, gate_up, la->ln2, N);
     phase(d, PHASE_POINTWISE);
@@ -564,6 +686,7 @@ static void device_forward(ModelDevice *d, const int32_t *tokens, const int32_t 
     if (m->adapters_enabled && !d->resident) { /* the host's current values (AdamW runs there) */
         dev_upload(d->lora_master, m->lora_memory, m->n_lora * sizeof(stat_t));
         dev_cast_to_act(d->lora_act, d->lora_master, m->n_lora);
+        fold_lora_weights(d);
     }
 
     dev_embedding_forward(d->x, d->tokens, d->embed, N, c->hidden_size, m->vocab_start,
@@ -573,7 +696,7 @@ static void device_forward(ModelDevice *d, const int32_t *tokens, const int32_t 
     for (int l = 0; l < c->num_layers; l++)
         layer_forward(d, l, slot_of(d, l), d->x + l * nd, d->x + (l + 1) * nd);
     phase(d, PHASE_NORM);
-    dev_rmsnorm_forward(d->lnf, d->lnf_rstd, d->x + (size_t)c->num_layers * nd, d->final_norm, N,
+    dev_rmsnorm_forward(d->lnf, c->hidden_size, d->lnf_rstd, d->x + (size_t)c->num_layers * nd, d->final_norm, N,
                         c->hidden_size, (float)c->rms_norm_eps);
     /* the LM head and the log-softmax statistics, logit_rows rows at a time */
     const int dm = c->hidden_size;
@@ -620,6 +743,38 @@ static void proj_backward(ModelDevice *d, int l, Proj p, act_t *dinp, int dinp_f
 static void projs_backward(ModelDevice *d, int l, const LayerActs *la, Proj first, int count,
                            act_t *dinp, int dinp_fresh, const act_t *const *douts,
                            const act_t *inp, int N) {
+#if DEV_FOLDS_LORA
+    const int g = first == PROJ_Q ? 0 : 1;
+    if (d->fold[g]) {
+        /* inp is [x | h] and dinp becomes [dx | dlora_h], rows ld apart */
+        const Model *m = d->m;
+        const int C = model_local_in(m, first), ld = d->ln_ld[g], r = m->lora.r;
+        const float s = (float)m->lora.scale;
+        const DevLayerLora *lo = &d->lora[l];
+        /* dout W' = [dout W | s dout B in the slot], summed over the group */
+        phase(d, PHASE_GEMM);
+        for (int i = 0; i < count; i++) {
+            const Proj p = (Proj)(first + i);
+            dev_matmul_input_grad_lds(&d->ctx, dinp, ld, douts[i], model_local_out(m, p),
+                                      d->layers[l].w[p], ld, N, ld, model_local_out(m, p), 1.0f,
+                                      i > 0 || !dinp_fresh);
+        }
+        /* dB += s dout^T h from each projection's columns of h; the group's dA += dlora_h^T x */
+        phase(d, PHASE_LORA_GRAD);
+        for (int i = 0; i < count; i++) {
+            const Proj p = (Proj)(first + i);
+            dev_matmul_weight_grad_lds(&d->ctx, lo->dB[p], douts[i], model_local_out(m, p),
+                                       inp + C + i * r, ld, N, r, model_local_out(m, p), s);
+        }
+        dev_matmul_weight_grad_lds(&d->ctx, lo->dA[first], dinp + C, ld, inp, ld, N, C, count * r,
+                                   1.0f);
+        /* dx += dlora_h A (its columns are read, dx's written: no element is both) */
+        phase(d, PHASE_LORA);
+        dev_matmul_input_grad_lds(&d->ctx, dinp, ld, dinp + C, ld, lo->A[first], C, N, C,
+                                  count * r, 1.0f, 1);
+        return;
+    }
+#endif
 #if DEV_SHARES_LORA_INPUT
     if (lora_group_shared(d, l, first, count)) {
         const Model *m = d->m;
@@ -666,7 +821,7 @@ static void layer_backward(ModelDevice *d, int l, const LayerActs *la, const act
     const ModelConfig *c = &m->config;
     const int B = d->B, T = d->T, N = B * T, dm = c->hidden_size, D = c->head_dim;
     const int Hq = m->local_heads, Hkv = m->local_kv_heads;
-    const size_t nd = (size_t)N * dm, nq = (size_t)N * Hq * D, nkv = (size_t)N * Hkv * D;
+    const size_t nq = (size_t)N * Hq * D, nkv = (size_t)N * Hkv * D;
     const size_t nff = (size_t)N * m->local_ffn;
     const DevLayerWeights *w = &d->layers[l];
 
@@ -678,9 +833,9 @@ static void layer_backward(ModelDevice *d, int l, const LayerActs *la, const act
     const act_t *const d_gate_up[2] = {d->dgate, d->dup};
     projs_backward(d, l, la, PROJ_GATE, 2, d->dln, 1, d_gate_up, la->ln2, N);
     phase(d, PHASE_COMM);
-    dev_allreduce_sum_act(&d->ctx, d->dln, nd);
+    dev_allreduce_sum_act(&d->ctx, d->dln, (size_t)N * d->ln_ld[1]);
     phase(d, PHASE_NORM);
-    dev_rmsnorm_backward(d->dx, d->dln, la->x_mid, w->mlp_norm, la->ln2_rstd, N, dm);
+    dev_rmsnorm_backward(d->dx, d->dln, d->ln_ld[1], la->x_mid, w->mlp_norm, la->ln2_rstd, N, dm);
 
     /* attention block; the residual passes dx through to x */
     proj_backward(d, l, PROJ_O, d->datt, 1, d->dx, la->att, lora_h_of(d, la, PROJ_O, N), N);
@@ -697,9 +852,9 @@ static void layer_backward(ModelDevice *d, int l, const LayerActs *la, const act
     const act_t *const d_qkv[3] = {d->dq, d->dk, d->dv};
     projs_backward(d, l, la, PROJ_Q, 3, d->dln, 1, d_qkv, la->ln1, N);
     phase(d, PHASE_COMM);
-    dev_allreduce_sum_act(&d->ctx, d->dln, nd);
+    dev_allreduce_sum_act(&d->ctx, d->dln, (size_t)N * d->ln_ld[0]);
     phase(d, PHASE_NORM);
-    dev_rmsnorm_backward(d->dx, d->dln, x_in, w->attn_norm, la->ln1_rstd, N, dm);
+    dev_rmsnorm_backward(d->dx, d->dln, d->ln_ld[0], x_in, w->attn_norm, la->ln1_rstd, N, dm);
 }
 
 static void device_backward(ModelDevice *d, const real *dlogp) {
@@ -736,7 +891,7 @@ static void device_backward(ModelDevice *d, const real *dlogp) {
     phase(d, PHASE_ZERO);
     dev_zero(d->dx, nd * sizeof(act_t));
     phase(d, PHASE_NORM);
-    dev_rmsnorm_backward(d->dx, d->dln, d->x + (size_t)c->num_layers * nd, d->final_norm,
+    dev_rmsnorm_backward(d->dx, d->dln, dm, d->x + (size_t)c->num_layers * nd, d->final_norm,
                          d->lnf_rstd, N, dm);
 
     for (int l = c->num_layers - 1; l >= 0; l--) {
@@ -764,6 +919,7 @@ static void device_lora_from_host(ModelDevice *d, const real *m_host, const real
     const size_t bytes = d->m->n_lora * sizeof(stat_t);
     dev_upload(d->lora_master, d->m->lora_memory, bytes);
     dev_cast_to_act(d->lora_act, d->lora_master, d->m->n_lora);
+    fold_lora_weights(d);
     if (m_host) dev_upload(d->adam_m, m_host, bytes);
     else dev_zero(d->adam_m, bytes);
     if (v_host) dev_upload(d->adam_v, v_host, bytes);
@@ -847,6 +1003,7 @@ static void device_adamw_step(ModelDevice *d, int64_t step, double lr, const Ada
     phase(d, PHASE_OPTIMIZER);
     dev_adamw(d->lora_master, d->lora_grads, d->adam_m, d->adam_v, n, step, lr, hyper, grad_scale);
     dev_cast_to_act(d->lora_act, d->lora_master, n);
+    fold_lora_weights(d);
     phase(d, PHASE_IDLE);
 }
 

@@ -479,6 +479,111 @@ static void test_memory_bound_paths(Rng *rng) {
     test_rope_case(5, 3, 32, 2, rng);
 }
 
+/* The ops of the folded LoRA (model_device.c): a projection's input [x | h] with G r = 16 padding
+ * columns per row and its weight [W | s B in slot 1 | 0]. RMSNorm into and from rows ld apart
+ * must give the contiguous op's bits and leave the padding alone; the fold writes exactly its
+ * slot; the GEMMs with every leading dimension against the CPU op on packed copies. */
+static void test_folded_lora_ops(CudaContext *ctx, Rng *rng) {
+    const int N = 21, C = 32, r = 8, G = 2, ld = C + G * r, OC = 24, slot = 1;
+    const float scale = 0.5f;
+    /* RMSNorm forward into wide rows */
+    float *x = random_bf16((size_t)N * C, 1.0, 0.0, rng), *w = random_bf16(C, 0.2, 1.0, rng);
+    float *wide = malloc(sizeof(float) * N * ld), *flat = malloc(sizeof(float) * N * C);
+    for (int i = 0; i < N * ld; i++) wide[i] = sentinel;
+    floatX *d_x = cuda_upload_bf16(x, (size_t)N * C), *d_w = cuda_upload_bf16(w, C);
+    floatX *d_wide = cuda_upload_bf16(wide, (size_t)N * ld), *d_flat = cuda_upload_bf16(flat, (size_t)N * C);
+    float *d_rstd = cuda_upload_f32(flat, N);
+    rmsnorm_forward_ld_cuda(d_wide, ld, d_rstd, d_x, d_w, N, C, 1e-5f);
+    rmsnorm_forward_cuda(d_flat, d_rstd, d_x, d_w, N, C, 1e-5f);
+    cuda_download_bf16(wide, d_wide, (size_t)N * ld);
+    cuda_download_bf16(flat, d_flat, (size_t)N * C);
+    int same = 1, pad_kept = 1;
+    for (int n = 0; n < N; n++)
+        for (int c = 0; c < ld; c++) {
+            if (c < C) same &= wide[n * ld + c] == flat[n * C + c];
+            else pad_kept &= wide[n * ld + c] == sentinel;
+        }
+    CHECK(same && pad_kept, "rmsnorm_forward_ld: the contiguous op's values, padding untouched");
+
+    /* the fold: W' [OC][ld] = [W | 0 | s B] */
+    float *Wp = random_bf16((size_t)OC * ld, 0.3, 0.0, rng), *B = random_bf16((size_t)OC * r, 0.5, 0.0, rng);
+    floatX *d_Wp = cuda_upload_bf16(Wp, (size_t)OC * ld);
+    float *d_B = cuda_upload_f32(B, (size_t)OC * r);
+    lora_fold_cuda(d_Wp, ld, C, G * r, slot, d_B, r, scale, OC);
+    float *got_Wp = malloc(sizeof(float) * OC * ld);
+    cuda_download_bf16(got_Wp, d_Wp, (size_t)OC * ld);
+    int folded = 1;
+    for (int o = 0; o < OC; o++)
+        for (int c = 0; c < ld; c++) {
+            const int j = c - C;
+            const float want = c < C ? Wp[o * ld + c]
+                               : j / r == slot ? bf16_round(scale * B[o * r + j % r]) : 0.0f;
+            folded &= got_Wp[o * ld + c] == want;
+        }
+    CHECK(folded, "lora_fold: W kept, s B in its slot, zeros in the others");
+
+    /* [x | h] W'^T with K = ld, against the CPU op on the same (now contiguous) values */
+    float *xh = random_bf16((size_t)N * ld, 1.0, 0.0, rng), *out = malloc(sizeof(float) * N * OC);
+    float *got = malloc(sizeof(float) * N * OC);
+    floatX *d_xh = cuda_upload_bf16(xh, (size_t)N * ld), *d_out = cuda_upload_bf16(out, (size_t)N * OC);
+    matmul_forward(out, xh, got_Wp, NULL, N, ld, OC, 1.0f, 0);
+    matmul_forward_ld_cuda(ctx, d_out, OC, d_xh, ld, d_Wp, ld, N, ld, OC, 1.0f, 0);
+    cuda_download_bf16(got, d_out, (size_t)N * OC);
+    compare("matmul_forward_ld (K = C + G r)", got, out, (size_t)N * OC, 1e-2);
+    /* ... and K = C of the same rows (adapters off) */
+    float *xp = malloc(sizeof(float) * N * C), *Wn = malloc(sizeof(float) * OC * C);
+    for (int n = 0; n < N; n++) memcpy(xp + n * C, xh + n * ld, sizeof(float) * C);
+    for (int o = 0; o < OC; o++) memcpy(Wn + o * C, got_Wp + o * ld, sizeof(float) * C);
+    matmul_forward(out, xp, Wn, NULL, N, C, OC, 1.0f, 0);
+    matmul_forward_ld_cuda(ctx, d_out, OC, d_xh, ld, d_Wp, ld, N, C, OC, 1.0f, 0);
+    cuda_download_bf16(got, d_out, (size_t)N * OC);
+    compare("matmul_forward_ld (K = C)", got, out, (size_t)N * OC, 1e-2);
+
+    /* dinp [N][ld] = dout W' (written), then the weight gradient of the slot's columns:
+     * dB [OC][r] += s dout^T h_slot with h_slot the slot's columns of xh */
+    float *gout = random_bf16((size_t)N * OC, 1.0, 0.0, rng);
+    floatX *d_gout = cuda_upload_bf16(gout, (size_t)N * OC);
+    float *dinp = calloc((size_t)N * ld, sizeof(float)), *got_dinp = malloc(sizeof(float) * N * ld);
+    matmul_backward(dinp, NULL, NULL, gout, NULL, got_Wp, N, ld, OC, 1.0f);
+    floatX *d_dinp = cuda_upload_bf16(wide, (size_t)N * ld); /* not read */
+    matmul_input_grad_ld_cuda(ctx, d_dinp, ld, d_gout, OC, d_Wp, ld, N, ld, OC, 1.0f, 0);
+    cuda_download_bf16(got_dinp, d_dinp, (size_t)N * ld);
+    compare("matmul_input_grad_ld [dx | dlora_h]", got_dinp, dinp, (size_t)N * ld, 1e-2);
+    float *h = malloc(sizeof(float) * N * r), *dB = random_bf16((size_t)OC * r, 1.0, 0.0, rng);
+    for (int n = 0; n < N; n++) memcpy(h + n * r, xh + n * ld + C + slot * r, sizeof(float) * r);
+    float *d_dB = cuda_upload_f32(dB, (size_t)OC * r), *got_dB = malloc(sizeof(float) * OC * r);
+    matmul_backward(NULL, dB, NULL, gout, h, NULL, N, r, OC, scale);
+    matmul_weight_grad_ld_cuda(ctx, d_dB, d_gout, OC, d_xh + C + slot * r, ld, N, r, OC, scale);
+    cuda_download_f32(got_dB, d_dB, (size_t)OC * r);
+    compare("matmul_weight_grad_ld (strided inp)", got_dB, dB, (size_t)OC * r, 1e-3);
+    /* dA [G r][C] += dlora_h^T x: dout is dinp's padding columns (rows ld apart) */
+    float *dh = malloc(sizeof(float) * N * G * r), *dA = random_bf16((size_t)G * r * C, 1.0, 0.0, rng);
+    for (int n = 0; n < N; n++) memcpy(dh + n * G * r, got_dinp + n * ld + C, sizeof(float) * G * r);
+    float *d_dA = cuda_upload_f32(dA, (size_t)G * r * C), *got_dA = malloc(sizeof(float) * G * r * C);
+    matmul_backward(NULL, dA, NULL, dh, xp, NULL, N, C, G * r, 1.0f);
+    matmul_weight_grad_ld_cuda(ctx, d_dA, d_dinp + C, ld, d_xh, ld, N, C, G * r, 1.0f);
+    cuda_download_f32(got_dA, d_dA, (size_t)G * r * C);
+    compare("matmul_weight_grad_ld (strided dout)", got_dA, dA, (size_t)G * r * C, 1e-3);
+
+    /* RMSNorm backward from dout rows ld apart: the contiguous op's bits */
+    float *dx0 = random_bf16((size_t)N * C, 1.0, 0.0, rng), *a = malloc(sizeof(float) * N * C);
+    float *b = malloc(sizeof(float) * N * C);
+    floatX *d_dx1 = cuda_upload_bf16(dx0, (size_t)N * C), *d_dx2 = cuda_upload_bf16(dx0, (size_t)N * C);
+    floatX *d_dflat = cuda_upload_bf16(xp, (size_t)N * C);
+    rmsnorm_backward_ld_cuda(d_dx1, NULL, d_xh, ld, d_x, d_w, d_rstd, N, C);
+    rmsnorm_backward_cuda(d_dx2, NULL, d_dflat, d_x, d_w, d_rstd, N, C);
+    cuda_download_bf16(a, d_dx1, (size_t)N * C);
+    cuda_download_bf16(b, d_dx2, (size_t)N * C);
+    CHECK(memcmp(a, b, sizeof(float) * N * C) == 0, "rmsnorm_backward_ld: the contiguous op's bits");
+
+    void *dev[] = {d_x, d_w, d_wide, d_flat, d_rstd, d_Wp, d_B, d_xh, d_out, d_gout, d_dinp,
+                   d_dB, d_dA, d_dx1, d_dx2, d_dflat};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cuda_free(dev[i]);
+    float *host[] = {x, w, wide, flat, Wp, B, got_Wp, xh, out, got, xp, Wn, gout, dinp, got_dinp,
+                     h, dB, got_dB, dh, dA, got_dA, dx0, a, b};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+}
+
 int main(void) {
     if (cuda_device_count() == 0) {
         printf("test_ops_cuda: SKIPPED: no CUDA device on this machine (run it on the GPU machine)\n");
@@ -865,6 +970,7 @@ int main(void) {
     compare("adamw_update", p_gpu, p, P, 1e-5);
 
     test_model_support(ctx, &rng);
+    test_folded_lora_ops(ctx, &rng);
 
     cuda_context_destroy(ctx);
     cuda_synchronize();

@@ -1088,6 +1088,19 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpy
     return copy(dst, src, bytes, kind, "cudaMemcpy", false);
 }
 
+cudaError_t cudaMemcpy2D(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                         size_t height, enum cudaMemcpyKind kind) {
+    if (width > dpitch || width > spitch)
+        return fail_call(cudaErrorInvalidValue, "cudaMemcpy2D: width %zu bytes exceeds a pitch "
+                         "(dpitch %zu, spitch %zu)", width, dpitch, spitch);
+    for (size_t row = 0; row < height; row++) {
+        cudaError_t rc = copy((char *)dst + row * dpitch, (const char *)src + row * spitch, width,
+                              kind, "cudaMemcpy2D", false);
+        if (rc != cudaSuccess) return rc;
+    }
+    return cudaSuccess;
+}
+
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
                             cudaStream_t stream) {
     (void)stream; /* one stream: the default one */

@@ -75,6 +75,9 @@ cudaError_t cudaDeviceGetPCIBusId(char *pci_bus_id, int len, int device);
 cudaError_t cudaMalloc(void **device_ptr, size_t bytes);
 cudaError_t cudaFree(void *device_ptr);
 cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind);
+/* height rows of width bytes, dpitch / spitch bytes apart (each row a checked cudaMemcpy) */
+cudaError_t cudaMemcpy2D(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                         size_t height, enum cudaMemcpyKind kind);
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
                             cudaStream_t stream);
 cudaError_t cudaMemset(void *device_ptr, int value, size_t bytes);
