@@ -40,7 +40,10 @@ if [ "$what" = profile ]; then
     build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 profile=1 2>&1 |
       grep -v '^bench:' | tee "$out/profile_$1.log"
     # what two choices cost or save: one LoRA product per projection, and the logits in chunks
-    echo "== $1, PAFT_LORA_SHARED_INPUT=0"
+    echo "== $1, PAFT_LORA_FOLDED=0 (the LoRA products apart from the frozen GEMMs)"
+    PAFT_LORA_FOLDED=0 build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 |
+      grep '^  step'
+    echo "== $1, PAFT_LORA_SHARED_INPUT=0 (and so not folded either)"
     PAFT_LORA_SHARED_INPUT=0 build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 |
       grep '^  step'
     echo "== $1, logits_chunk=2048"
