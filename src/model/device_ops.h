@@ -238,6 +238,12 @@ static inline void dev_lora_fold(act_t *wide, int ld, int C, int pad, int slot, 
                                  int r, float scale, int OC) {
     lora_fold_cuda(wide, ld, C, pad, slot, B, r, scale, OC);
 }
+/* rows x cols of src (rows ld_src apart) to dst (rows ld_dst apart), on the device */
+static inline void dev_copy_rows(act_t *dst, int ld_dst, const act_t *src, int ld_src, int cols,
+                                 int rows) {
+    CHECK_CUDA(cudaMemcpy2D(dst, (size_t)ld_dst * sizeof(act_t), src, (size_t)ld_src * sizeof(act_t),
+                            (size_t)cols * sizeof(act_t), (size_t)rows, cudaMemcpyDeviceToDevice));
+}
 static inline void dev_add_bias(act_t *out, const act_t *bias, int N, int OC) {
     add_bias_cuda(out, bias, N, OC);
 }

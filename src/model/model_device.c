@@ -768,9 +768,11 @@ static void projs_backward(ModelDevice *d, int l, const LayerActs *la, Proj firs
         }
         dev_matmul_weight_grad_lds(&d->ctx, lo->dA[first], dinp + C, ld, inp, ld, N, C, count * r,
                                    1.0f);
-        /* dx += dlora_h A (its columns are read, dx's written: no element is both) */
+        /* dx += dlora_h A, from a packed copy of dlora_h (N x G r, small): a GEMM reading and
+         * writing columns of the same rows would alias an input with its output */
         phase(d, PHASE_LORA);
-        dev_matmul_input_grad_lds(&d->ctx, dinp, ld, dinp + C, ld, lo->A[first], C, N, C,
+        dev_copy_rows(d->dlora_h, count * r, dinp + C, ld, count * r, N);
+        dev_matmul_input_grad_lds(&d->ctx, dinp, ld, d->dlora_h, count * r, lo->A[first], C, N, C,
                                   count * r, 1.0f, 1);
         return;
     }
