@@ -7,7 +7,8 @@
  *     with -fmad=false (CMakeLists.txt), so no a * b + c becomes a fused multiply-add; fp32
  *     division and double addition are IEEE round-to-nearest on the GPU as on the CPU;
  *   - counts and histograms are integers (atomics in any order give the same sum);
- *   - a per-row partial sum is one thread adding its row's columns in order, as the CPU does;
+ *   - a per-row partial sum is one thread adding its row's columns in order, with the CPU's
+ *     function (merge_row_*_sums);
  *   - the LoRA delta is one thread per element adding the r products in k order, as
  *     loss/lora_delta.c does.
  * The merge is a small part of a PAFT job (a few passes over the weights), so simple, exact
@@ -342,14 +343,7 @@ static int64_t cuda_merge_dare_keep(MergeKernelState *s, const float *delta, siz
 __global__ static void row_abs_sums_kernel(const float *a, const float *b, int64_t rows,
                                            int64_t cols, double *partials) {
     const int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= rows) return;
-    double sum_a = 0, sum_b = 0;
-    for (int64_t c = 0; c < cols; c++) {
-        sum_a += fabs((double)a[r * cols + c]);
-        sum_b += fabs((double)b[r * cols + c]);
-    }
-    partials[2 * r] = sum_a;
-    partials[2 * r + 1] = sum_b;
+    if (r < rows) merge_row_abs_sums(a + r * cols, b + r * cols, cols, partials + 2 * r);
 }
 
 static void cuda_merge_row_abs_sums(MergeKernelState *s, const float *a, const float *b,
@@ -366,18 +360,8 @@ static void cuda_merge_row_abs_sums(MergeKernelState *s, const float *a, const f
 __global__ static void slerp_row_sums_kernel(const float *base, const float *d0, const float *d1,
                                              int64_t rows, int64_t cols, double *partials) {
     const int64_t r = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= rows) return;
-    double dot = 0, norm0 = 0, norm1 = 0;
-    for (int64_t c = 0; c < cols; c++) {
-        const size_t i = (size_t)(r * cols + c);
-        double theta0 = (double)(base[i] + d0[i]), theta1 = (double)(base[i] + d1[i]);
-        dot += theta0 * theta1;
-        norm0 += theta0 * theta0;
-        norm1 += theta1 * theta1;
-    }
-    partials[3 * r] = dot;
-    partials[3 * r + 1] = norm0;
-    partials[3 * r + 2] = norm1;
+    if (r < rows)
+        merge_row_slerp_sums(base + r * cols, d0 + r * cols, d1 + r * cols, cols, partials + 3 * r);
 }
 
 static void cuda_merge_slerp_row_sums(MergeKernelState *s, const float *base, const float *d0,

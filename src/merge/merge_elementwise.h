@@ -75,6 +75,38 @@ MERGE_HD static inline uint64_t merge_dare_bits(uint64_t key, uint64_t index) {
     return merge_splitmix64_mix(key + (index + 1) * MERGE_SPLITMIX_GOLDEN) >> 11;
 }
 
+/* ---- per-row sums: one row's columns added in order, in double -------------------------------
+ * Each backend calls these once per row (a CPU thread, a GPU thread), so the order of the sums,
+ * and with it every bit, is the same on both. */
+
+/* sums[0] = sum_c |a[c]|, sums[1] = sum_c |b[c]| (DARE's L1 norms before and after the drop) */
+MERGE_HD static inline void merge_row_abs_sums(const float *a, const float *b, int64_t cols,
+                                               double *sums) {
+    double sum_a = 0, sum_b = 0;
+    for (int64_t c = 0; c < cols; c++) {
+        sum_a += fabs((double)a[c]);
+        sum_b += fabs((double)b[c]);
+    }
+    sums[0] = sum_a;
+    sums[1] = sum_b;
+}
+
+/* SLERP's sums of theta_i = base + d_i (the float sums): sums[0] = theta_0 . theta_1,
+ * sums[1] = |theta_0|^2, sums[2] = |theta_1|^2 */
+MERGE_HD static inline void merge_row_slerp_sums(const float *base, const float *d0,
+                                                 const float *d1, int64_t cols, double *sums) {
+    double dot = 0, norm0 = 0, norm1 = 0;
+    for (int64_t c = 0; c < cols; c++) {
+        double theta0 = (double)(base[c] + d0[c]), theta1 = (double)(base[c] + d1[c]);
+        dot += theta0 * theta1;
+        norm0 += theta0 * theta0;
+        norm1 += theta1 * theta1;
+    }
+    sums[0] = dot;
+    sums[1] = norm0;
+    sums[2] = norm1;
+}
+
 /* ---- the mixing of the two (sparsified) deltas into theta ----------------------------------
  * One struct describes the whole element-wise step of every method; merge.c fills it from the
  * merge parameters (and, for slerp, the whole-tensor angle). */

@@ -128,15 +128,8 @@ static void cpu_row_abs_sums(MergeKernelState *s, const float *a, const float *b
                              int64_t cols, double *partials) {
     (void)s;
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        double sum_a = 0, sum_b = 0;
-        for (int64_t c = 0; c < cols; c++) {
-            sum_a += fabs((double)a[r * cols + c]);
-            sum_b += fabs((double)b[r * cols + c]);
-        }
-        partials[2 * r] = sum_a;
-        partials[2 * r + 1] = sum_b;
-    }
+    for (int64_t r = 0; r < rows; r++)
+        merge_row_abs_sums(a + r * cols, b + r * cols, cols, partials + 2 * r);
 }
 
 static void cpu_scale(MergeKernelState *s, float *x, size_t n, float factor) {
@@ -149,19 +142,8 @@ static void cpu_slerp_row_sums(MergeKernelState *s, const float *base, const flo
                                const float *d1, int64_t rows, int64_t cols, double *partials) {
     (void)s;
 #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        double dot = 0, norm0 = 0, norm1 = 0;
-        for (int64_t c = 0; c < cols; c++) {
-            size_t i = (size_t)(r * cols + c);
-            double theta0 = (double)(base[i] + d0[i]), theta1 = (double)(base[i] + d1[i]);
-            dot += theta0 * theta1;
-            norm0 += theta0 * theta0;
-            norm1 += theta1 * theta1;
-        }
-        partials[3 * r] = dot;
-        partials[3 * r + 1] = norm0;
-        partials[3 * r + 2] = norm1;
-    }
+    for (int64_t r = 0; r < rows; r++)
+        merge_row_slerp_sums(base + r * cols, d0 + r * cols, d1 + r * cols, cols, partials + 3 * r);
 }
 
 /* One loop per kind, so that each vectorizes without a branch inside. */
