@@ -83,7 +83,7 @@ static double *partials_buffer(MergeKernelState *s, size_t n) {
     return s->partials;
 }
 
-/* ---- memory ------------------------------------------------------------------------------------ */
+/* ---- memory -------------------------------------------------------------------------------- */
 
 static MergeKernelState *cuda_merge_create(void) {
     cuda_select_local_device();
@@ -134,7 +134,7 @@ static void cuda_merge_zero(MergeKernelState *s, float *x, size_t n) {
     if (n) CHECK_CUDA(cudaMemset(x, 0, n * sizeof *x));
 }
 
-/* ---- the LoRA delta ---------------------------------------------------------------------------- */
+/* ---- the LoRA delta ------------------------------------------------------------------------ */
 
 __global__ static void lora_delta_kernel(float *delta, const float *A, const float *B,
                                          int64_t rows, int64_t cols, int r, float scale) {

@@ -886,6 +886,7 @@ extern "C" void matmul_input_grad_ld_cuda(CudaContext *ctx, floatX *dinp, int ld
                                           const floatX *dout, int ld_dout, const floatX *weight,
                                           int ld_weight, int N, int C, int OC, float alpha,
                                           int accumulate) {
+    /* (an empty product: nothing to write; the device model has none, all its sizes are > 0) */
     if (N <= 0 || C <= 0 || OC <= 0) return;
     /* beta = 0: cuBLASLt does not read dinp at all (it may hold anything, NaN included) */
     lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_N, C, N, OC, weight, ld_weight, dout, ld_dout, dinp,

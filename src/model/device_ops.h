@@ -241,8 +241,9 @@ static inline void dev_lora_fold(act_t *wide, int ld, int C, int pad, int slot, 
 /* rows x cols of src (rows ld_src apart) to dst (rows ld_dst apart), on the device */
 static inline void dev_copy_rows(act_t *dst, int ld_dst, const act_t *src, int ld_src, int cols,
                                  int rows) {
-    CHECK_CUDA(cudaMemcpy2D(dst, (size_t)ld_dst * sizeof(act_t), src, (size_t)ld_src * sizeof(act_t),
-                            (size_t)cols * sizeof(act_t), (size_t)rows, cudaMemcpyDeviceToDevice));
+    const size_t elem = sizeof(act_t);
+    CHECK_CUDA(cudaMemcpy2D(dst, (size_t)ld_dst * elem, src, (size_t)ld_src * elem,
+                            (size_t)cols * elem, (size_t)rows, cudaMemcpyDeviceToDevice));
 }
 static inline void dev_add_bias(act_t *out, const act_t *bias, int N, int OC) {
     add_bias_cuda(out, bias, N, OC);

@@ -23,8 +23,7 @@
 /* ---- views into device memory ---------------------------------------------------------------*/
 
 typedef struct {
-    act_t *attn_norm, *w[N_PROJ], *b[N_PROJ], *mlp_norm;
-    int ld[N_PROJ]; /* w[p]'s row stride: its input width, or C + G r with the LoRA folded in */
+    act_t *attn_norm, *w[N_PROJ], *b[N_PROJ], *mlp_norm; /* w[p]: rows ln_ld apart when folded */
 } DevLayerWeights;
 
 typedef struct {
@@ -246,7 +245,7 @@ static int lora_group_shared(const ModelDevice *d, int l, Proj first, int count)
 }
 #endif
 
-/* ---- folded LoRA (DEV_FOLDS_LORA, the CUDA backend) ----------------------------------------------
+/* ---- folded LoRA (DEV_FOLDS_LORA, the CUDA backend) -------------------------------------------
  * A group's adapters go one step further than sharing their input: they are folded into the
  * frozen GEMMs along K. The group's normalised input is stored with G r more columns per row,
  * [x | h] with h = x [A_1; ..; A_G]^T written into them, and each projection's frozen weight with
@@ -265,7 +264,7 @@ static int group_foldable(const ModelDevice *d, int g) {
 }
 
 #if DEV_FOLDS_LORA
-/* s B of every folded projection into its slot of its wide weight (after the LoRA values changed) */
+/* s B of every folded projection into its slot of its wide weight (when the LoRA values change) */
 static void fold_lora_weights(ModelDevice *d) {
     const Model *m = d->m;
     for (int g = 0; g < 2; g++) {
@@ -306,7 +305,6 @@ static void bind_parameters(ModelDevice *d, Arena *a) {
         for (int p = 0; p < N_PROJ; p++) {
             dw->w[p] = weight_on_device(d, hw->w[p]);
             dw->b[p] = weight_on_device(d, hw->b[p]);
-            dw->ld[p] = hw->w[p] ? (int)d->view_ld[view_of(m, hw->w[p])] : 0;
             const real *A = m->lora_params[l].A[p], *B = m->lora_params[l].B[p];
             if (!A) continue;
             DevLayerLora *dl = &d->lora[l];
@@ -362,6 +360,14 @@ static ModelDevice *device_create(Model *m, const DeviceOptions *opt) {
     for (int g = 0; g < 2; g++) {
         const int C = model_local_in(m, group_first[g]);
         d->fold[g] = fold_lora && group_foldable(d, g);
+        /* the tensor-parallel ranks must agree (their dln sums have the folded width): the
+         * setting comes from each rank's environment */
+        int agree[2] = {d->fold[g], -d->fold[g]};
+        if (m->tp_size > 1)
+            CHECK_MPI(MPI_Allreduce(MPI_IN_PLACE, agree, 2, MPI_INT, MPI_MAX, m->tp_comm));
+        if (agree[0] != -agree[1])
+            PAFT_FATAL("PAFT_LORA_FOLDED differs between the tensor-parallel ranks of a group "
+                       "(set it the same for the whole job)");
         d->ln_ld[g] = C + (d->fold[g] ? group_count[g] * m->lora.r : 0);
         for (int l = 0; d->fold[g] && l < m->config.num_layers; l++)
             for (int i = 0; i < group_count[g]; i++)
@@ -381,6 +387,10 @@ static ModelDevice *device_create(Model *m, const DeviceOptions *opt) {
     dev_pin_host(m->lora_memory, m->n_lora * sizeof(real));
     dev_pin_host(m->lora_grads_memory, m->n_lora * sizeof(real));
     if (opt->profile) profile_create(d);
+    if (d->fold[0] || d->fold[1])
+        paft_log("model: LoRA folded into the frozen GEMMs of %s (PAFT_LORA_FOLDED=0: apart)\n",
+                 d->fold[0] && d->fold[1] ? "q, k, v and gate, up" : d->fold[0] ? "q, k, v"
+                                                                              : "gate, up");
     return d;
 }
 
@@ -552,9 +562,13 @@ static void projs_forward(ModelDevice *d, int l, LayerActs *la, Proj first, int 
         const DevLayerWeights *w = &d->layers[l];
         const int K = m->adapters_enabled ? ld : C; /* adapters off: x W^T alone */
         if (m->adapters_enabled) {
+            /* h into the group's lora_h slots, then into the padding: one GEMM writing columns
+             * of the rows it reads would alias its input with its output */
+            act_t *h = lora_h_of(d, la, first, N);
             phase(d, PHASE_LORA);
-            dev_matmul_forward_lds(&d->ctx, inp + C, ld, inp, ld, d->lora[l].A[first], C, N, C,
+            dev_matmul_forward_lds(&d->ctx, h, count * r, inp, ld, d->lora[l].A[first], C, N, C,
                                    count * r, 1.0f, 0);
+            dev_copy_rows(inp + C, ld, h, count * r, count * r, N);
         }
         for (int i = 0; i < count; i++) {
             const Proj p = (Proj)(first + i);
@@ -696,7 +710,8 @@ static void device_forward(ModelDevice *d, const int32_t *tokens, const int32_t 
     for (int l = 0; l < c->num_layers; l++)
         layer_forward(d, l, slot_of(d, l), d->x + l * nd, d->x + (l + 1) * nd);
     phase(d, PHASE_NORM);
-    dev_rmsnorm_forward(d->lnf, c->hidden_size, d->lnf_rstd, d->x + (size_t)c->num_layers * nd, d->final_norm, N,
+    dev_rmsnorm_forward(d->lnf, c->hidden_size, d->lnf_rstd, d->x + (size_t)c->num_layers * nd,
+                        d->final_norm, N,
                         c->hidden_size, (float)c->rms_norm_eps);
     /* the LM head and the log-softmax statistics, logit_rows rows at a time */
     const int dm = c->hidden_size;
@@ -870,8 +885,8 @@ static void device_backward(ModelDevice *d, const real *dlogp) {
     /* head: logp -> this rank's logits -> final norm (the input gradient is partial: one sum) */
     phase(d, PHASE_LOGPROB);
     dev_upload(d->dlogp, dlogp, (size_t)N * sizeof(stat_t));
-    /* logit_rows rows at a time (each chunk writes its rows of dln: no zeroing first); in chunks, each chunk's logits are computed again (the forward
-     * kept only the last chunk's) */
+    /* logit_rows rows at a time, each chunk writing its rows of dln (no zeroing first); in
+     * chunks, each chunk's logits are computed again (the forward kept only the last chunk's) */
     const int chunked = d->logit_rows < N;
     for (int n0 = 0; n0 < N; n0 += d->logit_rows) {
         const int n = PAFT_MIN(d->logit_rows, N - n0);

@@ -75,8 +75,12 @@ int main(int argc, char **argv) {
     const char *backend_name = argc > 1 ? argv[1] : "emulate";
     const char *arch = argc > 2 ? argv[2] : "LlamaForCausalLM";
     simple_attention = argc > 3 && strcmp(argv[3], "simple") == 0;
+    /* unshared: one LoRA product per projection; unfolded: shared, but apart from the frozen
+     * GEMMs (the CUDA backend's default folds them in: model_device.c) */
     const int unshared = argc > 3 && strcmp(argv[3], "unshared") == 0;
+    const int unfolded = argc > 3 && strcmp(argv[3], "unfolded") == 0;
     if (unshared) setenv("PAFT_LORA_SHARED_INPUT", "0", 1);
+    if (unfolded) setenv("PAFT_LORA_FOLDED", "0", 1);
     int rank, size;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -101,7 +105,7 @@ int main(int argc, char **argv) {
     /* a tiny model with every feature that changes the sequencing: GQA, (Qwen2: q/k/v biases) */
     char dir[256];
     snprintf(dir, sizeof dir, "device_model_%s_%s_%d%s", backend_name, arch, size,
-             simple_attention ? "_simple" : unshared ? "_unshared" : "");
+             simple_attention ? "_simple" : unshared ? "_unshared" : unfolded ? "_unfolded" : "");
     TinyModelSpec spec = tiny_model_default();
     spec.architecture = arch;
     spec.vocab_size = 96;

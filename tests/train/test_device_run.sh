@@ -5,11 +5,14 @@
 # run with activation recomputation identical in losses to the one without. Then the device run
 # on 4 ranks (DP=2 and TP=2 groups: the device-resident gradient reductions) and one stopped
 # after 2 steps and resumed, against the 2-rank device run.
-#   usage: test_device_run.sh PAFT MAKE_TASK COMPARE WORKDIR DEVICE TOL
+#   usage: test_device_run.sh PAFT MAKE_TASK COMPARE WORKDIR DEVICE TOL [folded]
 # DEVICE emulate runs everywhere (TOL 1e-5: the same CPU ops); cuda needs a GPU (both ranks share
 # it, so the MPI collective path; TOL for bf16) and reports itself skipped (77) without one.
+# `folded`: every run with LoRA r = 8, where the CUDA backend folds the q, k, v and gate, up
+# adapters into their frozen GEMMs (model_device.c); the device runs must say so, and one more
+# run with PAFT_LORA_FOLDED=0 must give the same adapters within bf16 rounding.
 set -euo pipefail
-paft=$1 make_task=$2 compare=$3 work=$4 device=$5 tol=$6
+paft=$1 make_task=$2 compare=$3 work=$4 device=$5 tol=$6 variant=${7:-}
 # a resumed run repeats the same arithmetic: bitwise on the emulation, near it on a GPU
 resume_tol=$([ "$device" = emulate ] && echo 0 || echo 1e-3)
 # other layouts sum in other orders: tests/parallel's 1e-4 for the adapters (or TOL if larger)
@@ -26,6 +29,7 @@ rm -rf "$work" && mkdir -p "$work"
 "$make_task" "$work/task" > /dev/null
 common=("$work/task/task.ini" sft.steps=4 pref.steps=4 sft.batch=4 pref.batch=4
         sft.micro_batch=2 pref.micro_batch=2 sft.l1=1e-3 merge.method=ties)
+[ "$variant" = folded ] && common+=(lora.r=8 lora.alpha=16)
 run() { # name, extra settings... [-- ranks]
   local name=$1 np=2 settings=(); shift
   while [ $# -gt 0 ]; do
@@ -85,6 +89,22 @@ if "$compare" "$work/cpu/merged.h5" "$work/device/merged.h5" "$merged_tol" /weig
   passed=$((passed + 1)); echo "merged models agree"
 else
   failed=$((failed + 1)); echo "FAIL: merged models differ"
+fi
+if [ "$variant" = folded ]; then
+  for name in device recompute dp2 tp2 sliced; do
+    grep -q "LoRA folded into" "$work/$name.log" || { failed=$((failed + 1)); echo "FAIL: $name did not fold"; }
+  done
+  PAFT_LORA_FOLDED=0 run unfolded model.device="$device"
+  if grep -q "LoRA folded into" "$work/unfolded.log"; then
+    failed=$((failed + 1)); echo "FAIL: PAFT_LORA_FOLDED=0 folded"
+  fi
+  for stage in sft pref; do
+    if "$compare" "$work/unfolded/$stage/adapter.h5" "$work/device/$stage/adapter.h5" 2e-2 $metric; then
+      passed=$((passed + 1)); echo "$stage: the folded run's adapter agrees with the unfolded one"
+    else
+      failed=$((failed + 1)); echo "FAIL: $stage: folded and unfolded adapters differ"
+    fi
+  done
 fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
