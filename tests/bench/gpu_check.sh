@@ -64,8 +64,9 @@ if [ "$what" = profile ]; then
 fi
 
 if [ "$what" != bench ]; then
-  # '^cuda$': the label is a regular expression, and cuda-emulated (the CPU emulator) is not wanted here
-  (cd build-gpu && ctest -L '^cuda$' --output-on-failure --timeout 300) > "$out/ctest_cuda.log" 2>&1
+  # '^cuda$': the label is a regular expression, and cuda-emulated (the CPU emulator) is not wanted
+  # here; four at a time (they are small, the GPU has room), to stay inside one call's 10 minutes
+  (cd build-gpu && ctest -L '^cuda$' -j4 --output-on-failure --timeout 300) > "$out/ctest_cuda.log" 2>&1
   grep -E "tests passed|Failed|Passed|Skipped" "$out/ctest_cuda.log" | tail -20
   # the op-by-op and model comparisons, with their figures
   build-gpu/tests/cuda/test_ops_cuda > "$out/test_ops_cuda.log" 2>&1; tail -5 "$out/test_ops_cuda.log"
