@@ -127,6 +127,9 @@ struct ModelDevice {
 /* The projections that read one input: q, k, v read ln1, gate and up read ln2. */
 static const Proj group_first[2] = {PROJ_Q, PROJ_GATE};
 static const int group_count[2] = {3, 2};
+#if DEV_FOLDS_LORA
+static int group_of(Proj first) { return first == PROJ_Q ? 0 : 1; }
+#endif
 
 /* A bump allocator run twice, as model.c's Carver: once with base == NULL to count the bytes,
  * once to hand out pointers into the one allocation. 256-byte alignment suits every kernel. */
@@ -217,8 +220,9 @@ static void profile_destroy(ModelDevice *d) {
  * slots as [N][count r]; each projection's B product reads its r columns. The backward likewise
  * makes one dA product and one input-gradient product for the group. The arithmetic per element
  * is the same; the input gradient's sums run in another order (bf16 rounding, tested against the
- * CPU backend as everything on CUDA is). */
-/* Whether the group's adapters can share one product in layer l: all adapted, column-parallel,
+ * CPU backend as everything on CUDA is).
+ *
+ * Whether the group's adapters can share one product in layer l: all adapted, column-parallel,
  * the same input width, the A factors (and their gradients) one after the other in the LoRA
  * buffers (model.c's layout; the device mirrors it), and each projection's columns of h 16-byte
  * aligned (r a multiple of 8 in bf16), as cuBLASLt's tensor-core kernels want. */
@@ -549,17 +553,36 @@ static void proj_forward(ModelDevice *d, int l, Proj p, act_t *out, const act_t 
     if (lora) dev_matmul_forward(&d->ctx, out, h, lo->B[p], N, r, out_f, s, 1);
 }
 
+#if DEV_SHARES_LORA_INPUT || DEV_FOLDS_LORA
+/* outs[i] = inp W^T + b over K columns of inp and W (rows ld apart) for the group's projections:
+ * the frozen GEMMs of the shared and the folded paths */
+static void frozen_group_forward(ModelDevice *d, int l, Proj first, int count, act_t *const *outs,
+                                 const act_t *inp, int ld, int K, int N) {
+    const DevLayerWeights *w = &d->layers[l];
+    for (int i = 0; i < count; i++) {
+        const Proj p = (Proj)(first + i);
+        const int out_f = model_local_out(d->m, p);
+        phase(d, PHASE_GEMM);
+        dev_matmul_forward_lds(&d->ctx, outs[i], out_f, inp, ld, w->w[p], ld, N, K, out_f, 1.0f,
+                               0);
+        if (w->b[p]) {
+            phase(d, PHASE_POINTWISE);
+            dev_add_bias(outs[i], w->b[p], N, out_f);
+        }
+    }
+}
+#endif
+
 /* outs[i] = inp W^T + b + s (inp A^T) B^T for the projections first .. first + count - 1, which
  * share inp (column-parallel: no tensor-parallel sums). */
 static void projs_forward(ModelDevice *d, int l, LayerActs *la, Proj first, int count,
                           act_t *const *outs, act_t *inp, int N) {
 #if DEV_FOLDS_LORA
-    const int g = first == PROJ_Q ? 0 : 1;
+    const int g = group_of(first);
     if (d->fold[g]) {
         /* inp is [x | h], rows ld apart; each weight is [W | its s B in its slot] */
         const Model *m = d->m;
         const int C = model_local_in(m, first), ld = d->ln_ld[g], r = m->lora.r;
-        const DevLayerWeights *w = &d->layers[l];
         const int K = m->adapters_enabled ? ld : C; /* adapters off: x W^T alone */
         if (m->adapters_enabled) {
             /* h into the group's lora_h slots, then into the padding: one GEMM writing columns
@@ -570,17 +593,7 @@ static void projs_forward(ModelDevice *d, int l, LayerActs *la, Proj first, int 
                                    count * r, 1.0f, 0);
             dev_copy_rows(inp + C, ld, h, count * r, count * r, N);
         }
-        for (int i = 0; i < count; i++) {
-            const Proj p = (Proj)(first + i);
-            const int out_f = model_local_out(m, p);
-            phase(d, PHASE_GEMM);
-            dev_matmul_forward_lds(&d->ctx, outs[i], out_f, inp, ld, w->w[p], ld, N, K, out_f,
-                                   1.0f, 0);
-            if (w->b[p]) {
-                phase(d, PHASE_POINTWISE);
-                dev_add_bias(outs[i], w->b[p], N, out_f);
-            }
-        }
+        frozen_group_forward(d, l, first, count, outs, inp, ld, K, N);
         return;
     }
 #endif
@@ -588,18 +601,9 @@ static void projs_forward(ModelDevice *d, int l, LayerActs *la, Proj first, int 
     if (lora_group_shared(d, l, first, count)) {
         const Model *m = d->m;
         const int in = model_local_in(m, first), r = m->lora.r, ld = count * r;
-        const DevLayerWeights *w = &d->layers[l];
         const DevLayerLora *lo = &d->lora[l];
         act_t *h = lora_h_of(d, la, first, N); /* [N][count r] over the group's slots */
-        for (int i = 0; i < count; i++) {
-            const Proj p = (Proj)(first + i);
-            phase(d, PHASE_GEMM);
-            dev_matmul_forward(&d->ctx, outs[i], inp, w->w[p], N, in, model_local_out(m, p), 1.0f, 0);
-            if (w->b[p]) {
-                phase(d, PHASE_POINTWISE);
-                dev_add_bias(outs[i], w->b[p], N, model_local_out(m, p));
-            }
-        }
+        frozen_group_forward(d, l, first, count, outs, inp, in, in, N);
         phase(d, PHASE_LORA);
         dev_matmul_forward(&d->ctx, h, inp, lo->A[first], N, in, ld, 1.0f, 0);
         for (int i = 0; i < count; i++) {
@@ -759,7 +763,7 @@ static void projs_backward(ModelDevice *d, int l, const LayerActs *la, Proj firs
                            act_t *dinp, int dinp_fresh, const act_t *const *douts,
                            const act_t *inp, int N) {
 #if DEV_FOLDS_LORA
-    const int g = first == PROJ_Q ? 0 : 1;
+    const int g = group_of(first);
     if (d->fold[g]) {
         /* inp is [x | h] and dinp becomes [dx | dlora_h], rows ld apart */
         const Model *m = d->m;

@@ -33,6 +33,13 @@ static float *random_bf16(size_t n, double scale, double offset, Rng *rng) {
     return x;
 }
 
+/* n copies of value (malloc'ed) */
+static float *filled(size_t n, float value) {
+    float *x = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = value;
+    return x;
+}
+
 static void compare(const char *what, const float *gpu, const float *cpu, size_t n, double tol) {
     double err = max_rel_error(gpu, cpu, n);
     CHECK(err <= tol, "%s: max relative error %.3g > %.3g", what, err, tol);
@@ -488,8 +495,7 @@ static void test_folded_lora_ops(CudaContext *ctx, Rng *rng) {
     const float scale = 0.5f;
     /* RMSNorm forward into wide rows */
     float *x = random_bf16((size_t)N * C, 1.0, 0.0, rng), *w = random_bf16(C, 0.2, 1.0, rng);
-    float *wide = malloc(sizeof(float) * N * ld), *flat = malloc(sizeof(float) * N * C);
-    for (int i = 0; i < N * ld; i++) wide[i] = sentinel;
+    float *wide = filled((size_t)N * ld, sentinel), *flat = malloc(sizeof(float) * N * C);
     floatX *d_x = cuda_upload_bf16(x, (size_t)N * C), *d_w = cuda_upload_bf16(w, C);
     floatX *d_wide = cuda_upload_bf16(wide, (size_t)N * ld), *d_flat = cuda_upload_bf16(flat, (size_t)N * C);
     float *d_rstd = cuda_upload_f32(flat, N);
@@ -648,8 +654,7 @@ int main(void) {
          * the bits of adding onto zeros */
         {
             const size_t n = (size_t)N * C;
-            float *nans = malloc(sizeof(float) * n), *zeros = calloc(n, sizeof(float));
-            for (size_t i = 0; i < n; i++) nans[i] = NAN;
+            float *nans = filled(n, NAN), *zeros = filled(n, 0.0f);
             floatX *s_dg = cuda_upload_bf16(nans, n), *s_du = cuda_upload_bf16(nans, n);
             floatX *z_dg = cuda_upload_bf16(zeros, n), *z_du = cuda_upload_bf16(zeros, n);
             swiglu_backward_store_cuda(s_dg, s_du, d_gout, dgate, dup, n);
@@ -730,8 +735,7 @@ int main(void) {
         /* the input gradient written (accumulate = 0) over NaN: the bits of += onto zeros */
         {
             const size_t n = (size_t)N * C;
-            float *nans = malloc(sizeof(float) * n), *zeros = calloc(n, sizeof(float));
-            for (size_t i = 0; i < n; i++) nans[i] = NAN;
+            float *nans = filled(n, NAN), *zeros = filled(n, 0.0f);
             floatX *d_nan = cuda_upload_bf16(nans, n), *d_zero = cuda_upload_bf16(zeros, n);
             matmul_input_grad_cuda(ctx, d_nan, C, d_gout, dW, N, C, OC, alpha, 0);
             matmul_backward_cuda(ctx, d_zero, NULL, d_gout, dx, dW, N, C, OC, alpha);
