@@ -903,17 +903,38 @@ extern "C" void attention_forward_fused_cuda(floatX *out, float *lse, const floa
     }
 }
 
-/* The backward's scratch: Delta [B][Hq][T] fp32 first, then (MMA kernels, grouped-query) the
- * per-head shares of dk and dv from this byte offset, 256-byte aligned. */
+/* The MMA backward computes dq from dS stored by the dk, dv kernel (attention_mma.cu, "dS
+ * stored": five products instead of seven) while that fits in stored_ds_limit bytes of scratch,
+ * which at 64 tiles per 4096 keys covers T = 1024 at B Hq up to 1,900, T = 4096 at B Hq up to
+ * 63; past it, or with PAFT_ATTENTION_STORED_DS=0, it recomputes S and dP for dq, in memory
+ * linear in T. The bound keeps the quadratic part of the scratch under 1 GiB, small next to a 7B
+ * model's training state, whatever the sequence length. */
+static const size_t stored_ds_limit = (size_t)1 << 30;
+static bool fa_store_ds(int B, int T, int Hq, int D) {
+    const char *value = getenv("PAFT_ATTENTION_STORED_DS");
+    if (value && value[0] == '0') return false;
+    return fa_use_mma(D) && attention_backward_mma_ds_bytes(B, T, Hq) <= stored_ds_limit;
+}
+
+/* The backward's scratch, each part 256-byte aligned: Delta [B][Hq][T] fp32 first, then (MMA
+ * kernels, grouped-query) the per-head shares of dk and dv, then (MMA kernels, fa_store_ds) dS. */
+static size_t fa_align(size_t bytes) { return (bytes + 255) / 256 * 256; }
 static size_t fa_partials_offset(int B, int T, int Hq) {
-    return ((size_t)B * Hq * T * sizeof(float) + 255) / 256 * 256;
+    return fa_align((size_t)B * Hq * T * sizeof(float));
+}
+static size_t fa_partials_bytes(int B, int T, int Hq, int Hkv, int D) {
+    return fa_use_mma(D) ? attention_backward_mma_partials_bytes(B, T, Hq, Hkv, D) : 0;
+}
+static size_t fa_ds_offset(int B, int T, int Hq, int Hkv, int D) {
+    return fa_partials_offset(B, T, Hq) + fa_align(fa_partials_bytes(B, T, Hq, Hkv, D));
 }
 
 extern "C" size_t attention_backward_fused_scratch_bytes(int B, int T, int Hq, int Hkv, int D) {
     if (B <= 0 || T <= 0 || Hq <= 0) return 0;
     const size_t delta_bytes = (size_t)B * Hq * T * sizeof(float); /* Delta [B][Hq][T] */
-    const size_t partials_bytes =
-        fa_use_mma(D) ? attention_backward_mma_partials_bytes(B, T, Hq, Hkv, D) : 0;
+    if (fa_store_ds(B, T, Hq, D))
+        return fa_ds_offset(B, T, Hq, Hkv, D) + attention_backward_mma_ds_bytes(B, T, Hq);
+    const size_t partials_bytes = fa_partials_bytes(B, T, Hq, Hkv, D);
     if (partials_bytes == 0) return delta_bytes;
     return fa_partials_offset(B, T, Hq) + partials_bytes;
 }
@@ -978,7 +999,11 @@ extern "C" void attention_backward_fused_cuda(floatX *dq, floatX *dk, floatX *dv
     CHECK_LAUNCH();
     if (fa_use_mma(D)) {
         float *partials = (float *)((char *)scratch + fa_partials_offset(B, T, Hq));
-        attention_backward_mma_cuda(dq, dk, dv, dout, lse, delta, partials, q, k, v, B, T, Hq, Hkv, D);
+        floatX *ds_t = fa_store_ds(B, T, Hq, D)
+                           ? (floatX *)((char *)scratch + fa_ds_offset(B, T, Hq, Hkv, D))
+                           : nullptr;
+        attention_backward_mma_cuda(dq, dk, dv, dout, lse, delta, partials, ds_t, q, k, v, B, T,
+                                    Hq, Hkv, D);
         return;
     }
     const bool tensor_cores = fa_use_tensor_cores(D);

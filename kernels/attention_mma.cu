@@ -22,7 +22,10 @@
  *   forward: one block per (64 query rows, query head, batch); key tiles of 64 up to the diagonal.
  *   dk, dv:  one block per (64 keys, KV head, batch), looping over the group's query heads and the
  *            query tiles at or after the keys; each warp owns 16 keys' accumulators.
- *   dq:      one block per (64 query rows, query head, batch), key tiles up to the diagonal.
+ *   dq:      one block per (64 query rows, query head, batch), key tiles up to the diagonal. By
+ *            default from dS as the dk, dv blocks stored it (bf16, one 64 x 64 tile per pair of
+ *            key and query tiles): dq = dS K is then one product per tile instead of three, the
+ *            two that recompute S and dP (see "dS stored" below).
  * No atomics: every gradient element is summed by one thread, in a fixed order (deterministic).
  *
  * Off the GPU (the emulator, tests/cuda/emulator) and on GPUs before sm_80 the MMA is computed
@@ -200,6 +203,14 @@ __device__ static inline void load_a(uint32_t (&a)[4], const floatX *tile, int l
     ldmatrix_x4<false>(a, tile + (r + (quarter % 2) * 8 + lane % 8) * ld + col + (quarter / 2) * 8);
 }
 
+/* The A operand of rows r .. r + 15, columns col .. col + 15 of the transpose of a shared tile:
+ * A[m][k] = tile[col + k][r + m] (dq = dS K from the stored dS^T), through ldmatrix.trans. */
+__device__ static inline void load_a_trans(uint32_t (&a)[4], const floatX *tile, int ld, int r,
+                                           int col) {
+    const int lane = threadIdx.x % 32, quarter = lane / 8;
+    ldmatrix_x4<true>(a, tile + (col + (quarter / 2) * 8 + lane % 8) * ld + r + (quarter % 2) * 8);
+}
+
 /* B operands of two n-tiles, B[k][n] = tile[n0 + n][k0 + k] for n < 16, k < 16: rows of the tile
  * are B's columns (a product with a transposed tile, Q K^T). b[0], b[1]: columns n0 .. n0 + 7;
  * b[2], b[3]: n0 + 8 .. n0 + 15. */
@@ -260,6 +271,37 @@ __device__ static inline float quad_max(float x) {
 __device__ static inline float quad_sum(float x) {
     x += __shfl_xor_sync(full_warp, x, 1);
     return x + __shfl_xor_sync(full_warp, x, 2);
+}
+
+/* Two packed bf16 to dst, dst 4-byte aligned. */
+__device__ static inline void store2(floatX *dst, uint32_t pair) {
+#ifdef __CUDA_ARCH__
+    *reinterpret_cast<uint32_t *>(dst) = pair;
+#else
+    memcpy(dst, &pair, sizeof pair);
+#endif
+}
+
+/* ---- dS stored --------------------------------------------------------------------------------
+ * The dq kernel that recomputes (attention_backward_q_mma_kernel) does three products per pair of
+ * tiles, S = Q K^T, dP = dout V^T and dQ += dS K, where the dk, dv kernel already had dS: seven
+ * products in all for FlashAttention-2's five. FlashAttention-2 adds dq from the dk, dv blocks
+ * with atomics, which makes the sums' order, and so the bits, change from run to run. Here the dk,
+ * dv blocks store dS^T in bf16 instead (the very operand of their dK product) and a plain kernel
+ * computes dQ = dS K from it: five products and a pass over dS, still in a fixed order.
+ *
+ * Layout: per (batch, query head), the causal tiles (key tile kt <= query tile qt) in the order
+ * qt = 0, 1, ..., each row of tiles kt = 0 .. qt, so that one dq block reads its tiles one after
+ * another; a tile is dS^T [64 keys][64 queries]. Memory: B Hq n (n + 1) / 2 tiles of 8 KB (n =
+ * T / 64 rounded up), quadratic in T: attention_cuda.cu takes this path only up to a size bound. */
+__host__ __device__ static inline size_t ds_tiles_per_head(int tiles) {
+    return (size_t)tiles * (tiles + 1) / 2;
+}
+__device__ static inline size_t ds_tile_offset(int b, int h, int key_tile, int query_tile, int Hq,
+                                               int tiles) {
+    const size_t tile = ((size_t)b * Hq + h) * ds_tiles_per_head(tiles) +
+                        (size_t)query_tile * (query_tile + 1) / 2 + key_tile;
+    return tile * mma_tile * mma_tile;
 }
 
 /* dst[col], dst[col + 1] += scale * (x0, x1), rounded once to bf16 (dst 4-byte aligned). */
@@ -407,16 +449,24 @@ __global__ static void __launch_bounds__(mma_threads)
  * head order. The first leaves the blocks of the first key tiles with all the work (they see every
  * query tile of every head: at T = 1024, 128 tiles against 8 for the last); measured on an H100
  * it kept the SMs that finished early idle. Split by head, there are group times more blocks of at
- * most T / 64 tiles, which the block scheduler balances. */
+ * most T / 64 tiles, which the block scheduler balances.
+ *
+ * ds_t (or NULL): where the block also stores dS^T, for attention_backward_q_from_ds_kernel. It
+ * then visits the query tiles up to the padded end (64 tiles), so that every element of every
+ * stored tile is written: past T, P and so dS are 0. */
 template <int D, int BQ>
 __global__ static void __launch_bounds__(mma_threads)
     attention_backward_kv_mma_kernel(floatX *dk, floatX *dv, float *partial_dk, float *partial_dv,
-                                     const floatX *dout, const float *lse, const float *delta,
-                                     const floatX *q, const floatX *k, const floatX *v, int T,
-                                     int Hq, int Hkv, float scale_log2, float scale) {
+                                     floatX *ds_t, const floatX *dout, const float *lse,
+                                     const float *delta, const floatX *q, const floatX *k,
+                                     const floatX *v, int T, int Hq, int Hkv, float scale_log2,
+                                     float scale) {
     constexpr int BK = mma_tile, LD = D + 8;
     constexpr int d_steps = D / 16, query_tiles8 = BQ / 8, dim_tiles8 = D / 8;
+    static_assert(mma_tile % BQ == 0, "query sub-tiles must not straddle a stored dS tile");
     const int group = Hq / Hkv;
+    const int tiles = (T + mma_tile - 1) / mma_tile;
+    const int q_end = ds_t ? tiles * mma_tile : T; /* the first query row not visited */
     const bool per_head = partial_dk != nullptr;
     const int k_tile = blockIdx.x, b = blockIdx.z; /* most work first */
     const int kv_head = per_head ? blockIdx.y / group : blockIdx.y;
@@ -463,7 +513,7 @@ __global__ static void __launch_bounds__(mma_threads)
         tiles_arrived();
         __syncthreads(); /* this tile is in (and K, V on the first trip); the other buffer is free */
         int next_h = h, next_q0 = q0 + BQ;
-        if (next_q0 >= T) {
+        if (next_q0 >= q_end) {
             next_h++;
             next_q0 = k0;
         }
@@ -505,6 +555,16 @@ __global__ static void __launch_bounds__(mma_threads)
                     dpt[j][e] = p0 * (dpt[j][e] - row_delta);
                     dpt[j][2 + e] = p1 * (dpt[j][2 + e] - row_delta);
                 }
+            if (ds_t) { /* dS^T rounded as the dK product below rounds it; rows g and g + 8 */
+                floatX *tile = ds_t + ds_tile_offset(b, h, k_tile, q0 / mma_tile, Hq, tiles);
+                floatX *row0 = tile + (16 * warp + g) * mma_tile + q0 % mma_tile + 2 * c4;
+                floatX *row1 = row0 + 8 * mma_tile;
+#pragma unroll
+                for (int j = 0; j < query_tiles8; j++) {
+                    store2(row0 + 8 * j, pack2f(dpt[j][0], dpt[j][1]));
+                    store2(row1 + 8 * j, pack2f(dpt[j][2], dpt[j][3]));
+                }
+            }
             mma_c_times_tile<BQ / 16>(dv_acc, st, dOs, LD); /* dV += P^T dout */
             mma_c_times_tile<BQ / 16>(dk_acc, dpt, Qs, LD); /* dK += dS^T Q */
         }
@@ -665,12 +725,77 @@ __global__ static void __launch_bounds__(mma_threads)
     }
 }
 
+/* dq from the stored dS: warp w owns query rows 16 w .. 16 w + 15 of the block's 64; per key tile
+ * up to the diagonal, dQ += dS K with dS read transposed from the stored dS^T tile. The dS tiles
+ * and the key tiles are double-buffered. Rows past T hold what the tail of the last tile held
+ * (zeros, see the dk, dv kernel) and are not written. */
+template <int D>
+__global__ static void __launch_bounds__(mma_threads)
+    attention_backward_q_from_ds_kernel(floatX *dq, const floatX *ds_t, const floatX *k, int T,
+                                        int Hq, int Hkv, float scale) {
+    constexpr int BQ = mma_tile, BK = mma_tile, LD = D + 8, LDS = mma_tile + 8;
+    constexpr int dim_tiles8 = D / 8;
+    const int tiles = gridDim.x, q_tile = tiles - 1 - blockIdx.x; /* the longest rows first */
+    const int h = blockIdx.y, b = blockIdx.z, kv_head = h / (Hq / Hkv);
+    const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
+    const int t0 = q_tile * BQ + 16 * warp + g, t1 = t0 + 8;
+
+    extern __shared__ float mma_smem[];
+    floatX *dS_buf = (floatX *)mma_smem;       /* [2][BK][LDS] dS^T tiles, two buffers */
+    floatX *K_buf = dS_buf + 2 * BK * LDS;     /* [2][BK][LD] key tiles */
+
+    const size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
+    const size_t kv_offset = ((size_t)b * T * Hkv + kv_head) * D;
+    const floatX *ds_row = ds_t + ds_tile_offset(b, h, 0, q_tile, Hq, tiles); /* tiles kt = 0.. */
+    load_tile<mma_tile>(dS_buf, ds_row, 0, BK, BK, mma_tile);
+    load_tile<D>(K_buf, k + kv_offset, 0, BK, T, kv_stride);
+    float dq_acc[dim_tiles8][4];
+    zero_tiles(dq_acc);
+
+    /* tile kt is read from buffer kt % 2 while tile kt + 1 travels into the other */
+    for (int kt = 0, buf = 0; kt <= q_tile; kt++, buf ^= 1) {
+        tiles_arrived();
+        __syncthreads(); /* this tile is in; every warp is done with the other buffer */
+        if (kt < q_tile) {
+            load_tile<mma_tile>(dS_buf + (buf ^ 1) * BK * LDS, ds_row + (size_t)(kt + 1) * BK * BQ,
+                                0, BK, BK, mma_tile);
+            load_tile<D>(K_buf + (buf ^ 1) * BK * LD, k + kv_offset, (kt + 1) * BK, BK, T, kv_stride);
+        }
+        const floatX *dSs = dS_buf + buf * BK * LDS, *Ks = K_buf + buf * BK * LD;
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; kk++) {
+            uint32_t a[4];
+            load_a_trans(a, dSs, LDS, 16 * warp, 16 * kk);
+#pragma unroll
+            for (int n = 0; n < dim_tiles8; n += 2) {
+                uint32_t kb[4];
+                load_b_cols(kb, Ks, LD, 16 * kk, 8 * n);
+                mma16816(dq_acc[n], a, kb[0], kb[1]);
+                mma16816(dq_acc[n + 1], a, kb[2], kb[3]);
+            }
+        }
+    }
+
+    floatX *dq_bh = dq + ((size_t)b * T * Hq + h) * D;
+#pragma unroll
+    for (int n = 0; n < dim_tiles8; n++) {
+        const int col = 8 * n + 2 * c4;
+        if (t0 < T) add_pair(dq_bh + (size_t)t0 * q_stride + col, scale, dq_acc[n][0], dq_acc[n][1]);
+        if (t1 < T) add_pair(dq_bh + (size_t)t1 * q_stride + col, scale, dq_acc[n][2], dq_acc[n][3]);
+    }
+}
+
 /* ---- host side ------------------------------------------------------------------------------- */
 
 extern "C" int attention_mma_supports(int D) { return D == 64 || D == 128; }
 
 extern "C" size_t attention_backward_mma_partials_bytes(int B, int T, int Hq, int Hkv, int D) {
     return Hq > Hkv ? 2 * (size_t)B * T * Hq * D * sizeof(float) : 0;
+}
+
+extern "C" size_t attention_backward_mma_ds_bytes(int B, int T, int Hq) {
+    const int tiles = (T + mma_tile - 1) / mma_tile;
+    return (size_t)B * Hq * ds_tiles_per_head(tiles) * mma_tile * mma_tile * sizeof(floatX);
 }
 
 /* The kernels' opt-in to their shared memory, naming the op and D in an error. */
@@ -696,7 +821,7 @@ static void launch_forward(floatX *out, float *lse, const floatX *q, const float
 
 template <int D, int BQ_KV, int BK_Q>
 static void launch_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *dout,
-                            const float *lse, const float *delta, float *partials,
+                            const float *lse, const float *delta, float *partials, floatX *ds_t,
                             const floatX *q, const floatX *k, const floatX *v, int B, int T,
                             int Hq, int Hkv) {
     const float scale = (float)(1.0 / sqrt((double)D)), scale_log2 = mma_log2e * scale;
@@ -705,14 +830,21 @@ static void launch_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *do
     mma_allow_smem(attention_backward_kv_mma_kernel<D, BQ_KV>, smem_kv, D);
     if (partials) { /* grouped-query: one block per query head, then the sum over each group */
         float *partial_dk = partials, *partial_dv = partials + (size_t)B * T * Hq * D;
-        attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hq, B), mma_threads, smem_kv>>>(dk, dv, partial_dk, partial_dv, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
+        attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hq, B), mma_threads, smem_kv>>>(dk, dv, partial_dk, partial_dv, ds_t, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
         CHECK_LAUNCH();
         const size_t rows_kv = (size_t)B * T * Hkv, n = rows_kv * D;
         attention_kv_group_sum_kernel<<<(unsigned)((n + 255) / 256), 256>>>(dk, dv, partial_dk, partial_dv, rows_kv, Hq, Hkv, D, scale);
         CHECK_LAUNCH();
     } else {
-        attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hkv, B), mma_threads, smem_kv>>>(dk, dv, nullptr, nullptr, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
+        attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hkv, B), mma_threads, smem_kv>>>(dk, dv, nullptr, nullptr, ds_t, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
         CHECK_LAUNCH();
+    }
+    if (ds_t) { /* dq = dS K from the stored dS */
+        const size_t smem_ds = 2 * tile_bytes(mma_tile, mma_tile) + 2 * tile_bytes(mma_tile, D);
+        mma_allow_smem(attention_backward_q_from_ds_kernel<D>, smem_ds, D);
+        attention_backward_q_from_ds_kernel<D><<<dim3(tiles, Hq, B), mma_threads, smem_ds>>>(dq, ds_t, k, T, Hq, Hkv, scale);
+        CHECK_LAUNCH();
+        return;
     }
     const size_t smem_q = 2 * tile_bytes(mma_tile, D) + 4 * tile_bytes(BK_Q, D);
     mma_allow_smem(attention_backward_q_mma_kernel<D, BK_Q>, smem_q, D);
@@ -731,14 +863,15 @@ extern "C" void attention_forward_mma_cuda(floatX *out, float *lse, const floatX
 
 extern "C" void attention_backward_mma_cuda(floatX *dq, floatX *dk, floatX *dv,
                                             const floatX *dout, const float *lse,
-                                            const float *delta, float *partials, const floatX *q,
+                                            const float *delta, float *partials, floatX *ds_t,
+                                            const floatX *q,
                                             const floatX *k, const floatX *v, int B, int T, int Hq,
                                             int Hkv, int D) {
     if (B <= 0 || T <= 0) return;
     if (Hq == Hkv) partials = nullptr;
     else if (!partials)
         paft_fatal(__FILE__, __LINE__, "attention_backward_mma_cuda: no scratch for the per-head shares");
-    if (D == 64) launch_backward<64, 64, 64>(dq, dk, dv, dout, lse, delta, partials, q, k, v, B, T, Hq, Hkv);
-    else if (D == 128) launch_backward<128, 32, 32>(dq, dk, dv, dout, lse, delta, partials, q, k, v, B, T, Hq, Hkv);
+    if (D == 64) launch_backward<64, 64, 64>(dq, dk, dv, dout, lse, delta, partials, ds_t, q, k, v, B, T, Hq, Hkv);
+    else if (D == 128) launch_backward<128, 32, 32>(dq, dk, dv, dout, lse, delta, partials, ds_t, q, k, v, B, T, Hq, Hkv);
     else paft_fatal(__FILE__, __LINE__, "attention_backward_mma_cuda: head dimension %d", D);
 }

@@ -23,13 +23,18 @@ void attention_forward_mma_cuda(floatX *out, float *lse, const floatX *q, const 
  * share of dk and dv in fp32, summed over the group afterwards; 0 when Hq == Hkv. */
 size_t attention_backward_mma_partials_bytes(int B, int T, int Hq, int Hkv, int D);
 
+/* Device scratch for dS stored between the dk, dv kernel and the dq kernel (bf16, the causal
+ * 64 x 64 tiles): B Hq n (n + 1) / 2 tiles of 8 KB, n = T / 64 rounded up. Quadratic in T. */
+size_t attention_backward_mma_ds_bytes(int B, int T, int Hq);
+
 /* dq, dk, dv += the gradients, given lse from the forward and delta [B][Hq][T] = rowsum(dout *
  * out) (attention_cuda.cu computes it); partials: attention_backward_mma_partials_bytes of
- * scratch (NULL when that is 0). Deterministic: every gradient element is summed in a fixed
- * order, without atomics. */
+ * scratch (NULL when that is 0); ds_t: attention_backward_mma_ds_bytes of scratch, to compute dq
+ * from the stored dS, or NULL to recompute S and dP for it (no quadratic memory). Deterministic:
+ * every gradient element is summed in a fixed order, without atomics. */
 void attention_backward_mma_cuda(floatX *dq, floatX *dk, floatX *dv, const floatX *dout,
                                  const float *lse, const float *delta, float *partials,
-                                 const floatX *q, const floatX *k, const floatX *v, int B, int T,
+                                 floatX *ds_t, const floatX *q, const floatX *k, const floatX *v, int B, int T,
                                  int Hq, int Hkv, int D);
 
 #ifdef __cplusplus

@@ -86,8 +86,10 @@ void attention_backward_cuda(floatX *dq, floatX *dk, floatX *dv, const floatX *d
  * (anything else is a fatal error). */
 void attention_forward_fused_cuda(floatX *out, float *lse, const floatX *q, const floatX *k,
                                   const floatX *v, int B, int T, int Hq, int Hkv, int D);
-/* Bytes of device scratch attention_backward_fused_cuda needs for this shape (the fp32 row terms
- * D_i = sum_d dout*out, [B][Hq][T]). */
+/* Bytes of device scratch attention_backward_fused_cuda needs for this shape: the fp32 row terms
+ * D_i = sum_d dout*out, [B][Hq][T]; at D = 64 and 128 (the MMA kernels) each query head's fp32
+ * share of dk, dv under grouped-query attention, and while it stays under 1 GiB the bf16 dS of
+ * the causal tiles (quadratic in T; PAFT_ATTENTION_STORED_DS=0 leaves it out, kernels/README.md). */
 size_t attention_backward_fused_scratch_bytes(int B, int T, int Hq, int Hkv, int D);
 /* dq, dk, dv += (they ADD, like every backward; NULL not allowed here); deterministic: no atomics
  * on outputs, every output element written by exactly one thread. scratch:

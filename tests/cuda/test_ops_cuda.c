@@ -96,48 +96,74 @@ static void test_attention_fused_shape(int B, int T, int Hq, int Hkv, int D, dou
     compare("fused forward out", got, out, nq, 1e-2);
     compare("fused forward lse", got_lse, lse, nrows, 1e-5);
 
-    /* the fused backward from the fused forward's out and lse, onto non-zero gradients */
-    const size_t scratch_bytes = attention_backward_fused_scratch_bytes(B, T, Hq, Hkv, D);
-    /* Delta [B][Hq][T], and under grouped-query attention on the MMA kernels each query head's
-     * fp32 share of dk and dv: linear in T, never T x T */
-    const size_t scratch_most = nrows * sizeof(float) + 256 + (Hq > Hkv ? 2 * nq * sizeof(float) : 0);
-    CHECK(scratch_bytes >= nrows * sizeof(float) && scratch_bytes <= scratch_most,
-          "scratch %zu bytes, expected %zu to %zu", scratch_bytes, nrows * sizeof(float), scratch_most);
-    void *d_scratch = cuda_calloc(scratch_bytes);
-    floatX *d_dq = cuda_upload_bf16(dq, nq), *d_dk = cuda_upload_bf16(dk, nkv);
-    floatX *d_dv = cuda_upload_bf16(dv, nkv);
-    attention_backward_fused_cuda(d_dq, d_dk, d_dv, d_gout, d_out, d_lse, d_q, d_k, d_v, B, T, Hq,
-                                  Hkv, D, d_scratch);
-    float *got_q = malloc(nq * sizeof(float)), *got_k = malloc(nkv * sizeof(float));
-    float *got_v = malloc(nkv * sizeof(float));
-    cuda_download_bf16(got_q, d_dq, nq);
-    cuda_download_bf16(got_k, d_dk, nkv);
-    cuda_download_bf16(got_v, d_dv, nkv);
-    /* the same backward again from the same starting gradients: bitwise the same (no atomics) */
-    {
-        float *again = malloc(nq * sizeof(float));
-        floatX *d_dq2 = cuda_upload_bf16(dq, nq), *d_dk2 = cuda_upload_bf16(dk, nkv);
-        floatX *d_dv2 = cuda_upload_bf16(dv, nkv);
-        attention_backward_fused_cuda(d_dq2, d_dk2, d_dv2, d_gout, d_out, d_lse, d_q, d_k, d_v, B,
-                                      T, Hq, Hkv, D, d_scratch);
-        cuda_download_bf16(again, d_dq2, nq);
-        CHECK(memcmp(again, got_q, nq * sizeof(float)) == 0, "fused backward dq not deterministic");
-        cuda_download_bf16(again, d_dk2, nkv);
-        CHECK(memcmp(again, got_k, nkv * sizeof(float)) == 0, "fused backward dk not deterministic");
-        cuda_download_bf16(again, d_dv2, nkv);
-        CHECK(memcmp(again, got_v, nkv * sizeof(float)) == 0, "fused backward dv not deterministic");
-        cuda_free(d_dq2); cuda_free(d_dk2); cuda_free(d_dv2);
-        free(again);
-    }
+    /* the fused backward from the fused forward's out and lse, onto non-zero gradients: at D = 64
+     * and 128 both ways of computing dq (from dS stored by the dk, dv kernel, the default, and
+     * with PAFT_ATTENTION_STORED_DS=0 by recomputing S and dP), the second run's results kept */
     float *ref_q = malloc(nq * sizeof(float)), *ref_k = malloc(nkv * sizeof(float));
     float *ref_v = malloc(nkv * sizeof(float));
     memcpy(ref_q, dq, nq * sizeof(float));
     memcpy(ref_k, dk, nkv * sizeof(float));
     memcpy(ref_v, dv, nkv * sizeof(float));
     attention_backward(ref_q, ref_k, ref_v, g_out, probs, q, k, v, B, T, Hq, Hkv, D);
-    compare("fused backward dq", got_q, ref_q, nq, 1e-2);
-    compare("fused backward dk", got_k, ref_k, nkv, 1e-2);
-    compare("fused backward dv", got_v, ref_v, nkv, 1e-2);
+    float *got_q = malloc(nq * sizeof(float)), *got_k = malloc(nkv * sizeof(float));
+    float *got_v = malloc(nkv * sizeof(float));
+    floatX *d_dq = cuda_upload_bf16(dq, nq), *d_dk = cuda_upload_bf16(dk, nkv);
+    floatX *d_dv = cuda_upload_bf16(dv, nkv);
+    const int both_ways = D == 64 || D == 128;
+    for (int way = 0; way < 1 + both_ways; way++) {
+        const char *value = getenv("PAFT_ATTENTION_STORED_DS");
+        char *saved = value ? strdup(value) : NULL;
+        if (way == 1) setenv("PAFT_ATTENTION_STORED_DS", "0", 1);
+        const int stored = both_ways && way == 0 && !(saved && saved[0] == '0') &&
+                           getenv("PAFT_ATTENTION_WMMA") == NULL && getenv("PAFT_ATTENTION_FP32") == NULL;
+        printf("  backward, dq %s\n", stored ? "from the stored dS" : "recomputing S and dP");
+        const size_t scratch_bytes = attention_backward_fused_scratch_bytes(B, T, Hq, Hkv, D);
+        /* Delta [B][Hq][T], under grouped-query attention on the MMA kernels each query head's
+         * fp32 share of dk and dv (linear in T), and dS as 64 x 64 bf16 tiles where stored */
+        const size_t tiles = (size_t)(T + 63) / 64;
+        const size_t scratch_most = nrows * sizeof(float) + 512 + (Hq > Hkv ? 2 * nq * sizeof(float) : 0) +
+                                    (stored ? (size_t)B * Hq * tiles * (tiles + 1) / 2 * 64 * 64 * 2 : 0);
+        const size_t scratch_least = stored ? scratch_most - 512 : nrows * sizeof(float);
+        CHECK(scratch_bytes >= scratch_least && scratch_bytes <= scratch_most,
+              "scratch %zu bytes, expected %zu to %zu", scratch_bytes, scratch_least, scratch_most);
+        /* garbage in the scratch: nothing may be read from it before it is written */
+        float *garbage = filled(scratch_bytes / sizeof(float), NAN);
+        void *d_scratch = cuda_upload_f32(garbage, scratch_bytes / sizeof(float));
+        free(garbage);
+        cuda_free(d_dq); cuda_free(d_dk); cuda_free(d_dv);
+        d_dq = cuda_upload_bf16(dq, nq);
+        d_dk = cuda_upload_bf16(dk, nkv);
+        d_dv = cuda_upload_bf16(dv, nkv);
+        attention_backward_fused_cuda(d_dq, d_dk, d_dv, d_gout, d_out, d_lse, d_q, d_k, d_v, B, T,
+                                      Hq, Hkv, D, d_scratch);
+        cuda_download_bf16(got_q, d_dq, nq);
+        cuda_download_bf16(got_k, d_dk, nkv);
+        cuda_download_bf16(got_v, d_dv, nkv);
+        /* the same backward again from the same starting gradients: bitwise the same (no
+         * atomics) */
+        {
+            float *again = malloc(nq * sizeof(float));
+            floatX *d_dq2 = cuda_upload_bf16(dq, nq), *d_dk2 = cuda_upload_bf16(dk, nkv);
+            floatX *d_dv2 = cuda_upload_bf16(dv, nkv);
+            attention_backward_fused_cuda(d_dq2, d_dk2, d_dv2, d_gout, d_out, d_lse, d_q, d_k, d_v,
+                                          B, T, Hq, Hkv, D, d_scratch);
+            cuda_download_bf16(again, d_dq2, nq);
+            CHECK(memcmp(again, got_q, nq * sizeof(float)) == 0, "fused backward dq not deterministic");
+            cuda_download_bf16(again, d_dk2, nkv);
+            CHECK(memcmp(again, got_k, nkv * sizeof(float)) == 0, "fused backward dk not deterministic");
+            cuda_download_bf16(again, d_dv2, nkv);
+            CHECK(memcmp(again, got_v, nkv * sizeof(float)) == 0, "fused backward dv not deterministic");
+            cuda_free(d_dq2); cuda_free(d_dk2); cuda_free(d_dv2);
+            free(again);
+        }
+        compare("fused backward dq", got_q, ref_q, nq, 1e-2);
+        compare("fused backward dk", got_k, ref_k, nkv, 1e-2);
+        compare("fused backward dv", got_v, ref_v, nkv, 1e-2);
+        cuda_free(d_scratch);
+        if (saved) setenv("PAFT_ATTENTION_STORED_DS", saved, 1);
+        else unsetenv("PAFT_ATTENTION_STORED_DS");
+        free(saved);
+    }
 
     /* the unfused CUDA op on the same inputs: forward, and its backward from its own probs. Each
      * gradient is within 1e-2 of the CPU op's, so the two differ by at most 2e-2 (the fused one
@@ -163,7 +189,7 @@ static void test_attention_fused_shape(int B, int T, int Hq, int Hkv, int D, dou
     }
 
     cuda_free(d_q); cuda_free(d_k); cuda_free(d_v); cuda_free(d_gout); cuda_free(d_out);
-    cuda_free(d_lse); cuda_free(d_scratch); cuda_free(d_dq); cuda_free(d_dk); cuda_free(d_dv);
+    cuda_free(d_lse); cuda_free(d_dq); cuda_free(d_dk); cuda_free(d_dv);
     free(q); free(k); free(v); free(g_out); free(dq); free(dk); free(dv); free(out); free(probs);
     free(lse); free(got); free(got_lse); free(got_q); free(got_k); free(got_v); free(ref_q);
     free(ref_k); free(ref_v);
