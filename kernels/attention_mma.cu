@@ -243,24 +243,35 @@ __device__ static inline void a_from_c(uint32_t (&a)[4], const float (&c0)[4], c
     a[3] = pack2f(c1[2], c1[3]);
 }
 
+/* acc (16 x 8 dim_tiles8) += A V, where A (16 x 16 steps) is given as the A operands of its
+ * steps and V (16 steps x 8 dim_tiles8) is a shared tile as stored. */
+template <int steps, int dim_tiles8>
+__device__ static inline void mma_a_times_tile(float (&acc)[dim_tiles8][4],
+                                               const uint32_t (&a)[steps][4], const floatX *tile,
+                                               int ld) {
+#pragma unroll
+    for (int kk = 0; kk < steps; kk++)
+#pragma unroll
+        for (int n = 0; n < dim_tiles8; n += 2) {
+            uint32_t b[4];
+            load_b_cols(b, tile, ld, 16 * kk, 8 * n);
+            mma16816(acc[n], a[kk], b[0], b[1]);
+            mma16816(acc[n + 1], a[kk], b[2], b[3]);
+        }
+}
+
 /* acc (16 x 8 dim_tiles8) += C V, where C (16 x 16 steps) is the fp32 accumulators c (tiles
  * 2 kk and 2 kk + 1 as the A operand of step kk, rounded to bf16) and V (16 steps x 8 dim_tiles8)
- * is a shared tile as stored: P V in the forward, dS K for dq, P^T dout and dS^T Q for dk, dv. */
+ * is a shared tile as stored: P V in the forward, dS K for dq, P^T dout for dk, dv. */
 template <int steps, int dim_tiles8>
 __device__ static inline void mma_c_times_tile(float (&acc)[dim_tiles8][4],
                                                const float (&c)[2 * steps][4], const floatX *tile,
                                                int ld) {
 #pragma unroll
     for (int kk = 0; kk < steps; kk++) {
-        uint32_t a[4];
-        a_from_c(a, c[2 * kk], c[2 * kk + 1]);
-#pragma unroll
-        for (int n = 0; n < dim_tiles8; n += 2) {
-            uint32_t b[4];
-            load_b_cols(b, tile, ld, 16 * kk, 8 * n);
-            mma16816(acc[n], a, b[0], b[1]);
-            mma16816(acc[n + 1], a, b[2], b[3]);
-        }
+        uint32_t a[1][4];
+        a_from_c(a[0], c[2 * kk], c[2 * kk + 1]);
+        mma_a_times_tile<1>(acc, a, tile + 16 * kk * ld, ld);
     }
 }
 
@@ -475,6 +486,11 @@ __global__ static void __launch_bounds__(mma_threads)
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
     const int k0 = k_tile * BK;
     const int key0 = k0 + 16 * warp + g, key1 = key0 + 8; /* this thread's two keys */
+    /* where this thread stores dS^T in query tile 0 of head h_begin, or NULL (computed once here:
+     * per tile it cost the D = 64 kernel 27 registers and a block per SM) */
+    floatX *ds_thread = ds_t ? ds_t + ds_tile_offset(b, h_begin, k_tile, 0, Hq, tiles) +
+                                   (16 * warp + g) * mma_tile + 2 * c4
+                             : nullptr;
 
     extern __shared__ float mma_smem[];
     floatX *Ks = (floatX *)mma_smem;              /* [BK][LD] */
@@ -555,18 +571,26 @@ __global__ static void __launch_bounds__(mma_threads)
                     dpt[j][e] = p0 * (dpt[j][e] - row_delta);
                     dpt[j][2 + e] = p1 * (dpt[j][2 + e] - row_delta);
                 }
-            if (ds_t) { /* dS^T rounded as the dK product below rounds it; rows g and g + 8 */
-                floatX *tile = ds_t + ds_tile_offset(b, h, k_tile, q0 / mma_tile, Hq, tiles);
-                floatX *row0 = tile + (16 * warp + g) * mma_tile + q0 % mma_tile + 2 * c4;
-                floatX *row1 = row0 + 8 * mma_tile;
+            mma_c_times_tile<BQ / 16>(dv_acc, st, dOs, LD); /* dV += P^T dout */
+            /* dS^T rounded to bf16 once: the operand of dK += dS^T Q, and what the dq kernel
+             * reads where it is stored (rows g and g + 8 of each 16 x 16 block, 4-byte pairs) */
+            uint32_t ds_a[BQ / 16][4];
 #pragma unroll
-                for (int j = 0; j < query_tiles8; j++) {
-                    store2(row0 + 8 * j, pack2f(dpt[j][0], dpt[j][1]));
-                    store2(row1 + 8 * j, pack2f(dpt[j][2], dpt[j][3]));
+            for (int kk = 0; kk < BQ / 16; kk++) a_from_c(ds_a[kk], dpt[2 * kk], dpt[2 * kk + 1]);
+            if (ds_t) {
+                const int q_tile = q0 / mma_tile;
+                floatX *row0 = ds_thread + q0 % mma_tile +
+                               ((size_t)(h - h_begin) * ds_tiles_per_head(tiles) +
+                                (size_t)q_tile * (q_tile + 1) / 2) * (mma_tile * mma_tile);
+#pragma unroll
+                for (int kk = 0; kk < BQ / 16; kk++) {
+                    store2(row0 + 16 * kk, ds_a[kk][0]);
+                    store2(row0 + 8 * mma_tile + 16 * kk, ds_a[kk][1]);
+                    store2(row0 + 16 * kk + 8, ds_a[kk][2]);
+                    store2(row0 + 8 * mma_tile + 16 * kk + 8, ds_a[kk][3]);
                 }
             }
-            mma_c_times_tile<BQ / 16>(dv_acc, st, dOs, LD); /* dV += P^T dout */
-            mma_c_times_tile<BQ / 16>(dk_acc, dpt, Qs, LD); /* dK += dS^T Q */
+            mma_a_times_tile<BQ / 16>(dk_acc, ds_a, Qs, LD); /* dK += dS^T Q */
         }
         h = next_h;
         q0 = next_q0;
