@@ -463,7 +463,7 @@ __global__ static void __launch_bounds__(mma_threads)
  * most T / 64 tiles, which the block scheduler balances.
  *
  * ds_t (or NULL): where the block also stores dS^T, for attention_backward_q_from_ds_kernel. It
- * then visits the query tiles up to the padded end (64 tiles), so that every element of every
+ * then visits the query rows up to T rounded up to a multiple of 64, so that every element of every
  * stored tile is written: past T, P and so dS are 0. */
 template <int D, int BQ>
 __global__ static void __launch_bounds__(mma_threads)
