@@ -11,6 +11,7 @@
 
 #include "cuda_check.h"
 #include "ops_cuda.h"
+#include "thin_gemm.h"
 
 static const int block_size = 256;
 
@@ -706,6 +707,7 @@ struct CudaContext {
     size_t workspace_size;
     GemmPlan plans[GEMM_PLAN_SLOTS]; /* open addressing on a hash of the shape */
     double *partials; /* [REDUCE_BLOCKS] per-block sums of the deterministic reductions */
+    int sm_count;     /* the GPU's multiprocessors: how finely thin_weight_grad_cuda splits */
 };
 
 extern "C" CudaContext *cuda_context_create(void) {
@@ -714,6 +716,9 @@ extern "C" CudaContext *cuda_context_create(void) {
     ctx->workspace_size = (size_t)32 << 20; /* what cuBLASLt asks for Hopper's best kernels */
     CHECK_CUDA(cudaMalloc(&ctx->workspace, ctx->workspace_size));
     CHECK_CUDA(cudaMalloc(&ctx->partials, REDUCE_BLOCKS * sizeof(double)));
+    int device = 0;
+    CHECK_CUDA(cudaGetDevice(&device));
+    CHECK_CUDA(cudaDeviceGetAttribute(&ctx->sm_count, cudaDevAttrMultiProcessorCount, device));
     return ctx;
 }
 
@@ -900,10 +905,33 @@ extern "C" void matmul_input_grad_cuda(CudaContext *ctx, floatX *dinp, int ld_di
                               accumulate);
 }
 
+/* PAFT_THIN_WGRAD=1: weight gradients with a thin side (the adapters': r or G r rows or columns)
+ * on thin_gemm_cuda.cu's split-token kernel instead of cuBLASLt; opt-in until measured. */
+static bool thin_wgrad_selected(void) {
+    const char *value = getenv("PAFT_THIN_WGRAD");
+    return value && value[0] == '1';
+}
+
 extern "C" void matmul_weight_grad_ld_cuda(CudaContext *ctx, float *dweight, const floatX *dout,
                                            int ld_dout, const floatX *inp, int ld_inp, int N,
                                            int C, int OC, float alpha) {
     if (N <= 0 || C <= 0 || OC <= 0) return;
+    if (thin_wgrad_selected()) {
+        /* dweight [OC][C]: C thin (dB = dout^T h): X = dout, out as is; OC thin (dA = dlora_h^T
+         * x): X = inp, out transposed */
+        if (C <= OC && thin_weight_grad_supported(dout, ld_dout, inp, ld_inp, N, OC, C,
+                                                  ctx->workspace_size)) {
+            thin_weight_grad_cuda(dweight, 0, dout, ld_dout, inp, ld_inp, N, OC, C, alpha,
+                                  ctx->workspace, ctx->workspace_size, ctx->sm_count);
+            return;
+        }
+        if (OC < C && thin_weight_grad_supported(inp, ld_inp, dout, ld_dout, N, C, OC,
+                                                 ctx->workspace_size)) {
+            thin_weight_grad_cuda(dweight, 1, inp, ld_inp, dout, ld_dout, N, C, OC, alpha,
+                                  ctx->workspace, ctx->workspace_size, ctx->sm_count);
+            return;
+        }
+    }
     lt_gemm(ctx, CUBLAS_OP_N, CUBLAS_OP_T, C, OC, N, inp, ld_inp, dout, ld_dout, dweight,
             CUDA_R_32F, C, alpha, 1.0f);
 }

@@ -49,6 +49,9 @@ if [ "$what" = profile ]; then
     echo "== $1, PAFT_ATTENTION_STORED_DS=0 (dq recomputes S and dP instead of reading the stored dS)"
     PAFT_ATTENTION_STORED_DS=0 build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 profile=1 |
       grep -E '^  step|attention'
+    echo "== $1, PAFT_THIN_WGRAD=1 (the LoRA weight gradients on thin_gemm_cuda.cu, not cuBLASLt)"
+    PAFT_THIN_WGRAD=1 build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 profile=1 |
+      grep -E '^  step|LoRA'
     echo "== $1, logits_chunk=2048"
     build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 logits_chunk=2048 |
       grep '^  step'

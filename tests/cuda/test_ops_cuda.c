@@ -13,6 +13,7 @@
 #include "loss/lora_delta.h"
 #include "ops/ops.h"
 #include "ops_cuda.h"
+#include "thin_gemm.h"
 #include "optim/adamw.h"
 #include "test_util.h"
 #include "util/rng.h"
@@ -616,6 +617,59 @@ static void test_folded_lora_ops(CudaContext *ctx, Rng *rng) {
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
 }
 
+/* One shape of the adapters' weight gradient, dweight [OC][C] += alpha dout^T inp (rows of dout and
+ * inp ld_dout and ld_inp apart), through matmul_weight_grad_ld_cuda with PAFT_THIN_WGRAD=1: against
+ * a double loop over the same bf16 values, onto a non-zero dweight, twice for bitwise
+ * determinism. thin: whether thin_gemm_cuda.cu must take it (else cuBLASLt does). */
+static void test_thin_weight_grad_shape(CudaContext *ctx, int N, int C, int OC, int ld_dout,
+                                        int ld_inp, float alpha, int thin, Rng *rng) {
+    printf("  thin weight grad N %d C %d OC %d (ld %d, %d)\n", N, C, OC, ld_dout, ld_inp);
+    float *dout = random_bf16((size_t)N * ld_dout, 1.0, 0.0, rng);
+    float *inp = random_bf16((size_t)N * ld_inp, 1.0, 0.0, rng);
+    float *dw = random_bf16((size_t)OC * C, 1.0, 0.0, rng), *want = malloc(sizeof(float) * OC * C);
+    for (int o = 0; o < OC; o++)
+        for (int c = 0; c < C; c++) {
+            double sum = 0;
+            for (int n = 0; n < N; n++)
+                sum += (double)dout[(size_t)n * ld_dout + o] * inp[(size_t)n * ld_inp + c];
+            want[(size_t)o * C + c] = (float)(dw[(size_t)o * C + c] + alpha * sum);
+        }
+    floatX *d_dout = cuda_upload_bf16(dout, (size_t)N * ld_dout);
+    floatX *d_inp = cuda_upload_bf16(inp, (size_t)N * ld_inp);
+    const size_t workspace = (size_t)32 << 20; /* the context's */
+    const int takes = C <= OC ? thin_weight_grad_supported(d_dout, ld_dout, d_inp, ld_inp, N, OC, C, workspace)
+                              : thin_weight_grad_supported(d_inp, ld_inp, d_dout, ld_dout, N, C, OC, workspace);
+    CHECK(takes == thin, "thin_weight_grad_supported: %d, expected %d", takes, thin);
+    float *got = malloc(sizeof(float) * OC * C), *again = malloc(sizeof(float) * OC * C);
+    setenv("PAFT_THIN_WGRAD", "1", 1);
+    for (int run = 0; run < 2; run++) {
+        float *d_dw = cuda_upload_f32(dw, (size_t)OC * C);
+        matmul_weight_grad_ld_cuda(ctx, d_dw, d_dout, ld_dout, d_inp, ld_inp, N, C, OC, alpha);
+        cuda_download_f32(run ? again : got, d_dw, (size_t)OC * C);
+        cuda_free(d_dw);
+    }
+    unsetenv("PAFT_THIN_WGRAD");
+    compare(thin ? "thin weight grad (thin kernel)" : "thin weight grad (cuBLASLt)", got, want,
+            (size_t)OC * C, 1e-3);
+    CHECK(memcmp(got, again, sizeof(float) * OC * C) == 0, "thin weight grad not deterministic");
+    cuda_free(d_dout);
+    cuda_free(d_inp);
+    free(dout); free(inp); free(dw); free(want); free(got); free(again);
+}
+
+/* dB-like (C = r thin, out as is) and dA-like (OC = G r thin, out transposed) shapes: tokens not
+ * a multiple of the 32-token stage and split in several chunks, features not a multiple of the
+ * 128-row block, thin sides of 8 to 80 (16-, 32- and 64-column tiles, two tiles past 64), strided
+ * rows; and a rank of 4, which the kernel does not take (16-byte rows), on cuBLASLt. */
+static void test_thin_weight_grad(CudaContext *ctx, Rng *rng) {
+    test_thin_weight_grad_shape(ctx, 300, 16, 520, 520, 24, 0.5f, 1, rng);
+    test_thin_weight_grad_shape(ctx, 1000, 264, 48, 48, 272, 1.0f, 1, rng);
+    test_thin_weight_grad_shape(ctx, 97, 80, 128, 136, 80, 2.0f, 1, rng);
+    test_thin_weight_grad_shape(ctx, 33, 8, 200, 200, 8, 1.0f, 1, rng);
+    test_thin_weight_grad_shape(ctx, 70, 32, 96, 96, 32, 1.0f, 1, rng);
+    test_thin_weight_grad_shape(ctx, 64, 4, 128, 128, 4, 1.0f, 0, rng);
+}
+
 int main(void) {
     if (cuda_device_count() == 0) {
         printf("test_ops_cuda: SKIPPED: no CUDA device on this machine (run it on the GPU machine)\n");
@@ -1001,6 +1055,7 @@ int main(void) {
 
     test_model_support(ctx, &rng);
     test_folded_lora_ops(ctx, &rng);
+    test_thin_weight_grad(ctx, &rng);
 
     cuda_context_destroy(ctx);
     cuda_synchronize();

@@ -1,10 +1,12 @@
 /*
  * test_model_device.c - the device model (model_device.c) against the host model (model.c).
  *
- *   test_model_device BACKEND [ARCH [simple|unshared]]  (BACKEND: emulate or cuda; under mpirun
- *                        -np P the model is tensor-parallel over the P ranks; simple: CUDA's
- *                        unfused attention kernels instead of the fused ones; unshared: one LoRA
- *                        product per projection, PAFT_LORA_SHARED_INPUT=0)
+ *   test_model_device BACKEND [ARCH [simple|unshared|unfolded|thin]]  (BACKEND: emulate or cuda;
+ *                        under mpirun -np P the model is tensor-parallel over the P ranks; simple:
+ *                        CUDA's unfused attention kernels instead of the fused ones; unshared:
+ *                        one LoRA product per projection, PAFT_LORA_SHARED_INPUT=0; unfolded:
+ *                        PAFT_LORA_FOLDED=0; thin: the adapters' weight gradients on
+ *                        thin_gemm_cuda.cu, PAFT_THIN_WGRAD=1)
  *
  * Two models load the same tiny checkpoint with the same LoRA factors (B made non-zero, so every
  * LoRA path does work): one computes on the host, one on BACKEND. They must agree on
@@ -79,6 +81,8 @@ int main(int argc, char **argv) {
      * GEMMs (the CUDA backend's default folds them in: model_device.c) */
     const int unshared = argc > 3 && strcmp(argv[3], "unshared") == 0;
     const int unfolded = argc > 3 && strcmp(argv[3], "unfolded") == 0;
+    const int thin = argc > 3 && strcmp(argv[3], "thin") == 0;
+    if (thin) setenv("PAFT_THIN_WGRAD", "1", 1);
     if (unshared) setenv("PAFT_LORA_SHARED_INPUT", "0", 1);
     if (unfolded) setenv("PAFT_LORA_FOLDED", "0", 1);
     int rank, size;
@@ -105,7 +109,8 @@ int main(int argc, char **argv) {
     /* a tiny model with every feature that changes the sequencing: GQA, (Qwen2: q/k/v biases) */
     char dir[256];
     snprintf(dir, sizeof dir, "device_model_%s_%s_%d%s", backend_name, arch, size,
-             simple_attention ? "_simple" : unshared ? "_unshared" : unfolded ? "_unfolded" : "");
+             simple_attention ? "_simple" : unshared ? "_unshared" : unfolded ? "_unfolded"
+             : thin ? "_thin" : "");
     TinyModelSpec spec = tiny_model_default();
     spec.architecture = arch;
     spec.vocab_size = 96;

@@ -72,6 +72,7 @@ struct Config {
     uint64_t seed = 1;    /* of the shuffles */
     int devices = 1;      /* what cudaGetDeviceCount reports */
     int smem_optin = 232448; /* H100: 227 KB of dynamic shared memory per block when opted in */
+    int sm_count = 8; /* few, so that grids sized by it stay quick to emulate */
     bool protect = true;  /* device memory inaccessible to host code */
 };
 
@@ -974,10 +975,11 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
     initialise();
     if (device < 0 || device >= config.devices)
         return fail_call(cudaErrorInvalidDevice, "cudaDeviceGetAttribute of device %d", device);
-    if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin)
+    if (attr == cudaDevAttrMaxSharedMemoryPerBlockOptin) *value = config.smem_optin;
+    else if (attr == cudaDevAttrMultiProcessorCount) *value = config.sm_count;
+    else
         return fail_call(cudaErrorInvalidValue, "cudaDeviceGetAttribute %d is not emulated",
                          (int)attr);
-    *value = config.smem_optin;
     return cudaSuccess;
 }
 

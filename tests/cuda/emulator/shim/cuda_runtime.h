@@ -45,7 +45,7 @@ enum cudaMemcpyKind {
 };
 typedef enum cudaMemcpyKind cudaMemcpyKind;
 
-enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16, cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
 typedef enum cudaDeviceAttr cudaDeviceAttr;
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 typedef enum cudaFuncAttribute cudaFuncAttribute;
