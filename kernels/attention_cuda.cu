@@ -966,11 +966,14 @@ extern "C" void attention_forward_fused_cuda(floatX *out, float *lse, const floa
 }
 
 /* The MMA backward computes dq from dS stored by the dk, dv kernel (attention_mma.cu, "dS
- * stored": five products instead of seven) while that fits in stored_ds_limit bytes of scratch,
- * which at 64 tiles per 4096 keys covers T = 1024 at B Hq up to 1,900, T = 4096 at B Hq up to
- * 63; past it, or with PAFT_ATTENTION_STORED_DS=0, it recomputes S and dP for dq, in memory
- * linear in T. The bound keeps the quadratic part of the scratch under 1 GiB, small next to a 7B
- * model's training state, whatever the sequence length. */
+ * stored": five products instead of seven) while that fits in stored_ds_limit bytes of scratch
+ * (8 KB per causal pair of 64-row tiles: T = 1024 at B Hq up to 963, T = 4096 at B Hq up to 63)
+ * and in the scratch the caller has; past either, or with PAFT_ATTENTION_STORED_DS=0, it
+ * recomputes S and dP for dq, in memory linear in T. The bound keeps the quadratic part of the
+ * scratch under 1 GiB, small next to a 7B model's training state, whatever the sequence length.
+ * It makes the scratch's size jump at the bound, so the call checks what it was given: scratch
+ * sized for the longest batch, just past the bound (no dS), must not be used for dS by a shorter
+ * batch just under it. */
 static const size_t stored_ds_limit = (size_t)1 << 30;
 static bool fa_store_ds(int B, int T, int Hq, int D) {
     const char *value = getenv("PAFT_ATTENTION_STORED_DS");
@@ -991,14 +994,21 @@ static size_t fa_ds_offset(int B, int T, int Hq, int Hkv, int D) {
     return fa_partials_offset(B, T, Hq) + fa_align(fa_partials_bytes(B, T, Hq, Hkv, D));
 }
 
-extern "C" size_t attention_backward_fused_scratch_bytes(int B, int T, int Hq, int Hkv, int D) {
-    if (B <= 0 || T <= 0 || Hq <= 0) return 0;
+/* The scratch without dS (linear in T), and with it. */
+static size_t fa_linear_scratch_bytes(int B, int T, int Hq, int Hkv, int D) {
     const size_t delta_bytes = (size_t)B * Hq * T * sizeof(float); /* Delta [B][Hq][T] */
-    if (fa_store_ds(B, T, Hq, D))
-        return fa_ds_offset(B, T, Hq, Hkv, D) + attention_backward_mma_ds_bytes(B, T, Hq);
     const size_t partials_bytes = fa_partials_bytes(B, T, Hq, Hkv, D);
     if (partials_bytes == 0) return delta_bytes;
     return fa_partials_offset(B, T, Hq) + partials_bytes;
+}
+static size_t fa_stored_ds_scratch_bytes(int B, int T, int Hq, int Hkv, int D) {
+    return fa_ds_offset(B, T, Hq, Hkv, D) + attention_backward_mma_ds_bytes(B, T, Hq);
+}
+
+extern "C" size_t attention_backward_fused_scratch_bytes(int B, int T, int Hq, int Hkv, int D) {
+    if (B <= 0 || T <= 0 || Hq <= 0) return 0;
+    return fa_store_ds(B, T, Hq, D) ? fa_stored_ds_scratch_bytes(B, T, Hq, Hkv, D)
+                                    : fa_linear_scratch_bytes(B, T, Hq, Hkv, D);
 }
 
 template <int TILE>
@@ -1043,24 +1053,27 @@ extern "C" void attention_backward_fused_cuda(floatX *dq, floatX *dk, floatX *dv
                                               const floatX *dout, const floatX *out,
                                               const float *lse, const floatX *q, const floatX *k,
                                               const floatX *v, int B, int T, int Hq, int Hkv,
-                                              int D, void *scratch) {
+                                              int D, void *scratch, size_t scratch_bytes) {
     fa_check_shape("attention_backward_fused_cuda", Hq, Hkv, D);
     if (!dq || !dk || !dv)
         paft_fatal(__FILE__, __LINE__,
                    "attention_backward_fused_cuda: dq, dk and dv must all be given (got NULL)");
     if (B <= 0 || T <= 0) return;
-    if (!scratch)
+    const size_t needed = fa_linear_scratch_bytes(B, T, Hq, Hkv, D);
+    if (!scratch || scratch_bytes < needed)
         paft_fatal(__FILE__, __LINE__,
-                   "attention_backward_fused_cuda: no scratch (expected %zu bytes of device memory)",
-                   attention_backward_fused_scratch_bytes(B, T, Hq, Hkv, D));
+                   "attention_backward_fused_cuda: %zu bytes of scratch at %p for B %d T %d Hq %d "
+                   "Hkv %d D %d, which needs at least %zu (attention_backward_fused_scratch_bytes)",
+                   scratch_bytes, scratch, B, T, Hq, Hkv, D, needed);
     const float scale = (float)(1.0 / sqrt((double)D));
     float *delta = (float *)scratch;
     attention_delta(delta, dout, out, B, T, Hq, D);
     if (fa_use_mma(D)) {
         float *partials = (float *)((char *)scratch + fa_partials_offset(B, T, Hq));
-        floatX *ds_t = fa_store_ds(B, T, Hq, D)
-                           ? (floatX *)((char *)scratch + fa_ds_offset(B, T, Hq, Hkv, D))
-                           : nullptr;
+        const bool store_ds = fa_store_ds(B, T, Hq, D) &&
+                              fa_stored_ds_scratch_bytes(B, T, Hq, Hkv, D) <= scratch_bytes;
+        floatX *ds_t = store_ds ? (floatX *)((char *)scratch + fa_ds_offset(B, T, Hq, Hkv, D))
+                                : nullptr;
         attention_backward_mma_cuda(dq, dk, dv, dout, lse, delta, partials, ds_t, q, k, v, B, T,
                                     Hq, Hkv, D);
         return;

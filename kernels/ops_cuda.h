@@ -92,13 +92,15 @@ void attention_forward_fused_cuda(floatX *out, float *lse, const floatX *q, cons
  * the causal tiles (quadratic in T; PAFT_ATTENTION_STORED_DS=0 leaves it out, kernels/README.md). */
 size_t attention_backward_fused_scratch_bytes(int B, int T, int Hq, int Hkv, int D);
 /* dq, dk, dv += (they ADD, like every backward; NULL not allowed here); deterministic: no atomics
- * on outputs, every output element written by exactly one thread. scratch:
- * attention_backward_fused_scratch_bytes(...) bytes of device memory owned by the caller (no
- * cudaMalloc inside: it runs once per layer per step). out and lse are the forward's. */
+ * on outputs, every output element written by exactly one thread. scratch: scratch_bytes of
+ * device memory owned by the caller (no cudaMalloc inside: it runs once per layer per step), at
+ * least attention_backward_fused_scratch_bytes(...) of this shape or of a larger one; dS is
+ * stored only where it fits (less than that of this shape is a fatal error where it leaves too
+ * little for the rest). out and lse are the forward's. */
 void attention_backward_fused_cuda(floatX *dq, floatX *dk, floatX *dv, const floatX *dout,
                                    const floatX *out, const float *lse, const floatX *q,
                                    const floatX *k, const floatX *v, int B, int T, int Hq, int Hkv,
-                                   int D, void *scratch);
+                                   int D, void *scratch, size_t scratch_bytes);
 
 /* p[i] = mean + std * N(0,1) from a counter-based generator (a hash of (seed, i) + Box-Muller),
  * bf16 on device: random weights for `paft bench` without a host copy. Deterministic for

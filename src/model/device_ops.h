@@ -279,12 +279,12 @@ static inline void dev_attention_backward(DevCtx *ctx, act_t *dq, act_t *dk, act
                                           const act_t *dout, const act_t *out,
                                           const stat_t *state, const act_t *q, const act_t *k,
                                           const act_t *v, int B, int T, int Hq, int Hkv, int D,
-                                          void *scratch) {
+                                          void *scratch, size_t scratch_bytes) {
     if (ctx->simple_attention)
         attention_backward_cuda(dq, dk, dv, dout, state, q, k, v, B, T, Hq, Hkv, D);
     else
         attention_backward_fused_cuda(dq, dk, dv, dout, out, state, q, k, v, B, T, Hq, Hkv, D,
-                                      scratch);
+                                      scratch, scratch_bytes);
 }
 static inline void dev_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n) {
     swiglu_forward_cuda(out, gate, up, n);
@@ -467,7 +467,7 @@ static inline void dev_attention_backward(DevCtx *ctx, act_t *dq, act_t *dk, act
                                           const act_t *dout, const act_t *out,
                                           const stat_t *state, const act_t *q, const act_t *k,
                                           const act_t *v, int B, int T, int Hq, int Hkv, int D,
-                                          void *scratch) {
+                                          void *scratch, size_t scratch_bytes) {
     attention_backward(dq, dk, dv, dout, state, q, k, v, B, T, Hq, Hkv, D);
 }
 static inline void dev_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n) {

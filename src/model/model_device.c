@@ -113,7 +113,8 @@ struct ModelDevice {
     int32_t *tokens, *targets, *positions;
     act_t *dx, *dln, *dq, *dk, *dv, *datt, *dgate, *dup, *dact, *dlora_h, *dlogits;
     act_t *x_sink; /* where a recomputed layer writes its (unneeded) output */
-    void *attn_scratch; /* the attention backward's own scratch */
+    void *attn_scratch; /* the attention backward's own scratch, of attn_scratch_bytes */
+    size_t attn_scratch_bytes;
     int B, T;      /* shape of the last forward */
     Profile *profile; /* NULL unless opt.profile */
     int share_lora_input; /* DEV_SHARES_LORA_INPUT, unless PAFT_LORA_SHARED_INPUT=0 (at creation) */
@@ -476,8 +477,9 @@ static void bind_activations(ModelDevice *d, int B, int T, Arena *a) {
     d->dact = arena_take(a, nff, sizeof(act_t));
     d->dlora_h = arena_take(a, N * r * 3, sizeof(act_t)); /* up to 3 projections share it */
     d->dlogits = arena_take(a, (size_t)d->logit_rows * V, sizeof(act_t));
-    d->attn_scratch = arena_take(a, dev_attention_scratch_bytes(&d->ctx, B, T, m->local_heads,
-                                                                m->local_kv_heads, c->head_dim), 1);
+    d->attn_scratch_bytes = dev_attention_scratch_bytes(&d->ctx, B, T, m->local_heads,
+                                                        m->local_kv_heads, c->head_dim);
+    d->attn_scratch = arena_take(a, d->attn_scratch_bytes, 1);
 }
 
 /* Rows of logits held at once: DeviceOptions.logits_chunk, or by default the whole micro-batch
@@ -866,7 +868,7 @@ static void layer_backward(ModelDevice *d, int l, const LayerActs *la, const act
     dev_zero(d->dv, nkv * sizeof(act_t));
     phase(d, PHASE_ATTENTION_BWD);
     dev_attention_backward(&d->ctx, d->dq, d->dk, d->dv, d->datt, la->att, la->attn_state, la->q,
-                           la->k, la->v, B, T, Hq, Hkv, D, d->attn_scratch);
+                           la->k, la->v, B, T, Hq, Hkv, D, d->attn_scratch, d->attn_scratch_bytes);
     phase(d, PHASE_POINTWISE);
     dev_rope_backward(d->dq, d->rope_cos, d->rope_sin, d->positions, N, Hq, D);
     dev_rope_backward(d->dk, d->rope_cos, d->rope_sin, d->positions, N, Hkv, D);

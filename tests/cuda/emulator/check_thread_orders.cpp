@@ -85,10 +85,11 @@ void attention_shape(CudaContext *ctx, int B, int T, int Hq, int Hkv, int D) {
         floatX *dq_ = d.bf16(q), *dk_ = d.bf16(k), *dv_ = d.bf16(v), *dg = d.bf16(g);
         floatX *out = d.zeros<floatX>(nq), *gq = d.bf16(dq), *gk = d.bf16(dkv), *gv = d.bf16(dkv);
         float *lse = d.zeros<float>(rows);
-        void *scratch = d.zeros<char>(attention_backward_fused_scratch_bytes(B, T, Hq, Hkv, D));
+        const size_t scratch_bytes = attention_backward_fused_scratch_bytes(B, T, Hq, Hkv, D);
+        void *scratch = d.zeros<char>(scratch_bytes);
         attention_forward_fused_cuda(out, lse, dq_, dk_, dv_, B, T, Hq, Hkv, D);
         attention_backward_fused_cuda(gq, gk, gv, dg, out, lse, dq_, dk_, dv_, B, T, Hq, Hkv, D,
-                                      scratch);
+                                      scratch, scratch_bytes);
         Outputs o;
         o.add(out, nq * 2);
         o.add(lse, rows * 4);
