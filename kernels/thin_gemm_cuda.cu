@@ -14,7 +14,7 @@
  * GPU's number of SMs.
  *
  * Blocks of 4 warps; warp w owns rows (features) 32 w .. 32 w + 31 of the block's 128, all J_TILE
- * columns: per 32 tokens, two 16-token steps of mma.sync.m16n8k16 (mma_tiles.cuh), A = X^T read
+ * columns: per 64 tokens, four 16-token steps of mma.sync.m16n8k16 (mma_tiles.cuh), A = X^T read
  * transposed from the X tile by ldmatrix.trans, B = the Y tile as stored.
  *
  * Selected by PAFT_THIN_WGRAD=1 (ops_cuda.cu, matmul_weight_grad_ld_cuda) until measured on a GPU.
@@ -29,7 +29,7 @@
 
 static constexpr int thin_threads = 128;  /* 4 warps */
 static constexpr int thin_rows = 128;     /* features (rows of out) per block */
-static constexpr int thin_step = 32;      /* tokens per stage */
+static constexpr int thin_step = 64;      /* tokens per stage: 16 KB of X in flight per block */
 static constexpr int thin_max_j = 256;    /* widest thin side taken here */
 
 /* A tile of `rows` tokens from row t0 of a [N][ld] matrix, columns c0 .. c0 + W - 1, into dst
@@ -152,6 +152,7 @@ static void thin_launch(float *out, int transposed, const floatX *X, int ld_x, c
     const int chunk_tokens = thin_chunk_tokens(N, F, J, J_TILE, sm_count, workspace_bytes);
     const int chunks = (N + chunk_tokens - 1) / chunk_tokens;
     const size_t smem = 2 * thin_step * ((thin_rows + 8) + (J_TILE + 8)) * sizeof(floatX);
+    cuda_allow_shared_memory(thin_weight_grad_kernel<J_TILE>, smem, "thin_weight_grad_cuda");
     const dim3 grid((F + thin_rows - 1) / thin_rows, (J + J_TILE - 1) / J_TILE, chunks);
     float *partial = (float *)workspace;
     thin_weight_grad_kernel<J_TILE><<<grid, thin_threads, smem>>>(partial, transposed, X, ld_x, Y, ld_y, N, F, J, chunk_tokens);

@@ -113,18 +113,19 @@ static void test_attention_fused_shape(int B, int T, int Hq, int Hkv, int D, dou
     float *got_v = malloc(nkv * sizeof(float));
     floatX *d_dq = cuda_upload_bf16(dq, nq), *d_dk = cuda_upload_bf16(dk, nkv);
     floatX *d_dv = cuda_upload_bf16(dv, nkv);
-    const int both_ways = D == 64 || D == 128;
-    for (int way = 0; way < (both_ways ? 4 : 1); way++) {
+    /* the MMA kernels take D = 64 and 128 unless the older kernels are forced */
+    const int mma = (D == 64 || D == 128) && getenv("PAFT_ATTENTION_WMMA") == NULL &&
+                    getenv("PAFT_ATTENTION_FP32") == NULL;
+    const int env_off = getenv("PAFT_ATTENTION_STORED_DS") && getenv("PAFT_ATTENTION_STORED_DS")[0] == '0';
+    for (int way = 0; way < (mma && !env_off ? 4 : 1); way++) {
         const char *value = getenv("PAFT_ATTENTION_STORED_DS");
         char *saved = value ? strdup(value) : NULL;
-        const int mma = both_ways && !(saved && saved[0] == '0') &&
-                        getenv("PAFT_ATTENTION_WMMA") == NULL && getenv("PAFT_ATTENTION_FP32") == NULL;
         setenv("PAFT_ATTENTION_STORED_DS", "0", 1);
         const size_t linear_bytes = attention_backward_fused_scratch_bytes(B, T, Hq, Hkv, D);
         if (saved) setenv("PAFT_ATTENTION_STORED_DS", saved, 1);
         else unsetenv("PAFT_ATTENTION_STORED_DS");
         if (way == 1) setenv("PAFT_ATTENTION_STORED_DS", "0", 1);
-        const int stored = mma && way != 1 && way != 2;
+        const int stored = mma && !env_off && way != 1 && way != 2;
         printf("  backward, dq %s%s\n", stored ? "from the stored dS" : "recomputing S and dP",
                way == 2 ? " (no room for dS)" : way == 3 ? " (scratch for T + 64)" : "");
         const size_t scratch_bytes = way == 2 ? linear_bytes
@@ -153,8 +154,8 @@ static void test_attention_fused_shape(int B, int T, int Hq, int Hkv, int D, dou
         cuda_download_bf16(got_k, d_dk, nkv);
         cuda_download_bf16(got_v, d_dv, nkv);
         /* the same backward again from the same starting gradients: bitwise the same (no
-         * atomics) */
-        {
+         * atomics; each way of computing dq once) */
+        if (way < 2) {
             float *again = malloc(nq * sizeof(float));
             floatX *d_dq2 = cuda_upload_bf16(dq, nq), *d_dk2 = cuda_upload_bf16(dk, nkv);
             floatX *d_dv2 = cuda_upload_bf16(dv, nkv);
@@ -669,6 +670,46 @@ static void test_thin_weight_grad_shape(CudaContext *ctx, int N, int C, int OC, 
     free(dout); free(inp); free(dw); free(want); free(got); free(again);
 }
 
+/* thin_weight_grad_cuda called directly: a workspace full of NaN (no partial sum may be read
+ * before it is written), room in it for only one or three chunks (the memory limit on the
+ * chunking), an H100's 132 SMs (the finest chunking), thin sides past one 64-column tile; and the
+ * shapes it must refuse. */
+static void test_thin_weight_grad_direct(Rng *rng) {
+    const struct { int N, F, J, transposed, chunks_room; } cases[] = {
+        {300, 136, 136, 1, 1}, {200, 256, 256, 0, 3}, {1000, 64, 24, 1, 0}, {65, 8, 8, 0, 0}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int N = cases[c].N, F = cases[c].F, J = cases[c].J, tr = cases[c].transposed;
+        const size_t chunk_bytes = (size_t)F * J * sizeof(float);
+        const size_t ws_bytes = cases[c].chunks_room ? cases[c].chunks_room * chunk_bytes : (size_t)4 << 20;
+        printf("  thin_weight_grad_cuda N %d F %d J %d%s, workspace %zu bytes\n", N, F, J,
+               tr ? " transposed" : "", ws_bytes);
+        float *X = random_bf16((size_t)N * F, 1.0, 0.0, rng), *Y = random_bf16((size_t)N * J, 1.0, 0.0, rng);
+        float *out = random_bf16((size_t)F * J, 1.0, 0.0, rng), *want = malloc(chunk_bytes);
+        const float alpha = 0.75f;
+        for (int f = 0; f < F; f++)
+            for (int j = 0; j < J; j++) {
+                double sum = 0;
+                for (int t = 0; t < N; t++) sum += (double)X[(size_t)t * F + f] * Y[(size_t)t * J + j];
+                const size_t e = tr ? (size_t)j * F + f : (size_t)f * J + j;
+                want[e] = (float)(out[e] + alpha * sum);
+            }
+        floatX *d_X = cuda_upload_bf16(X, (size_t)N * F), *d_Y = cuda_upload_bf16(Y, (size_t)N * J);
+        float *nans = filled(ws_bytes / sizeof(float), NAN);
+        float *d_ws = cuda_upload_f32(nans, ws_bytes / sizeof(float)), *d_out = cuda_upload_f32(out, (size_t)F * J);
+        CHECK(thin_weight_grad_supported(d_X, F, d_Y, J, N, F, J, ws_bytes), "supported");
+        thin_weight_grad_cuda(d_out, tr, d_X, F, d_Y, J, N, F, J, alpha, d_ws, ws_bytes, 132);
+        float *got = malloc(chunk_bytes);
+        cuda_download_f32(got, d_out, (size_t)F * J);
+        compare("thin_weight_grad_cuda", got, want, (size_t)F * J, 1e-3);
+        /* refused: a side past 256, rows not whole 16-byte pieces, no room for one chunk */
+        CHECK(!thin_weight_grad_supported(d_X, F, d_Y, J, N, F, 264, (size_t)1 << 30), "J 264 refused");
+        CHECK(!thin_weight_grad_supported(d_X + 1, F, d_Y, J, N, F, J, ws_bytes), "misaligned X refused");
+        CHECK(!thin_weight_grad_supported(d_X, F, d_Y, J, N, F, J, chunk_bytes - 1), "small workspace refused");
+        cuda_free(d_X); cuda_free(d_Y); cuda_free(d_ws); cuda_free(d_out);
+        free(X); free(Y); free(out); free(want); free(nans); free(got);
+    }
+}
+
 /* dB-like (C = r thin, out as is) and dA-like (OC = G r thin, out transposed) shapes: tokens not
  * a multiple of the 32-token stage and split in several chunks, features not a multiple of the
  * 128-row block, thin sides of 8 to 80 (16-, 32- and 64-column tiles, two tiles past 64), strided
@@ -1068,6 +1109,7 @@ int main(void) {
     test_model_support(ctx, &rng);
     test_folded_lora_ops(ctx, &rng);
     test_thin_weight_grad(ctx, &rng);
+    test_thin_weight_grad_direct(&rng);
 
     cuda_context_destroy(ctx);
     cuda_synchronize();

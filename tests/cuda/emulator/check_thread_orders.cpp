@@ -15,6 +15,7 @@
 #include "cuda_runtime.h"
 #include "emu_internal.h"
 #include "ops_cuda.h"
+#include "thin_gemm.h"
 extern "C" {
 #include "test_util.h"
 #include "util/rng.h"
@@ -174,6 +175,21 @@ int main(int argc, char **argv) {
         o.add(d_sums, sizeof sums);
         o.add(dA, (size_t)r * in_f * 4);
         o.add(dB, (size_t)out_f * r * 4);
+        return o;
+    });
+    check("thin weight grad, both orientations", [&] {
+        Device d;
+        const int tokens = 200, F = 136, J = 40;
+        floatX *X = d.bf16(random_values((size_t)tokens * F, 1.0, 20));
+        floatX *Y = d.bf16(random_values((size_t)tokens * J, 1.0, 21));
+        float *out = d.zeros<float>((size_t)F * J), *out_t = d.zeros<float>((size_t)F * J);
+        const size_t ws_bytes = (size_t)4 * F * J * sizeof(float); /* four chunks */
+        float *ws = d.zeros<float>(ws_bytes / sizeof(float));
+        thin_weight_grad_cuda(out, 0, X, F, Y, J, tokens, F, J, 0.5f, ws, ws_bytes, 132);
+        thin_weight_grad_cuda(out_t, 1, X, F, Y, J, tokens, F, J, 0.5f, ws, ws_bytes, 132);
+        Outputs o;
+        o.add(out, (size_t)F * J * 4);
+        o.add(out_t, (size_t)F * J * 4);
         return o;
     });
     check("fill_normal", [&] {
