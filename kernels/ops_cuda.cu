@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cuda_check.h"
+#include "l1_fused.h"
 #include "ops_cuda.h"
 #include "thin_gemm.h"
 
@@ -1011,6 +1012,12 @@ extern "C" double l1_penalty_cuda(CudaContext *ctx, float *dA, float *dB, const 
                                   float lambda, float *delta_scratch) {
     const size_t n = (size_t)out * in;
     if (n == 0) return 0;
+    /* ranks up to 64: l1_fused_cuda.cu, delta never in memory; PAFT_L1_FUSED=0 keeps this path */
+    const char *fused = getenv("PAFT_L1_FUSED");
+    if (!(fused && fused[0] == '0') &&
+        l1_penalty_fused_supported(out, in, r, n * sizeof(float)))
+        return l1_penalty_fused_cuda(dA, dB, A, B, out, in, r, scale, lambda, delta_scratch,
+                                     n * sizeof(float), ctx->partials);
     lt_gemm_typed(ctx, CUBLAS_OP_N, CUBLAS_OP_N, in, out, r, A, in, B, r, CUDA_R_32F, delta_scratch,
                   CUDA_R_32F, in, scale, 0.0f);
     const double abs_sum = reduce_to_double(ctx, delta_scratch, n, AbsMap());

@@ -190,10 +190,12 @@ void add_bias_cuda(floatX *out, const floatX *bias, int N, int OC);
 double sum_squares_cuda(CudaContext *ctx, const float *x, size_t n);
 
 /* PAFT's L1 term on one adapted module, l1_penalty of src/loss/lora_delta.h on the device: delta
- * = scale B A into delta_scratch [out][in] (fp32), returns lambda * sum |delta| (double), and adds
- * dB += lambda scale sign(delta) A^T and dA += lambda scale B^T sign(delta) (either may be NULL).
- * A [r][in], B [out][r] and the gradients are the fp32 master factors. The three products run on
- * TF32 tensor cores (cuBLASLt); sign(0) = 0 as on the CPU. */
+ * = scale B A, returns lambda * sum |delta| (double), and adds dB += lambda scale sign(delta) A^T
+ * and dA += lambda scale B^T sign(delta) (either may be NULL). A [r][in], B [out][r] and the
+ * gradients are the fp32 master factors; sign(0) = 0 as on the CPU. delta_scratch: out x in
+ * floats of device memory. Ranks up to 64 (l1_fused.h): delta tile by tile on tensor cores with
+ * the factors split into two bf16 each, only partial sums in the scratch. Above (or with
+ * PAFT_L1_FUSED=0): delta into the scratch by cuBLASLt, then the sums and two more products. */
 double l1_penalty_cuda(CudaContext *ctx, float *dA, float *dB, const float *A, const float *B,
                        int out, int in, int r, float scale, float lambda, float *delta_scratch);
 

@@ -52,8 +52,11 @@ if [ "$what" = profile ]; then
     echo "== $1, PAFT_THIN_WGRAD=1 (the LoRA weight gradients on thin_gemm_cuda.cu, not cuBLASLt)"
     PAFT_THIN_WGRAD=1 build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 profile=1 |
       grep -E '^  step|LoRA'
-    echo "== $1, l1=1e-4 (PAFT's L1 term on every adapted module, in the optimizer phase)"
+    echo "== $1, l1=1e-4 (PAFT's L1 term on every adapted module, in the optimizer phase), fused"
     build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 l1=1e-4 profile=1 |
+      grep -E '^  step|optimizer'
+    echo "== $1, l1=1e-4, PAFT_L1_FUSED=0 (delta in memory, cuBLASLt)"
+    PAFT_L1_FUSED=0 build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 l1=1e-4 profile=1 |
       grep -E '^  step|optimizer'
     echo "== $1, logits_chunk=2048"
     build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 logits_chunk=2048 |

@@ -13,6 +13,7 @@
 #include "loss/lora_delta.h"
 #include "ops/ops.h"
 #include "ops_cuda.h"
+#include "l1_fused.h"
 #include "thin_gemm.h"
 #include "optim/adamw.h"
 #include "test_util.h"
@@ -266,6 +267,61 @@ static void test_fill_normal(void) {
  * PAFT's L1 term with its gradients. The L1 factors are rounded to bf16 first: such values are
  * exact in TF32, so the GPU's TF32 products equal the CPU's fp32 ones and every sign(delta)
  * agrees; the products' transposes and leading dimensions are what this checks. */
+/* n fp32 values of scale N(0, 1), not rounded to bf16 (the fused L1 term splits fp32 factors) */
+static float *random_f32(size_t n, double scale, Rng *rng) {
+    float *x = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) x[i] = (float)(scale * rng_normal(rng));
+    return x;
+}
+
+/* One module's L1 term against the CPU's l1_penalty, onto non-zero gradients, with a NaN-filled
+ * scratch. fused: the default path must be the fused kernel (l1_fused_cuda.cu), checked with
+ * fp32 factors that bf16 does not hold (it splits each into two bf16); and PAFT_L1_FUSED=0 runs
+ * too. Not fused (or PAFT_L1_FUSED=0): delta in the scratch by cuBLASLt on TF32 tensor cores,
+ * checked with factors TF32 holds exactly (bf16 values), as TF32's 10-bit mantissa flips the
+ * sign of near-zero deltas. */
+static void l1_check(CudaContext *ctx, int out_f, int in_f, int rank, int fused_env, int fp32, Rng *rng) {
+    const float scale = 2.0f, lambda = 0.01f;
+    const size_t na = (size_t)rank * in_f, nb = (size_t)out_f * rank;
+    float *A = fp32 ? random_f32(na, 1.0, rng) : random_bf16(na, 1.0, 0.0, rng);
+    float *B = fp32 ? random_f32(nb, 1.0, rng) : random_bf16(nb, 1.0, 0.0, rng);
+    float *dA = random_f32(na, 0.1, rng), *dB = random_f32(nb, 0.1, rng);
+    float *d_dA = cuda_upload_f32(dA, na), *d_dB = cuda_upload_f32(dB, nb);
+    float *delta = malloc((size_t)out_f * in_f * sizeof(float));
+    const double want = l1_penalty(dA, dB, A, B, out_f, in_f, rank, scale, lambda, delta);
+    float *d_A = cuda_upload_f32(A, na), *d_B = cuda_upload_f32(B, nb);
+    float *nans = filled((size_t)out_f * in_f, NAN);
+    float *d_delta = cuda_upload_f32(nans, (size_t)out_f * in_f);
+    const int takes = fused_env && l1_penalty_fused_supported(out_f, in_f, rank, (size_t)out_f * in_f * sizeof(float));
+    CHECK(takes || !fp32, "L1 term %d x %d r %d: the fused kernel must take fp32 factors", out_f, in_f, rank);
+    printf("  L1 term %d x %d, r %d, %s factors, %s\n", out_f, in_f, rank, fp32 ? "fp32" : "bf16",
+           takes ? "fused" : "delta in memory (TF32)");
+    if (!fused_env) setenv("PAFT_L1_FUSED", "0", 1);
+    const double have = l1_penalty_cuda(ctx, d_dA, d_dB, d_A, d_B, out_f, in_f, rank, scale, lambda, d_delta);
+    unsetenv("PAFT_L1_FUSED");
+    CHECK(fabs(have - want) <= 1e-6 * want, "l1_penalty_cuda %.9g, expected %.9g", have, want);
+    printf("  %-28s rel err %.2e\n", "l1_penalty value", fabs(have - want) / want);
+    float *got_dA = malloc(na * sizeof(float)), *got_dB = malloc(nb * sizeof(float));
+    cuda_download_f32(got_dA, d_dA, na);
+    cuda_download_f32(got_dB, d_dB, nb);
+    compare("l1_penalty dA", got_dA, dA, na, 1e-5);
+    compare("l1_penalty dB", got_dB, dB, nb, 1e-5);
+    cuda_free(d_A); cuda_free(d_B); cuda_free(d_dA); cuda_free(d_dB); cuda_free(d_delta);
+    free(A); free(B); free(dA); free(dB); free(delta); free(nans); free(got_dA); free(got_dB);
+}
+
+/* The fused kernel at ranks padded to 16, 32 and 48, sizes not multiples of its 64 x 64 tiles,
+ * several tiles and strips of four tiles each way; the cuBLASLt path where the partials do not fit
+ * (r 64) or PAFT_L1_FUSED=0. */
+static void test_l1_penalty(CudaContext *ctx, Rng *rng) {
+    const struct { int out, in, r; } fused[] = {{40, 24, 4}, {200, 300, 16}, {128, 300, 33}, {192, 256, 48}};
+    for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++) {
+        l1_check(ctx, fused[i].out, fused[i].in, fused[i].r, 1, 1, rng);
+        l1_check(ctx, fused[i].out, fused[i].in, fused[i].r, 0, 0, rng);
+    }
+    l1_check(ctx, 64, 72, 64, 1, 0, rng);
+}
+
 static void test_model_support(CudaContext *ctx, Rng *rng) {
     /* cast: random values, and ties between two bf16 values (1 + k/256 + 1/512) */
     const size_t n = 1000;
@@ -1109,6 +1165,7 @@ int main(void) {
     test_model_support(ctx, &rng);
     test_folded_lora_ops(ctx, &rng);
     test_thin_weight_grad(ctx, &rng);
+    test_l1_penalty(ctx, &rng);
     test_thin_weight_grad_direct(&rng);
 
     cuda_context_destroy(ctx);
