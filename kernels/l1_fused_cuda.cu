@@ -10,9 +10,11 @@
  *
  * Here a block of 4 warps takes 64 x 64 tiles of delta, four along a row. B's 64 rows and each
  * tile's 64 columns of A (rank padded to a multiple of 16, at most 64) come into shared memory
- * split as hi + lo, two bf16
- * each (hi = x rounded, lo = the rest rounded: 16 significant bits in all), and every product
- * runs on tensor cores (mma_tiles.cuh) as hi hi + hi lo + lo hi (dropping lo lo, 2^-16 of it):
+ * split in three bf16 each, hi + mid + lo (each the rounded rest of the one before: 24
+ * significant bits, fp32's), and every product runs on tensor cores (mma_tiles.cuh), delta as
+ * the six partial products down to 2^-24 of it (hi hi, hi mid, mid hi, hi lo, lo hi, mid mid).
+ * Two bf16 (16 bits) were not enough: a product could be off by 2.6e-5 of itself, and about one
+ * delta in a million near zero took the other sign than on the CPU (found in review):
  *   delta:  warp w, rows 16 w .., all 64 columns, in fp32 accumulators; |delta| summed in
  *           double; the accumulators become sign(delta) in place (-1, 0, 1: exact in bf16) and
  *           are also stored to shared memory;
@@ -49,37 +51,61 @@ __host__ __device__ static inline size_t l1_tiles(int n) { return (size_t)(n + l
 __host__ __device__ static inline size_t l1_strips(int in) {
     return (l1_tiles(in) + l1_strip - 1) / l1_strip;
 }
-static L1Parts l1_parts(void *scratch, int out, int in, int r, size_t *bytes) {
-    const size_t db = l1_strips(in) * out * r, da = l1_tiles(out) * r * in;
-    const size_t floats = (db + da + 1) / 2 * 2; /* the doubles 8-byte aligned */
+static size_t l1_db_floats(int out, int in, int r) { return l1_strips(in) * out * r; }
+static size_t l1_da_floats(int out, int in, int r) { return l1_tiles(out) * r * in; }
+static size_t l1_float_part(int out, int in, int r) { /* even: the doubles 8-byte aligned */
+    return (l1_db_floats(out, in, r) + l1_da_floats(out, in, r) + 1) / 2 * 2;
+}
+static size_t l1_scratch_bytes(int out, int in, int r) {
+    return l1_float_part(out, in, r) * sizeof(float) + l1_tiles(out) * l1_strips(in) * sizeof(double);
+}
+static L1Parts l1_parts(void *scratch, int out, int in, int r) {
     L1Parts p;
     p.db_part = (float *)scratch;
-    p.da_part = p.db_part + db;
-    p.abs_part = (double *)(p.db_part + floats);
-    *bytes = floats * sizeof(float) + l1_tiles(out) * l1_strips(in) * sizeof(double);
+    p.da_part = p.db_part + l1_db_floats(out, in, r);
+    p.abs_part = (double *)(p.db_part + l1_float_part(out, in, r));
     return p;
+}
+
+extern "C" size_t l1_penalty_fused_scratch_bytes(int out, int in, int r) {
+    return l1_scratch_bytes(out, in, r);
 }
 
 extern "C" int l1_penalty_fused_supported(int out, int in, int r, size_t scratch_bytes) {
     if (out <= 0 || in <= 0 || r <= 0 || r > l1_max_rank) return 0;
-    size_t bytes = 0;
-    l1_parts(nullptr, out, in, r, &bytes);
-    return bytes <= scratch_bytes;
+    return l1_scratch_bytes(out, in, r) <= scratch_bytes;
 }
 
-/* x = hi + lo, both bf16 */
-__device__ static inline void split_bf16(float x, floatX *hi, floatX *lo) {
-    *hi = __float2bfloat16(x);
-    *lo = __float2bfloat16(x - __bfloat162float(*hi));
+/* x = hi + mid + lo, three bf16, each the rest of x rounded; an infinite x (or one bf16 rounds to
+ * infinity) is all in hi, as the CPU's product would be infinite too */
+__device__ static inline void split_bf16(float x, floatX *parts, int stride) {
+    const floatX hi = __float2bfloat16(x);
+    const float rest = x - __bfloat162float(hi);
+    const floatX mid = __float2bfloat16(isfinite(rest) ? rest : 0.0f);
+    const float rest2 = isfinite(rest) ? rest - __bfloat162float(mid) : 0.0f;
+    parts[0] = hi;
+    parts[stride] = mid;
+    parts[2 * stride] = __float2bfloat16(rest2);
 }
 
-/* c += (a_hi + a_lo)(b_hi + b_lo) without a_lo b_lo, for one 16 x 16 x 8 block */
-__device__ static inline void mma_split(float (&c)[4], const uint32_t (&a_hi)[4],
-                                        const uint32_t (&a_lo)[4], uint32_t b_hi0, uint32_t b_hi1,
-                                        uint32_t b_lo0, uint32_t b_lo1) {
-    mma16816(c, a_lo, b_hi0, b_hi1);
-    mma16816(c, a_hi, b_lo0, b_lo1);
-    mma16816(c, a_hi, b_hi0, b_hi1);
+/* The A operand (rows r .., columns col ..) of each of the three parts of a split tile, the
+ * parts `part` elements apart. */
+__device__ static inline void load_a3(uint32_t (&a)[3][4], const floatX *tile, size_t part, int ld,
+                                      int r, int col) {
+#pragma unroll
+    for (int i = 0; i < 3; i++) load_a(a[i], tile + i * part, ld, r, col);
+}
+
+/* c += (a_hi + a_mid + a_lo)(b_hi + b_mid + b_lo) down to the products of order 2^-16 (six of the
+ * nine), smallest first, for one 16 x 16 x 8 block; b[i] = the two registers of part i */
+__device__ static inline void mma_split3(float (&c)[4], const uint32_t (&a)[3][4],
+                                         const uint32_t (&b)[3][2]) {
+    mma16816(c, a[1], b[1][0], b[1][1]); /* mid mid */
+    mma16816(c, a[2], b[0][0], b[0][1]); /* lo hi */
+    mma16816(c, a[0], b[2][0], b[2][1]); /* hi lo */
+    mma16816(c, a[1], b[0][0], b[0][1]); /* mid hi */
+    mma16816(c, a[0], b[1][0], b[1][1]); /* hi mid */
+    mma16816(c, a[0], b[0][0], b[0][1]); /* hi hi */
 }
 
 /* One block per strip of l1_strip tiles along a row of tiles (grid: strips, out tiles), the
@@ -89,52 +115,53 @@ __global__ static void __launch_bounds__(l1_threads)
     l1_tile_kernel(L1Parts part, const float *A, const float *B, int out, int in, int r,
                    float scale) {
     constexpr int LDR = RP + 8, LDT = l1_tile + 8, rank_tiles8 = RP / 8;
+    constexpr size_t B_part = (size_t)l1_tile * LDR, A_part = (size_t)RP * LDT;
     const int strip = blockIdx.x, to = blockIdx.y, o0 = to * l1_tile;
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
 
     extern __shared__ float l1_smem[];
-    floatX *B_hi = (floatX *)l1_smem;      /* [64][LDR]: rows o0 .., ranks; zeros outside */
-    floatX *B_lo = B_hi + l1_tile * LDR;
-    floatX *A_hi = B_lo + l1_tile * LDR;   /* [RP][LDT]: ranks, the tile's columns; zeros outside */
-    floatX *A_lo = A_hi + RP * LDT;
-    floatX *S = A_lo + RP * LDT;           /* [64][LDT]: sign(delta) */
+    floatX *Bs = (floatX *)l1_smem; /* [3 parts][64][LDR]: rows o0 .., ranks; zeros outside */
+    floatX *As = Bs + 3 * B_part;   /* [3 parts][RP][LDT]: ranks, the tile's columns; zeros outside */
+    floatX *S = As + 3 * A_part;    /* [64][LDT]: sign(delta) */
     double *warp_sums = (double *)(S + l1_tile * LDT); /* [4] */
 
     for (int e = threadIdx.x; e < l1_tile * RP; e += l1_threads) {
         const int o = e / RP, k = e % RP;
-        split_bf16(o0 + o < out && k < r ? B[(size_t)(o0 + o) * r + k] : 0.0f, &B_hi[o * LDR + k],
-                   &B_lo[o * LDR + k]);
+        split_bf16(o0 + o < out && k < r ? B[(size_t)(o0 + o) * r + k] : 0.0f, Bs + o * LDR + k,
+                   (int)B_part);
     }
     double abs_sum = 0;
     float db[rank_tiles8][4]; /* dB share of rows 16 w .., summed over the strip's columns */
     zero_tiles(db);
 
+    /* Two barriers per tile: A and S are rewritten only after the barrier that follows their
+     * last reads (the dB share's and the dA share's) */
     for (int t = 0; t < l1_strip; t++) {
         const int i0 = (strip * l1_strip + t) * l1_tile;
         if (i0 >= in) break;
-        __syncthreads(); /* every warp is done with the last tile's A and S */
         for (int e = threadIdx.x; e < RP * l1_tile; e += l1_threads) {
             const int k = e / l1_tile, i = e % l1_tile;
-            split_bf16(k < r && i0 + i < in ? A[(size_t)k * in + i0 + i] : 0.0f, &A_hi[k * LDT + i],
-                       &A_lo[k * LDT + i]);
+            split_bf16(k < r && i0 + i < in ? A[(size_t)k * in + i0 + i] : 0.0f, As + k * LDT + i,
+                       (int)A_part);
         }
-        __syncthreads();
+        __syncthreads(); /* A is in (and, the first time, B) */
 
         /* delta, rows 16 w .. 16 w + 15 of the tile, all 64 columns */
         float d[l1_tile / 8][4];
         zero_tiles(d);
 #pragma unroll
         for (int kk = 0; kk < RP / 16; kk++) {
-            uint32_t a_hi[4], a_lo[4];
-            load_a(a_hi, B_hi, LDR, 16 * warp, 16 * kk);
-            load_a(a_lo, B_lo, LDR, 16 * warp, 16 * kk);
+            uint32_t a[3][4];
+            load_a3(a, Bs, B_part, LDR, 16 * warp, 16 * kk);
 #pragma unroll
             for (int n = 0; n < l1_tile / 8; n += 2) {
-                uint32_t b_hi[4], b_lo[4];
-                load_b_cols(b_hi, A_hi, LDT, 16 * kk, 8 * n);
-                load_b_cols(b_lo, A_lo, LDT, 16 * kk, 8 * n);
-                mma_split(d[n], a_hi, a_lo, b_hi[0], b_hi[1], b_lo[0], b_lo[1]);
-                mma_split(d[n + 1], a_hi, a_lo, b_hi[2], b_hi[3], b_lo[2], b_lo[3]);
+                uint32_t b[3][4];
+#pragma unroll
+                for (int i = 0; i < 3; i++) load_b_cols(b[i], As + i * A_part, LDT, 16 * kk, 8 * n);
+                const uint32_t left[3][2] = {{b[0][0], b[0][1]}, {b[1][0], b[1][1]}, {b[2][0], b[2][1]}};
+                const uint32_t right[3][2] = {{b[0][2], b[0][3]}, {b[1][2], b[1][3]}, {b[2][2], b[2][3]}};
+                mma_split3(d[n], a, left);
+                mma_split3(d[n + 1], a, right);
             }
         }
         /* |delta| (0 outside the matrix, where B or A was padded with zeros), then sign in place,
@@ -155,23 +182,23 @@ __global__ static void __launch_bounds__(l1_threads)
         }
 
         /* dB share += sign(delta) (straight from the accumulators: rows 16 w .., k = the tile's
-         * columns) times A^T (B[k = i][n = rank] = A[rank][i]: A's rows are B's columns) */
+         * columns) times A^T (B[k = i][n = rank] = A[rank][i]: A's rows are B's columns), each
+         * part of A, the smallest first (sign is exact in bf16) */
 #pragma unroll
         for (int kk = 0; kk < l1_tile / 16; kk++) {
             uint32_t sa[4];
             a_from_c(sa, d[2 * kk], d[2 * kk + 1]);
 #pragma unroll
-            for (int n = 0; n < rank_tiles8; n += 2) {
-                uint32_t b_hi[4], b_lo[4];
-                load_b_rows(b_hi, A_hi, LDT, 8 * n, 16 * kk);
-                load_b_rows(b_lo, A_lo, LDT, 8 * n, 16 * kk);
-                mma16816(db[n], sa, b_lo[0], b_lo[1]);
-                mma16816(db[n + 1], sa, b_lo[2], b_lo[3]);
-                mma16816(db[n], sa, b_hi[0], b_hi[1]);
-                mma16816(db[n + 1], sa, b_hi[2], b_hi[3]);
-            }
+            for (int n = 0; n < rank_tiles8; n += 2)
+#pragma unroll
+                for (int i = 2; i >= 0; i--) {
+                    uint32_t b[4];
+                    load_b_rows(b, As + i * A_part, LDT, 8 * n, 16 * kk);
+                    mma16816(db[n], sa, b[0], b[1]);
+                    mma16816(db[n + 1], sa, b[2], b[3]);
+                }
         }
-        __syncthreads(); /* S is complete */
+        __syncthreads(); /* S is complete; every warp is done with A */
 
         /* dA share of the tile's columns, transposed: warp w takes columns 16 w .. as the rows
          * of sign(delta)^T (read transposed from S) times B (B[k = o][n = rank], as stored) */
@@ -182,15 +209,14 @@ __global__ static void __launch_bounds__(l1_threads)
             uint32_t sa[4];
             load_a_trans(sa, S, LDT, 16 * warp, 16 * kk);
 #pragma unroll
-            for (int n = 0; n < rank_tiles8; n += 2) {
-                uint32_t b_hi[4], b_lo[4];
-                load_b_cols(b_hi, B_hi, LDR, 16 * kk, 8 * n);
-                load_b_cols(b_lo, B_lo, LDR, 16 * kk, 8 * n);
-                mma16816(da[n], sa, b_lo[0], b_lo[1]);
-                mma16816(da[n + 1], sa, b_lo[2], b_lo[3]);
-                mma16816(da[n], sa, b_hi[0], b_hi[1]);
-                mma16816(da[n + 1], sa, b_hi[2], b_hi[3]);
-            }
+            for (int n = 0; n < rank_tiles8; n += 2)
+#pragma unroll
+                for (int i = 2; i >= 0; i--) {
+                    uint32_t b[4];
+                    load_b_cols(b, Bs + i * B_part, LDR, 16 * kk, 8 * n);
+                    mma16816(da[n], sa, b[0], b[1]);
+                    mma16816(da[n + 1], sa, b[2], b[3]);
+                }
         }
 #pragma unroll
         for (int n = 0; n < rank_tiles8; n++)
@@ -235,34 +261,44 @@ __global__ static void l1_gradients_kernel(float *dA, float *dB, L1Parts part, i
     }
 }
 
-/* The blocks' sums of |delta| in order, in one thread (a block per 16,384 elements). */
-__global__ static void l1_sum_kernel(double *result, const double *abs_part, size_t n) {
+/* *total += lambda * the blocks' sums of |delta|: one block of l1_sum_threads, thread j adding
+ * blocks j, j + l1_sum_threads, ... in order, then a fixed tree. Deterministic. */
+static constexpr int l1_sum_threads = 256;
+__global__ static void l1_sum_kernel(double *total, const double *abs_part, size_t n,
+                                     double lambda) {
+    __shared__ double sums[l1_sum_threads];
     double sum = 0;
-    for (size_t t = 0; t < n; t++) sum += abs_part[t];
-    *result = sum;
+    for (size_t t = threadIdx.x; t < n; t += l1_sum_threads) sum += abs_part[t];
+    sums[threadIdx.x] = sum;
+    __syncthreads();
+    for (int half = l1_sum_threads / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) sums[threadIdx.x] += sums[threadIdx.x + half];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *total += lambda * sums[0];
 }
 
 template <int RP>
 static void l1_launch(L1Parts part, const float *A, const float *B, int out, int in, int r,
                       float scale) {
-    const size_t smem = (2 * (size_t)l1_tile * (RP + 8) + 2 * (size_t)RP * (l1_tile + 8) +
+    const size_t smem = (3 * (size_t)l1_tile * (RP + 8) + 3 * (size_t)RP * (l1_tile + 8) +
                          (size_t)l1_tile * (l1_tile + 8)) * sizeof(floatX) + 4 * sizeof(double);
-    cuda_allow_shared_memory(l1_tile_kernel<RP>, smem, "l1_penalty_fused_cuda");
+    if (smem > 48 * 1024) /* past the default: opt in (RP 48 and 64) */
+        cuda_allow_shared_memory(l1_tile_kernel<RP>, smem, "l1_penalty_fused_add_cuda");
     const dim3 grid((unsigned)l1_strips(in), (unsigned)l1_tiles(out));
     l1_tile_kernel<RP><<<grid, l1_threads, smem>>>(part, A, B, out, in, r, scale);
     CHECK_LAUNCH();
 }
 
-extern "C" double l1_penalty_fused_cuda(float *dA, float *dB, const float *A, const float *B,
-                                        int out, int in, int r, float scale, float lambda,
-                                        void *scratch, size_t scratch_bytes,
-                                        double *device_double) {
+extern "C" void l1_penalty_fused_add_cuda(float *dA, float *dB, const float *A, const float *B,
+                                          int out, int in, int r, float scale, float lambda,
+                                          void *scratch, size_t scratch_bytes,
+                                          double *device_total) {
     if (!l1_penalty_fused_supported(out, in, r, scratch_bytes))
         paft_fatal(__FILE__, __LINE__,
-                   "l1_penalty_fused_cuda: out %d in %d r %d in %zu bytes of scratch not supported",
-                   out, in, r, scratch_bytes);
-    size_t bytes = 0;
-    const L1Parts part = l1_parts(scratch, out, in, r, &bytes);
+                   "l1_penalty_fused_add_cuda: out %d in %d r %d in %zu bytes of scratch not "
+                   "supported", out, in, r, scratch_bytes);
+    const L1Parts part = l1_parts(scratch, out, in, r);
     if (r <= 16) l1_launch<16>(part, A, B, out, in, r, scale);
     else if (r <= 32) l1_launch<32>(part, A, B, out, in, r, scale);
     else if (r <= 48) l1_launch<48>(part, A, B, out, in, r, scale);
@@ -272,9 +308,6 @@ extern "C" double l1_penalty_fused_cuda(float *dA, float *dB, const float *A, co
         l1_gradients_kernel<<<(unsigned)((n + 255) / 256), 256>>>(dA, dB, part, out, in, r, lambda * scale);
         CHECK_LAUNCH();
     }
-    l1_sum_kernel<<<1, 1>>>(device_double, part.abs_part, l1_tiles(out) * l1_strips(in));
+    l1_sum_kernel<<<1, l1_sum_threads>>>(device_total, part.abs_part, l1_tiles(out) * l1_strips(in), (double)lambda);
     CHECK_LAUNCH();
-    double abs_sum = 0;
-    CHECK_CUDA(cudaMemcpy(&abs_sum, device_double, sizeof abs_sum, cudaMemcpyDeviceToHost));
-    return (double)lambda * abs_sum;
 }

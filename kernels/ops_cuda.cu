@@ -1007,17 +1007,20 @@ __global__ static void sign_kernel(float *x, size_t n) {
  *   dA^T (in x r)     += coef G^T (in x out) B (out x r)       G: N, lda in;  B: T, ldb r
  *   dB^T (r x out)    += coef A (r x in) G^T (in x out)         A: T, lda in;  G: N, ldb in
  * with G = sign(delta) overwriting delta once its absolute sum is taken. */
-extern "C" double l1_penalty_cuda(CudaContext *ctx, float *dA, float *dB, const float *A,
-                                  const float *B, int out, int in, int r, float scale,
-                                  float lambda, float *delta_scratch) {
-    const size_t n = (size_t)out * in;
-    if (n == 0) return 0;
-    /* ranks up to 64: l1_fused_cuda.cu, delta never in memory; PAFT_L1_FUSED=0 keeps this path */
+/* The fused kernel (l1_fused_cuda.cu, delta never in memory) takes the module when its partial
+ * sums fit in the delta scratch (ranks up to about 50); PAFT_L1_FUSED=0 keeps the cuBLASLt path. */
+static bool l1_fused_takes(int out, int in, int r) {
     const char *fused = getenv("PAFT_L1_FUSED");
-    if (!(fused && fused[0] == '0') &&
-        l1_penalty_fused_supported(out, in, r, n * sizeof(float)))
-        return l1_penalty_fused_cuda(dA, dB, A, B, out, in, r, scale, lambda, delta_scratch,
-                                     n * sizeof(float), ctx->partials);
+    return !(fused && fused[0] == '0') &&
+           l1_penalty_fused_supported(out, in, r, (size_t)out * in * sizeof(float));
+}
+
+/* The cuBLASLt path: delta into the scratch (TF32), its |sum| (synchronises), sign in place, the
+ * two gradient products. */
+static double l1_penalty_unfused(CudaContext *ctx, float *dA, float *dB, const float *A,
+                                 const float *B, int out, int in, int r, float scale, float lambda,
+                                 float *delta_scratch) {
+    const size_t n = (size_t)out * in;
     lt_gemm_typed(ctx, CUBLAS_OP_N, CUBLAS_OP_N, in, out, r, A, in, B, r, CUDA_R_32F, delta_scratch,
                   CUDA_R_32F, in, scale, 0.0f);
     const double abs_sum = reduce_to_double(ctx, delta_scratch, n, AbsMap());
@@ -1031,6 +1034,32 @@ extern "C" double l1_penalty_cuda(CudaContext *ctx, float *dA, float *dB, const 
         lt_gemm_typed(ctx, CUBLAS_OP_T, CUBLAS_OP_N, r, out, in, A, in, delta_scratch, in,
                       CUDA_R_32F, dB, CUDA_R_32F, r, coef, 1.0f);
     return (double)lambda * abs_sum;
+}
+
+extern "C" double l1_penalty_cuda(CudaContext *ctx, float *dA, float *dB, const float *A,
+                                  const float *B, int out, int in, int r, float scale,
+                                  float lambda, float *delta_scratch) {
+    if ((size_t)out * in == 0) return 0;
+    if (!l1_fused_takes(out, in, r))
+        return l1_penalty_unfused(ctx, dA, dB, A, B, out, in, r, scale, lambda, delta_scratch);
+    double *total = ctx->partials; /* one double of the reductions' scratch */
+    CHECK_CUDA(cudaMemset(total, 0, sizeof(double)));
+    l1_penalty_fused_add_cuda(dA, dB, A, B, out, in, r, scale, lambda, delta_scratch,
+                              (size_t)out * in * sizeof(float), total);
+    double value = 0;
+    CHECK_CUDA(cudaMemcpy(&value, total, sizeof value, cudaMemcpyDeviceToHost));
+    return value;
+}
+
+extern "C" double l1_penalty_add_cuda(CudaContext *ctx, float *dA, float *dB, const float *A,
+                                      const float *B, int out, int in, int r, float scale,
+                                      float lambda, float *delta_scratch, double *device_total) {
+    if ((size_t)out * in == 0) return 0;
+    if (!l1_fused_takes(out, in, r))
+        return l1_penalty_unfused(ctx, dA, dB, A, B, out, in, r, scale, lambda, delta_scratch);
+    l1_penalty_fused_add_cuda(dA, dB, A, B, out, in, r, scale, lambda, delta_scratch,
+                              (size_t)out * in * sizeof(float), device_total);
+    return 0;
 }
 
 /* ---- host <-> device ------------------------------------------------------------------------- */

@@ -193,11 +193,20 @@ double sum_squares_cuda(CudaContext *ctx, const float *x, size_t n);
  * = scale B A, returns lambda * sum |delta| (double), and adds dB += lambda scale sign(delta) A^T
  * and dA += lambda scale B^T sign(delta) (either may be NULL). A [r][in], B [out][r] and the
  * gradients are the fp32 master factors; sign(0) = 0 as on the CPU. delta_scratch: out x in
- * floats of device memory. Ranks up to 64 (l1_fused.h): delta tile by tile on tensor cores with
- * the factors split into two bf16 each, only partial sums in the scratch. Above (or with
- * PAFT_L1_FUSED=0): delta into the scratch by cuBLASLt, then the sums and two more products. */
+ * floats of device memory. Ranks up to about 50 (l1_fused.h): delta tile by tile on tensor cores
+ * with the factors split into three bf16 each (fp32's 24 bits), only partial sums in the
+ * scratch. Above (or with PAFT_L1_FUSED=0): delta into the scratch by cuBLASLt on TF32 (10-bit
+ * products: near-zero deltas may take the other sign), then the sums and two more products.
+ * Synchronises (the value comes back to the host). */
 double l1_penalty_cuda(CudaContext *ctx, float *dA, float *dB, const float *A, const float *B,
                        int out, int in, int r, float scale, float lambda, float *delta_scratch);
+/* The same without waiting where the fused kernel runs: the value is added to *device_total (one
+ * double of device memory, on the default stream) and 0 returned; on the cuBLASLt path the value
+ * is returned (after a wait) and *device_total left alone. A step's modules then cost one wait,
+ * not one each. */
+double l1_penalty_add_cuda(CudaContext *ctx, float *dA, float *dB, const float *A, const float *B,
+                           int out, int in, int r, float scale, float lambda, float *delta_scratch,
+                           double *device_total);
 
 /* Host <-> device helpers for tests and loading: fp32 host arrays to bf16 device and back;
  * int32 and double copies; cuda_calloc returns zeroed device memory. */

@@ -153,10 +153,14 @@ static inline void dev_allreduce_sum_stat(DevCtx *ctx, int dp, stat_t *buf, size
 static inline double dev_sum_squares(DevCtx *ctx, const stat_t *x, size_t n) {
     return sum_squares_cuda(ctx->cuda, x, n);
 }
-static inline double dev_l1_penalty(DevCtx *ctx, stat_t *dA, stat_t *dB, const stat_t *A,
-                                    const stat_t *B, int out, int in, int r, float scale,
-                                    float lambda, stat_t *delta_scratch) {
-    return l1_penalty_cuda(ctx->cuda, dA, dB, A, B, out, in, r, scale, lambda, delta_scratch);
+/* the L1 term of one module: its value added to *device_total (one double of device memory)
+ * where that needs no wait, else returned */
+static inline double dev_l1_penalty_add(DevCtx *ctx, stat_t *dA, stat_t *dB, const stat_t *A,
+                                        const stat_t *B, int out, int in, int r, float scale,
+                                        float lambda, stat_t *delta_scratch,
+                                        double *device_total) {
+    return l1_penalty_add_cuda(ctx->cuda, dA, dB, A, B, out, in, r, scale, lambda, delta_scratch,
+                               device_total);
 }
 static inline void dev_adamw(stat_t *params, const stat_t *grads, stat_t *m, stat_t *v, size_t n,
                              int64_t step, double lr, const AdamWHyper *h, float grad_scale) {
@@ -395,9 +399,11 @@ static inline void dev_allreduce_sum_stat(DevCtx *ctx, int dp, stat_t *buf, size
 static inline double dev_sum_squares(DevCtx *ctx, const stat_t *x, size_t n) {
     return grad_sum_squares(x, n);
 }
-static inline double dev_l1_penalty(DevCtx *ctx, stat_t *dA, stat_t *dB, const stat_t *A,
-                                    const stat_t *B, int out, int in, int r, float scale,
-                                    float lambda, stat_t *delta_scratch) {
+static inline double dev_l1_penalty_add(DevCtx *ctx, stat_t *dA, stat_t *dB, const stat_t *A,
+                                        const stat_t *B, int out, int in, int r, float scale,
+                                        float lambda, stat_t *delta_scratch,
+                                        double *device_total) {
+    (void)device_total;
     return l1_penalty(dA, dB, A, B, out, in, r, (real)scale, (real)lambda, delta_scratch);
 }
 static inline void dev_adamw(stat_t *params, const stat_t *grads, stat_t *m, stat_t *v, size_t n,

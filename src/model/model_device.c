@@ -98,6 +98,7 @@ struct ModelDevice {
     int resident;
     void *train_memory;
     stat_t *adam_m, *adam_v, *delta_scratch;
+    double *l1_total; /* one double: the step's L1 term, summed on the device */
     size_t train_bytes;
 
     /* activations and backward scratch for up to max_B x max_T tokens, one arena */
@@ -973,12 +974,14 @@ static void device_train_begin(ModelDevice *d, MPI_Comm dp_comm, int collectives
     arena_take(&count, m->n_lora, sizeof(stat_t));
     arena_take(&count, m->n_lora, sizeof(stat_t));
     arena_take(&count, largest_local_delta(m), sizeof(stat_t));
+    arena_take(&count, 1, sizeof(double));
     d->train_bytes = count.cursor;
     d->train_memory = dev_alloc(d->train_bytes);
     Arena bind = {d->train_memory, 0};
     d->adam_m = arena_take(&bind, m->n_lora, sizeof(stat_t));
     d->adam_v = arena_take(&bind, m->n_lora, sizeof(stat_t));
     d->delta_scratch = arena_take(&bind, largest_local_delta(m), sizeof(stat_t));
+    d->l1_total = arena_take(&bind, 1, sizeof(double));
     device_lora_from_host(d, NULL, NULL);
     d->resident = 1;
 }
@@ -1003,21 +1006,25 @@ static double device_grads_sum_squares(ModelDevice *d, size_t offset, size_t n) 
 }
 
 /* step.c's add_l1_penalty on the device's fp32 values: this rank's rows (column-parallel) or
- * columns (row-parallel) of each delta. */
+ * columns (row-parallel) of each delta. The modules' values add up on the device where the fused
+ * kernel takes them (one wait for the step instead of one per module), the others' on the host. */
 static double device_l1_penalty(ModelDevice *d, double lambda) {
     const Model *m = d->m;
-    double l1 = 0;
+    double l1 = 0, on_device = 0;
     phase(d, PHASE_OPTIMIZER);
+    dev_zero(d->l1_total, sizeof(double));
     for (int l = 0; l < m->config.num_layers; l++)
         for (int p = 0; p < N_PROJ; p++) {
             if (!m->lora.targets[p]) continue;
             const DevLayerLora *lo = &d->lora[l];
-            l1 += dev_l1_penalty(&d->ctx, lo->dA[p], lo->dB[p], lo->mA[p], lo->mB[p],
-                                 model_local_out(m, p), model_local_in(m, p), m->lora.r,
-                                 (float)m->lora.scale, (float)lambda, d->delta_scratch);
+            l1 += dev_l1_penalty_add(&d->ctx, lo->dA[p], lo->dB[p], lo->mA[p], lo->mB[p],
+                                     model_local_out(m, p), model_local_in(m, p), m->lora.r,
+                                     (float)m->lora.scale, (float)lambda, d->delta_scratch,
+                                     d->l1_total);
         }
+    dev_download(&on_device, d->l1_total, sizeof(double));
     phase(d, PHASE_IDLE);
-    return l1;
+    return l1 + on_device;
 }
 
 static void device_adamw_step(ModelDevice *d, int64_t step, double lr, const AdamWHyper *hyper,

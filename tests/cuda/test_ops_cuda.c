@@ -310,16 +310,65 @@ static void l1_check(CudaContext *ctx, int out_f, int in_f, int rank, int fused_
     free(A); free(B); free(dA); free(dB); free(delta); free(nans); free(got_dA); free(got_dB);
 }
 
-/* The fused kernel at ranks padded to 16, 32 and 48, sizes not multiples of its 64 x 64 tiles,
- * several tiles and strips of four tiles each way; the cuBLASLt path where the partials do not fit
- * (r 64) or PAFT_L1_FUSED=0. */
+/* l1_penalty_fused_add_cuda itself: scratch of exactly the bytes it asks for (the emulator stops
+ * a kernel that writes past an allocation), NaN-filled; dA or dB NULL; constant factors, where
+ * every element of delta is the same product and no error averages out (the two-part split of a
+ * first version was 2.6e-5 off there); and the value added onto the device total. */
+static void test_l1_fused_direct(Rng *rng) {
+    const int out_f = 130, in_f = 200, rank = 16;
+    const float scale = 0.5f, lambda = 0.1f;
+    const size_t na = (size_t)rank * in_f, nb = (size_t)out_f * rank;
+    for (int variant = 0; variant < 3; variant++) { /* 0: constant factors; 1: no dA; 2: no dB */
+        float *A = variant == 0 ? filled(na, 1.0037293f) : random_f32(na, 1.0, rng);
+        float *B = variant == 0 ? filled(nb, 1.0271221f) : random_f32(nb, 1.0, rng);
+        float *dA = random_f32(na, 0.1, rng), *dB = random_f32(nb, 0.1, rng);
+        float *dA0 = malloc(na * sizeof(float)), *dB0 = malloc(nb * sizeof(float));
+        memcpy(dA0, dA, na * sizeof(float));
+        memcpy(dB0, dB, nb * sizeof(float));
+        float *delta = malloc((size_t)out_f * in_f * sizeof(float));
+        const double want = l1_penalty(variant == 1 ? NULL : dA, variant == 2 ? NULL : dB, A, B,
+                                       out_f, in_f, rank, scale, lambda, delta);
+        const size_t bytes = l1_penalty_fused_scratch_bytes(out_f, in_f, rank);
+        float *nans = filled((bytes + 3) / 4, NAN);
+        void *d_scratch = cuda_upload_f32(nans, bytes / 4); /* bytes is a multiple of 8 */
+        float *d_A = cuda_upload_f32(A, na), *d_B = cuda_upload_f32(B, nb);
+        float *d_dA = cuda_upload_f32(dA0, na), *d_dB = cuda_upload_f32(dB0, nb);
+        double *d_total = cuda_calloc(sizeof(double));
+        l1_penalty_fused_add_cuda(variant == 1 ? NULL : d_dA, variant == 2 ? NULL : d_dB, d_A, d_B,
+                                  out_f, in_f, rank, scale, lambda, d_scratch, bytes, d_total);
+        double total = 0;
+        cuda_download_f64(&total, d_total, 1);
+        CHECK(fabs(total - want) <= 1e-6 * want, "fused L1 (variant %d): %.9g, expected %.9g",
+              variant, total, want);
+        /* a second module's worth adds onto the total (no gradients asked for) */
+        l1_penalty_fused_add_cuda(NULL, NULL, d_A, d_B, out_f, in_f, rank, scale, lambda, d_scratch,
+                                  bytes, d_total);
+        cuda_download_f64(&total, d_total, 1);
+        CHECK(fabs(total - 2 * want) <= 2e-6 * want, "fused L1 added twice: %.9g, expected %.9g",
+              total, 2 * want);
+        float *got = malloc((na > nb ? na : nb) * sizeof(float));
+        cuda_download_f32(got, d_dA, na);
+        compare(variant == 1 ? "fused L1 dA (not asked for)" : "fused L1 dA", got, variant == 1 ? dA0 : dA, na, 1e-5);
+        cuda_download_f32(got, d_dB, nb);
+        compare(variant == 2 ? "fused L1 dB (not asked for)" : "fused L1 dB", got, variant == 2 ? dB0 : dB, nb, 1e-5);
+        cuda_free(d_scratch); cuda_free(d_A); cuda_free(d_B); cuda_free(d_dA); cuda_free(d_dB);
+        cuda_free(d_total);
+        free(A); free(B); free(dA); free(dB); free(dA0); free(dB0); free(delta); free(nans); free(got);
+    }
+}
+
+/* The fused kernel at ranks padded to 16, 32, 48 and 64, sizes not multiples of its 64 x 64
+ * tiles, several tiles and strips of four tiles each way; the cuBLASLt path where the partials do
+ * not fit (r 64 on 64 x 72) or PAFT_L1_FUSED=0. */
 static void test_l1_penalty(CudaContext *ctx, Rng *rng) {
-    const struct { int out, in, r; } fused[] = {{40, 24, 4}, {200, 300, 16}, {128, 300, 33}, {192, 256, 48}};
+    const struct { int out, in, r; } fused[] = {
+        {40, 24, 4}, {200, 300, 16}, {128, 300, 33}, {192, 256, 48}, {128, 256, 50}};
     for (size_t i = 0; i < sizeof fused / sizeof fused[0]; i++) {
         l1_check(ctx, fused[i].out, fused[i].in, fused[i].r, 1, 1, rng);
         l1_check(ctx, fused[i].out, fused[i].in, fused[i].r, 0, 0, rng);
     }
     l1_check(ctx, 64, 72, 64, 1, 0, rng);
+    test_l1_fused_direct(rng);
 }
 
 static void test_model_support(CudaContext *ctx, Rng *rng) {

@@ -161,7 +161,7 @@ int main(int argc, char **argv) {
     });
     check("sum of squares, L1 term", [&] {
         Device d;
-        const int out_f = 48, in_f = 40, r = 8;
+        const int out_f = 200, in_f = 300, r = 33; /* the fused kernel: strips, several tiles */
         float *g = d.f32(random_values(200001, 1.0, 17));
         float *A = d.f32(random_values((size_t)r * in_f, 1.0, 18));
         float *Bf = d.f32(random_values((size_t)out_f * r, 1.0, 19));
