@@ -3,16 +3,17 @@
 # the CUDA tests (every op, the device model and `paft run` against the CPU backend), then
 # `paft bench` on the issue's shapes and the PyTorch + PEFT anchor in the same call. Logs and
 # JSON lines go to $OUT; a short table is printed last.
-#   usage (device tool): bash tests/bench/gpu_check.sh DEPS [tests|bench|profile|all]
+#   usage (device tool): bash tests/bench/gpu_check.sh DEPS [tests|bench|profile|memcheck|all]
 #   (a call may run 10 minutes: if `all` does not fit, run `tests`, then `bench` while it is warm;
 #   `profile`: the step's device time by phase, `paft bench profile=1`, for llama-1b and mistral-7b,
-#   the merge's passes on CPU and GPU (bench_merge), and compute-sanitizer's memcheck of the op and
-#   merge tests; about two minutes)
+#   against each PAFT_* switch of kernels/README.md and with the L1 term, and the merge's passes on
+#   CPU and GPU (bench_merge): 16 short bench runs, about five minutes; `memcheck`:
+#   compute-sanitizer's memcheck of the op and merge tests)
 #   Nsight Compute (ncu) hangs on the lent machine ("Failed to profile nvjet_sm90...") and Nsight
 #   Systems is not installed: use `profile`.
 #   DEPS: the folder made by tests/bench/fetch_device_deps.sh, named in the call's `carry`.
 set -uo pipefail
-deps=${1:?usage: gpu_check.sh DEPS [tests|bench|profile|all]} what=${2:-all}
+deps=${1:?usage: gpu_check.sh DEPS [tests|bench|profile|memcheck|all]} what=${2:-all}
 out=${OUT:-/tmp/paft-gpu-out}
 mkdir -p "$out"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
@@ -66,6 +67,10 @@ if [ "$what" = profile ]; then
   echo "== merge, one 4096 x 14336 tensor"
   OMP_NUM_THREADS=16 build-gpu/tests/merge/bench_merge 4096 14336 3 cpu 2>&1 | tee "$out/merge_cpu.log"
   build-gpu/tests/merge/bench_merge 4096 14336 3 cuda 2>&1 | tee "$out/merge_cuda.log"
+  exit 0
+fi
+
+if [ "$what" = memcheck ]; then # compute-sanitizer's memcheck of the op and merge tests
   /usr/local/cuda/bin/compute-sanitizer --tool memcheck --print-limit 5 \
     build-gpu/tests/cuda/test_ops_cuda > "$out/memcheck.log" 2>&1
   grep -E "ERROR SUMMARY|test_ops_cuda:" "$out/memcheck.log"
