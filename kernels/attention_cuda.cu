@@ -21,12 +21,12 @@
 #include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
 #include <mma.h>
 #include <type_traits>
 
 #include "attention_mma.h"
 #include "cuda_check.h"
+#include "mma_tiles.cuh"
 #include "ops_cuda.h"
 
 /* ---- shared helpers ------------------------------------------------------------------------- */
@@ -459,15 +459,6 @@ __global__ static void attention_delta_kernel(float *delta, const floatX *dout, 
     delta[((size_t)b * Hq + h) * T + t] = sum;
 }
 
-/* 8 bf16 (16 bytes, src 16-byte aligned) in one load on the GPU. */
-__device__ static inline void load8(floatX (&dst)[8], const floatX *src) {
-#ifdef __CUDA_ARCH__
-    *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
-#else
-    memcpy(dst, src, sizeof dst);
-#endif
-}
-
 /* The same with each row's D = 8 LANES elements split over LANES neighbouring lanes, 8 elements
  * (16 bytes) of dout and of out each, summed over the lanes by shuffles: a warp reads whole
  * 16-byte pieces of consecutive rows, where one thread per row made each of its 2-byte loads
@@ -482,8 +473,8 @@ __global__ static void attention_delta_vec_kernel(float *delta, const floatX *do
     float sum = 0.0f;
     if (n < rows) {
         alignas(16) floatX a[8], c[8];
-        load8(a, dout + n * D + 8 * part);
-        load8(c, out + n * D + 8 * part);
+        copy8(a, dout + n * D + 8 * part); /* 16-byte loads (mma_tiles.cuh) */
+        copy8(c, out + n * D + 8 * part);
 #pragma unroll
         for (int e = 0; e < 8; e++) sum += bf16_to_float(a[e]) * bf16_to_float(c[e]);
     }

@@ -108,6 +108,26 @@ __device__ static inline void mma_split3(float (&c)[4], const uint32_t (&a)[3][4
     mma16816(c, a[0], b[0][0], b[0][1]); /* hi hi */
 }
 
+/* acc (16 x 8 rank_tiles8) += s (a sign operand, step kk of 16) times the split tile's parts,
+ * the smallest first (a sign is exact in bf16, so each part's product is as exact as the part).
+ * RanksAreRows: the parts are [ranks][64] (A: B[k][n] = part[n][16 kk + k]); else [64][ranks]
+ * (B: B[k][n] = part[16 kk + k][n]). */
+template <bool RanksAreRows, int rank_tiles8>
+__device__ static inline void mma_sign_times_split(float (&acc)[rank_tiles8][4],
+                                                   const uint32_t (&s)[4], const floatX *parts,
+                                                   size_t part, int ld, int kk) {
+#pragma unroll
+    for (int n = 0; n < rank_tiles8; n += 2)
+#pragma unroll
+        for (int i = 2; i >= 0; i--) {
+            uint32_t b[4];
+            if (RanksAreRows) load_b_rows(b, parts + i * part, ld, 8 * n, 16 * kk);
+            else load_b_cols(b, parts + i * part, ld, 16 * kk, 8 * n);
+            mma16816(acc[n], s, b[0], b[1]);
+            mma16816(acc[n + 1], s, b[2], b[3]);
+        }
+}
+
 /* One block per strip of l1_strip tiles along a row of tiles (grid: strips, out tiles), the
  * tiles one after another; RP = the rank padded to a multiple of 16. */
 template <int RP>
@@ -188,15 +208,7 @@ __global__ static void __launch_bounds__(l1_threads)
         for (int kk = 0; kk < l1_tile / 16; kk++) {
             uint32_t sa[4];
             a_from_c(sa, d[2 * kk], d[2 * kk + 1]);
-#pragma unroll
-            for (int n = 0; n < rank_tiles8; n += 2)
-#pragma unroll
-                for (int i = 2; i >= 0; i--) {
-                    uint32_t b[4];
-                    load_b_rows(b, As + i * A_part, LDT, 8 * n, 16 * kk);
-                    mma16816(db[n], sa, b[0], b[1]);
-                    mma16816(db[n + 1], sa, b[2], b[3]);
-                }
+            mma_sign_times_split<true>(db, sa, As, A_part, LDT, kk);
         }
         __syncthreads(); /* S is complete; every warp is done with A */
 
@@ -208,32 +220,13 @@ __global__ static void __launch_bounds__(l1_threads)
         for (int kk = 0; kk < l1_tile / 16; kk++) {
             uint32_t sa[4];
             load_a_trans(sa, S, LDT, 16 * warp, 16 * kk);
-#pragma unroll
-            for (int n = 0; n < rank_tiles8; n += 2)
-#pragma unroll
-                for (int i = 2; i >= 0; i--) {
-                    uint32_t b[4];
-                    load_b_cols(b, Bs + i * B_part, LDR, 16 * kk, 8 * n);
-                    mma16816(da[n], sa, b[0], b[1]);
-                    mma16816(da[n + 1], sa, b[2], b[3]);
-                }
+            mma_sign_times_split<false>(da, sa, Bs, B_part, LDR, kk);
         }
-#pragma unroll
-        for (int n = 0; n < rank_tiles8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int i = i0 + 16 * warp + g + 8 * (e / 2), k = 8 * n + 2 * c4 + e % 2;
-                if (i < in && k < r) part.da_part[((size_t)to * r + k) * in + i] = da[n][e];
-            }
+        /* dA's share [r][in]: the columns i are the C tiles' rows */
+        store_c_tiles(part.da_part + (size_t)to * r * in, in, true, i0 + 16 * warp, in, 0, r, da);
     }
 
-#pragma unroll
-    for (int n = 0; n < rank_tiles8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int o = o0 + 16 * warp + g + 8 * (e / 2), k = 8 * n + 2 * c4 + e % 2;
-            if (o < out && k < r) part.db_part[((size_t)strip * out + o) * r + k] = db[n][e];
-        }
+    store_c_tiles(part.db_part + (size_t)strip * out * r, r, false, o0 + 16 * warp, out, 0, r, db);
     for (int offset = 16; offset > 0; offset /= 2)
         abs_sum += __shfl_xor_sync(full_warp, abs_sum, offset);
     if (threadIdx.x % 32 == 0) warp_sums[warp] = abs_sum;
@@ -241,24 +234,6 @@ __global__ static void __launch_bounds__(l1_threads)
     if (threadIdx.x == 0)
         part.abs_part[(size_t)to * gridDim.x + strip] =
             (warp_sums[0] + warp_sums[1]) + (warp_sums[2] + warp_sums[3]);
-}
-
-/* dB[o][k] += coef * the strips' partials in order; then dA[k][i] += coef * the out tiles'. One
- * thread per element of dB, then of dA. */
-__global__ static void l1_gradients_kernel(float *dA, float *dB, L1Parts part, int out, int in,
-                                           int r, float coef) {
-    const size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    const size_t n_db = dB ? (size_t)out * r : 0, n_da = dA ? (size_t)r * in : 0;
-    if (e < n_db) {
-        float sum = 0.0f;
-        for (size_t t = 0; t < l1_strips(in); t++) sum += part.db_part[t * ((size_t)out * r) + e];
-        dB[e] += coef * sum;
-    } else if (e < n_db + n_da) {
-        const size_t j = e - n_db;
-        float sum = 0.0f;
-        for (size_t t = 0; t < l1_tiles(out); t++) sum += part.da_part[t * ((size_t)r * in) + j];
-        dA[j] += coef * sum;
-    }
 }
 
 /* *total += lambda * the blocks' sums of |delta|: one block of l1_sum_threads, thread j adding
@@ -303,9 +278,14 @@ extern "C" void l1_penalty_fused_add_cuda(float *dA, float *dB, const float *A, 
     else if (r <= 32) l1_launch<32>(part, A, B, out, in, r, scale);
     else if (r <= 48) l1_launch<48>(part, A, B, out, in, r, scale);
     else l1_launch<64>(part, A, B, out, in, r, scale);
-    const size_t n = (dB ? (size_t)out * r : 0) + (dA ? (size_t)r * in : 0);
-    if (n > 0) {
-        l1_gradients_kernel<<<(unsigned)((n + 255) / 256), 256>>>(dA, dB, part, out, in, r, lambda * scale);
+    /* dB += c * the strips' partials in order, dA += c * the out tiles' (mma_tiles.cuh) */
+    const size_t n_db = (size_t)out * r, n_da = (size_t)r * in;
+    if (dB) {
+        add_partial_sums_kernel<<<(unsigned)((n_db + 255) / 256), 256>>>(dB, part.db_part, l1_strips(in), n_db, lambda * scale);
+        CHECK_LAUNCH();
+    }
+    if (dA) {
+        add_partial_sums_kernel<<<(unsigned)((n_da + 255) / 256), 256>>>(dA, part.da_part, l1_tiles(out), n_da, lambda * scale);
         CHECK_LAUNCH();
     }
     l1_sum_kernel<<<1, l1_sum_threads>>>(device_total, part.abs_part, l1_tiles(out) * l1_strips(in), (double)lambda);

@@ -84,19 +84,28 @@ __device__ static inline void tiles_arrived() {
 #endif
 }
 
-/* dst[r][0..D) (row stride D + 8) = row (row0 + r) of src for r < rows, zeros at or past T; src
- * points at (b, t = 0, head) of a [B][T][H][D] tensor whose rows are row_stride apart. 16-byte
- * copies (D is a multiple of 8, every row starts 16-byte aligned), asynchronous: see
+/* dst[r][0..W) (row stride W + 8) = columns c0 .. c0 + W - 1 of row (row0 + r) of src for
+ * r < rows, zeros at or past row_end or past column cols (a multiple of 8); src's rows are
+ * row_stride apart. 16-byte copies (every row starts 16-byte aligned), asynchronous: see
  * tiles_arrived(). */
+template <int W>
+__device__ static void load_tile_window(floatX *dst, const floatX *src, size_t row_stride,
+                                        int row0, int rows, int row_end, int c0, int cols) {
+    constexpr int per_row = W / 8;
+    for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
+        const int r = e / per_row, col = (e % per_row) * 8;
+        const int t = row0 + r, c = c0 + col;
+        copy8_async(dst + r * (W + 8) + col,
+                    t < row_end && c < cols ? src + (size_t)t * row_stride + c : nullptr);
+    }
+}
+
+/* The whole D-wide rows: src points at (b, t = 0, head) of a [B][T][H][D] tensor whose rows are
+ * row_stride apart; zeros at or past T. */
 template <int D>
 __device__ static void load_tile(floatX *dst, const floatX *src, int row0, int rows, int T,
                                  size_t row_stride) {
-    constexpr int per_row = D / 8;
-    for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
-        const int r = e / per_row, col = (e % per_row) * 8;
-        const int t = row0 + r;
-        copy8_async(dst + r * (D + 8) + col, t < T ? src + (size_t)t * row_stride + col : nullptr);
-    }
+    load_tile_window<D>(dst, src, row_stride, row0, rows, T, 0, D);
 }
 
 /* c += A B for one 16 x 16 x 8 block (the layouts above). */
@@ -263,6 +272,37 @@ __device__ static inline void store2(floatX *dst, uint32_t pair) {
 #else
     memcpy(dst, &pair, sizeof pair);
 #endif
+}
+
+/* A warp's C tiles acc[n] (rows m0 .. m0 + 15, columns n0 + 8 n ..) to fp32 memory: out[m ld + n],
+ * or with transposed out[n ld + m]; only rows below m_end and columns below n_end. */
+template <int n_tiles8>
+__device__ static inline void store_c_tiles(float *out, size_t ld, bool transposed, int m0,
+                                            int m_end, int n0, int n_end,
+                                            const float (&acc)[n_tiles8][4]) {
+    const int g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
+#pragma unroll
+    for (int n = 0; n < n_tiles8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int m = m0 + g + 8 * (e / 2), col = n0 + 8 * n + 2 * c4 + e % 2;
+            if (m < m_end && col < n_end)
+                out[transposed ? (size_t)col * ld + m : (size_t)m * ld + col] = acc[n][e];
+        }
+}
+
+/* out[e] += alpha * (partial[e] + partial[n + e] + ... + partial[(count - 1) n + e]), the parts
+ * in order: the fixed-order sum of the fp32 partials the split kernels leave in scratch
+ * (thin_gemm_cuda.cu's chunks of tokens, l1_fused_cuda.cu's tiles). One thread per element;
+ * maybe_unused: the attention files include this header without it. */
+[[maybe_unused]] __global__ static void add_partial_sums_kernel(float *out, const float *partial,
+                                                                size_t count, size_t n,
+                                                                float alpha) {
+    const size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (e >= n) return;
+    float sum = 0.0f;
+    for (size_t c = 0; c < count; c++) sum += partial[c * n + e];
+    out[e] += alpha * sum;
 }
 
 #endif /* PAFT_MMA_TILES_CUH */

@@ -32,19 +32,6 @@ static constexpr int thin_rows = 128;     /* features (rows of out) per block */
 static constexpr int thin_step = 64;      /* tokens per stage: 16 KB of X in flight per block */
 static constexpr int thin_max_j = 256;    /* widest thin side taken here */
 
-/* A tile of `rows` tokens from row t0 of a [N][ld] matrix, columns c0 .. c0 + W - 1, into dst
- * (row stride W + 8); zeros past N or past `cols` (cols a multiple of 8: whole 16-byte pieces). */
-template <int W>
-__device__ static void load_token_tile(floatX *dst, const floatX *src, int ld, int t0, int rows,
-                                       int N, int c0, int cols) {
-    constexpr int per_row = W / 8;
-    for (int e = threadIdx.x; e < rows * per_row; e += blockDim.x) {
-        const int r = e / per_row, col = (e % per_row) * 8;
-        const int t = t0 + r, c = c0 + col;
-        copy8_async(dst + r * (W + 8) + col, t < N && c < cols ? src + (size_t)t * ld + c : nullptr);
-    }
-}
-
 /* partial[chunk] = the sum over the chunk's tokens of X[t][f] Y[t][j], for this block's 128
  * features and J_TILE columns, laid out as out is ([F][J], or [J][F] transposed) so that the sum
  * reads it in order. grid: (features / 128, J / J_TILE, chunks), all rounded up. */
@@ -55,7 +42,7 @@ __global__ static void __launch_bounds__(thin_threads)
     constexpr int LDX = thin_rows + 8, LDY = J_TILE + 8, n_tiles8 = J_TILE / 8;
     const int f0 = blockIdx.x * thin_rows, j0 = blockIdx.y * J_TILE;
     const int t_begin = blockIdx.z * chunk_tokens, t_end = min(N, t_begin + chunk_tokens);
-    const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
+    const int warp = threadIdx.x / 32;
 
     extern __shared__ float thin_smem[];
     floatX *X_buf = (floatX *)thin_smem;            /* [2][thin_step][LDX] */
@@ -65,17 +52,17 @@ __global__ static void __launch_bounds__(thin_threads)
     zero_tiles(acc[0]);
     zero_tiles(acc[1]);
 
-    load_token_tile<thin_rows>(X_buf, X, ld_x, t_begin, thin_step, t_end, f0, F);
-    load_token_tile<J_TILE>(Y_buf, Y, ld_y, t_begin, thin_step, t_end, j0, J);
+    load_tile_window<thin_rows>(X_buf, X, ld_x, t_begin, thin_step, t_end, f0, F);
+    load_tile_window<J_TILE>(Y_buf, Y, ld_y, t_begin, thin_step, t_end, j0, J);
     /* stage i is read from buffer i % 2 while stage i + 1 travels into the other */
     for (int t0 = t_begin, buf = 0; t0 < t_end; t0 += thin_step, buf ^= 1) {
         tiles_arrived();
         __syncthreads(); /* this stage is in; every warp is done with the other buffer */
         if (t0 + thin_step < t_end) {
-            load_token_tile<thin_rows>(X_buf + (buf ^ 1) * thin_step * LDX, X, ld_x,
-                                       t0 + thin_step, thin_step, t_end, f0, F);
-            load_token_tile<J_TILE>(Y_buf + (buf ^ 1) * thin_step * LDY, Y, ld_y, t0 + thin_step,
-                                    thin_step, t_end, j0, J);
+            load_tile_window<thin_rows>(X_buf + (buf ^ 1) * thin_step * LDX, X, ld_x,
+                                        t0 + thin_step, thin_step, t_end, f0, F);
+            load_tile_window<J_TILE>(Y_buf + (buf ^ 1) * thin_step * LDY, Y, ld_y, t0 + thin_step,
+                                     thin_step, t_end, j0, J);
         }
         const floatX *Xs = X_buf + buf * thin_step * LDX, *Ys = Y_buf + buf * thin_step * LDY;
 #pragma unroll
@@ -99,26 +86,7 @@ __global__ static void __launch_bounds__(thin_threads)
     float *out = partial + (size_t)blockIdx.z * F * J;
 #pragma unroll
     for (int m = 0; m < 2; m++)
-#pragma unroll
-        for (int n = 0; n < n_tiles8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int f = f0 + 32 * warp + 16 * m + g + 8 * (e / 2);
-                const int j = j0 + 8 * n + 2 * c4 + e % 2;
-                if (f < F && j < J)
-                    out[transposed ? (size_t)j * F + f : (size_t)f * J + j] = acc[m][n][e];
-            }
-}
-
-/* out[e] += alpha * the chunks' partial sums of element e, added in chunk order (out and each
- * chunk's partial share a layout): one thread per element. */
-__global__ static void thin_weight_grad_sum_kernel(float *out, const float *partial, int chunks,
-                                                   size_t n, float alpha) {
-    const size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
-    if (e >= n) return;
-    float sum = 0.0f;
-    for (int c = 0; c < chunks; c++) sum += partial[c * n + e];
-    out[e] += alpha * sum;
+        store_c_tiles(out, transposed ? F : J, transposed, f0 + 32 * warp + 16 * m, F, j0, J, acc[m]);
 }
 
 /* The chunking: enough blocks for about four per SM, within two limits. A chunk's partial sums
@@ -158,7 +126,8 @@ static void thin_launch(float *out, int transposed, const floatX *X, int ld_x, c
     thin_weight_grad_kernel<J_TILE><<<grid, thin_threads, smem>>>(partial, transposed, X, ld_x, Y, ld_y, N, F, J, chunk_tokens);
     CHECK_LAUNCH();
     const size_t n = (size_t)F * J;
-    thin_weight_grad_sum_kernel<<<(unsigned)((n + 255) / 256), 256>>>(out, partial, chunks, n, alpha);
+    /* the chunks' partials share out's layout: added in chunk order */
+    add_partial_sums_kernel<<<(unsigned)((n + 255) / 256), 256>>>(out, partial, (size_t)chunks, n, alpha);
     CHECK_LAUNCH();
 }
 
