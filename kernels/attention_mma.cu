@@ -26,6 +26,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "attention_mma.h"
@@ -67,6 +68,27 @@ __device__ static inline size_t ds_tile_offset(int b, int h, int key_tile, int q
     return tile * mma_tile * mma_tile;
 }
 
+/* ---- which tile a block takes ------------------------------------------------------------------
+ * A block's work is uneven under the causal mask: the forward and dq blocks of query tile i visit
+ * i + 1 key tiles, the dk, dv blocks of key tile i visit n - i query tiles (n tiles in all). The
+ * block scheduler starts blocks roughly in the order of their linear index (x fastest), so with the
+ * tile on x, "longest first" held only within each (head, batch) row: the last blocks to start
+ * were a mix of long and short ones, and a long one started last sets the end of the kernel.
+ * Decoded with the tile's rank slowest (longest_first), every long block of the grid starts before
+ * any shorter one, the classic longest-processing-time order, which leaves at the end only short
+ * blocks to fill the SMs that finish early. The grid's shape is the same either way: (n, heads, B).
+ * PAFT_ATTENTION_ROW_ORDER=1 keeps the row order (mma_longest_first), to compare on a GPU. */
+struct BlockWork {
+    int rank, head, batch; /* rank 0: the block with the most work */
+};
+__device__ static inline BlockWork block_work(bool longest_first) {
+    if (!longest_first) return {(int)blockIdx.x, (int)blockIdx.y, (int)blockIdx.z};
+    const unsigned per_rank = gridDim.y * gridDim.z;
+    const unsigned linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    const unsigned rest = linear % per_rank;
+    return {(int)(linear / per_rank), (int)(rest % gridDim.y), (int)(rest / gridDim.y)};
+}
+
 /* dst[col], dst[col + 1] += scale * (x0, x1), rounded once to bf16 (dst 4-byte aligned). */
 __device__ static inline void add_pair(floatX *dst, float scale, float x0, float x1) {
     dst[0] = __float2bfloat16(__bfloat162float(dst[0]) + scale * x0);
@@ -80,11 +102,13 @@ __device__ static inline void add_pair(floatX *dst, float scale, float x0, float
 template <int D>
 __global__ static void __launch_bounds__(mma_threads)
     attention_forward_mma_kernel(floatX *out, float *lse, const floatX *q, const floatX *k,
-                                 const floatX *v, int T, int Hq, int Hkv, float scale_log2) {
+                                 const floatX *v, int T, int Hq, int Hkv, float scale_log2,
+                                 bool longest_first) {
     constexpr int BQ = mma_tile, BK = mma_tile, LD = D + 8;
     constexpr int d_steps = D / 16, key_tiles8 = BK / 8, dim_tiles8 = D / 8;
-    const int q_tile = gridDim.x - 1 - blockIdx.x; /* the longest rows first */
-    const int h = blockIdx.y, b = blockIdx.z, kv_head = h / (Hq / Hkv);
+    const BlockWork work = block_work(longest_first);
+    const int q_tile = gridDim.x - 1 - work.rank; /* the longest rows first */
+    const int h = work.head, b = work.batch, kv_head = h / (Hq / Hkv);
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
     const int q0 = q_tile * BQ, q_last = min(q0 + BQ, T) - 1;
     const int t0 = q0 + 16 * warp + g, t1 = t0 + 8; /* this thread's two query rows */
@@ -223,7 +247,7 @@ __global__ static void __launch_bounds__(mma_threads)
                                      floatX *ds_t, const floatX *dout, const float *lse,
                                      const float *delta, const floatX *q, const floatX *k,
                                      const floatX *v, int T, int Hq, int Hkv, float scale_log2,
-                                     float scale) {
+                                     float scale, bool longest_first) {
     constexpr int BK = mma_tile, LD = D + 8;
     constexpr int d_steps = D / 16, query_tiles8 = BQ / 8, dim_tiles8 = D / 8;
     static_assert(mma_tile % BQ == 0, "query sub-tiles must not straddle a stored dS tile");
@@ -231,9 +255,10 @@ __global__ static void __launch_bounds__(mma_threads)
     const int tiles = (T + mma_tile - 1) / mma_tile;
     const int q_end = ds_t ? tiles * mma_tile : T; /* the first query row not visited */
     const bool per_head = partial_dk != nullptr;
-    const int k_tile = blockIdx.x, b = blockIdx.z; /* most work first */
-    const int kv_head = per_head ? blockIdx.y / group : blockIdx.y;
-    const int h_begin = per_head ? blockIdx.y : kv_head * group;
+    const BlockWork work = block_work(longest_first);
+    const int k_tile = work.rank, b = work.batch; /* most work first */
+    const int kv_head = per_head ? work.head / group : work.head;
+    const int h_begin = per_head ? work.head : kv_head * group;
     const int h_end = per_head ? h_begin + 1 : (kv_head + 1) * group;
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
     const int k0 = k_tile * BK;
@@ -415,11 +440,12 @@ __global__ static void __launch_bounds__(mma_threads)
     attention_backward_q_mma_kernel(floatX *dq, const floatX *dout, const float *lse,
                                     const float *delta, const floatX *q, const floatX *k,
                                     const floatX *v, int T, int Hq, int Hkv, float scale_log2,
-                                    float scale) {
+                                    float scale, bool longest_first) {
     constexpr int BQ = mma_tile, LD = D + 8;
     constexpr int d_steps = D / 16, key_tiles8 = BK / 8, dim_tiles8 = D / 8;
-    const int q_tile = gridDim.x - 1 - blockIdx.x; /* the longest rows first */
-    const int h = blockIdx.y, b = blockIdx.z, kv_head = h / (Hq / Hkv);
+    const BlockWork work = block_work(longest_first);
+    const int q_tile = gridDim.x - 1 - work.rank; /* the longest rows first */
+    const int h = work.head, b = work.batch, kv_head = h / (Hq / Hkv);
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
     const int q0 = q_tile * BQ, q_last = min(q0 + BQ, T) - 1;
     const int t0 = q0 + 16 * warp + g, t1 = t0 + 8;
@@ -508,11 +534,12 @@ __global__ static void __launch_bounds__(mma_threads)
 template <int D>
 __global__ static void __launch_bounds__(mma_threads)
     attention_backward_q_from_ds_kernel(floatX *dq, const floatX *ds_t, const floatX *k, int T,
-                                        int Hq, int Hkv, float scale) {
+                                        int Hq, int Hkv, float scale, bool longest_first) {
     constexpr int BQ = mma_tile, BK = mma_tile, LD = D + 8, LDS = mma_tile + 8;
     constexpr int dim_tiles8 = D / 8;
-    const int tiles = gridDim.x, q_tile = tiles - 1 - blockIdx.x; /* the longest rows first */
-    const int h = blockIdx.y, b = blockIdx.z, kv_head = h / (Hq / Hkv);
+    const BlockWork work = block_work(longest_first);
+    const int tiles = gridDim.x, q_tile = tiles - 1 - work.rank; /* the longest rows first */
+    const int h = work.head, b = work.batch, kv_head = h / (Hq / Hkv);
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
     const int t0 = q_tile * BQ + 16 * warp + g, t1 = t0 + 8;
 
@@ -584,6 +611,13 @@ static void mma_allow_smem(Kernel kernel, size_t bytes, int D) {
 
 static size_t tile_bytes(int rows, int D) { return (size_t)rows * (D + 8) * sizeof(floatX); }
 
+/* The blocks' order ("which tile a block takes"): longest first over the whole grid unless
+ * PAFT_ATTENTION_ROW_ORDER=1. */
+static bool mma_longest_first() {
+    const char *value = getenv("PAFT_ATTENTION_ROW_ORDER");
+    return !(value && value[0] == '1');
+}
+
 template <int D>
 static void launch_forward(floatX *out, float *lse, const floatX *q, const floatX *k,
                            const floatX *v, int B, int T, int Hq, int Hkv) {
@@ -591,7 +625,7 @@ static void launch_forward(floatX *out, float *lse, const floatX *q, const float
     mma_allow_smem(attention_forward_mma_kernel<D>, smem, D);
     const float scale_log2 = (float)(mma_log2e / sqrt((double)D));
     const dim3 grid((T + mma_tile - 1) / mma_tile, Hq, B);
-    attention_forward_mma_kernel<D><<<grid, mma_threads, smem>>>(out, lse, q, k, v, T, Hq, Hkv, scale_log2);
+    attention_forward_mma_kernel<D><<<grid, mma_threads, smem>>>(out, lse, q, k, v, T, Hq, Hkv, scale_log2, mma_longest_first());
     CHECK_LAUNCH();
 }
 
@@ -602,29 +636,30 @@ static void launch_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *do
                             int Hq, int Hkv) {
     const float scale = (float)(1.0 / sqrt((double)D)), scale_log2 = mma_log2e * scale;
     const int tiles = (T + mma_tile - 1) / mma_tile;
+    const bool longest_first = mma_longest_first();
     const size_t smem_kv = 2 * tile_bytes(mma_tile, D) + 4 * tile_bytes(BQ_KV, D) + 4 * BQ_KV * sizeof(float);
     mma_allow_smem(attention_backward_kv_mma_kernel<D, BQ_KV>, smem_kv, D);
     if (partials) { /* grouped-query: one block per query head, then the sum over each group */
         float *partial_dk = partials, *partial_dv = partials + (size_t)B * T * Hq * D;
-        attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hq, B), mma_threads, smem_kv>>>(dk, dv, partial_dk, partial_dv, ds_t, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
+        attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hq, B), mma_threads, smem_kv>>>(dk, dv, partial_dk, partial_dv, ds_t, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale, longest_first);
         CHECK_LAUNCH();
         const size_t rows_kv = (size_t)B * T * Hkv, n = rows_kv * D;
         attention_kv_group_sum_kernel<<<(unsigned)((n + 255) / 256), 256>>>(dk, dv, partial_dk, partial_dv, rows_kv, Hq, Hkv, D, scale);
         CHECK_LAUNCH();
     } else {
-        attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hkv, B), mma_threads, smem_kv>>>(dk, dv, nullptr, nullptr, ds_t, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
+        attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hkv, B), mma_threads, smem_kv>>>(dk, dv, nullptr, nullptr, ds_t, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale, longest_first);
         CHECK_LAUNCH();
     }
     if (ds_t) { /* dq = dS K from the stored dS */
         const size_t smem_ds = 2 * tile_bytes(mma_tile, mma_tile) + 2 * tile_bytes(mma_tile, D);
         mma_allow_smem(attention_backward_q_from_ds_kernel<D>, smem_ds, D);
-        attention_backward_q_from_ds_kernel<D><<<dim3(tiles, Hq, B), mma_threads, smem_ds>>>(dq, ds_t, k, T, Hq, Hkv, scale);
+        attention_backward_q_from_ds_kernel<D><<<dim3(tiles, Hq, B), mma_threads, smem_ds>>>(dq, ds_t, k, T, Hq, Hkv, scale, longest_first);
         CHECK_LAUNCH();
         return;
     }
     const size_t smem_q = 2 * tile_bytes(mma_tile, D) + 4 * tile_bytes(BK_Q, D);
     mma_allow_smem(attention_backward_q_mma_kernel<D, BK_Q>, smem_q, D);
-    attention_backward_q_mma_kernel<D, BK_Q><<<dim3(tiles, Hq, B), mma_threads, smem_q>>>(dq, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
+    attention_backward_q_mma_kernel<D, BK_Q><<<dim3(tiles, Hq, B), mma_threads, smem_q>>>(dq, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale, longest_first);
     CHECK_LAUNCH();
 }
 

@@ -184,6 +184,38 @@ static void test_attention_fused_shape(int B, int T, int Hq, int Hkv, int D, dou
     }
     free(saved);
 
+    /* The blocks' order (PAFT_ATTENTION_ROW_ORDER=1, the tile on grid x as before the longest-first
+     * order) changes which block runs when, never what a block computes: forward and backward
+     * bitwise the same as the default order's (the last way's results above). */
+    if (mma) {
+        printf("  forward and backward, blocks in row order\n");
+        setenv("PAFT_ATTENTION_ROW_ORDER", "1", 1);
+        float *again = malloc(nq * sizeof(float)), *again_lse = malloc(nrows * sizeof(float));
+        floatX *d_out3 = cuda_upload_bf16(again, nq);
+        float *d_lse3 = cuda_upload_f32(again_lse, nrows);
+        attention_forward_fused_cuda(d_out3, d_lse3, d_q, d_k, d_v, B, T, Hq, Hkv, D);
+        cuda_download_bf16(again, d_out3, nq);
+        cuda_download_f32(again_lse, d_lse3, nrows);
+        CHECK(memcmp(again, got, nq * sizeof(float)) == 0, "row order: forward out differs");
+        CHECK(memcmp(again_lse, got_lse, nrows * sizeof(float)) == 0, "row order: lse differs");
+        const size_t scratch_bytes = attention_backward_fused_scratch_bytes(B, T + 64, Hq, Hkv, D);
+        void *d_scratch = cuda_calloc(scratch_bytes);
+        floatX *r_dq = cuda_upload_bf16(dq, nq), *r_dk = cuda_upload_bf16(dk, nkv);
+        floatX *r_dv = cuda_upload_bf16(dv, nkv);
+        attention_backward_fused_cuda(r_dq, r_dk, r_dv, d_gout, d_out, d_lse, d_q, d_k, d_v, B, T,
+                                      Hq, Hkv, D, d_scratch, scratch_bytes);
+        cuda_download_bf16(again, r_dq, nq);
+        CHECK(memcmp(again, got_q, nq * sizeof(float)) == 0, "row order: dq differs");
+        cuda_download_bf16(again, r_dk, nkv);
+        CHECK(memcmp(again, got_k, nkv * sizeof(float)) == 0, "row order: dk differs");
+        cuda_download_bf16(again, r_dv, nkv);
+        CHECK(memcmp(again, got_v, nkv * sizeof(float)) == 0, "row order: dv differs");
+        unsetenv("PAFT_ATTENTION_ROW_ORDER");
+        cuda_free(r_dq); cuda_free(r_dk); cuda_free(r_dv); cuda_free(d_scratch);
+        cuda_free(d_out3); cuda_free(d_lse3);
+        free(again); free(again_lse);
+    }
+
     /* the unfused CUDA op on the same inputs: forward, and its backward from its own probs. Each
      * gradient is within 1e-2 of the CPU op's, so the two differ by at most 2e-2 (the fused one
      * takes Delta from the bf16 out, the unfused one from its fp32 probs). */
