@@ -679,7 +679,12 @@ extern "C" void attention_backward_mma_cuda(floatX *dq, floatX *dk, floatX *dv,
                                             const floatX *k, const floatX *v, int B, int T, int Hq,
                                             int Hkv, int D) {
     if (B <= 0 || T <= 0) return;
-    if (Hq == Hkv) partials = nullptr;
+    /* PAFT_ATTENTION_KV_PER_GROUP=1: under GQA too, one dk, dv block per KV head looping over its
+     * group's heads, without the per-head shares (the scratch keeps room for them). Measured in
+     * row order it was slower (the first key tiles' blocks had all the work); in the longest-first
+     * order it may not be, and it saves the shares' traffic: a switch to compare on a GPU. */
+    const char *per_group = getenv("PAFT_ATTENTION_KV_PER_GROUP");
+    if (Hq == Hkv || (per_group && per_group[0] == '1')) partials = nullptr;
     else if (!partials)
         paft_fatal(__FILE__, __LINE__, "attention_backward_mma_cuda: no scratch for the per-head shares");
     if (D == 64) launch_backward<64, 64, 64>(dq, dk, dv, dout, lse, delta, partials, ds_t, q, k, v, B, T, Hq, Hkv);

@@ -7,7 +7,7 @@
 #   (a call may run 10 minutes: if `all` does not fit, run `tests`, then `bench` while it is warm;
 #   `profile`: the step's device time by phase, `paft bench profile=1`, for llama-1b and mistral-7b,
 #   against each PAFT_* switch of kernels/README.md and with the L1 term, and the merge's passes on
-#   CPU and GPU (bench_merge): 18 short bench runs, about six minutes; `memcheck`:
+#   CPU and GPU (bench_merge): 20 short bench runs, about seven minutes; `memcheck`:
 #   compute-sanitizer's memcheck of the op and merge tests)
 #   Nsight Compute (ncu) hangs on the lent machine ("Failed to profile nvjet_sm90...") and Nsight
 #   Systems is not installed: use `profile`.
@@ -52,6 +52,9 @@ if [ "$what" = profile ]; then
       grep -E '^  step|attention'
     echo "== $1, PAFT_ATTENTION_ROW_ORDER=1 (attention blocks longest first per row only, not over the grid)"
     PAFT_ATTENTION_ROW_ORDER=1 build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 profile=1 |
+      grep -E '^  step|attention'
+    echo "== $1, PAFT_ATTENTION_KV_PER_GROUP=1 (dk, dv per KV head over its group, no per-head shares)"
+    PAFT_ATTENTION_KV_PER_GROUP=1 build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 profile=1 |
       grep -E '^  step|attention'
     echo "== $1, PAFT_THIN_WGRAD=1 (the LoRA weight gradients on thin_gemm_cuda.cu, not cuBLASLt)"
     PAFT_THIN_WGRAD=1 build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 profile=1 |

@@ -211,6 +211,26 @@ static void test_attention_fused_shape(int B, int T, int Hq, int Hkv, int D, dou
         cuda_download_bf16(again, r_dv, nkv);
         CHECK(memcmp(again, got_v, nkv * sizeof(float)) == 0, "row order: dv differs");
         unsetenv("PAFT_ATTENTION_ROW_ORDER");
+        /* under grouped-query attention, the dk, dv blocks per KV head over the group's heads
+         * (PAFT_ATTENTION_KV_PER_GROUP=1) instead of per query head with fp32 shares: dk and
+         * dv summed in another order, so against the CPU */
+        if (Hq > Hkv) {
+            printf("  backward, dk and dv per KV head over its group\n");
+            setenv("PAFT_ATTENTION_KV_PER_GROUP", "1", 1);
+            cuda_free(r_dq); cuda_free(r_dk); cuda_free(r_dv);
+            r_dq = cuda_upload_bf16(dq, nq);
+            r_dk = cuda_upload_bf16(dk, nkv);
+            r_dv = cuda_upload_bf16(dv, nkv);
+            attention_backward_fused_cuda(r_dq, r_dk, r_dv, d_gout, d_out, d_lse, d_q, d_k, d_v, B, T,
+                                          Hq, Hkv, D, d_scratch, scratch_bytes);
+            unsetenv("PAFT_ATTENTION_KV_PER_GROUP");
+            cuda_download_bf16(again, r_dq, nq);
+            compare("per-group backward dq", again, ref_q, nq, 1e-2);
+            cuda_download_bf16(again, r_dk, nkv);
+            compare("per-group backward dk", again, ref_k, nkv, 1e-2);
+            cuda_download_bf16(again, r_dv, nkv);
+            compare("per-group backward dv", again, ref_v, nkv, 1e-2);
+        }
         cuda_free(r_dq); cuda_free(r_dk); cuda_free(r_dv); cuda_free(d_scratch);
         cuda_free(d_out3); cuda_free(d_lse3);
         free(again); free(again_lse);
