@@ -71,23 +71,17 @@ __device__ static inline size_t ds_tile_offset(int b, int h, int key_tile, int q
 /* ---- which tile a block takes ------------------------------------------------------------------
  * A block's work is uneven under the causal mask: the forward and dq blocks of query tile i visit
  * i + 1 key tiles, the dk, dv blocks of key tile i visit n - i query tiles (n tiles in all). The
- * block scheduler starts blocks roughly in the order of their linear index (x fastest), so with the
- * tile on x, "longest first" held only within each (head, batch) row: the last blocks to start
- * were a mix of long and short ones, and a long one started last sets the end of the kernel.
- * Decoded with the tile's rank slowest (longest_first), every long block of the grid starts before
- * any shorter one, the classic longest-processing-time order, which leaves at the end only short
- * blocks to fill the SMs that finish early. The grid's shape is the same either way: (n, heads, B).
- * PAFT_ATTENTION_ROW_ORDER=1 keeps the row order (mma_longest_first), to compare on a GPU. */
-struct BlockWork {
-    int rank, head, batch; /* rank 0: the block with the most work */
-};
-__device__ static inline BlockWork block_work(bool longest_first) {
-    if (!longest_first) return {(int)blockIdx.x, (int)blockIdx.y, (int)blockIdx.z};
-    const unsigned per_rank = gridDim.y * gridDim.z;
-    const unsigned linear = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
-    const unsigned rest = linear % per_rank;
-    return {(int)(linear / per_rank), (int)(rest % gridDim.y), (int)(rest / gridDim.y)};
-}
+ * block scheduler starts blocks roughly in the order of their linear index (x fastest), so the
+ * grid is (heads, batch, tiles), the tile's rank slowest: every long block of the grid starts
+ * before any shorter one, the longest-processing-time order, which leaves only short blocks to
+ * fill the SMs that finish first. With the tile on x (as before), "longest first" held only
+ * within each (head, batch) row, and a long block started late set the kernel's end (by a
+ * greedy count, Mistral's 4 x 1024 at 2 blocks per SM: 76 tiles' time against 67).
+ * rank 0: the block with the most work. */
+__host__ static dim3 mma_grid(int tiles, int heads, int B) { return dim3(heads, B, tiles); }
+__device__ static inline int block_rank() { return blockIdx.z; }
+__device__ static inline int block_head() { return blockIdx.x; }
+__device__ static inline int block_batch() { return blockIdx.y; }
 
 /* dst[col], dst[col + 1] += scale * (x0, x1), rounded once to bf16 (dst 4-byte aligned). */
 __device__ static inline void add_pair(floatX *dst, float scale, float x0, float x1) {
@@ -102,13 +96,11 @@ __device__ static inline void add_pair(floatX *dst, float scale, float x0, float
 template <int D>
 __global__ static void __launch_bounds__(mma_threads)
     attention_forward_mma_kernel(floatX *out, float *lse, const floatX *q, const floatX *k,
-                                 const floatX *v, int T, int Hq, int Hkv, float scale_log2,
-                                 bool longest_first) {
+                                 const floatX *v, int T, int Hq, int Hkv, float scale_log2) {
     constexpr int BQ = mma_tile, BK = mma_tile, LD = D + 8;
     constexpr int d_steps = D / 16, key_tiles8 = BK / 8, dim_tiles8 = D / 8;
-    const BlockWork work = block_work(longest_first);
-    const int q_tile = gridDim.x - 1 - work.rank; /* the longest rows first */
-    const int h = work.head, b = work.batch, kv_head = h / (Hq / Hkv);
+    const int q_tile = gridDim.z - 1 - block_rank(); /* the longest rows first */
+    const int h = block_head(), b = block_batch(), kv_head = h / (Hq / Hkv);
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
     const int q0 = q_tile * BQ, q_last = min(q0 + BQ, T) - 1;
     const int t0 = q0 + 16 * warp + g, t1 = t0 + 8; /* this thread's two query rows */
@@ -231,12 +223,14 @@ __global__ static void __launch_bounds__(mma_threads)
  * registers (two D-wide accumulators) under the limit.
  *
  * Under grouped-query attention a block either loops over the group's query heads (partial_dk ==
- * NULL: grid.y = Hkv) or takes one query head (grid.y = Hq) and writes its unscaled fp32 share
- * into partial_dk / partial_dv [B][T][Hq][D], which attention_kv_group_sum_kernel then adds up in
- * head order. The first leaves the blocks of the first key tiles with all the work (they see every
- * query tile of every head: at T = 1024, 128 tiles against 8 for the last); measured on an H100
- * it kept the SMs that finished early idle. Split by head, there are group times more blocks of at
- * most T / 64 tiles, which the block scheduler balances.
+ * NULL: a block per KV head) or takes one query head (a block per query head) and writes its
+ * unscaled fp32 share into partial_dk / partial_dv [B][T][Hq][D], which
+ * attention_kv_group_sum_kernel then adds up in head order. The first gives the blocks of the
+ * first key tiles group times the work (they see every query tile of every head: at T = 1024, 64
+ * tiles against 4 for the last); measured on an H100 with the blocks in row order, it kept the SMs
+ * that finished early idle. Split by head, there are group times more blocks of at most T / 64
+ * tiles. In the longest-first order both may balance (PAFT_ATTENTION_KV_PER_GROUP=1 takes the
+ * first, to compare).
  *
  * ds_t (or NULL): where the block also stores dS^T, for attention_backward_q_from_ds_kernel. It
  * then visits the query rows up to T rounded up to a multiple of 64, so that every element of every
@@ -247,7 +241,7 @@ __global__ static void __launch_bounds__(mma_threads)
                                      floatX *ds_t, const floatX *dout, const float *lse,
                                      const float *delta, const floatX *q, const floatX *k,
                                      const floatX *v, int T, int Hq, int Hkv, float scale_log2,
-                                     float scale, bool longest_first) {
+                                     float scale) {
     constexpr int BK = mma_tile, LD = D + 8;
     constexpr int d_steps = D / 16, query_tiles8 = BQ / 8, dim_tiles8 = D / 8;
     static_assert(mma_tile % BQ == 0, "query sub-tiles must not straddle a stored dS tile");
@@ -255,10 +249,9 @@ __global__ static void __launch_bounds__(mma_threads)
     const int tiles = (T + mma_tile - 1) / mma_tile;
     const int q_end = ds_t ? tiles * mma_tile : T; /* the first query row not visited */
     const bool per_head = partial_dk != nullptr;
-    const BlockWork work = block_work(longest_first);
-    const int k_tile = work.rank, b = work.batch; /* most work first */
-    const int kv_head = per_head ? work.head / group : work.head;
-    const int h_begin = per_head ? work.head : kv_head * group;
+    const int k_tile = block_rank(), b = block_batch(); /* most work first */
+    const int kv_head = per_head ? block_head() / group : block_head();
+    const int h_begin = per_head ? block_head() : kv_head * group;
     const int h_end = per_head ? h_begin + 1 : (kv_head + 1) * group;
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
     const int k0 = k_tile * BK;
@@ -440,12 +433,11 @@ __global__ static void __launch_bounds__(mma_threads)
     attention_backward_q_mma_kernel(floatX *dq, const floatX *dout, const float *lse,
                                     const float *delta, const floatX *q, const floatX *k,
                                     const floatX *v, int T, int Hq, int Hkv, float scale_log2,
-                                    float scale, bool longest_first) {
+                                    float scale) {
     constexpr int BQ = mma_tile, LD = D + 8;
     constexpr int d_steps = D / 16, key_tiles8 = BK / 8, dim_tiles8 = D / 8;
-    const BlockWork work = block_work(longest_first);
-    const int q_tile = gridDim.x - 1 - work.rank; /* the longest rows first */
-    const int h = work.head, b = work.batch, kv_head = h / (Hq / Hkv);
+    const int q_tile = gridDim.z - 1 - block_rank(); /* the longest rows first */
+    const int h = block_head(), b = block_batch(), kv_head = h / (Hq / Hkv);
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
     const int q0 = q_tile * BQ, q_last = min(q0 + BQ, T) - 1;
     const int t0 = q0 + 16 * warp + g, t1 = t0 + 8;
@@ -534,12 +526,11 @@ __global__ static void __launch_bounds__(mma_threads)
 template <int D>
 __global__ static void __launch_bounds__(mma_threads)
     attention_backward_q_from_ds_kernel(floatX *dq, const floatX *ds_t, const floatX *k, int T,
-                                        int Hq, int Hkv, float scale, bool longest_first) {
+                                        int Hq, int Hkv, float scale) {
     constexpr int BQ = mma_tile, BK = mma_tile, LD = D + 8, LDS = mma_tile + 8;
     constexpr int dim_tiles8 = D / 8;
-    const BlockWork work = block_work(longest_first);
-    const int tiles = gridDim.x, q_tile = tiles - 1 - work.rank; /* the longest rows first */
-    const int h = work.head, b = work.batch, kv_head = h / (Hq / Hkv);
+    const int tiles = gridDim.z, q_tile = tiles - 1 - block_rank(); /* the longest rows first */
+    const int h = block_head(), b = block_batch(), kv_head = h / (Hq / Hkv);
     const int warp = threadIdx.x / 32, g = (threadIdx.x % 32) / 4, c4 = threadIdx.x % 4;
     const int t0 = q_tile * BQ + 16 * warp + g, t1 = t0 + 8;
 
@@ -611,21 +602,14 @@ static void mma_allow_smem(Kernel kernel, size_t bytes, int D) {
 
 static size_t tile_bytes(int rows, int D) { return (size_t)rows * (D + 8) * sizeof(floatX); }
 
-/* The blocks' order ("which tile a block takes"): longest first over the whole grid unless
- * PAFT_ATTENTION_ROW_ORDER=1. */
-static bool mma_longest_first() {
-    const char *value = getenv("PAFT_ATTENTION_ROW_ORDER");
-    return !(value && value[0] == '1');
-}
-
 template <int D>
 static void launch_forward(floatX *out, float *lse, const floatX *q, const floatX *k,
                            const floatX *v, int B, int T, int Hq, int Hkv) {
     const size_t smem = 3 * tile_bytes(mma_tile, D);
     mma_allow_smem(attention_forward_mma_kernel<D>, smem, D);
     const float scale_log2 = (float)(mma_log2e / sqrt((double)D));
-    const dim3 grid((T + mma_tile - 1) / mma_tile, Hq, B);
-    attention_forward_mma_kernel<D><<<grid, mma_threads, smem>>>(out, lse, q, k, v, T, Hq, Hkv, scale_log2, mma_longest_first());
+    const dim3 grid = mma_grid((T + mma_tile - 1) / mma_tile, Hq, B);
+    attention_forward_mma_kernel<D><<<grid, mma_threads, smem>>>(out, lse, q, k, v, T, Hq, Hkv, scale_log2);
     CHECK_LAUNCH();
 }
 
@@ -636,30 +620,29 @@ static void launch_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *do
                             int Hq, int Hkv) {
     const float scale = (float)(1.0 / sqrt((double)D)), scale_log2 = mma_log2e * scale;
     const int tiles = (T + mma_tile - 1) / mma_tile;
-    const bool longest_first = mma_longest_first();
     const size_t smem_kv = 2 * tile_bytes(mma_tile, D) + 4 * tile_bytes(BQ_KV, D) + 4 * BQ_KV * sizeof(float);
     mma_allow_smem(attention_backward_kv_mma_kernel<D, BQ_KV>, smem_kv, D);
     if (partials) { /* grouped-query: one block per query head, then the sum over each group */
         float *partial_dk = partials, *partial_dv = partials + (size_t)B * T * Hq * D;
-        attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hq, B), mma_threads, smem_kv>>>(dk, dv, partial_dk, partial_dv, ds_t, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale, longest_first);
+        attention_backward_kv_mma_kernel<D, BQ_KV><<<mma_grid(tiles, Hq, B), mma_threads, smem_kv>>>(dk, dv, partial_dk, partial_dv, ds_t, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
         CHECK_LAUNCH();
         const size_t rows_kv = (size_t)B * T * Hkv, n = rows_kv * D;
         attention_kv_group_sum_kernel<<<(unsigned)((n + 255) / 256), 256>>>(dk, dv, partial_dk, partial_dv, rows_kv, Hq, Hkv, D, scale);
         CHECK_LAUNCH();
     } else {
-        attention_backward_kv_mma_kernel<D, BQ_KV><<<dim3(tiles, Hkv, B), mma_threads, smem_kv>>>(dk, dv, nullptr, nullptr, ds_t, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale, longest_first);
+        attention_backward_kv_mma_kernel<D, BQ_KV><<<mma_grid(tiles, Hkv, B), mma_threads, smem_kv>>>(dk, dv, nullptr, nullptr, ds_t, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
         CHECK_LAUNCH();
     }
     if (ds_t) { /* dq = dS K from the stored dS */
         const size_t smem_ds = 2 * tile_bytes(mma_tile, mma_tile) + 2 * tile_bytes(mma_tile, D);
         mma_allow_smem(attention_backward_q_from_ds_kernel<D>, smem_ds, D);
-        attention_backward_q_from_ds_kernel<D><<<dim3(tiles, Hq, B), mma_threads, smem_ds>>>(dq, ds_t, k, T, Hq, Hkv, scale, longest_first);
+        attention_backward_q_from_ds_kernel<D><<<mma_grid(tiles, Hq, B), mma_threads, smem_ds>>>(dq, ds_t, k, T, Hq, Hkv, scale);
         CHECK_LAUNCH();
         return;
     }
     const size_t smem_q = 2 * tile_bytes(mma_tile, D) + 4 * tile_bytes(BK_Q, D);
     mma_allow_smem(attention_backward_q_mma_kernel<D, BK_Q>, smem_q, D);
-    attention_backward_q_mma_kernel<D, BK_Q><<<dim3(tiles, Hq, B), mma_threads, smem_q>>>(dq, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale, longest_first);
+    attention_backward_q_mma_kernel<D, BK_Q><<<mma_grid(tiles, Hq, B), mma_threads, smem_q>>>(dq, dout, lse, delta, q, k, v, T, Hq, Hkv, scale_log2, scale);
     CHECK_LAUNCH();
 }
 
