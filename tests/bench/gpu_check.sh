@@ -9,7 +9,7 @@
 #   `profile`: the step's device time by phase, `paft bench profile=1`, for each MODEL:BATCH
 #   (default mistral-7b:4, the shape issue 7 still misses; llama-1b:8 in a call of its own),
 #   against each PAFT_* switch of kernels/README.md and with the L1 term, then the merge's passes
-#   on CPU and GPU (bench_merge): 10 short bench runs a model, about three minutes; `memcheck`:
+#   on CPU and GPU (bench_merge): 9 short bench runs a model, about three minutes; `memcheck`:
 #   compute-sanitizer's memcheck of the op and merge tests)
 #   Nsight Compute (ncu) hangs on the lent machine ("Failed to profile nvjet_sm90...") and Nsight
 #   Systems is not installed: use `profile`.
@@ -52,9 +52,6 @@ if [ "$what" = profile ]; then
       grep '^  step'
     echo "== $1, PAFT_ATTENTION_STORED_DS=0 (dq recomputes S and dP instead of reading the stored dS)"
     PAFT_ATTENTION_STORED_DS=0 build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 profile=1 |
-      grep -E '^  step|attention'
-    echo "== $1, PAFT_ATTENTION_ROW_ORDER=1 (attention blocks longest first per row only, not over the grid)"
-    PAFT_ATTENTION_ROW_ORDER=1 build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 profile=1 |
       grep -E '^  step|attention'
     echo "== $1, PAFT_ATTENTION_KV_PER_GROUP=1 (dk, dv per KV head over its group, no per-head shares)"
     PAFT_ATTENTION_KV_PER_GROUP=1 build-gpu/paft bench model=$1 batch=$2 seq=1024 device=cuda steps=4 profile=1 |
