@@ -267,7 +267,7 @@ __global__ static void __launch_bounds__(mma_threads)
     floatX *Vs = Ks + BK * LD;                    /* [BK][LD] */
     floatX *Q_buf = Vs + BK * LD;                 /* [2][BQ][LD] query tiles, two buffers */
     floatX *dO_buf = Q_buf + 2 * BQ * LD;         /* [2][BQ][LD] their dout */
-    float *lse_buf = (float *)(dO_buf + 2 * BQ * LD); /* [2][BQ] lse, log2 domain */
+    float *lse_buf = (float *)(dO_buf + 2 * BQ * LD); /* [2][BQ] lse */
     float *delta_buf = lse_buf + 2 * BQ;          /* [2][BQ] */
 
     const size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
@@ -287,10 +287,10 @@ __global__ static void __launch_bounds__(mma_threads)
         const size_t stat_offset = ((size_t)b * Hq + head) * T;
         load_tile<D>(Q_buf + buffer * BQ * LD, q + q_offset, first, BQ, T, q_stride);
         load_tile<D>(dO_buf + buffer * BQ * LD, dout + q_offset, first, BQ, T, q_stride);
-        for (int r = threadIdx.x; r < BQ; r += blockDim.x) {
+        for (int r = threadIdx.x; r < BQ; r += blockDim.x) { /* with the tiles, asynchronously */
             const int t = first + r;
-            lse_buf[buffer * BQ + r] = t < T ? lse[stat_offset + t] * mma_log2e : 0.0f;
-            delta_buf[buffer * BQ + r] = t < T ? delta[stat_offset + t] : 0.0f;
+            copy_float_async(lse_buf + buffer * BQ + r, t < T ? lse + stat_offset + t : nullptr);
+            copy_float_async(delta_buf + buffer * BQ + r, t < T ? delta + stat_offset + t : nullptr);
         }
     };
     int h = h_begin, q0 = k0, buf = 0;
@@ -333,7 +333,7 @@ __global__ static void __launch_bounds__(mma_threads)
 #pragma unroll
                 for (int e = 0; e < 2; e++) {
                     const int col = 8 * j + 2 * c4 + e, query = q0 + col;
-                    const float row_lse = lse_s[col], row_delta = delta_s[col];
+                    const float row_lse = lse_s[col] * mma_log2e, row_delta = delta_s[col];
                     const float p0 = query < T && key0 <= query ? exp2f(st[j][e] * scale_log2 - row_lse) : 0.0f;
                     const float p1 = query < T && key1 <= query ? exp2f(st[j][2 + e] * scale_log2 - row_lse) : 0.0f;
                     st[j][e] = p0;

@@ -78,6 +78,23 @@ __device__ static inline void copy8_async(floatX *dst, const floatX *src) {
 #endif
 }
 
+/* One float from src to dst (both 4-byte aligned), or 0: asynchronous like copy8_async, for the
+ * per-row statistics that travel with a tile (a plain load would stall the thread on its
+ * round trip to memory right where the tile's MMAs should start). */
+__device__ static inline void copy_float_async(float *dst, const float *src) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if (src) {
+        const unsigned dst_shared = (unsigned)__cvta_generic_to_shared(dst);
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst_shared), "l"(src)
+                     : "memory");
+    } else {
+        *dst = 0.0f;
+    }
+#else
+    *dst = src ? *src : 0.0f;
+#endif
+}
+
 __device__ static inline void tiles_arrived() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_all;\n" ::: "memory");
