@@ -83,10 +83,18 @@ __device__ static inline int block_rank() { return blockIdx.z; }
 __device__ static inline int block_head() { return blockIdx.x; }
 __device__ static inline int block_batch() { return blockIdx.y; }
 
-/* dst[col], dst[col + 1] += scale * (x0, x1), rounded once to bf16 (dst 4-byte aligned). */
+/* dst[col], dst[col + 1] += scale * (x0, x1), rounded once to bf16 (dst 4-byte aligned): one
+ * 4-byte load and store for the pair. */
 __device__ static inline void add_pair(floatX *dst, float scale, float x0, float x1) {
-    dst[0] = __float2bfloat16(__bfloat162float(dst[0]) + scale * x0);
-    dst[1] = __float2bfloat16(__bfloat162float(dst[1]) + scale * x1);
+    uint32_t bits;
+#ifdef __CUDA_ARCH__
+    bits = *reinterpret_cast<const uint32_t *>(dst);
+#else
+    memcpy(&bits, dst, sizeof bits);
+#endif
+    floatX old[2];
+    memcpy(old, &bits, sizeof old);
+    store2(dst, pack2f(__bfloat162float(old[0]) + scale * x0, __bfloat162float(old[1]) + scale * x1));
 }
 
 /* ---- forward ---------------------------------------------------------------------------------
@@ -198,14 +206,8 @@ __global__ static void __launch_bounds__(mma_threads)
 #pragma unroll
     for (int n = 0; n < dim_tiles8; n++) {
         const int col = 8 * n + 2 * c4;
-        if (t0 < T) {
-            out_bh[(size_t)t0 * q_stride + col] = __float2bfloat16(o[n][0] / l0);
-            out_bh[(size_t)t0 * q_stride + col + 1] = __float2bfloat16(o[n][1] / l0);
-        }
-        if (t1 < T) {
-            out_bh[(size_t)t1 * q_stride + col] = __float2bfloat16(o[n][2] / l1);
-            out_bh[(size_t)t1 * q_stride + col + 1] = __float2bfloat16(o[n][3] / l1);
-        }
+        if (t0 < T) store2(out_bh + (size_t)t0 * q_stride + col, pack2f(o[n][0] / l0, o[n][1] / l0));
+        if (t1 < T) store2(out_bh + (size_t)t1 * q_stride + col, pack2f(o[n][2] / l1, o[n][3] / l1));
     }
     const float ln2 = 0.6931471805599453f; /* the log2-domain max back to natural units */
     float *lse_bh = lse + ((size_t)b * Hq + h) * T;
