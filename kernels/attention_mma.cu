@@ -648,10 +648,22 @@ static void launch_backward(floatX *dq, floatX *dk, floatX *dv, const floatX *do
     CHECK_LAUNCH();
 }
 
+/* cp.async moves 16-byte pieces: a tensor that does not start on 16 bytes would fault with an
+ * illegal address far from its cause, so say which one here. (paft's arena and scratch parts are
+ * 256-byte aligned; rows are D = 64 or 128 elements.) */
+static void mma_check_aligned(const char *op, const char *name, const void *p) {
+    if (p && (uintptr_t)p % 16 != 0)
+        paft_fatal(__FILE__, __LINE__, "%s: %s at %p is not 16-byte aligned", op, name, p);
+}
+
 extern "C" void attention_forward_mma_cuda(floatX *out, float *lse, const floatX *q,
                                            const floatX *k, const floatX *v, int B, int T, int Hq,
                                            int Hkv, int D) {
     if (B <= 0 || T <= 0) return;
+    const char *op = "attention_forward_mma_cuda";
+    mma_check_aligned(op, "q", q);
+    mma_check_aligned(op, "k", k);
+    mma_check_aligned(op, "v", v);
     if (D == 64) launch_forward<64>(out, lse, q, k, v, B, T, Hq, Hkv);
     else if (D == 128) launch_forward<128>(out, lse, q, k, v, B, T, Hq, Hkv);
     else paft_fatal(__FILE__, __LINE__, "attention_forward_mma_cuda: head dimension %d", D);
@@ -664,6 +676,12 @@ extern "C" void attention_backward_mma_cuda(floatX *dq, floatX *dk, floatX *dv,
                                             const floatX *k, const floatX *v, int B, int T, int Hq,
                                             int Hkv, int D) {
     if (B <= 0 || T <= 0) return;
+    const char *op = "attention_backward_mma_cuda";
+    mma_check_aligned(op, "q", q);
+    mma_check_aligned(op, "k", k);
+    mma_check_aligned(op, "v", v);
+    mma_check_aligned(op, "dout", dout);
+    mma_check_aligned(op, "the stored dS", ds_t);
     /* PAFT_ATTENTION_KV_PER_GROUP=1: under GQA too, one dk, dv block per KV head looping over its
      * group's heads, without the per-head shares (the scratch keeps room for them). Measured in
      * row order it was slower (the first key tiles' blocks had all the work); in the longest-first
