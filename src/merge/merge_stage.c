@@ -13,6 +13,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "io/h5file.h"
@@ -224,7 +225,15 @@ static H5FloatType dtype_from_config(const Config *cfg) {
     PAFT_FATAL("merge.dtype: '%s' (expected bf16 or fp32)", cfg->merge.dtype);
 }
 
-/* Rank 0: the output can be created, and it is none of the inputs. */
+/* 1 when both paths exist and name the same file (device and inode: links and other spellings of
+ * a path count). */
+static int same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* Rank 0: the output can be created, and it overwrites none of the inputs: not an adapter, not the
+ * base model's file, nor a file in the base model's directory (its weights, shards, index, config). */
 static void validate_output(const Stage *s) {
     const char *out = s->out;
     if (paft_is_directory(out)) PAFT_FATAL("%s: merge.out is a directory, expected a file name", out);
@@ -237,17 +246,15 @@ static void validate_output(const Stage *s) {
         PAFT_FATAL("%s: the directory %s of merge.out does not exist", out, dir);
     if (access(dir, W_OK | X_OK) != 0)
         PAFT_FATAL("%s: the directory %s of merge.out is not writable", out, dir);
-    free(dir);
     if (paft_path_exists(out)) {
-        char a[PATH_MAX], b[PATH_MAX];
-        absolute_path(out, a, sizeof a);
-        const char *inputs[2] = {s->adapter[0].path, s->adapter[1].path};
-        for (int i = 0; i < 2; i++) {
-            absolute_path(inputs[i], b, sizeof b);
-            if (strcmp(a, b) == 0)
+        for (int i = 0; i < 2; i++)
+            if (same_file(out, s->adapter[i].path))
                 PAFT_FATAL("%s: merge.out is the %s adapter itself", out, s->adapter[i].role);
-        }
+        if (same_file(out, s->base) || (paft_is_directory(s->base) && same_file(dir, s->base)))
+            PAFT_FATAL("%s: merge.out would overwrite a file of the base model (model.path = %s); "
+                       "write the merged model elsewhere", out, s->base);
     }
+    free(dir);
 }
 
 /* Rank 0: the base model, both adapters, the parameters, the output. Returns nothing: any problem
