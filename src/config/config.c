@@ -10,6 +10,7 @@
 #include <ini.h>
 #include <math.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -111,8 +112,10 @@ static int section_exists(const char *section) {
     return 0;
 }
 
-/* strtod/strtol that must consume the whole (whitespace-trimmed) text. */
+/* strtod that must consume the whole (whitespace-trimmed) text, in decimal: strtod would
+ * also take hexadecimal ("0x10" as 16), which nobody writes in a training configuration on purpose. */
 static int parse_double(const char *text, double *out) {
+    if (strpbrk(text, "xX")) return 0;
     char *end = NULL;
     errno = 0;
     double v = strtod(text, &end);
@@ -232,8 +235,31 @@ static int on_ini_entry(void *user, const char *section, const char *name, const
     return 1;
 }
 
+/* inih reads a line into a buffer of INI_MAX_LINE bytes (200 in the distributions' builds, fixed
+ * when the library was compiled) and takes the rest of a longer line for a line of its own: a long
+ * comment could end in "r = 64" and set it. So lines that do not fit are refused here, first. */
+static const int ini_longest_line = INI_MAX_LINE - 3; /* room for "\r\n" and the terminator */
+
+static void check_line_lengths(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) PAFT_FATAL("%s: cannot open the configuration file", path);
+    char *line = NULL;
+    size_t capacity = 0;
+    ssize_t n;
+    for (int number = 1; (n = getline(&line, &capacity, f)) >= 0; number++) {
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
+        if (n > ini_longest_line)
+            PAFT_FATAL("%s: line %d is %zd characters long; the INI reader takes at most %d: shorten "
+                       "it, or give that value on the command line (section.key=value)",
+                       path, number, n, ini_longest_line);
+    }
+    free(line);
+    fclose(f);
+}
+
 void config_load_file(Config *cfg, const char *path) {
     if (paft_is_directory(path)) PAFT_FATAL("%s: is a directory, expected an INI file", path);
+    check_line_lengths(path);
     IniContext ctx = {cfg, path};
     int rc = ini_parse(path, on_ini_entry, &ctx);
     if (rc == -1) PAFT_FATAL("%s: cannot open the configuration file", path);
