@@ -117,7 +117,11 @@ static void validate_merged(H5File *f, const char *path, ExportTensor *tensors, 
 }
 
 /* Rank 0: OUTDIR is new (created here) or an empty directory, so no stale shard can mix in. */
-static void prepare_outdir(const char *outdir) {
+/* Rank 0: OUTDIR is new or an empty directory. The files are written into a staging directory
+ * beside it (OUTDIR.tmp.PID) that takes OUTDIR's name only when every file is in place, so a failed
+ * export never leaves a half-written model under OUTDIR (the staging directory stays, to delete).
+ * Returns the staging directory's path, created. */
+static char *prepare_outdir(const char *outdir) {
     if (paft_path_exists(outdir)) {
         if (!paft_is_directory(outdir)) PAFT_FATAL("%s: OUTDIR exists and is not a directory", outdir);
         DIR *d = opendir(outdir);
@@ -128,10 +132,22 @@ static void prepare_outdir(const char *outdir) {
                 PAFT_FATAL("%s: OUTDIR is not empty (it holds %s); export writes into a new or "
                            "empty directory", outdir, e->d_name);
         closedir(d);
-        return;
     }
-    if (mkdir(outdir, 0777) != 0)
-        PAFT_FATAL("%s: cannot create OUTDIR: %s", outdir, strerror(errno));
+    char *staging = paft_malloc(strlen(outdir) + 32);
+    sprintf(staging, "%s.tmp.%ld", outdir, (long)getpid());
+    if (mkdir(staging, 0777) != 0)
+        PAFT_FATAL("%s: cannot create the staging directory for OUTDIR %s: %s", staging, outdir,
+                   strerror(errno));
+    return staging;
+}
+
+/* The staging directory's path from rank 0 to every rank. */
+static char *broadcast_path(char *path, int rank) {
+    int len = rank == 0 ? (int)strlen(path) + 1 : 0;
+    CHECK_MPI(MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD));
+    if (rank != 0) path = paft_malloc((size_t)len);
+    CHECK_MPI(MPI_Bcast(path, len, MPI_CHAR, 0, MPI_COMM_WORLD));
+    return path;
 }
 
 /* ---- writing ------------------------------------------------------------------------------------ */
@@ -317,7 +333,9 @@ static int copy_tokenizer_files(const char *base_model, const char *outdir) {
 int cmd_export(int argc, char **argv) {
     if (argc < 3 || argc > 4)
         PAFT_FATAL("usage: paft export MERGED.h5 OUTDIR [max_shard_size=5GB]");
-    const char *merged = argv[1], *outdir = argv[2];
+    const char *merged = argv[1];
+    char *outdir = paft_strdup(argv[2]); /* without trailing slashes: OUTDIR.tmp.PID is its sibling */
+    for (size_t len = strlen(outdir); len > 1 && outdir[len - 1] == '/'; len--) outdir[len - 1] = '\0';
     uint64_t max_shard = DEFAULT_MAX_SHARD_BYTES;
     if (argc == 4) {
         if (strncmp(argv[3], "max_shard_size=", 15) != 0)
@@ -331,6 +349,7 @@ int cmd_export(int argc, char **argv) {
 
     /* every rank reads the merged file on its own (MPI_COMM_SELF): the shards are independent */
     H5File f;
+    char *staging = NULL;
     if (rank == 0) {
         h5_open_read(&f, merged, MPI_COMM_SELF);
         if (H5Aexists(f.file, "format") <= 0)
@@ -346,34 +365,38 @@ int cmd_export(int argc, char **argv) {
         validate_merged(&f, merged, tensors, n);
         for (int i = 0; i < n; i++) free(tensors[i].name);
         free(tensors);
-        prepare_outdir(outdir);
+        staging = prepare_outdir(outdir);
     }
-    CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD)); /* validated, OUTDIR exists */
+    staging = broadcast_path(staging, rank); /* also: validated, the staging directory exists */
     if (rank != 0) h5_open_read(&f, merged, MPI_COMM_SELF);
     int n = 0;
     ExportTensor *tensors = list_tensors(&f, &n);
     int n_shards = plan_shards(tensors, n, max_shard);
     for (int shard = rank; shard < n_shards; shard += size) {
         char *name = shard_name(shard, n_shards);
-        char *path = paft_path_join(outdir, name);
+        char *path = paft_path_join(staging, name);
         write_shard(&f, tensors, n, shard, path);
         free(path);
         free(name);
     }
     int copied = 0;
     if (rank == 0) {
-        if (n_shards > 1) write_index(outdir, tensors, n, n_shards);
+        if (n_shards > 1) write_index(staging, tensors, n, n_shards);
         char *config_text = h5_get_attr_string(&f, "config");
-        char *config_path = paft_path_join(outdir, "config.json");
+        char *config_path = paft_path_join(staging, "config.json");
         write_text_file(config_path, config_text);
         free(config_path);
         free(config_text);
         char *base_model = h5_get_attr_string(&f, "base_model");
-        copied = copy_tokenizer_files(base_model, outdir);
+        copied = copy_tokenizer_files(base_model, staging);
         free(base_model);
     }
     h5_close(&f);
     CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD)); /* every shard renamed into place */
+    if (rank == 0 && rename(staging, outdir) != 0) /* OUTDIR absent or empty: rename replaces it */
+        PAFT_FATAL("%s: cannot rename the finished export %s to it: %s", outdir, staging,
+                   strerror(errno));
+    free(staging);
     uint64_t total = 0;
     for (int i = 0; i < n; i++) total += tensors[i].nbytes;
     paft_log("export: %s -> %s: %d tensors, %llu bytes of bf16 in %d shard%s%s, %d tokenizer "
@@ -382,5 +405,6 @@ int cmd_export(int argc, char **argv) {
              copied == 1 ? "" : "s", MPI_Wtime() - t_start);
     for (int i = 0; i < n; i++) free(tensors[i].name);
     free(tensors);
+    free(outdir);
     return 0;
 }
