@@ -6,6 +6,7 @@
  *
  * main() only sets up MPI and hands the arguments to the subcommand (src/cli/).
  */
+#include <hdf5.h>
 #include <mpi.h>
 #include <stdio.h>
 #include <string.h>
@@ -24,6 +25,10 @@ static void print_usage(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+    /* No HDF5 clean-up at exit(): a fatal error (PAFT_FATAL exits) may leave a file open for
+     * writing, and closing it from the exit handler after a failed write (a full disk) crashes
+     * inside HDF5; the .tmp file it leaves is not used anyway. Normal runs close every file. */
+    CHECK_H5(H5dont_atexit());
     CHECK_MPI(MPI_Init(&argc, &argv));
     int status = 0;
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||

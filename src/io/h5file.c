@@ -40,7 +40,9 @@ void h5_create(H5File *f, const char *path, MPI_Comm comm) {
 }
 
 void h5_finish(H5File *f) {
-    CHECK_H5(H5Fclose(f->file));
+    /* closing flushes the metadata (and cached raw data): where a full disk shows up */
+    herr_t rc = H5Fclose(f->file);
+    if (rc < 0) PAFT_FATAL("%s: cannot finish writing the HDF5 file (disk full?)", f->tmp_path);
     f->file = -1;
     CHECK_MPI(MPI_Barrier(f->comm)); /* every rank's data is on disk before the rename */
     int rank;
@@ -138,7 +140,8 @@ void h5_write_real(H5File *f, const char *name, const H5Block *b, const real *da
     hid_t dset = H5Dcreate2(f->file, name, H5T_REAL, file_space, lcpl, H5P_DEFAULT, H5P_DEFAULT);
     if (dset < 0) PAFT_FATAL("%s: cannot create dataset %s", f->tmp_path, name);
     hid_t dxpl = collective_dxpl();
-    CHECK_H5(H5Dwrite(dset, H5T_REAL, mem_space, file_space, dxpl, data));
+    herr_t rc = H5Dwrite(dset, H5T_REAL, mem_space, file_space, dxpl, data);
+    if (rc < 0) PAFT_FATAL("%s: cannot write dataset %s (disk full?)", f->tmp_path ? f->tmp_path : f->path, name);
     CHECK_H5(H5Pclose(dxpl));
     CHECK_H5(H5Dclose(dset));
     CHECK_H5(H5Sclose(mem_space));
@@ -230,6 +233,18 @@ static hid_t open_attr(H5File *f, const char *name, H5T_class_t expect) {
     H5T_class_t cls = H5Tget_class(type);
     CHECK_H5(H5Tclose(type));
     if (cls != expect) PAFT_FATAL("%s: attribute '%s' has the wrong type", f->path, name);
+    /* Every paft attribute holds one value: the readers below read into room for one, so an
+     * array (or null) attribute must be refused before H5Aread writes past it. */
+    hid_t space = H5Aget_space(attr);
+    CHECK_H5(space);
+    H5S_class_t space_class = H5Sget_simple_extent_type(space);
+    CHECK_H5(space_class);
+    hssize_t points = H5Sget_simple_extent_npoints(space);
+    CHECK_H5(points);
+    CHECK_H5(H5Sclose(space));
+    if (space_class != H5S_SCALAR && !(space_class == H5S_SIMPLE && points == 1))
+        PAFT_FATAL("%s: attribute '%s' is not a single value (it holds %lld)", f->path, name,
+                   (long long)points);
     return attr;
 }
 

@@ -101,7 +101,14 @@ int merged_is_merged_file(const char *path) {
         CHECK_H5(attr);
         hid_t type = H5Aget_type(attr);
         CHECK_H5(type);
-        if (H5Tget_class(type) == H5T_STRING && H5Tis_variable_str(type) == 0) {
+        /* only a single fixed-length string can be read into one buffer; anything else is not a
+         * merged file, and the adapter reader says what is wrong with it */
+        hid_t space = H5Aget_space(attr);
+        CHECK_H5(space);
+        hssize_t points = H5Sget_simple_extent_npoints(space);
+        CHECK_H5(points);
+        CHECK_H5(H5Sclose(space));
+        if (points == 1 && H5Tget_class(type) == H5T_STRING && H5Tis_variable_str(type) == 0) {
             size_t size = H5Tget_size(type);
             char *value = paft_calloc(size + 1, 1);
             CHECK_H5(H5Aread(attr, type, value));

@@ -16,7 +16,8 @@
  * good file in one way): bad_truncated.h5, bad_other_base.h5 (trained on another base),
  * bad_rank_attr.h5 (attribute r disagrees with the datasets), bad_shape.h5 (one B of the wrong
  * shape), bad_folded.h5 (folded_adapter set), bad_nan.h5 (a NaN in an A), bad_format.h5 (an HDF5
- * file that is not an adapter), not_hdf5.h5 (text).
+ * file that is not an adapter), bad_format_array.h5, bad_step_array.h5, bad_alpha_array.h5 (the
+ * attribute holds several values), bad_r_null.h5 (attribute r holds none), not_hdf5.h5 (text).
  */
 #include <hdf5.h>
 #include <math.h>
@@ -99,6 +100,19 @@ static void set_string_attr(hid_t file, const char *name, const char *value) {
     CHECK_H5(H5Aclose(attr));
     CHECK_H5(H5Sclose(space));
     CHECK_H5(H5Tclose(type));
+}
+
+/* Replace attribute NAME by one of N values of TYPE (N == 0: a null dataspace, no value at all):
+ * paft's readers must refuse it instead of reading N values into room for one. */
+static void set_array_attr(hid_t file, const char *name, hid_t type, hsize_t n, const void *values) {
+    CHECK_H5(H5Adelete(file, name));
+    hid_t space = n > 0 ? H5Screate_simple(1, &n, NULL) : H5Screate(H5S_NULL);
+    CHECK_H5(space);
+    hid_t attr = H5Acreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    CHECK_H5(attr);
+    if (n > 0) CHECK_H5(H5Awrite(attr, type, values));
+    CHECK_H5(H5Aclose(attr));
+    CHECK_H5(H5Sclose(space));
 }
 
 /* Replace dataset NAME by a float dataset of rows x cols filled with `value`. */
@@ -231,6 +245,49 @@ int main(int argc, char **argv) {
     copy_file(pref, path, -1);
     f = edit(path);
     set_string_attr(f, "format", "something-else-1");
+    CHECK_H5(H5Fclose(f));
+    free(path);
+
+    /* attributes holding several values (or none) where paft writes one */
+    path = join(llama, "bad_format_array.h5");
+    copy_file(pref, path, -1);
+    f = edit(path);
+    {
+        const char formats[2][16] = {"paft-adapter-1", "paft-adapter-1"};
+        hid_t type = H5Tcopy(H5T_C_S1);
+        CHECK_H5(type);
+        CHECK_H5(H5Tset_size(type, sizeof formats[0]));
+        set_array_attr(f, "format", type, 2, formats);
+        CHECK_H5(H5Tclose(type));
+    }
+    CHECK_H5(H5Fclose(f));
+    free(path);
+
+    path = join(llama, "bad_step_array.h5");
+    copy_file(pref, path, -1);
+    f = edit(path);
+    {
+        int64_t steps[64];
+        for (int i = 0; i < 64; i++) steps[i] = 10 + i;
+        set_array_attr(f, "step", H5T_NATIVE_INT64, 64, steps);
+    }
+    CHECK_H5(H5Fclose(f));
+    free(path);
+
+    path = join(llama, "bad_alpha_array.h5");
+    copy_file(pref, path, -1);
+    f = edit(path);
+    {
+        const double alphas[3] = {4, 4, 4};
+        set_array_attr(f, "alpha", H5T_NATIVE_DOUBLE, 3, alphas);
+    }
+    CHECK_H5(H5Fclose(f));
+    free(path);
+
+    path = join(llama, "bad_r_null.h5");
+    copy_file(pref, path, -1);
+    f = edit(path);
+    set_array_attr(f, "r", H5T_NATIVE_INT64, 0, NULL);
     CHECK_H5(H5Fclose(f));
     free(path);
 
