@@ -226,12 +226,21 @@ void config_defaults(Config *cfg) {
 typedef struct {
     Config *cfg;
     const char *path;
+    unsigned char set[N_CONFIG_KEYS]; /* keys the file has set, to refuse a second setting */
 } IniContext;
 
 static int on_ini_entry(void *user, const char *section, const char *name, const char *value) {
     IniContext *ctx = user;
     if (!name) return 1; /* a section header alone */
-    config_set(ctx->cfg, section, name, value, ctx->path);
+    config_set(ctx->cfg, section, name, value, ctx->path); /* an unknown key ends the job here */
+    /* inih hands over a repeated key, or an indented line that continues a value, as a second
+     * setting; the last would silently win. (On the command line the last one does win, so that
+     * a job script can override its own defaults.) */
+    const int i = (int)(find_key(section, name) - config_keys);
+    if (ctx->set[i])
+        PAFT_FATAL("%s: %s.%s is set more than once (a repeated key, or an indented line read as "
+                   "the continuation of its value)", ctx->path, section, name);
+    ctx->set[i] = 1;
     return 1;
 }
 
@@ -260,7 +269,7 @@ static void check_line_lengths(const char *path) {
 void config_load_file(Config *cfg, const char *path) {
     if (paft_is_directory(path)) PAFT_FATAL("%s: is a directory, expected an INI file", path);
     check_line_lengths(path);
-    IniContext ctx = {cfg, path};
+    IniContext ctx = {cfg, path, {0}};
     int rc = ini_parse(path, on_ini_entry, &ctx);
     if (rc == -1) PAFT_FATAL("%s: cannot open the configuration file", path);
     if (rc == -2) PAFT_FATAL("%s: out of memory while parsing", path);
