@@ -190,6 +190,8 @@ static void inspect_path(const char *path) {
             inspect_kinds[i].print(path);
             return;
         }
+    if (!target.is_directory && target.magic_len == 0)
+        PAFT_FATAL("%s: the file is empty (nothing to inspect)", path);
     char known[512] = "";
     for (int i = 0; i < n_kinds; i++)
         snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "",

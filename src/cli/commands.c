@@ -83,10 +83,12 @@ static const Command commands[] = {
      "the H100 SXM's dense bf16), host and device memory, then one JSON line ('bench: {...}').\n"},
     {"demo", cmd_demo, "embedded demo: a generated tiny model through the pipeline",
      "usage: paft demo [OUTDIR]     (default OUTDIR: paft-demo)\n\n"
-     "Generates a tiny Llama-family model (random weights, written as a Hugging Face directory\n"
-     "with safetensors), loads it back through the real loader, attaches LoRA adapters and runs\n"
-     "a forward and backward pass on generated tokens. Later versions run the whole PAFT\n"
-     "pipeline here (SFT, DPO, merges, evaluation table).\n"},
+     "Runs the whole PAFT pipeline on a generated task, with no download: a tiny random Llama\n"
+     "written as a Hugging Face directory, SFT and preference data with a known rule, SFT with\n"
+     "the L1 penalty and DPO side by side (the ranks split in two groups), every merge method,\n"
+     "the baselines, and a table of held-out losses and accuracies. Each step is an ordinary\n"
+     "paft command on the files it writes (OUTDIR/demo.ini), printed as it goes. Run it on 4\n"
+     "ranks: mpirun -np 4 paft demo (docs/DEMO.md).\n"},
     {NULL, NULL, NULL, NULL},
 };
 
