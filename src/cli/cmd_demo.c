@@ -184,7 +184,7 @@ int cmd_demo(int argc, char **argv) {
         paft_log("\n== PAFT: paft run %s/demo.ini (%d SFT ranks with L1 || %d DPO ranks)\n", outdir,
                  world / 2, world - world / 2);
         int is_sft, n_sft;
-        MPI_Comm group = layout_split_world(0, &is_sft, &n_sft);
+        MPI_Comm group = layout_split_world(0, cfg.parallel.tp, &is_sft, &n_sft);
         train_stage(&cfg, is_sft ? STAGE_SFT : STAGE_PREF, group);
         CHECK_MPI(MPI_Comm_free(&group));
         CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD));

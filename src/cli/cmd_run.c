@@ -25,7 +25,7 @@ int cmd_run(int argc, char **argv) {
     int world;
     CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &world));
     int is_sft = 0, n_sft = 0;
-    MPI_Comm group = layout_split_world(cfg.parallel.sft_ranks, &is_sft, &n_sft);
+    MPI_Comm group = layout_split_world(cfg.parallel.sft_ranks, cfg.parallel.tp, &is_sft, &n_sft);
     paft_log("paft run: %d ranks = %d SFT (world ranks 0-%d) + %d preference (%s), tp = %d\n",
              world, n_sft, n_sft - 1, world - n_sft, cfg.pref.loss, cfg.parallel.tp);
     train_install_signal_handlers();

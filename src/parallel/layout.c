@@ -34,7 +34,7 @@ void layout_free(Layout *l) {
     memset(l, 0, sizeof *l);
 }
 
-MPI_Comm layout_split_world(int sft_ranks, int *is_sft, int *n_sft) {
+MPI_Comm layout_split_world(int sft_ranks, int tp, int *is_sft, int *n_sft) {
     int rank, size;
     CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
     CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
@@ -45,6 +45,13 @@ MPI_Comm layout_split_world(int sft_ranks, int *is_sft, int *n_sft) {
     if (s < 1 || s >= size)
         PAFT_FATAL("configuration: parallel.sft_ranks = %d leaves no rank for one of the groups "
                    "(world of %d ranks)", s, size);
+    const int sizes[2] = {s, size - s};
+    const char *names[2] = {"SFT", "preference"};
+    for (int g = 0; g < 2; g++)
+        if (tp < 1 || sizes[g] % tp != 0)
+            PAFT_FATAL("configuration: parallel.tp = %d does not divide the %d ranks of the %s group "
+                       "(world of %d ranks = %d SFT + %d preference; parallel.sft_ranks sets the split)",
+                       tp, sizes[g], names[g], size, sizes[0], sizes[1]);
     *is_sft = rank < s;
     *n_sft = s;
     MPI_Comm group;

@@ -27,7 +27,9 @@ void layout_create(Layout *layout, MPI_Comm group, int tp);
 void layout_free(Layout *layout);
 
 /* paft run: split the world into the SFT group (the first sft_ranks world ranks; 0 = half) and
- * the preference group. Returns this rank's group communicator; *is_sft says which. */
-MPI_Comm layout_split_world(int sft_ranks, int *is_sft, int *n_sft);
+ * the preference group. Returns this rank's group communicator; *is_sft says which. Every rank
+ * checks that tp divides both groups first, so that a layout one group cannot use ends the job
+ * before the other group starts training. */
+MPI_Comm layout_split_world(int sft_ranks, int tp, int *is_sft, int *n_sft);
 
 #endif
