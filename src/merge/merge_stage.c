@@ -271,6 +271,9 @@ static void validate(Stage *s, const Config *cfg) {
     }
     model_fingerprint(&s->ckpt, s->views, s->n_views, s->fingerprint);
     for (int a = 0; a < 2; a++) validate_adapter(&s->adapter[a], s);
+    if (same_file(s->adapter[0].path, s->adapter[1].path))
+        PAFT_FATAL("%s: %s and %s name the same adapter; the merge combines two different ones",
+                   s->adapter[1].path, s->adapter[0].key, s->adapter[1].key);
     /* magnitude top-k must keep something in every tensor it sparsifies */
     const MergeParams *p = &s->params;
     if (p->method == MERGE_TIES || p->method == MERGE_MAGNITUDE)
