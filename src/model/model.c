@@ -81,8 +81,19 @@ int proj_out(const ModelConfig *c, Proj p) {
 }
 
 int proj_from_name(const char *name, const char *suffix, int *layer) {
-    int consumed = 0;
-    if (sscanf(name, "model.layers.%d.%n", layer, &consumed) != 1 || consumed == 0) return -1;
+    /* the layer index by hand, not sscanf's %d: digits only (no sign, no blanks) and bounded, so
+     * a crafted name cannot overflow an int or index below 0 in the callers' tables */
+    static const char prefix[] = "model.layers.";
+    if (strncmp(name, prefix, sizeof prefix - 1) != 0) return -1;
+    const char *c = name + sizeof prefix - 1;
+    int value = 0, digits = 0;
+    for (; *c >= '0' && *c <= '9'; c++, digits++) {
+        value = value * 10 + (*c - '0');
+        if (value >= PAFT_MAX_LAYERS) return -1;
+    }
+    if (digits == 0 || *c != '.') return -1;
+    *layer = value;
+    int consumed = (int)(c + 1 - name);
     for (int p = 0; p < N_PROJ; p++) {
         size_t len = strlen(proj_modules[p]);
         if (strncmp(name + consumed, proj_modules[p], len) == 0 &&

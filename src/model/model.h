@@ -41,8 +41,12 @@ const char *proj_module_name(Proj p);
 /* "q_proj", ... (the name used in lora.targets) */
 const char *proj_short_name(Proj p);
 
+/* Layer indices paft accepts in a tensor or module name: 0 .. PAFT_MAX_LAYERS - 1. */
+#define PAFT_MAX_LAYERS 100000
+
 /* The projection named "model.layers.<l>.<module path><suffix>" (suffix ".weight", or "" for a
- * module path): its Proj with *layer set, or -1 for any other name. */
+ * module path; <l> decimal digits, below PAFT_MAX_LAYERS): its Proj with *layer set, or -1 for
+ * any other name. */
 int proj_from_name(const char *name, const char *suffix, int *layer);
 
 /* Input and output features of a projection of this architecture (whole tensors). */
