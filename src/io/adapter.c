@@ -66,6 +66,10 @@ void adapter_write(const char *path, MPI_Comm comm, const Model *m, const Adapte
     h5_set_attr_string(&f, "base_fingerprint", m->fingerprint);
     h5_set_attr_string(&f, "base_model", m->path);
     h5_set_attr_string(&f, "folded_adapter", info->folded_adapter);
+    if (info->data_records > 0) {
+        h5_set_attr_int(&f, "data_records", info->data_records);
+        h5_set_attr_int(&f, "data_crc32", (int64_t)info->data_crc32);
+    }
     write_views(&f, "/lora", m, m->lora_memory, writer_replica);
     if (moment_m && moment_v && pos) {
         write_views(&f, "/optim/m", m, moment_m, writer_replica);
@@ -105,6 +109,76 @@ static void check_compatible(H5File *f, const Model *m) {
     free(targets);
 }
 
+static void origin_mismatch(const char *path, const char *key, const char *file_value,
+                            const char *run_value, const char *advice) {
+    PAFT_FATAL("%s: written with %s = %s, but this run has %s = %s; %s", path, key, file_value, key,
+               run_value, advice);
+}
+
+static void compare_string(const char *path, const char *key, H5File *f, const char *run_value,
+                           const char *advice) {
+    char *v = h5_get_attr_string(f, key);
+    if (strcmp(v, run_value) != 0) {
+        char quoted_file[1100], quoted_run[1100];
+        snprintf(quoted_file, sizeof quoted_file, "'%s'", v);
+        snprintf(quoted_run, sizeof quoted_run, "'%s'", run_value);
+        free(v);
+        origin_mismatch(path, key, quoted_file, quoted_run, advice);
+    }
+    free(v);
+}
+
+static void compare_int(const char *path, const char *key, int64_t file_value, int64_t run_value,
+                        const char *advice) {
+    if (file_value == run_value) return;
+    char a[32], b[32];
+    snprintf(a, sizeof a, "%lld", (long long)file_value);
+    snprintf(b, sizeof b, "%lld", (long long)run_value);
+    origin_mismatch(path, key, a, b, advice);
+}
+
+int64_t adapter_check_origin(const char *path, MPI_Comm comm, const Model *m,
+                             const AdapterInfo *expect, const char *advice) {
+    H5File f;
+    h5_open_read(&f, path, comm);
+    char *format = h5_get_attr_string(&f, "format");
+    if (strcmp(format, ADAPTER_FORMAT) != 0)
+        PAFT_FATAL("%s: format '%s', expected '%s'", path, format, ADAPTER_FORMAT);
+    free(format);
+    compare_string(path, "stage", &f, expect->stage, advice);
+    compare_string(path, "base_fingerprint", &f, m->fingerprint, advice);
+    compare_int(path, "r", h5_get_attr_int(&f, "r"), m->lora.r, advice);
+    double alpha = h5_get_attr_double(&f, "alpha");
+    if (alpha != m->lora.alpha) {
+        char a[32], b[32];
+        snprintf(a, sizeof a, "%.17g", alpha);
+        snprintf(b, sizeof b, "%.17g", m->lora.alpha);
+        origin_mismatch(path, "alpha", a, b, advice);
+    }
+    compare_int(path, "rslora", h5_get_attr_int(&f, "rslora"), m->lora.rslora, advice);
+    char mine[256];
+    targets_string(&m->lora, mine, sizeof mine);
+    compare_string(path, "targets", &f, mine, advice);
+    compare_string(path, "folded_adapter", &f, expect->folded_adapter, advice);
+    if (expect->data_records > 0 && h5_has_attr(&f, "data_records")) {
+        compare_int(path, "data_records", h5_get_attr_int(&f, "data_records"),
+                    expect->data_records, advice);
+        if (h5_has_attr(&f, "data_crc32")) {
+            int64_t crc = h5_get_attr_int(&f, "data_crc32");
+            if (crc != (int64_t)expect->data_crc32) {
+                char a[32], b[32];
+                snprintf(a, sizeof a, "0x%08llx", (unsigned long long)crc);
+                snprintf(b, sizeof b, "0x%08x", (unsigned)expect->data_crc32);
+                origin_mismatch(path, "data_crc32 (the training data's payload checksum)", a, b,
+                                advice);
+            }
+        }
+    }
+    int64_t step = h5_get_attr_int(&f, "step");
+    h5_close(&f);
+    return step;
+}
+
 void adapter_read(const char *path, MPI_Comm comm, Model *m, AdapterInfo *info, real *moment_m,
                   real *moment_v, TrainPosition *pos) {
     H5File f;
@@ -118,6 +192,8 @@ void adapter_read(const char *path, MPI_Comm comm, Model *m, AdapterInfo *info, 
         char *folded = h5_get_attr_string(&f, "folded_adapter");
         snprintf(info->folded_adapter, sizeof info->folded_adapter, "%s", folded);
         free(folded);
+        info->data_records = h5_has_attr(&f, "data_records") ? h5_get_attr_int(&f, "data_records") : 0;
+        info->data_crc32 = h5_has_attr(&f, "data_crc32") ? (uint32_t)h5_get_attr_int(&f, "data_crc32") : 0;
     }
     read_views(&f, "/lora", m, m->lora_memory);
     if (moment_m || moment_v || pos) {
@@ -206,7 +282,10 @@ static void delta_sparsity_of(H5File *f, const char *path, int64_t r, double sca
     int max_layer = -1;
     for (int i = 0; i < modules.n; i++) {
         int layer, p = proj_from_name(modules.names[i], "", &layer);
-        if (p < 0) PAFT_FATAL("%s: /lora/%s is not a decoder-layer projection", path, modules.names[i]);
+        if (p < 0)
+            PAFT_FATAL("%s: /lora/%s is not a decoder-layer projection "
+                       "(model.layers.<layer>.<module>, layer 0..%d)",
+                       path, modules.names[i], PAFT_MAX_LAYERS - 1);
         max_layer = PAFT_MAX(max_layer, layer);
     }
     int n_layers = max_layer + 1;

@@ -4,10 +4,11 @@
  *   /lora/<HF module path>/A   fp32 [r][in]     at GLOBAL shapes whatever the TP layout
  *   /lora/<HF module path>/B   fp32 [out][r]
  *   root attributes: format = "paft-adapter-1", stage, step, r, alpha, rslora, targets,
- *                    base_fingerprint, base_model, folded_adapter, paft_version
+ *                    base_fingerprint, base_model, folded_adapter, paft_version,
+ *                    data_records, data_crc32 (written by training; optional when reading)
  * A checkpoint is an adapter plus what resuming needs:
  *   /optim/m/<module>/A|B, /optim/v/<module>/A|B   AdamW moments (same shapes)
- *   attributes: optim_step, epoch, cursor (records consumed in this epoch), seed, rng_state
+ *   attributes: optim_step, epoch, cursor (records consumed in this epoch), seed
  *
  * Written collectively by the ranks of `comm` (h5file.h): to a temporary name, renamed at the end.
  */
@@ -24,6 +25,11 @@ typedef struct {
     char stage[16];           /* sft | dpo | ipo | hinge | orpo */
     int64_t step;             /* optimizer steps done */
     char folded_adapter[1024]; /* adapter folded into the base before training ("" = none) */
+    /* identity of the training data file: its record count and the payload CRC-32 of its header
+     * (attributes data_records, data_crc32); data_records 0 = not recorded (files of older paft
+     * versions, adapters not written by training) */
+    int64_t data_records;
+    uint32_t data_crc32;
 } AdapterInfo;
 
 /* Where a training run stands: what a checkpoint adds to an adapter. */
@@ -47,6 +53,13 @@ void adapter_write(const char *path, MPI_Comm comm, const Model *model, const Ad
  * moments/pos != NULL the file must be a checkpoint and they are filled too. */
 void adapter_read(const char *path, MPI_Comm comm, Model *model, AdapterInfo *info,
                   real *moment_m, real *moment_v, TrainPosition *pos);
+/* Check that the adapter or checkpoint PATH comes from the run described by `expect` (stage,
+ * folded_adapter, and data_records/data_crc32 where both the file and `expect` have them) and
+ * `model` (base fingerprint, r, alpha, rslora, targets). A mismatch is a fatal error naming PATH
+ * and the first key that differs, both values, then `advice`. Returns the file's step.
+ * Collective over comm (every rank opens the file). */
+int64_t adapter_check_origin(const char *path, MPI_Comm comm, const Model *model,
+                             const AdapterInfo *expect, const char *advice);
 /* Fold an adapter file (any r/alpha/targets) into the base weights: W += s B A. Its base
  * fingerprint must match the model's. */
 void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *model);

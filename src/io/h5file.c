@@ -223,6 +223,12 @@ void h5_set_attr_double(H5File *f, const char *name, double value) {
     set_attr(f, name, H5T_NATIVE_DOUBLE, &value);
 }
 
+int h5_has_attr(H5File *f, const char *name) {
+    htri_t exists = H5Aexists(f->file, name);
+    if (exists < 0) PAFT_FATAL("%s: cannot look up attribute '%s'", f->path, name);
+    return exists > 0;
+}
+
 static hid_t open_attr(H5File *f, const char *name, H5T_class_t expect) {
     htri_t exists = H5Aexists(f->file, name);
     if (exists <= 0) PAFT_FATAL("%s: missing attribute '%s'", f->path, name);

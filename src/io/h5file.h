@@ -57,6 +57,8 @@ int h5_shape(H5File *f, const char *name, int64_t dims[2]);
 void h5_set_attr_string(H5File *f, const char *name, const char *value);
 void h5_set_attr_int(H5File *f, const char *name, int64_t value);
 void h5_set_attr_double(H5File *f, const char *name, double value);
+/* Does the root attribute NAME exist? (Optional attributes: those newer writers add.) */
+int h5_has_attr(H5File *f, const char *name);
 /* Readers: fatal error naming the file when the attribute is missing or of another kind. The
  * string is malloc'ed. */
 char *h5_get_attr_string(H5File *f, const char *name);

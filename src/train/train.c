@@ -95,6 +95,8 @@ char *train_stage_dir(const Config *cfg, StageKind kind) {
     return paft_path_join(cfg->output.dir, kind == STAGE_SFT ? "sft" : "pref");
 }
 
+static void check_same_dir(const Trainer *tr);
+
 static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm) {
     memset(tr, 0, sizeof *tr);
     tr->cfg = cfg;
@@ -143,6 +145,7 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
     tr->pos.seed = sc->seed;
 
     tr->dir = train_stage_dir(cfg, kind);
+    check_same_dir(tr);
     if (tr->rank == 0) {
         paft_make_dirs(tr->dir);
     }
@@ -219,11 +222,20 @@ static void log_step(Trainer *tr, const StepStats *st) {
 
 /* ---- checkpoints and the loop ----------------------------------------------------------------*/
 
+/* What an adapter or checkpoint of this run records about where it comes from (and its step). */
+static void run_info(const Trainer *tr, AdapterInfo *info) {
+    memset(info, 0, sizeof *info);
+    info->step = tr->step;
+    snprintf(info->stage, sizeof info->stage, "%s", tr->name);
+    snprintf(info->folded_adapter, sizeof info->folded_adapter, "%s", tr->cfg->model.adapter);
+    info->data_records = (int64_t)tr->data->num_records;
+    info->data_crc32 = tr->data->payload_crc32;
+}
+
 static void write_checkpoint(Trainer *tr) {
     char *path = paft_path_join(tr->dir, "checkpoint.h5");
-    AdapterInfo info = {.step = tr->step};
-    snprintf(info.stage, sizeof info.stage, "%s", tr->name);
-    snprintf(info.folded_adapter, sizeof info.folded_adapter, "%s", tr->cfg->model.adapter);
+    AdapterInfo info;
+    run_info(tr, &info);
     tr->pos.optim_step = tr->opt.step;
     model_lora_to_host(&tr->model, tr->opt.m, tr->opt.v);
     adapter_write(path, tr->comm, &tr->model, &info, tr->opt.m, tr->opt.v, &tr->pos,
@@ -263,14 +275,92 @@ static void truncate_metrics(const char *dir, int64_t last_step) {
     free(tmp);
 }
 
-/* An adapter.h5 that already holds the final step: the stage is done. */
+/* Whether PATH exists, as rank 0 of comm sees it, on every rank of comm. The ranks then all take
+ * the same branch: either all open the file collectively or none does. Asking each rank on its
+ * own hung the job when they saw different files (node-local directories): one rank waited in a
+ * collective H5Fopen the others never entered. Now a rank that lacks the file fails to open it,
+ * a fatal error that ends the job. */
+static int exists_on_rank0(const char *path, MPI_Comm comm) {
+    int rank, exists = 0;
+    CHECK_MPI(MPI_Comm_rank(comm, &rank));
+    if (rank == 0) exists = paft_path_exists(path);
+    CHECK_MPI(MPI_Bcast(&exists, 1, MPI_INT, 0, comm));
+    return exists;
+}
+
+/* Every rank of comm must have the same stage directory: the adapter and checkpoint are one file
+ * written and read collectively (ranks started with different output.dir, e.g. an MPMD launch
+ * with different arguments, would otherwise hang in a collective open of different files). */
+static void check_same_dir(const Trainer *tr) {
+    unsigned long long len = tr->rank == 0 ? (unsigned long long)strlen(tr->dir) : 0;
+    CHECK_MPI(MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, 0, tr->comm));
+    char *root = paft_malloc(len + 1);
+    if (tr->rank == 0) memcpy(root, tr->dir, len + 1);
+    CHECK_MPI(MPI_Bcast(root, (int)len + 1, MPI_CHAR, 0, tr->comm));
+    root[len] = '\0';
+    if (strcmp(root, tr->dir) != 0) /* ends the job (MPI_Abort), the other ranks included */
+        PAFT_FATAL("configuration: output.dir differs between the ranks of one training group "
+                   "(this rank's stage directory %s, rank 0's %s): every rank must be started "
+                   "with the same configuration",
+                   tr->dir, root);
+    free(root);
+}
+
+static const char *const ADAPTER_ADVICE =
+    "it is another configuration's result: pick another output.dir, or delete it to train this "
+    "configuration";
+static const char *const CHECKPOINT_ADVICE =
+    "it is another configuration's checkpoint: run with that configuration to resume it, pick "
+    "another output.dir, or delete it to start over";
+
+/* An adapter.h5 that already holds the final step: the stage is done. It must come from this
+ * configuration (stage, LoRA settings, base, folded adapter, data): a fatal error otherwise. */
 static int already_complete(Trainer *tr, const char *adapter_path) {
-    if (!paft_path_exists(adapter_path)) return 0;
-    H5File f;
-    h5_open_read(&f, adapter_path, tr->comm);
-    int64_t step = h5_get_attr_int(&f, "step");
-    h5_close(&f);
+    if (!exists_on_rank0(adapter_path, tr->comm)) return 0;
+    AdapterInfo expect;
+    run_info(tr, &expect);
+    int64_t step = adapter_check_origin(adapter_path, tr->comm, &tr->model, &expect, ADAPTER_ADVICE);
     return step == tr->total_steps;
+}
+
+/* The position read from a checkpoint is used as array indices and loop bounds: check it all
+ * against this run before anything trusts it. */
+static void check_resume_position(const Trainer *tr, const char *path, int64_t step) {
+    const TrainPosition *p = &tr->pos;
+    const char *section = tr->kind == STAGE_SFT ? "sft" : "pref";
+    if (p->seed != tr->sc->seed)
+        PAFT_FATAL("%s: written with seed %lld, the configuration has %s.seed = %d; %s", path,
+                   (long long)p->seed, section, tr->sc->seed, CHECKPOINT_ADVICE);
+    if (step < 0) PAFT_FATAL("%s: step %lld is negative (corrupt checkpoint)", path, (long long)step);
+    if (step > tr->total_steps)
+        PAFT_FATAL("%s: at step %lld, beyond this run's %lld steps (%s.steps): raise %s.steps to "
+                   "at least %lld, or delete it to start over",
+                   path, (long long)step, (long long)tr->total_steps, section, section,
+                   (long long)step);
+    if (p->optim_step < 0 || p->optim_step > step)
+        PAFT_FATAL("%s: optim_step %lld outside 0..%lld (the step; corrupt checkpoint)", path,
+                   (long long)p->optim_step, (long long)step);
+    if (p->epoch < 0 || p->epoch > step)
+        PAFT_FATAL("%s: epoch %lld outside 0..%lld (the step; corrupt checkpoint)", path,
+                   (long long)p->epoch, (long long)step);
+    /* the next batch is records order[cursor .. cursor + batch) of this epoch */
+    uint64_t last = tr->data->num_records - (uint64_t)tr->sc->batch; /* >= 0: checked in setup */
+    if (p->cursor < 0 || (uint64_t)p->cursor > last)
+        PAFT_FATAL("%s: cursor %lld outside the data order (%s.data %s has %llu records, batch "
+                   "%d: expected 0..%llu); corrupt checkpoint, or one written for other data",
+                   path, (long long)p->cursor, section, tr->sc->data,
+                   (unsigned long long)tr->data->num_records, tr->sc->batch,
+                   (unsigned long long)last);
+    /* LoRA values and AdamW moments: finite, second moments not negative (sqrt(v) divides) */
+    const Model *m = &tr->model;
+    for (size_t i = 0; i < m->n_lora; i++) {
+        if (!isfinite(m->lora_memory[i]))
+            PAFT_FATAL("%s: a non-finite LoRA value (corrupt checkpoint)", path);
+        if (!isfinite(tr->opt.m[i]) || !isfinite(tr->opt.v[i]) || tr->opt.v[i] < 0)
+            PAFT_FATAL("%s: a non-finite first or a negative or non-finite second AdamW moment "
+                       "under /optim (corrupt checkpoint)",
+                       path);
+    }
 }
 
 TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
@@ -287,13 +377,13 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
         teardown(&tr);
         return TRAIN_COMPLETED;
     }
-    if (paft_path_exists(checkpoint_path)) {
-        AdapterInfo info;
+    if (exists_on_rank0(checkpoint_path, comm)) {
+        AdapterInfo expect, info;
+        run_info(&tr, &expect);
+        adapter_check_origin(checkpoint_path, comm, &tr.model, &expect, CHECKPOINT_ADVICE);
         adapter_read(checkpoint_path, comm, &tr.model, &info, tr.opt.m, tr.opt.v, &tr.pos);
+        check_resume_position(&tr, checkpoint_path, info.step);
         model_lora_from_host(&tr.model, tr.opt.m, tr.opt.v);
-        if (tr.pos.seed != tr.sc->seed)
-            PAFT_FATAL("%s: written with seed %lld, the configuration has %d", checkpoint_path,
-                       (long long)tr.pos.seed, tr.sc->seed);
         tr.step = info.step;
         tr.opt.step = tr.pos.optim_step;
         if (tr.rank == 0) truncate_metrics(tr.dir, tr.step);
@@ -351,9 +441,8 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
     }
 
     if (outcome == TRAIN_COMPLETED) {
-        AdapterInfo info = {.step = tr.step};
-        snprintf(info.stage, sizeof info.stage, "%s", tr.name);
-        snprintf(info.folded_adapter, sizeof info.folded_adapter, "%s", cfg->model.adapter);
+        AdapterInfo info;
+        run_info(&tr, &info);
         model_lora_to_host(&tr.model, NULL, NULL);
         adapter_write(adapter_path, comm, &tr.model, &info, NULL, NULL, NULL, tr.layout.dp_rank == 0);
         if (tr.rank == 0) {
