@@ -67,7 +67,23 @@ typedef struct {
     char *dir;
     FILE *metrics; /* group rank 0 only */
     double t_start;
+    int64_t skipped_in_a_row, skipped_this_job; /* steps skipped as non-finite */
 } Trainer;
+
+/* A step whose loss or gradient norm is not finite is skipped (optimizer_step). One now and then
+ * is survivable; this many in a row means the run cannot recover (diverged, or NaN/inf in the base
+ * weights, the adapter or the data), and training on would only write an adapter that never
+ * moved. */
+static const int64_t max_skipped_in_a_row = 10;
+
+static void check_skipped(const Trainer *tr) {
+    if (tr->skipped_in_a_row >= max_skipped_in_a_row)
+        PAFT_FATAL("[%s] %lld steps in a row up to step %lld had a non-finite loss or gradient norm: "
+                   "the run has diverged, or the base model (%s), the adapter it starts from or the "
+                   "data (%s) hold NaN or inf; lower %s.lr, or check those inputs",
+                   tr->name, (long long)tr->skipped_in_a_row, (long long)tr->step,
+                   tr->cfg->model.path, tr->sc->data, tr->kind == STAGE_SFT ? "sft" : "pref");
+}
 
 
 /* ---- setup -----------------------------------------------------------------------------------*/
@@ -418,6 +434,9 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
         next_batch_position(&tr);
         st.seconds = paft_seconds() - t0;
         log_step(&tr, &st);
+        tr.skipped_in_a_row = st.skipped ? tr.skipped_in_a_row + 1 : 0;
+        tr.skipped_this_job += st.skipped;
+        check_skipped(&tr); /* st.skipped is the same on every rank: all end together */
         if (paft_world_rank() == fail_rank && tr.step == fail_step)
             PAFT_FATAL("fault injected by PAFT_FAULT_INJECT after step %lld", (long long)tr.step);
 
@@ -440,6 +459,12 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
         if (periodic) write_checkpoint(&tr);
     }
 
+    if (tr.step > first_step && tr.skipped_this_job == tr.step - first_step)
+        PAFT_FATAL("[%s] every step of this job (%lld) had a non-finite loss or gradient norm, so "
+                   "nothing was learned and nothing is written: the base model (%s), the adapter it "
+                   "starts from or the data (%s) hold NaN or inf, or %s.lr is far too high",
+                   tr.name, (long long)(tr.step - first_step), cfg->model.path, tr.sc->data,
+                   kind == STAGE_SFT ? "sft" : "pref");
     if (outcome == TRAIN_COMPLETED) {
         AdapterInfo info;
         run_info(&tr, &info);
