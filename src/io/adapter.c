@@ -38,6 +38,14 @@ static void write_views(H5File *f, const char *prefix, const Model *m, const rea
     }
 }
 
+/* A diverged or corrupt adapter would only give NaN losses later, far from the cause. */
+static void require_finite(const char *path, const char *name, const real *x, int64_t n) {
+    for (int64_t k = 0; k < n; k++)
+        if (!isfinite(x[k]))
+            PAFT_FATAL("%s: %s holds a non-finite value (%g at element %lld)", path, name,
+                       (double)x[k], (long long)k);
+}
+
 static void read_views(H5File *f, const char *prefix, const Model *m, real *memory) {
     char name[256];
     for (int i = 0; i < m->n_lora_views; i++) {
@@ -45,7 +53,26 @@ static void read_views(H5File *f, const char *prefix, const Model *m, real *memo
         snprintf(name, sizeof name, "%s/%s", prefix, v->name);
         H5Block block = view_block(v, 1);
         h5_read_real(f, name, &block, memory + v->offset);
+        /* (the AdamW moments of a checkpoint have their own checks, train.c) */
+        if (strcmp(prefix, "/lora") == 0) require_finite(f->path, name, memory + v->offset, v->rows * v->cols);
     }
+}
+
+/* Every module under /lora is one this model adapts: the merge refuses the others, and so must
+ * every reader, or an adapter of a deeper model would load with its extra layers ignored. */
+static void check_modules(H5File *f, const Model *m, const LoraConfig *lora) {
+    int n = 0;
+    char **modules = h5_list_group(f, "/lora", &n);
+    for (int i = 0; i < n; i++) {
+        char weight[256];
+        snprintf(weight, sizeof weight, "%s.weight", modules[i]);
+        int layer, p = proj_from_name(weight, ".weight", &layer);
+        if (p < 0 || layer >= m->config.num_layers || !lora->targets[p])
+            PAFT_FATAL("%s: /lora/%s is not an adapted module of this model (%d layers)", f->path,
+                       modules[i], m->config.num_layers);
+        free(modules[i]);
+    }
+    free(modules);
 }
 
 void adapter_write(const char *path, MPI_Comm comm, const Model *m, const AdapterInfo *info,
@@ -195,6 +222,7 @@ void adapter_read(const char *path, MPI_Comm comm, Model *m, AdapterInfo *info, 
         info->data_records = h5_has_attr(&f, "data_records") ? h5_get_attr_int(&f, "data_records") : 0;
         info->data_crc32 = h5_has_attr(&f, "data_crc32") ? (uint32_t)h5_get_attr_int(&f, "data_crc32") : 0;
     }
+    check_modules(&f, m, &m->lora);
     read_views(&f, "/lora", m, m->lora_memory);
     if (moment_m || moment_v || pos) {
         if (!h5_exists(&f, "/optim")) PAFT_FATAL("%s: an adapter, not a checkpoint (no /optim)", path);
@@ -225,6 +253,7 @@ void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *m) {
     lora_config_init(&lora, (int)h5_get_attr_int(&f, "r"), h5_get_attr_double(&f, "alpha"),
                      (int)h5_get_attr_int(&f, "rslora"), targets, path);
     free(targets);
+    check_modules(&f, m, &lora);
     /* W += s B A on this rank's block of W: rows [row0, +rows) x columns [col0, +cols) needs
      * B's rows and A's columns of that block */
     const ModelConfig *c = &m->config;
@@ -243,8 +272,10 @@ void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *m) {
             H5Block bb = {w->global_rows, lora.r, w->row0, 0, w->rows, lora.r};
             snprintf(name, sizeof name, "/lora/model.layers.%d.%s/A", l, proj_module_name(p));
             h5_read_real(&f, name, &ba, A);
+            require_finite(path, name, A, lora.r * w->cols);
             snprintf(name, sizeof name, "/lora/model.layers.%d.%s/B", l, proj_module_name(p));
             h5_read_real(&f, name, &bb, B);
+            require_finite(path, name, B, w->rows * lora.r);
             lora_delta(delta, A, B, (int)w->rows, (int)w->cols, lora.r, (real)lora.scale);
             real *W = m->weights_memory + w->offset;
             for (int64_t i = 0; i < w->rows * w->cols; i++) W[i] += delta[i];

@@ -177,6 +177,14 @@ static void read_block(H5File *f, const char *name, const H5Block *b, hid_t mem_
                    (long long)b->global_cols);
     hid_t dset = H5Dopen2(f->file, name, H5P_DEFAULT);
     CHECK_H5(dset);
+    /* HDF5 would convert integers to floats without a word: weights are never integers */
+    hid_t stored = H5Dget_type(dset);
+    CHECK_H5(stored);
+    const H5T_class_t cls = H5Tget_class(stored);
+    CHECK_H5(H5Tclose(stored));
+    if (cls != H5T_FLOAT)
+        PAFT_FATAL("%s: dataset %s does not hold floating-point values (HDF5 type class %d)",
+                   f->path, name, (int)cls);
     hid_t file_space, mem_space;
     block_spaces(b, &file_space, &mem_space);
     hid_t dxpl = collective_dxpl();

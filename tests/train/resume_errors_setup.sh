@@ -6,6 +6,7 @@
 #   WORK/<case>/sft       a copy of that checkpoint with one attribute or value broken
 #   WORK/fin              finished sft and dpo stages (2 steps each)
 #   WORK/layer_<L>.h5     fin's sft adapter with layer 0's q_proj renamed to layer L
+#   WORK/lora_{nan,extra,int}.h5  fin's sft adapter with a NaN, a module of layer 7, an int dataset
 #   WORK/wa/run, WORK/wb  a finished sft stage under wa, nothing under wb (the MPMD tests)
 #   usage: resume_errors_setup.sh PAFT MAKE_TASK RESUME_FIXTURE WORK
 set -euo pipefail
@@ -44,6 +45,14 @@ for layer in 2147483647 99999999999 -1 +1; do   # paft inspect: layer indices ou
   "$fixture" rename "$work/layer_$layer.h5" /lora/model.layers.0.self_attn.q_proj \
     "/lora/model.layers.$layer.self_attn.q_proj"
 done
+# adapters broken in their values, modules or types (paft eval and model.adapter must refuse them)
+cp "$work/fin/sft/adapter.h5" "$work/lora_nan.h5"
+"$fixture" poke "$work/lora_nan.h5" /lora/model.layers.1.mlp.down_proj/B nan
+cp "$work/fin/sft/adapter.h5" "$work/lora_extra.h5"
+"$fixture" rename "$work/lora_extra.h5" /lora/model.layers.0.self_attn.q_proj \
+  /lora/model.layers.7.self_attn.q_proj
+cp "$work/fin/sft/adapter.h5" "$work/lora_int.h5"
+"$fixture" int-dataset "$work/lora_int.h5" /lora/model.layers.0.self_attn.k_proj/B
 mkdir -p "$work/wa" "$work/wb"
 (cd "$work/wa" && "$paft" train "$cfg" stage=sft sft.steps=2 output.dir=run > "$work/wa.log")
 echo "resume error inputs ready in $work"

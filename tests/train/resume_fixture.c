@@ -8,6 +8,8 @@
  *   resume_fixture attr-delete FILE NAME        delete root attribute NAME
  *   resume_fixture poke FILE DATASET VALUE      set the first element of a fp32 dataset
  *   resume_fixture rename FILE OLD NEW          rename (move) a group or dataset
+ *   resume_fixture int-dataset FILE DATASET     rewrite a 2-D fp32 dataset as int32 (same values
+ *                                               truncated, same shape)
  *   resume_fixture sft-data PATH RECORDS        a generated SFT data file of RECORDS records
  */
 #include <hdf5.h>
@@ -73,6 +75,26 @@ int main(int argc, char **argv) {
         H5Sclose(mem);
         H5Sclose(space);
         H5Dclose(d);
+        H5Fclose(f);
+    } else if (strcmp(mode, "int-dataset") == 0 && argc == 4) {
+        hid_t f = open_rw(argv[2]);
+        hid_t d = H5Dopen2(f, argv[3], H5P_DEFAULT);
+        if (d < 0) PAFT_FATAL("%s: no dataset %s", argv[2], argv[3]);
+        hid_t space = H5Dget_space(d);
+        hsize_t dims[2] = {0, 0};
+        if (H5Sget_simple_extent_ndims(space) != 2) PAFT_FATAL("%s: %s is not 2-D", argv[2], argv[3]);
+        H5Sget_simple_extent_dims(space, dims, NULL);
+        int *values = calloc(dims[0] * dims[1], sizeof(int));
+        if (H5Dread(d, H5T_NATIVE_INT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values) < 0)
+            PAFT_FATAL("%s: cannot read %s", argv[2], argv[3]);
+        H5Dclose(d);
+        if (H5Ldelete(f, argv[3], H5P_DEFAULT) < 0) PAFT_FATAL("%s: cannot delete %s", argv[2], argv[3]);
+        d = H5Dcreate2(f, argv[3], H5T_STD_I32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        if (d < 0 || H5Dwrite(d, H5T_NATIVE_INT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values) < 0)
+            PAFT_FATAL("%s: cannot write %s", argv[2], argv[3]);
+        free(values);
+        H5Dclose(d);
+        H5Sclose(space);
         H5Fclose(f);
     } else if (strcmp(mode, "rename") == 0 && argc == 5) {
         hid_t f = open_rw(argv[2]);
