@@ -102,9 +102,12 @@ static void print_hf_directory(const char *path) {
     /* Read and validate everything before the first line is printed. */
     char architecture[640] = "architecture: unknown (no config.json)";
     char *config_path = paft_path_join(path, "config.json");
+    Checkpoint ckpt;
+    checkpoint_open(&ckpt, path);
     if (paft_path_exists(config_path)) {
         ModelConfig cfg;
         model_config_load(&cfg, config_path);
+        model_check_checkpoint(&ckpt, &cfg); /* what paft would refuse to load, refused here too */
         char summary[512];
         model_config_describe(&cfg, summary, sizeof summary);
         snprintf(architecture, sizeof architecture, "architecture: %s (%s)", cfg.architecture,
@@ -112,8 +115,6 @@ static void print_hf_directory(const char *path) {
         model_config_free(&cfg);
     }
     free(config_path);
-    Checkpoint ckpt;
-    checkpoint_open(&ckpt, path);
 
     paft_log("%s: Hugging Face model directory\n%s\n", path, architecture);
     print_checkpoint(&ckpt);

@@ -497,12 +497,42 @@ static void model_create(Model *m, uint64_t seed, MPI_Comm tp_comm, const char *
     init_lora(m, seed);
 }
 
+/* Tensors a checkpoint may hold that no configuration uses: older Llama exports keep RoPE's
+ * inv_freq buffers, and some tied models store lm_head.weight anyway (transformers ignores both). */
+static int unused_tensor_allowed(const ModelConfig *c, const char *name) {
+    if (strstr(name, "rotary_emb.inv_freq")) return 1;
+    return c->tie_word_embeddings && strcmp(name, "lm_head.weight") == 0;
+}
+
+void model_check_checkpoint(const Checkpoint *ckpt, const ModelConfig *c) {
+    TensorView *views = NULL;
+    const int n = model_weight_views(c, &views);
+    for (int i = 0; i < n; i++) { /* every tensor the configuration needs, at its shape */
+        int64_t shape[2] = {views[i].global_rows, views[i].global_cols};
+        checkpoint_require(ckpt, views[i].name, shape[1] == 1 ? 1 : 2, shape);
+    }
+    for (int t = 0; t < ckpt->n_tensors; t++) { /* and nothing it does not */
+        const char *name = ckpt->tensors[t].name;
+        int used = unused_tensor_allowed(c, name);
+        for (int i = 0; i < n && !used; i++) used = strcmp(views[i].name, name) == 0;
+        if (!used)
+            PAFT_FATAL("%s: tensor %s is not part of the model config.json describes (%s, "
+                       "num_hidden_layers = %d%s): the configuration and the weights disagree",
+                       ckpt->path, name, c->architecture, c->num_layers,
+                       c->tie_word_embeddings ? ", tied embeddings" : "");
+    }
+    free(views);
+}
+
 void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t seed,
                 MPI_Comm tp_comm) {
     memset(m, 0, sizeof *m);
     if (!paft_path_exists(path)) PAFT_FATAL("%s: model path does not exist", path);
     WeightSource src;
     source_open(&src, path, &m->config);
+    /* before anything is allocated: a config.json with a huge or wrong shape must fail here by
+     * name, not as an allocation of its size */
+    if (!src.merged) model_check_checkpoint(&src.ckpt, &m->config);
     m->lora = *lora;
     model_create(m, seed, tp_comm, path);
     /* read this rank's block of every tensor, checking the whole shape against the config */

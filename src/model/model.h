@@ -41,8 +41,7 @@ const char *proj_module_name(Proj p);
 /* "q_proj", ... (the name used in lora.targets) */
 const char *proj_short_name(Proj p);
 
-/* Layer indices paft accepts in a tensor or module name: 0 .. PAFT_MAX_LAYERS - 1. */
-#define PAFT_MAX_LAYERS 100000
+/* Layer indices paft accepts in a tensor or module name: 0 .. PAFT_MAX_LAYERS - 1 (model_config.h). */
 
 /* The projection named "model.layers.<l>.<module path><suffix>" (suffix ".weight", or "" for a
  * module path; <l> decimal digits, below PAFT_MAX_LAYERS): its Proj with *layer set, or -1 for
@@ -252,6 +251,11 @@ void model_fingerprint(const Checkpoint *ckpt, const TensorView *views, int n_vi
  * from the configuration alone without reading a weight (the merge stage and the fingerprint of a
  * base use it). Returns the count; *views is malloc'ed. */
 int model_weight_views(const ModelConfig *config, TensorView **views);
+
+/* A Hugging Face checkpoint holds exactly the tensors config says, at their shapes (besides
+ * RoPE's inv_freq buffers and a tied model's lm_head.weight, which are ignored): a fatal error
+ * naming the file and the tensor otherwise. model_load calls it before allocating anything. */
+void model_check_checkpoint(const Checkpoint *ckpt, const ModelConfig *config);
 
 /* The last step of the vocab-parallel log-probabilities (ops.h), shared by both backends: with
  * this rank's m->row_max (already the group's max), row_sumexp and row_target for N rows, sum the

@@ -235,6 +235,9 @@ void model_config_parse(ModelConfig *cfg, const char *json_text, const char *sou
     require_positive_int(source, "hidden_size", cfg->hidden_size);
     require_positive_int(source, "intermediate_size", cfg->intermediate_size);
     require_positive_int(source, "num_hidden_layers", cfg->num_layers);
+    if (cfg->num_layers >= PAFT_MAX_LAYERS)
+        PAFT_FATAL("%s: \"num_hidden_layers\" = %d is beyond the %d paft supports", source,
+                   cfg->num_layers, PAFT_MAX_LAYERS - 1);
     require_positive_int(source, "num_attention_heads", cfg->num_heads);
     if (!(cfg->rms_norm_eps > 0))
         PAFT_FATAL("%s: \"rms_norm_eps\" must be positive, got %g", source, cfg->rms_norm_eps);

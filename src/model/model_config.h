@@ -12,6 +12,10 @@
 
 typedef enum { ROPE_DEFAULT, ROPE_LINEAR, ROPE_LLAMA3 } RopeType;
 
+/* The most decoder layers a configuration may have (and so layer indices 0 .. PAFT_MAX_LAYERS - 1
+ * in tensor and module names): far above any real model, far below what would overflow. */
+#define PAFT_MAX_LAYERS 100000
+
 typedef struct {
     char architecture[64]; /* architectures[0], e.g. "LlamaForCausalLM" */
     char model_type[32];   /* "llama", "mistral", "qwen2" */

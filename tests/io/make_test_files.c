@@ -7,6 +7,8 @@
  *                        not by safetensors_write, so the writer cannot hide a reader bug)
  *   bad_<check>_dir/     sharded directories whose index and shards disagree
  *   cfg_<check>/         model directories whose config.json is wrong
+ *   extra_layer_model/   the tiny Llama plus a tensor of a layer its config does not have
+ *   inv_freq_model/      the tiny Llama plus a RoPE inv_freq buffer (ignored, as transformers does)
  *   unknown.txt          a file of no known kind
  *
  * The expected messages live with the tests in tests/io/CMakeLists.txt and tests/cli/.
@@ -221,6 +223,20 @@ static void good_model(void) {
                  second[i].name);
     write_index("good_model", map);
 
+    /* the same weights in one file with one tensor more: a second layer's norm the config's one
+     * layer does not have (refused), or RoPE's inv_freq buffer older exports keep (ignored) */
+    TensorToWrite all[13];
+    memcpy(all, first, sizeof first);
+    memcpy(all + 6, second, sizeof second);
+    all[12] = (TensorToWrite){"model.layers.1.input_layernorm.weight", DTYPE_F32, 1, {8}, values};
+    make_dir("extra_layer_model");
+    write_text("extra_layer_model/config.json", tiny_config);
+    safetensors_write(path_of("extra_layer_model/model.safetensors"), all, 13, NULL);
+    all[12] = (TensorToWrite){"model.layers.0.self_attn.rotary_emb.inv_freq", DTYPE_F32, 1, {2}, values};
+    make_dir("inv_freq_model");
+    write_text("inv_freq_model/config.json", tiny_config);
+    safetensors_write(path_of("inv_freq_model/model.safetensors"), all, 13, NULL);
+
     /* 3 + 4*5 + 2 = 25 parameters in three dtypes */
     TensorToWrite single[] = {
         {"bias", DTYPE_F16, 1, {3}, values},
@@ -272,6 +288,8 @@ static void bad_configs(void) {
                 "\"hidden_size\": 8, \"num_attention_heads\": 2, \"rope_scaling\": \"linear\"}");
     config_case("cfg_activation", CFG_BEGIN CFG_SIZES
                 "\"hidden_size\": 8, \"num_attention_heads\": 2, \"hidden_act\": \"gelu\"}");
+    config_case("cfg_too_many_layers", CFG_BEGIN "\"intermediate_size\": 12, \"num_hidden_layers\": "
+                "2000000000, \"rms_norm_eps\": 1e-5, \"hidden_size\": 8, \"num_attention_heads\": 2}");
     config_case("cfg_not_json", "{\"architectures\": [\"LlamaForCausalLM\"], ");
 }
 
