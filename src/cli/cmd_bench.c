@@ -16,6 +16,7 @@
  * chosen + rejected, 2 x B x T). Peak memory is the process's maximum resident set. profile=1
  * (device backends) prints where the device's time went, phase by phase (model_device.c).
  */
+#include <errno.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdlib.h>
@@ -64,6 +65,30 @@ static double matmul_parameters(const ModelConfig *c) {
     return per_layer * c->num_layers + (double)c->vocab_size * c->hidden_size;
 }
 
+/* The integer after "key=" in argument a, whole and within [lo, hi]: atoi would take "abc" as 0
+ * and "4x" as 4. */
+static int int_argument(const char *a, size_t key_len, long lo, long hi) {
+    const char *text = a + key_len;
+    char *end = NULL;
+    errno = 0;
+    const long v = strtol(text, &end, 10);
+    if (end == text || *end != '\0' || errno == ERANGE || v < lo || v > hi)
+        PAFT_FATAL("command line: %s: expected an integer from %ld to %ld", a, lo, hi);
+    return (int)v;
+}
+
+/* The number after "key=" in argument a, whole, finite and within [lo, hi]. */
+static double number_argument(const char *a, size_t key_len, double lo, double hi) {
+    const char *text = a + key_len;
+    char *end = NULL;
+    errno = 0;
+    const double v = strtod(text, &end);
+    if (end == text || *end != '\0' || errno == ERANGE || !isfinite(v) || v < lo || v > hi ||
+        strpbrk(text, "xX"))
+        PAFT_FATAL("command line: %s: expected a number from %g to %g", a, lo, hi);
+    return v;
+}
+
 int cmd_bench(int argc, char **argv) {
     const char *preset = "tiny", *stage = "sft", *device = "cpu";
     int batch = 2, seq = 64, steps = 3, r = 16, recompute = 0, simple_attention = 0, profile = 0;
@@ -74,10 +99,10 @@ int cmd_bench(int argc, char **argv) {
         const char *a = argv[i];
         if (strncmp(a, "model=", 6) == 0) preset = a + 6;
         else if (strncmp(a, "stage=", 6) == 0) stage = a + 6;
-        else if (strncmp(a, "batch=", 6) == 0) batch = atoi(a + 6);
-        else if (strncmp(a, "seq=", 4) == 0) seq = atoi(a + 4);
-        else if (strncmp(a, "steps=", 6) == 0) steps = atoi(a + 6);
-        else if (strncmp(a, "r=", 2) == 0) r = atoi(a + 2);
+        else if (strncmp(a, "batch=", 6) == 0) batch = int_argument(a, 6, 1, 1 << 20);
+        else if (strncmp(a, "seq=", 4) == 0) seq = int_argument(a, 4, 2, 1 << 24);
+        else if (strncmp(a, "steps=", 6) == 0) steps = int_argument(a, 6, 1, 1 << 20);
+        else if (strncmp(a, "r=", 2) == 0) r = int_argument(a, 2, 1, 4096);
         else if (strncmp(a, "device=", 7) == 0) device = a + 7;
         else if (strncmp(a, "recompute=", 10) == 0) {
             if (strcmp(a + 10, "0") != 0 && strcmp(a + 10, "1") != 0)
@@ -93,15 +118,10 @@ int cmd_bench(int argc, char **argv) {
                 PAFT_FATAL("command line: %s: profile is 0 or 1", a);
             profile = a[8] == '1';
         }
-        else if (strncmp(a, "logits_chunk=", 13) == 0) {
-            char *end = NULL;
-            const long rows = strtol(a + 13, &end, 10);
-            if (end == a + 13 || *end != '\0' || rows < 0 || rows > 1000000000)
-                PAFT_FATAL("command line: %s: logits_chunk is a number of rows >= 0 (0: automatic)", a);
-            logits_chunk = (int)rows;
-        }
-        else if (strncmp(a, "peak=", 5) == 0) peak = atof(a + 5);
-        else if (strncmp(a, "l1=", 3) == 0) l1 = atof(a + 3);
+        else if (strncmp(a, "logits_chunk=", 13) == 0)
+            logits_chunk = int_argument(a, 13, 0, 1000000000); /* rows; 0: automatic */
+        else if (strncmp(a, "peak=", 5) == 0) peak = number_argument(a, 5, 1e-3, 1e6);
+        else if (strncmp(a, "l1=", 3) == 0) l1 = number_argument(a, 3, 0, 1e6);
         else PAFT_FATAL("command line: unknown argument '%s' for 'paft bench' (model= batch= seq= stage= steps= r= device= recompute= attention= l1= peak= profile= logits_chunk=)", a);
     }
     if (batch < 1 || seq < 2 || steps < 1 || r < 1 || !(peak > 0))
