@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <ini.h>
 #include <math.h>
+#include <mpi.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -292,6 +293,46 @@ int config_apply_override(Config *cfg, const char *arg) {
     return 1;
 }
 
+/* Every rank of a job must run with the same settings: an MPMD launch with other arguments on some
+ * ranks, or another file at the same path on another node, would otherwise train and merge with
+ * mixed settings, or wait forever in a collective that some ranks skip. Rank 0's settings (as
+ * config_write prints them) go to every rank; a rank whose own differ ends the job, naming the
+ * first setting that differs. */
+static void require_same_on_every_rank(const Config *cfg) {
+    int initialized = 0, size = 1, rank = 0;
+    CHECK_MPI(MPI_Initialized(&initialized));
+    if (!initialized) return; /* a unit test without MPI */
+    CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
+    CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+    if (size == 1) return;
+    char *mine = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&mine, &len);
+    if (!f) PAFT_FATAL("out of memory writing the configuration");
+    config_write(cfg, f);
+    fclose(f);
+    long long root_len = rank == 0 ? (long long)len + 1 : 0;
+    CHECK_MPI(MPI_Bcast(&root_len, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD));
+    char *root = rank == 0 ? mine : paft_malloc((size_t)root_len);
+    CHECK_MPI(MPI_Bcast(root, (int)root_len, MPI_CHAR, 0, MPI_COMM_WORLD));
+    if (strcmp(root, mine) != 0) {
+        const char *a = mine, *b = root;
+        char section[64] = "";
+        for (;;) { /* the first line that differs, and the section it is in */
+            const size_t la = strcspn(a, "\n"), lb = strcspn(b, "\n");
+            if (la != lb || strncmp(a, b, la) != 0)
+                PAFT_FATAL("the configuration differs between ranks (another file or other "
+                           "arguments on some ranks?): %s '%.*s' here, '%.*s' on rank 0", section,
+                           (int)la, a, (int)lb, b);
+            if (*a == '[') snprintf(section, sizeof section, "%.*s", (int)la, a);
+            a += la + (a[la] != '\0');
+            b += lb + (b[lb] != '\0');
+        }
+    }
+    if (rank != 0) free(root);
+    free(mine);
+}
+
 int config_from_args(Config *cfg, int argc, char **argv, char **extra, int max_extra) {
     config_defaults(cfg);
     int i = 1, n_extra = 0;
@@ -309,6 +350,7 @@ int config_from_args(Config *cfg, int argc, char **argv, char **extra, int max_e
             PAFT_FATAL("command line: unexpected argument '%s' for 'paft %s'", argv[i], argv[0]);
         extra[n_extra++] = argv[i];
     }
+    require_same_on_every_rank(cfg);
     return n_extra;
 }
 
