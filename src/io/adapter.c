@@ -110,11 +110,16 @@ void adapter_write(const char *path, MPI_Comm comm, const Model *m, const Adapte
 }
 
 /* Check the file describes an adapter of this model's LoRA configuration and base. */
-static void check_compatible(H5File *f, const Model *m) {
+/* The file is a paft adapter (or checkpoint): its "format" attribute says so. */
+static void require_adapter_format(H5File *f) {
     char *format = h5_get_attr_string(f, "format");
     if (strcmp(format, ADAPTER_FORMAT) != 0)
         PAFT_FATAL("%s: format '%s', expected '%s'", f->path, format, ADAPTER_FORMAT);
     free(format);
+}
+
+static void check_compatible(H5File *f, const Model *m) {
+    require_adapter_format(f);
     char *fp = h5_get_attr_string(f, "base_fingerprint");
     if (strcmp(fp, m->fingerprint) != 0)
         PAFT_FATAL("%s: adapter was trained on another base model (fingerprint %s, this base %s "
@@ -168,10 +173,7 @@ int64_t adapter_check_origin(const char *path, MPI_Comm comm, const Model *m,
                              const AdapterInfo *expect, const char *advice) {
     H5File f;
     h5_open_read(&f, path, comm);
-    char *format = h5_get_attr_string(&f, "format");
-    if (strcmp(format, ADAPTER_FORMAT) != 0)
-        PAFT_FATAL("%s: format '%s', expected '%s'", path, format, ADAPTER_FORMAT);
-    free(format);
+    require_adapter_format(&f);
     compare_string(path, "stage", &f, expect->stage, advice);
     compare_string(path, "base_fingerprint", &f, m->fingerprint, advice);
     compare_int(path, "r", h5_get_attr_int(&f, "r"), m->lora.r, advice);
@@ -239,10 +241,7 @@ void adapter_read(const char *path, MPI_Comm comm, Model *m, AdapterInfo *info, 
 void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *m) {
     H5File f;
     h5_open_read(&f, path, comm);
-    char *format = h5_get_attr_string(&f, "format");
-    if (strcmp(format, ADAPTER_FORMAT) != 0)
-        PAFT_FATAL("%s: format '%s', expected '%s'", path, format, ADAPTER_FORMAT);
-    free(format);
+    require_adapter_format(&f);
     char *fp = h5_get_attr_string(&f, "base_fingerprint");
     if (strcmp(fp, m->fingerprint) != 0)
         PAFT_FATAL("%s: adapter was trained on another base model (fingerprint %s, base %s has %s)",
