@@ -52,11 +52,13 @@ int cmd_eval(int argc, char **argv) {
         paft_log("  preference accuracy %.4f, margin %.4f (beta %g, %lld pairs, reference %s)",
                  ep.accuracy, ep.margin, cfg.pref.beta, (long long)ep.pairs, cfg.model.path);
     paft_log("\neval: {\"model\": \"%s\"", path);
-    if (sft) paft_log(", \"sft_nll\": %.8g, \"sft_tokens\": %lld", es.nll, (long long)es.tokens);
+    if (sft) paft_log(", \"sft_nll\": %s, \"sft_tokens\": %lld", json_number(es.nll).text, (long long)es.tokens);
     if (pref)
-        paft_log(", \"pref_accuracy\": %.8g, \"pref_margin\": %.8g, \"reward_chosen\": %.8g, "
-                 "\"reward_rejected\": %.8g, \"pairs\": %lld",
-                 ep.accuracy, ep.margin, ep.reward_chosen, ep.reward_rejected, (long long)ep.pairs);
+        paft_log(", \"pref_accuracy\": %s, \"pref_margin\": %s, \"reward_chosen\": %s, "
+                 "\"reward_rejected\": %s, \"pairs\": %lld",
+                 json_number(ep.accuracy).text, json_number(ep.margin).text,
+                 json_number(ep.reward_chosen).text, json_number(ep.reward_rejected).text,
+                 (long long)ep.pairs);
     paft_log("}\n");
     if (sft) token_data_close(sft);
     if (pref) token_data_close(pref);

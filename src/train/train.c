@@ -205,21 +205,25 @@ static void log_step(Trainer *tr, const StepStats *st) {
         free(path);
     }
     FILE *f = tr->metrics;
-    fprintf(f, "{\"stage\": \"%s\", \"step\": %lld, \"loss\": %.8g, \"lr\": %.8g, "
-               "\"grad_norm\": %.8g, \"tokens\": %.0f, \"tokens_per_s\": %.6g, \"skipped\": %d",
-            tr->name, (long long)tr->step, st->loss, st->lr, st->grad_norm, st->tokens,
-            st->tokens / st->seconds, st->skipped);
+    /* json_number: a skipped step's NaN loss is written as null, not as nan */
+    fprintf(f, "{\"stage\": \"%s\", \"step\": %lld, \"loss\": %s, \"lr\": %s, "
+               "\"grad_norm\": %s, \"tokens\": %.0f, \"tokens_per_s\": %s, \"skipped\": %d",
+            tr->name, (long long)tr->step, json_number(st->loss).text, json_number(st->lr).text,
+            json_number(st->grad_norm).text, st->tokens, json_number(st->tokens / st->seconds).text,
+            st->skipped);
     if (tr->kind == STAGE_SFT) {
-        fprintf(f, ", \"nll\": %.8g, \"l1\": %.8g", st->nll, st->l1);
+        fprintf(f, ", \"nll\": %s, \"l1\": %s", json_number(st->nll).text, json_number(st->l1).text);
     } else {
-        fprintf(f, ", \"rewards/chosen\": %.8g, \"rewards/rejected\": %.8g, "
-                   "\"rewards/accuracies\": %.8g, \"rewards/margins\": %.8g, "
-                   "\"logps/chosen\": %.8g, \"logps/rejected\": %.8g",
-                st->reward_chosen, st->reward_rejected, st->reward_accuracy, st->reward_margin,
-                st->logp_chosen, st->logp_rejected);
+        fprintf(f, ", \"rewards/chosen\": %s, \"rewards/rejected\": %s, "
+                   "\"rewards/accuracies\": %s, \"rewards/margins\": %s, "
+                   "\"logps/chosen\": %s, \"logps/rejected\": %s",
+                json_number(st->reward_chosen).text, json_number(st->reward_rejected).text,
+                json_number(st->reward_accuracy).text, json_number(st->reward_margin).text,
+                json_number(st->logp_chosen).text, json_number(st->logp_rejected).text);
         if (tr->step_ctx.pref.kind == PREF_LOSS_ORPO)
-            fprintf(f, ", \"nll_loss\": %.8g, \"log_odds_ratio\": %.8g, \"log_odds_chosen\": %.8g",
-                    st->nll, st->log_odds_ratio, st->log_odds_chosen);
+            fprintf(f, ", \"nll_loss\": %s, \"log_odds_ratio\": %s, \"log_odds_chosen\": %s",
+                    json_number(st->nll).text, json_number(st->log_odds_ratio).text,
+                    json_number(st->log_odds_chosen).text);
     }
     fprintf(f, "}\n");
     fflush(f);

@@ -2,6 +2,7 @@
 #include "util/common.h"
 
 #include <errno.h>
+#include <math.h>
 #include <mpi.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -134,6 +135,13 @@ char *paft_path_join(const char *dir, const char *name) {
     if (need_slash) out[a++] = '/';
     memcpy(out + a, name, b + 1);
     return out;
+}
+
+JsonNumber json_number(double value) {
+    JsonNumber n;
+    if (isfinite(value)) snprintf(n.text, sizeof n.text, "%.8g", value);
+    else snprintf(n.text, sizeof n.text, "null");
+    return n;
 }
 
 double paft_seconds(void) {

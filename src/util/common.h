@@ -42,6 +42,14 @@ PAFT_NORETURN void paft_fatal(const char *file, int line, const char *fmt, ...) 
 
 /* Informational output: printed by rank 0 of MPI_COMM_WORLD only (or always without MPI). */
 void paft_log(const char *fmt, ...) PAFT_PRINTF(1, 2);
+
+/* A number as JSON spells it, to print with %s: %.8g, or null where it is NaN or infinite (printf
+ * would write nan or inf, which no JSON reader accepts: a skipped step in metrics.jsonl broke
+ * every line-by-line reader of the file). */
+typedef struct {
+    char text[32];
+} JsonNumber;
+JsonNumber json_number(double value);
 /* This process's rank in MPI_COMM_WORLD, or 0 when MPI is not (or no longer) running. */
 int paft_world_rank(void);
 

@@ -1,0 +1,23 @@
+# cmake -DFILE=metrics.jsonl [-DNULL_KEY=loss] -P check_metrics_json.cmake: every line of FILE is a
+# JSON object (CMake's own JSON parser, so no Python is needed), and with NULL_KEY that member is
+# null on every line (a skipped, non-finite step is written as null: printf's nan is not JSON).
+file(STRINGS "${FILE}" lines)
+list(LENGTH lines n)
+if(n EQUAL 0)
+  message(FATAL_ERROR "${FILE}: no lines")
+endif()
+set(number 0)
+foreach(line IN LISTS lines)
+  math(EXPR number "${number} + 1")
+  string(JSON type ERROR_VARIABLE err TYPE "${line}")
+  if(err OR NOT type STREQUAL "OBJECT")
+    message(FATAL_ERROR "${FILE}:${number}: not a JSON object (${err}): ${line}")
+  endif()
+  if(NULL_KEY)
+    string(JSON type ERROR_VARIABLE err TYPE "${line}" ${NULL_KEY})
+    if(err OR NOT type STREQUAL "NULL")
+      message(FATAL_ERROR "${FILE}:${number}: ${NULL_KEY} is ${type}, expected null: ${line}")
+    endif()
+  endif()
+endforeach()
+message(STATUS "${FILE}: ${n} JSON lines")
