@@ -39,4 +39,14 @@ bash "$root/jobs/eval-leaderboard.sbatch" > "$work/run2.log" 2>&1 || { cat "$wor
 [ "$(wc -l < "$work/calls.txt")" = 12 ] || fail "the second run called lm_eval again"
 [ "$(grep -c "done, skipped" "$work/run2.log")" = 12 ] || fail "the second run did not skip the 2 x 6 tasks"
 grep -qF "$row" "$work/run2.log" || fail "the second run did not print the table"
+# refused before any work: two models of one name, a name outside EVAL_DIR, an unknown task
+refused() { # EXPECTED-MESSAGE, with MODELS/TASKS set by the caller
+  local log=$work/refused.log
+  if bash "$root/jobs/eval-leaderboard.sbatch" > "$log" 2>&1; then cat "$log"; fail "accepted: $1"; fi
+  grep -qF "$1" "$log" || { cat "$log"; fail "expected '$1'"; }
+  [ "$(wc -l < "$work/calls.txt")" = 12 ] || fail "lm_eval ran before the refusal ($1)"
+}
+MODELS="$work/x/run1/m.h5 $work/y/run1/m.h5" refused "are both named 'run1/m'; write NAME=PATH"
+MODELS="../x.h5" refused "gives the name '../x', not a folder under EVAL_DIR"
+TASKS="arc mmlux" refused "unknown task 'mmlux'"
 echo "1 passed, 0 failed"
