@@ -11,8 +11,9 @@ In short, all integers little-endian:
     mask     u8[T]      sft only: 1 = loss target
 
 The writer streams: tokens and mask go to side files as records arrive (only the offsets, 8 bytes
-a segment, stay in memory), and finish() assembles PATH.tmp.<pid> and renames it to PATH, so
-preparing a multi-gigabyte shard needs little memory and a reader never sees half a file.
+a segment, stay in memory), and finish() assembles PATH.tmp.<pid> (seal()) and renames it to PATH
+(commit()), so preparing a multi-gigabyte shard needs little memory and a reader never sees half a
+file. Several files that belong together (train and val) are sealed first and committed after.
 
 Needs numpy. Standard library otherwise.
 """
@@ -83,6 +84,7 @@ class TokenDataWriter:
         self._tmp = f"{self.path}.tmp.{os.getpid()}"
         self._tokens_file = open(self._tmp + ".tokens", "wb")
         self._mask_file = open(self._tmp + ".mask", "wb") if self.kind == KIND_SFT else None
+        self._sealed = False
         self._finished = False
 
     def _ids(self, ids, what):
@@ -129,7 +131,16 @@ class TokenDataWriter:
         self.num_records += 1
 
     def finish(self):
-        if self._finished:
+        """seal() then commit(): PATH appears, complete, in one rename."""
+        self.seal()
+        self.commit()
+
+    def seal(self):
+        """Assemble the complete file under its temporary name (PATH.tmp.<pid>), not yet at PATH.
+
+        A caller writing several files seals them all, then commits them all, so that a failure
+        while assembling one leaves every PATH as it was (abort() removes the temporaries)."""
+        if self._finished or self._sealed:
             return
         self._tokens_file.close()
         if self._mask_file:
@@ -152,11 +163,20 @@ class TokenDataWriter:
             os.fsync(out.fileno())
         for name in side_files:
             os.remove(name)
+        self._sealed = True
+
+    def commit(self):
+        """Rename the sealed temporary to PATH (seal() first if needed)."""
+        if self._finished:
+            return
+        self.seal()
         os.replace(self._tmp, self.path)
         self._finished = True
 
     def abort(self):
-        """Drop everything written so far (no file appears at PATH)."""
+        """Drop everything written so far (no file appears at PATH; one already there stays)."""
+        if self._finished:
+            return
         for f in (self._tokens_file, self._mask_file):
             if f:
                 f.close()

@@ -7,7 +7,11 @@
         --tokenizer inputs/models/mistral-7b --out-prefix inputs/data/ultrafeedback \\
         --max-len 1024 --max-prompt-len 512
 
-writes PREFIX_train.bin and (with --val-fraction > 0) PREFIX_val.bin.
+writes PREFIX_train.bin and (with --val-fraction > 0) PREFIX_val.bin, both or neither: each is
+built under a temporary name and renamed into place only when both are complete and the training
+file has at least one record, so a failed run leaves the files of an earlier run untouched. A run
+that writes no PREFIX_val.bin removes one left by an earlier run (it would not match the new
+training file). Errors are one line naming the file and the problem, exit status 1.
 
 Inputs (JSONL, a JSON array, or parquet; several files are read in order as one data set):
   sft   UltraChat:       {"messages": [{"role": "user"|"assistant"|"system", "content": str}, ...]}
@@ -78,6 +82,22 @@ class SkipRow(Exception):
     """A well-formed row that yields no trainable record (counted, not fatal)."""
 
 
+def fail(message):
+    """Stop with one line naming the file and what is wrong, exit status 1."""
+    sys.exit(f"prepare.py: error: {message}")
+
+
+def read_text(path, what):
+    """The whole of a UTF-8 text file, or a clean error naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except UnicodeDecodeError as e:
+        fail(f"{path}: {what} is not UTF-8 text (byte {e.start}: {e.reason})")
+    except OSError as e:
+        fail(f"{path}: cannot read {what}: {e.strerror or e}")
+
+
 # ---- tokenizer and chat template ----------------------------------------------------------------
 
 def _token_text(value):
@@ -94,16 +114,22 @@ class ChatTokenizer:
 
         path = os.path.join(directory, "tokenizer.json")
         if not os.path.isfile(path):
-            sys.exit(f"prepare.py: error: {path}: not found (--tokenizer must be a directory "
-                     "holding tokenizer.json)")
-        self.tokenizer = Tokenizer.from_file(path)
+            fail(f"{path}: not found (--tokenizer must be a directory holding tokenizer.json)")
+        try:
+            self.tokenizer = Tokenizer.from_file(path)
+        except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+            fail(f"{path}: not a valid Hugging Face tokenizer.json ({str(e).splitlines()[0]})")
         self.vocab_size = self.tokenizer.get_vocab_size(with_added_tokens=True)
 
         config = {}
         config_path = os.path.join(directory, "tokenizer_config.json")
         if os.path.isfile(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                config = json.load(f)
+            try:
+                config = json.loads(read_text(config_path, "tokenizer_config.json"))
+            except json.JSONDecodeError as e:
+                fail(f"{config_path}: not valid JSON (line {e.lineno}: {e.msg})")
+            if not isinstance(config, dict):
+                fail(f"{config_path}: expected a JSON object, found {type(config).__name__}")
         # Every "*_token" of the config is visible to the template, as in transformers.
         self.special = {k: _token_text(v) for k, v in config.items()
                         if k.endswith("_token") and _token_text(v) is not None}
@@ -117,7 +143,10 @@ class ChatTokenizer:
             print(f"prepare.py: warning: the Zephyr template's end-of-turn "
                   f"{self.special['eos_token']!r} is not a token of {path}; it will be spelled "
                   "out in pieces", file=sys.stderr)
-        self.template = self._compile(self.template_source)
+        try:
+            self.template = self._compile(self.template_source)
+        except Exception as e:  # jinja2 TemplateSyntaxError and friends
+            fail(f"{self.template_name}: the chat template does not compile ({e})")
 
         self.bos_id = None
         if bos_policy != "never":
@@ -132,12 +161,13 @@ class ChatTokenizer:
         if template_path:
             if template_path == "zephyr":
                 return ZEPHYR_TEMPLATE, "zephyr"
-            with open(template_path, encoding="utf-8") as f:
-                return f.read(), template_path
+            if not os.path.isfile(template_path):
+                fail(f"{template_path}: no such file (--chat-template takes a jinja file or "
+                     "'zephyr')")
+            return read_text(template_path, "the chat template"), template_path
         jinja_file = os.path.join(directory, "chat_template.jinja")
         if os.path.isfile(jinja_file):
-            with open(jinja_file, encoding="utf-8") as f:
-                return f.read(), jinja_file
+            return read_text(jinja_file, "the chat template"), jinja_file
         template = config.get("chat_template")
         if isinstance(template, list):  # [{"name": "default", "template": ...}, ...]
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -198,21 +228,50 @@ class ChatTokenizer:
 
 # ---- reading inputs ---------------------------------------------------------------------------
 
+def read_error(path, e):
+    """A DataError naming the input file for an error while reading it."""
+    if isinstance(e, UnicodeDecodeError):
+        return DataError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason}); inputs must be "
+                         "UTF-8 JSONL, a JSON array, or parquet")
+    if isinstance(e, json.JSONDecodeError):
+        return DataError(f"{path}: not a valid JSON array (line {e.lineno} column {e.colno}: "
+                         f"{e.msg})")
+    if isinstance(e, OSError):
+        return DataError(f"{path}: cannot read: {e.strerror or e}")
+    if path.endswith(".parquet"):  # pyarrow's ArrowInvalid / ArrowException
+        return DataError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})")
+    return DataError(f"{path}: cannot read: {e}")
+
+
 def count_rows(path):
     """Rows in an input file, without parsing JSONL lines (the split needs the count first)."""
-    if path.endswith(".parquet"):
-        import pyarrow.parquet as pq
-        return pq.ParquetFile(path).metadata.num_rows
-    with open(path, encoding="utf-8") as f:
-        head = f.read(4096).lstrip()
-        f.seek(0)
-        if head.startswith("["):
-            return sum(1 for _ in iter_rows(path))
-        return sum(1 for line in f if line.strip())
+    try:
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+            return pq.ParquetFile(path).metadata.num_rows
+        with open(path, encoding="utf-8") as f:
+            head = f.read(4096).lstrip()
+            f.seek(0)
+            if head.startswith("["):
+                return sum(1 for _ in iter_rows(path))
+            return sum(1 for line in f if line.strip())
+    except DataError:
+        raise
+    except Exception as e:  # OSError, UnicodeDecodeError, pyarrow's errors
+        raise read_error(path, e) from None
 
 
 def iter_rows(path):
     """Yield (where, row) for each row: where = 'FILE:LINE' or 'FILE: row N' for messages."""
+    try:
+        yield from _iter_rows(path)
+    except DataError:
+        raise
+    except Exception as e:  # OSError, UnicodeDecodeError, JSONDecodeError, pyarrow's errors
+        raise read_error(path, e) from None
+
+
+def _iter_rows(path):
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
         index = 0
@@ -227,7 +286,10 @@ def iter_rows(path):
             first = f.read(1)
         f.seek(0)
         if first == "[":  # one JSON array
-            for index, row in enumerate(json.load(f)):
+            rows = json.load(f)
+            if not isinstance(rows, list):
+                raise DataError(f"{path}: expected one JSON array of rows")
+            for index, row in enumerate(rows):
                 yield f"{path}: item {index}", row
             return
         for number, line in enumerate(f, 1):
@@ -483,6 +545,10 @@ def parse_args(argv=None):
         p.error("--max-prompt-len must be at least 1 and below --max-len")
     if not 0.0 <= args.val_fraction < 1.0:
         p.error("--val-fraction must be in [0, 1)")
+    if args.limit < 0:
+        p.error(f"--limit must be 0 (all rows) or a positive number of rows, not {args.limit}")
+    if args.vocab_size < 0:
+        p.error(f"--vocab-size must be 0 (the tokenizer's) or positive, not {args.vocab_size}")
     return args
 
 
@@ -490,11 +556,14 @@ def main(argv=None):
     args = parse_args(argv)
     for path in args.input:
         if not os.path.isfile(path):
-            sys.exit(f"prepare.py: error: {path}: no such input file")
+            fail(f"{path}: no such input file")
     tok = ChatTokenizer(args.tokenizer, args.chat_template, args.bos)
     vocab = max(tok.vocab_size, args.vocab_size)
 
-    total = sum(count_rows(p) for p in args.input)
+    try:
+        total = sum(count_rows(p) for p in args.input)
+    except DataError as e:
+        fail(e)
     if args.limit:
         total = min(total, args.limit)
     n_val = round(args.val_fraction * total)
@@ -504,12 +573,21 @@ def main(argv=None):
 
     out_dir = os.path.dirname(args.out_prefix)
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
+        if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+            fail(f"{out_dir}: not a directory (the folder of --out-prefix {args.out_prefix})")
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            fail(f"{out_dir}: cannot create the output directory of --out-prefix: "
+                 f"{e.strerror or e}")
     paths = {"train": f"{args.out_prefix}_train.bin"}
     if n_val:
         paths["val"] = f"{args.out_prefix}_val.bin"
-    writers = {split: paft_data.TokenDataWriter(path, args.kind, vocab)
-               for split, path in paths.items()}
+    for path in paths.values():  # caught before any work, not between the two renames
+        if os.path.isdir(path):
+            fail(f"{path}: is a directory, cannot write the token data file there")
+    stale_val = f"{args.out_prefix}_val.bin" if not n_val else None
+    writers = {}
     stats = {"truncated": 0, "boundary tokens merged": 0, "dropped: no assistant tokens": 0,
              "dropped: empty prompt or completion": 0}
     written = {split: 0 for split in paths}
@@ -526,7 +604,16 @@ def main(argv=None):
                 writers[split].add_pref(*record)
             written[split] += 1
 
+    # Nothing at PATH changes until every file is complete: the writers build temporaries
+    # (PATH.tmp.<pid>), all are sealed, and only then are they renamed into place. Any failure
+    # (bad row, no usable record, full disk, Ctrl-C) removes the temporaries and leaves the files
+    # of an earlier run as they were, so a train file never pairs with a val file of another run.
+    where = paths["train"]
     try:
+        for split, path in paths.items():
+            where = path
+            writers[split] = paft_data.TokenDataWriter(path, args.kind, vocab)
+        where = None
         index, batch = 0, []
         for path in args.input:
             for item in iter_rows(path):
@@ -538,14 +625,30 @@ def main(argv=None):
                     flush(batch)
                     batch = []
         flush(batch)
+        if written["train"] == 0:
+            dropped = ", ".join(f"{k} {v}" for k, v in stats.items() if k.startswith("dropped") and v)
+            raise DataError(
+                f"{paths['train']}: no usable record for the training file ({total} rows read"
+                + (f", {written['val']} to validation" if "val" in written else "")
+                + (f"; {dropped}" if dropped else "") + "); nothing was written and existing "
+                "files were left as they were")
+        for split, w in writers.items():
+            where = w.path
+            w.seal()
+        for split, w in writers.items():
+            where = w.path
+            w.commit()
     except BaseException as e:  # leave no partial output behind, whatever stopped us
         for w in writers.values():
             w.abort()
         if isinstance(e, DataError):
-            sys.exit(f"prepare.py: error: {e}")
+            fail(e)
+        if isinstance(e, OSError):
+            fail(f"{where or e.filename or args.out_prefix + '_*.bin'}: cannot write: "
+                 f"{e.strerror or e}; nothing was written")
+        if isinstance(e, ValueError) and where is None:  # the writer's check of a record
+            fail(e)
         raise
-    for w in writers.values():
-        w.finish()
 
     print(f"prepare.py: {args.kind}, {total} rows, template {tok.template_name}, vocab {vocab}, "
           f"BOS {tok.bos_id if tok.bos_id is not None else 'none'}, max-len {args.max_len}"
@@ -556,8 +659,17 @@ def main(argv=None):
     for what, count in stats.items():
         if count:
             print(f"  {what}: {count}")
-    if written["train"] == 0:
-        sys.exit("prepare.py: error: no usable record went to the training file")
+    if stale_val and os.path.lexists(stale_val):
+        # A validation file of an earlier run with this prefix no longer matches the new training
+        # file (its rows may now be in it); a configuration naming it would evaluate on them.
+        try:
+            os.remove(stale_val)
+            print(f"  {stale_val}: removed (left by an earlier run; this run writes no "
+                  "validation file)")
+        except OSError as e:
+            print(f"prepare.py: warning: {stale_val}: an earlier run's validation file, which "
+                  f"does not match the new training file, could not be removed ({e.strerror}); "
+                  "delete it before using it", file=sys.stderr)
     return 0
 
 

@@ -459,6 +459,131 @@ def test_bad_input_rows():
     assert r.returncode != 0 and "nowhere/tokenizer.json: not found" in r.stderr, r.stderr
 
 
+def expect_error(what, args, message):
+    """prepare.py fails with status 1 and one line that holds message (no traceback)."""
+    r = prepare(*args, expect_ok=False)
+    assert r.returncode == 1, f"{what}: status {r.returncode}\n{r.stdout}{r.stderr}"
+    assert message in r.stderr, f"{what}: wanted {message!r} in stderr:\n{r.stderr}"
+    assert "Traceback" not in r.stderr, f"{what}: a traceback:\n{r.stderr}"
+    assert len(r.stderr.strip().splitlines()) == 1, f"{what}: more than one line:\n{r.stderr}"
+    return r
+
+
+def no_temporaries(directory):
+    left = [f for f in os.listdir(directory) if ".tmp." in f]
+    assert not left, f"temporary files left behind: {left}"
+
+
+def test_no_usable_record_keeps_old_files():
+    """Regression: "no usable record" used to be reported after PREFIX_train.bin had already been
+    replaced by a 0-record file. Now nothing is written and the earlier files stay, byte for byte."""
+    write_jsonl(work("keep.jsonl"), ULTRACHAT * 2)
+    common = ["--kind", "sft", "--tokenizer", work("bpe"), "--max-len", 512]
+    prefix = work("out", "keep")
+    prepare(*common, "--input", work("keep.jsonl"), "--out-prefix", prefix, "--val-fraction", 0.25)
+    old = {s: open(f"{prefix}_{s}.bin", "rb").read() for s in ("train", "val")}
+    no_reply = [{"messages": [{"role": "user", "content": "Why?"}]}] * 3
+    write_jsonl(work("noreply.jsonl"), no_reply)
+    open(work("empty.jsonl"), "w").close()
+    for what, extra in [
+            ("rows without an assistant turn", ["--input", work("noreply.jsonl")]),
+            ("an empty input", ["--input", work("empty.jsonl")]),
+            ("everything to validation", ["--input", work("keep.jsonl"), "--limit", 1,
+                                          "--val-fraction", 0.99])]:
+        expect_error(what, [*common, *extra, "--out-prefix", prefix],
+                     "keep_train.bin: no usable record for the training file")
+        for split in ("train", "val"):
+            assert open(f"{prefix}_{split}.bin", "rb").read() == old[split], \
+                f"{what}: {split} file changed"
+        no_temporaries(work("out"))
+    # A bad row late in the input: neither file is touched (train is not renewed without val).
+    write_jsonl(work("late_bad.jsonl"), ULTRACHAT * 80 + [{"conversation": []}])
+    expect_error("a bad row after the first batch",
+                 [*common, "--input", work("late_bad.jsonl"), "--out-prefix", prefix,
+                  "--val-fraction", 0.25], "late_bad.jsonl:321: an SFT row needs")
+    for split in ("train", "val"):
+        assert open(f"{prefix}_{split}.bin", "rb").read() == old[split], split
+    no_temporaries(work("out"))
+
+
+def test_val_fraction_zero_removes_old_val():
+    """A run without validation removes the val file of an earlier run with the same prefix,
+    which no longer matches the new training file (the configs would read it), and says so."""
+    write_jsonl(work("v.jsonl"), ULTRACHAT * 2)
+    common = ["--kind", "sft", "--tokenizer", work("bpe"), "--max-len", 512, "--input",
+              work("v.jsonl"), "--out-prefix", work("out", "v")]
+    prepare(*common, "--val-fraction", 0.25)
+    assert os.path.exists(work("out", "v_val.bin"))
+    r = prepare(*common)
+    assert not os.path.exists(work("out", "v_val.bin")), "stale val file left"
+    assert "v_val.bin: removed" in r.stdout, r.stdout
+    assert len(read_both(work("out", "v_train.bin"), "sft")) == 8
+
+
+def test_unreadable_inputs_and_settings():
+    """Every bad input or setting stops with one line naming the file, not a traceback."""
+    common = ["--kind", "sft", "--tokenizer", work("bpe"), "--out-prefix", work("out", "u")]
+    with open(work("latin1.jsonl"), "wb") as f:
+        f.write(json.dumps(ULTRACHAT[0]).encode() + b"\n" +
+                '{"messages": [{"role": "user", "content": "caf\u00e9"}]}\n'.encode("latin-1"))
+    expect_error("non-UTF-8 input", [*common, "--input", work("latin1.jsonl")],
+                 "latin1.jsonl: not UTF-8 text")
+    with open(work("broken.json"), "w") as f:
+        f.write('[{"messages": []},\n {"messages": ')
+    expect_error("bad JSON array", [*common, "--input", work("broken.json")],
+                 "broken.json: not a valid JSON array (line 2")
+    with open(work("fake.parquet"), "w") as f:
+        f.write('{"messages": []}\n')
+    expect_error("not parquet", [*common, "--input", work("fake.parquet")],
+                 "fake.parquet: not a readable parquet file")
+    write_jsonl(work("u.jsonl"), ULTRACHAT)
+    expect_error("missing --chat-template", [*common, "--input", work("u.jsonl"),
+                                             "--chat-template", work("nowhere.jinja")],
+                 "nowhere.jinja: no such file")
+    for name, text, message in [
+            ("tokenizer_config.json", "{not json", "tokenizer_config.json: not valid JSON"),
+            ("tokenizer_config.json", "[1, 2]", "tokenizer_config.json: expected a JSON object"),
+            ("tokenizer.json", '{"model": 5}', "tokenizer.json: not a valid Hugging Face")]:
+        broken = work("broken_tok")
+        shutil.rmtree(broken, ignore_errors=True)
+        shutil.copytree(work("bpe"), broken)
+        with open(os.path.join(broken, name), "w") as f:
+            f.write(text)
+        expect_error(f"malformed {name}", ["--kind", "sft", "--tokenizer", broken, "--input",
+                                           work("u.jsonl"), "--out-prefix", work("out", "u")],
+                     message)
+    with open(work("plain_file"), "w") as f:
+        f.write("x")
+    expect_error("--out-prefix under a plain file",
+                 ["--kind", "sft", "--tokenizer", work("bpe"), "--input", work("u.jsonl"),
+                  "--out-prefix", work("plain_file", "sub", "u")], "plain_file/sub: cannot create")
+    expect_error("--out-prefix under a plain file (direct)",
+                 ["--kind", "sft", "--tokenizer", work("bpe"), "--input", work("u.jsonl"),
+                  "--out-prefix", work("plain_file", "u")], "plain_file: not a directory")
+    if os.geteuid() != 0:  # root writes anywhere
+        os.makedirs(work("readonly"), exist_ok=True)
+        os.chmod(work("readonly"), 0o555)
+        try:
+            expect_error("unwritable directory",
+                         ["--kind", "sft", "--tokenizer", work("bpe"), "--input", work("u.jsonl"),
+                          "--out-prefix", work("readonly", "u")], "readonly/u_train.bin")
+        finally:
+            os.chmod(work("readonly"), 0o755)
+    # The val file's path is a directory: found before anything is written, so the train file
+    # of an earlier run is not replaced without its val file.
+    prepare(*common, "--input", work("u.jsonl"))
+    old_train = open(work("out", "u_train.bin"), "rb").read()
+    os.makedirs(work("out", "u_val.bin"))
+    expect_error("val path is a directory", [*common, "--input", work("u.jsonl"),
+                                             "--val-fraction", 0.5, "--seed", 3],
+                 "u_val.bin: is a directory")
+    assert open(work("out", "u_train.bin"), "rb").read() == old_train, "train file replaced"
+    os.rmdir(work("out", "u_val.bin"))
+    no_temporaries(work("out"))
+    r = prepare(*common, "--input", work("u.jsonl"), "--limit", -1, expect_ok=False)
+    assert r.returncode == 2 and "--limit must be 0 (all rows) or a positive" in r.stderr, r.stderr
+
+
 def main():
     global ARGS, paft_data
     p = argparse.ArgumentParser()
@@ -477,7 +602,9 @@ def main():
     tests = [test_sft_zephyr_masks, test_sft_chatml_hand_ids, test_sft_truncation_and_drop,
              test_split_parquet_and_determinism, test_pref_ultrafeedback, test_pref_truncation,
              test_pref_answer_only_schema_and_chatml, test_shuffle_order_matches_c,
-             test_python_writer_and_corruption, test_bad_input_rows]
+             test_python_writer_and_corruption, test_bad_input_rows,
+             test_no_usable_record_keeps_old_files, test_val_fraction_zero_removes_old_val,
+             test_unreadable_inputs_and_settings]
     passed = failed = 0
     for test in tests:
         try:
