@@ -23,10 +23,14 @@ leaderboard averaged the 57 subject accuracies, so this script does too, from th
 and requires all 57. A task run with another few-shot count than the leaderboard's is an error
 (when the file records it). A task without results is shown as "-" and leaves the average empty.
 When a task appears in several files of one model, the newest run (its "date", else the file's
-modification time) counts. Standard library only.
+modification time) counts. Folders whose name ends in ".tmp" (lm_eval/<task>.tmp/: a run still
+being written, or interrupted) are skipped. A score that is not a finite number is an error, so
+--json always writes valid JSON; --out and --json are written under a temporary name and renamed
+into place. Standard library only.
 """
 import argparse
 import json
+import math
 import os
 import sys
 
@@ -66,8 +70,11 @@ def metric_value(row, metric, filt, where):
     for key in (f"{metric},{filt}", metric if filt == "none" else None):
         if key and key in row:
             value = row[key]
-            if not isinstance(value, (int, float)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise TableError(f"{where}: {key} is {value!r}, not a number")
+            if not math.isfinite(value):
+                raise TableError(f"{where}: {key} is {value}, not a finite score (a failed or "
+                                 "interrupted evaluation? run the task again)")
             return float(value)
     raise TableError(f"{where}: no '{metric},{filt}' score (keys: {', '.join(sorted(row))})")
 
@@ -84,15 +91,18 @@ def shots_recorded(doc, task):
 def result_files(directory):
     """(time, path, document) of every lm-eval result file under directory, oldest first."""
     found = []
-    for root, _, names in os.walk(directory):
+    for root, dirs, names in os.walk(directory):
+        # lm_eval/<task>.tmp/ (and any *.tmp) is a run still being written, or one that was
+        # interrupted: its files are not results yet.
+        dirs[:] = sorted(d for d in dirs if not d.endswith(".tmp"))
         for name in names:
-            if not name.endswith(".json"):
+            if not name.endswith(".json") or ".tmp" in name:
                 continue
             path = os.path.join(root, name)
             try:
-                with open(path) as f:
+                with open(path, encoding="utf-8") as f:
                     doc = json.load(f)
-            except (OSError, ValueError) as e:
+            except (OSError, ValueError) as e:  # ValueError: JSONDecodeError, UnicodeDecodeError
                 raise TableError(f"{path}: cannot read it as JSON ({e})")
             if not isinstance(doc, dict) or not isinstance(doc.get("results"), dict):
                 continue  # another JSON file (samples, configuration)
@@ -160,6 +170,22 @@ def markdown(table):
     return "\n".join(lines) + "\n"
 
 
+def write_atomic(path, text):
+    """Write path under a temporary name, then rename it into place: a reader never sees half a
+    file and a failure leaves an earlier file as it was. Raises TableError naming path."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise TableError(f"{path}: cannot write: {e.strerror or e}")
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+", metavar="[NAME=]DIR",
@@ -177,18 +203,16 @@ def main(argv=None):
             name, directory = spec.split("=", 1) if "=" in spec else ("", spec)
             name = name or os.path.basename(os.path.normpath(directory))
             table.append((name, model_scores(directory)))
+        text = markdown(table)
+        sys.stdout.write(text)
+        if args.out:
+            write_atomic(args.out, text)
+        if args.json:
+            doc = {name: {**scores, "Average": average(scores)} for name, scores in table}
+            write_atomic(args.json, json.dumps(doc, indent=2, allow_nan=False))
     except TableError as e:
         print(f"leaderboard_table.py: error: {e}", file=sys.stderr)
         return 1
-    text = markdown(table)
-    sys.stdout.write(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({name: {**scores, "Average": average(scores)} for name, scores in table},
-                      f, indent=2)
     for name, scores in table:
         missing = [c for c, *_ in TASKS if c not in scores]
         if missing:

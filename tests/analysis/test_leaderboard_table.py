@@ -2,8 +2,9 @@
 """analysis/leaderboard_table.py on fake lm-eval-harness result files with hand-chosen scores:
 the leaderboard's metric per task (acc_norm vs acc, strict-match vs flexible-extract), MMLU as the
 unweighted mean of its 57 subjects (not lm-eval's size-weighted group score), the newest of two
-runs of a task, the older key format, a missing task, and the errors (wrong few-shot count, an
-incomplete MMLU, a missing metric, a missing folder).
+runs of a task, the older key format, a missing task, lm_eval/<task>.tmp/ folders skipped, and the
+errors (wrong few-shot count, an incomplete MMLU, a missing metric, a missing folder, a non-finite
+score, an output that cannot be written).
 
     usage: test_leaderboard_table.py SCRIPT WORKDIR
 """
@@ -105,8 +106,20 @@ write(f"{base}/results.json", {"arc_challenge": {"acc_norm": 0.55}, "hellaswag":
                                "truthfulqa_mc2": {"acc": 0.42}, "winogrande": {"acc": 0.75},
                                **mmlu_old})
 
+# Regression: lm_eval/<task>.tmp/ holds a run being written or one that was interrupted (a newer
+# date, a half-written file): skipped, not read (it used to count, or to fail the whole table).
+write(f"{paft}/arc.tmp/m/results_2024-01-03T00-00-00.json",
+      {"arc_challenge": {"acc,none": 0.11, "acc_norm,none": 0.12}}, {"arc_challenge": 25}, 3000.0)
+os.makedirs(f"{paft}/hellaswag.tmp/m")
+with open(f"{paft}/hellaswag.tmp/m/results.json", "w") as f:
+    f.write('{"results": {"hellaswag": {"acc_norm,none": 0.')
+
+# An earlier table, to be replaced whole (the new file appears by rename, no temporary is left).
+with open(f"{work}/table.md", "w") as f:
+    f.write("old table\n")
 rc, out, err = run("--json", f"{work}/table.json", "--out", f"{work}/table.md",
                    f"paft={paft}", base)
+check(not [n for n in os.listdir(work) if ".tmp." in n], f"temporary files left: {os.listdir(work)}")
 check(rc == 0, f"status {rc}: {err}")
 table = json.load(open(f"{work}/table.json"))
 p = table["paft"]
@@ -149,6 +162,21 @@ write(f"{bad}/results.json", {"gsm8k": {"exact_match,flexible-extract": 0.4}}, {
 expect_error("no strict-match", [bad], "no 'exact_match,strict-match' score")
 
 expect_error("missing folder", [os.path.join(work, "nowhere")], "nowhere: no such directory")
+
+# A non-finite score (json.dump writes NaN): an error naming it, not a results.json with NaN in it
+# (invalid JSON) or a table of nan.
+bad = os.path.join(work, "bad_nan")
+write(f"{bad}/results.json", {"arc_challenge": {"acc_norm,none": float("nan")}}, {"arc_challenge": 25})
+expect_error("NaN score", ["--json", f"{work}/nan.json", bad],
+             "arc_challenge: acc_norm,none is nan, not a finite score")
+check(not os.path.exists(f"{work}/nan.json"), "no --json file for a table with an error")
+
+# Outputs that cannot be written: one line naming the file, status 1, no traceback.
+for option in ("--out", "--json"):
+    target = os.path.join(work, "no_such_dir", "table.out")
+    rc, out, err = run(option, target, base)
+    check(rc == 1 and f"{target}: cannot write" in err and "Traceback" not in err,
+          f"unwritable {option}: status {rc}, stderr {err!r}")
 
 print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
