@@ -17,6 +17,11 @@ sums (2 doubles for SFT, 11 for preference stages).
 
     python3 analysis/comm_volume.py                       # table for the paper's model sizes
     python3 analysis/comm_volume.py --hidden 32 --layers 2 ...   (see --help)
+
+With --hidden, the model and layout must be one paft runs (it refuses the others at startup):
+--layers, --ffn, --heads and --kv-heads given and positive, --tp dividing the heads, KV heads, ffn
+and vocab, --batch a multiple of --dp x --micro-batch; anything else is an error (a --tp that does
+not divide the heads used to round the shard sizes down and print a wrong answer).
 """
 import argparse
 
@@ -55,6 +60,30 @@ def step_volume(hidden, layers, ffn, heads, kv_heads, vocab, r, tp, dp, batch, m
     return tp_bytes, dp_bytes
 
 
+def check_layout(p, a):
+    """A model and layout paft can run (src/parallel/ checks the same at startup), so that a
+    formula is never applied to one it does not describe (a --tp that does not divide the heads
+    would silently round the shard sizes down)."""
+    for name in ("hidden", "layers", "ffn", "heads", "kv_heads", "r", "tp", "dp", "batch",
+                 "micro_batch", "seq"):
+        if getattr(a, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, not {getattr(a, name)} "
+                    "(with --hidden, give --layers, --ffn, --heads and --kv-heads too)")
+    if a.hidden % a.heads:
+        p.error(f"--hidden {a.hidden} is not a multiple of --heads {a.heads}")
+    if a.heads % a.kv_heads:
+        p.error(f"--heads {a.heads} is not a multiple of --kv-heads {a.kv_heads}")
+    for name in ("heads", "kv_heads", "ffn"):
+        if getattr(a, name) % a.tp:
+            p.error(f"--tp {a.tp} does not divide --{name.replace('_', '-')} {getattr(a, name)} "
+                    "(tensor parallelism splits them evenly)")
+    if a.vocab < 0 or (a.vocab and a.vocab % a.tp):
+        p.error(f"--tp {a.tp} does not divide --vocab {a.vocab} (the vocab-parallel LM head)")
+    if a.batch % (a.dp * a.micro_batch):
+        p.error(f"--batch {a.batch} is not a multiple of --dp {a.dp} x --micro-batch "
+                f"{a.micro_batch}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, default in [("hidden", 0), ("layers", 0), ("ffn", 0), ("heads", 0), ("kv-heads", 0),
@@ -64,7 +93,11 @@ def main():
     p.add_argument("--stage", default="sft", choices=["sft", "dpo", "ipo", "hinge", "orpo"])
     p.add_argument("--no-l1", action="store_true")
     a = p.parse_args()
+    given = [n for n in ("layers", "ffn", "heads", "kv_heads", "vocab") if getattr(a, n)]
+    if given and not a.hidden:
+        p.error(f"--{given[0].replace('_', '-')} describes a model: give --hidden and the rest too")
     if a.hidden:
+        check_layout(p, a)
         tp_b, dp_b = step_volume(a.hidden, a.layers, a.ffn, a.heads, a.kv_heads, a.vocab, a.r, a.tp,
                                  a.dp, a.batch, a.micro_batch, a.seq, a.stage, not a.no_l1)
         print(f"{tp_b} {dp_b}")
