@@ -11,6 +11,10 @@ name (runs/paft/sft/metrics.jsonl -> "paft"). The figure has one row per kind of
     preference   loss | rewards/accuracies | rewards/margins | rewards/chosen (solid) and
                                                                  rewards/rejected (dashed)
 
+A metric that is null, or a bare nan / inf (a skipped non-finite step, as older paft versions wrote
+it), is left out of its curve; a last line cut short (a job killed while writing it) is skipped with
+a warning. The PNG is written under a temporary name and renamed into place.
+
 Per-step values of small batches are noisy: each curve is drawn as a moving average over N steps
 (--smooth, default: about 1/30 of the run) over the raw values in a faint line. A summary table of
 the last step of every run and stage is printed.
@@ -20,7 +24,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from paft_io import fail, find_metrics, read_metrics, require  # noqa: E402
+from paft_io import atomic_output, fail, find_metrics, is_finite_number, read_metrics, require  # noqa: E402
 
 np, _ = require("numpy", "matplotlib")  # (switches matplotlib to Agg first)
 import matplotlib.pyplot as plt  # noqa: E402
@@ -44,8 +48,9 @@ def moving_average(values, window):
 
 
 def column(records, key):
-    """(steps, values) of one metric, skipping records that lack it."""
-    pairs = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+    """(steps, values) of one metric, skipping records that lack it or where it is not finite
+    (null, or nan / inf of a skipped step: one such value would poison the moving average)."""
+    pairs = [(r["step"], r[key]) for r in records if is_finite_number(r.get(key))]
     return np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs], dtype=float)
 
 
@@ -119,7 +124,8 @@ def main():
     fig.suptitle("paft training curves (" + ", ".join(os.path.basename(os.path.abspath(d)) for d in args.run_dirs)
                  + ")", fontsize=12)
     fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
+    with atomic_output(args.out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
     # The last step of every run and stage (unsmoothed), for the log and for checking.

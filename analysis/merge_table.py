@@ -9,20 +9,25 @@ applicable). The markdown table has one row per entry, in file order, with the s
 demo's results.md: SFT NLL (lower is better), preference accuracy and margin, the sparsity of the
 deltas the model was made from and, for a merged model whose merged.h5 still exists at its path,
 the sparsity of the merged delta (its /stats small_merged over numel, as `paft inspect` sums it).
-The table is printed, and written to --out.
+The table is printed, and written to --out. An entry whose model is not a name, whose NLL,
+accuracy or margin is not a number, or whose sparsity is neither a number nor null, and a merged.h5
+that cannot be read, stop the script with one line naming the file.
 
 --png draws two scatter plots, SFT NLL against preference accuracy and against the reward margin,
 one labelled point per model, coloured by group: the part of the model name before ", " ("PAFT",
 "PAFT without L1") groups the merge methods of one pair of adapters; the other models are the
 baselines. A good model sits to the left (low NLL) and high (high accuracy / margin), so the
-trade-off each merge method makes is visible at a glance.
+trade-off each merge method makes is visible at a glance. An entry with a nan or infinite value
+is left out of the plot with a warning; with none left, --png is an error. Both outputs are
+written under a temporary name and renamed into place.
 """
 import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from paft_io import merged_sparsity, read_results, require  # noqa: E402
+from paft_io import (atomic_output, fail, is_finite_number, merged_sparsity, open_h5,  # noqa: E402
+                     read_results, require, warn, write_text)
 
 DASH = "–"  # what results.md prints for "not applicable"
 
@@ -32,13 +37,53 @@ def merged_delta_sparsity(path):
     a merged file that is gone): weighted by elements, as paft sums it."""
     if not path or not path.endswith(".h5") or not os.path.isfile(path):
         return None
-    (h5py,) = require("h5py")
-    with h5py.File(path, "r") as f:
+    with open_h5(path) as f:  # a corrupt file stops the script with one line naming it
         if "stats" not in f:
             return None  # an adapter.h5
     counts = merged_sparsity(path, "sparsity_merged")
     numel = sum(c[1] for c in counts.values())
     return sum(c[0] for c in counts.values()) / numel if numel else None
+
+
+NUMBER_FIELDS = ["sft_nll", "pref_accuracy", "pref_margin"]
+SPARSITY_FIELDS = ["sparsity_sft", "sparsity_pref"]
+
+
+def check_rows(rows, path):
+    """Every entry's cells are of the type the table prints: a model name, numbers (nan allowed,
+    as a failed evaluation may record it) and sparsities that are numbers or null (= not
+    applicable)."""
+    for i, row in enumerate(rows):
+        if not isinstance(row["model"], str):
+            fail(f"{path}: entry {i}: model is {row['model']!r}, not a name")
+        where = f"{path}: entry {i} ({row['model']})"
+        for key in NUMBER_FIELDS:
+            value = row[key]
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                fail(f"{where}: {key} is {value!r}, not a number")
+        for key in SPARSITY_FIELDS:
+            value = row[key]
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+                fail(f"{where}: {key} is {value!r}, not a number (or null for not applicable)")
+        if row.get("path") is not None and not isinstance(row["path"], str):
+            fail(f"{where}: path is {row['path']!r}, not a file name")
+
+
+def plottable(rows, path):
+    """The rows whose NLL, accuracy and margin are all finite (the others cannot be placed on the
+    scatter plot: each is named in a warning); an error when none is left."""
+    good = []
+    for i, row in enumerate(rows):
+        bad = [k for k in NUMBER_FIELDS if not is_finite_number(row[k])]
+        if bad:
+            warn(f"{path}: entry {i} ({row['model']}): {', '.join(f'{k} = {row[k]}' for k in bad)}; "
+                 "left out of the plot")
+        else:
+            good.append(row)
+    if not good:
+        fail(f"{path}: no entry with a finite sft_nll, pref_accuracy and pref_margin: nothing to plot "
+             "for --png")
+    return good
 
 
 def fraction(value):
@@ -122,7 +167,8 @@ def plot(rows, out):
     fig.legend(handles, labels, loc="upper center", ncol=len(groups), fontsize=9, bbox_to_anchor=(0.5, 0.955))
     fig.suptitle("SFT quality against preference alignment: every model of the evaluation", fontsize=12)
     fig.tight_layout(rect=(0, 0, 1, 0.92))
-    fig.savefig(out, dpi=110)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -134,6 +180,8 @@ def main():
     args = parser.parse_args()
 
     rows = read_results(args.results)
+    check_rows(rows, args.results)
+    points = plottable(rows, args.results) if args.png else []  # before anything is written
     for row in rows:
         # The demo records absolute paths; a relative one is taken relative to results.json.
         path = row.get("path") or ""
@@ -143,10 +191,9 @@ def main():
     table = markdown_table(rows)
     print(table, end="")
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(table)
+        write_text(args.out, table)
     if args.png:
-        plot(rows, args.png)
+        plot(points, args.png)
         print(f"wrote {args.png}")
 
 

@@ -9,8 +9,10 @@ The formats are described in docs/FILE_FORMATS.md; this module only reads them:
 Third-party packages are imported through require(), so that a missing one stops the script with
 one line that says what to install rather than a traceback.
 """
+import contextlib
 import importlib
 import json
+import math
 import os
 import re
 import sys
@@ -49,24 +51,102 @@ def fail(message):
     sys.exit(f"{os.path.basename(sys.argv[0])}: error: {message}")
 
 
+def warn(message):
+    print(f"{os.path.basename(sys.argv[0])}: warning: {message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Write an output file under a temporary name and rename it into place when complete:
+
+        with atomic_output(args.out) as tmp:
+            fig.savefig(tmp, format="png")
+
+    A reader never sees half a file, and a failure leaves an earlier file at path as it was. An
+    OSError (no such folder, not writable, disk full) stops the script with one line naming path;
+    the temporary is removed whatever happens."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if isinstance(e, OSError):
+            fail(f"{path}: cannot write: {e.strerror or e}")
+        raise
+
+
+def write_text(path, text):
+    """Write a text file atomically (see atomic_output)."""
+    with atomic_output(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+
+
 # --- metrics.jsonl -------------------------------------------------------------------------------
 
+# A bare nan / inf token as a value (C's printf("%g") of a non-finite number, which older paft
+# versions wrote for a skipped step): not JSON, read as the float it means.
+_BARE_NONFINITE = re.compile(r"([:\[,]\s*)(-?)(nan|inf(?:inity)?)(?=\s*[,}\]])", re.IGNORECASE)
+
+
+def _parse_metrics_line(text):
+    """One line of metrics.jsonl as a dict, accepting bare nan/inf values; raises ValueError."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        fixed = _BARE_NONFINITE.sub(
+            lambda m: m.group(1) + ("NaN" if m.group(3).lower() == "nan"
+                                    else m.group(2) + "Infinity"), text)
+        if fixed == text:
+            raise
+        return json.loads(fixed)
+
+
 def read_metrics(path):
-    """The records of one metrics.jsonl, in file order (one dict per optimizer step)."""
+    """The records of one metrics.jsonl, in file order (one dict per optimizer step).
+
+    A value may be null (a metric the step did not produce: read as None, i.e. missing) or a bare
+    nan / inf (what older paft versions wrote for a skipped non-finite step: read as float nan /
+    inf). A last line that does not parse is the record a killed job was writing: it is skipped
+    with a warning. Any other bad line is an error naming the file and line."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError as e:
+        fail(f"{path}: cannot read: {e.strerror or e}")
+    numbered = [(n, line) for n, line in enumerate(lines, 1) if line.strip()]
     records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                fail(f"{path}:{line_no}: not a JSON object ({e.msg})")
-            if not isinstance(record, dict) or "step" not in record or "stage" not in record:
-                fail(f"{path}:{line_no}: expected an object with 'stage' and 'step'")
-            records.append(record)
+    for i, (line_no, raw) in enumerate(numbered):
+        try:
+            record = _parse_metrics_line(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            problem = f"not UTF-8 text (byte {e.start}: {e.reason})"
+        except json.JSONDecodeError as e:
+            problem = f"not a JSON object ({e.msg})"
+        else:
+            problem = None
+        if problem is not None:
+            if i == len(numbered) - 1:
+                warn(f"{path}:{line_no}: skipping the last line, {problem}: a record cut short "
+                     "(the job was stopped while writing it?)")
+                break
+            fail(f"{path}:{line_no}: {problem}")
+        if not isinstance(record, dict) or "step" not in record or "stage" not in record:
+            fail(f"{path}:{line_no}: expected an object with 'stage' and 'step'")
+        step, stage = record["step"], record["stage"]
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            fail(f"{path}:{line_no}: 'step' must be a non-negative integer, not {step!r}")
+        if not isinstance(stage, str):
+            fail(f"{path}:{line_no}: 'stage' must be a string, not {stage!r}")
+        records.append(record)
     return records
+
+
+def is_finite_number(value):
+    """True for an int or float that is finite (not None, nan, inf, a bool or a string)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def find_metrics(run_dirs):
@@ -99,11 +179,30 @@ def module_position(name):
     return int(m.group(1)), m.group(2)
 
 
-def adapter_scale(attrs):
+def open_h5(path):
+    """h5py.File(path, "r"), or one line naming the file when it is missing or not HDF5."""
+    (h5py,) = require("h5py")
+    try:
+        return h5py.File(path, "r")
+    except (OSError, ValueError) as e:
+        fail(f"{path}: cannot open as HDF5 ({e})")
+
+
+def adapter_scale(attrs, path="adapter.h5"):
     """LoRA's scale s of delta = s B A: alpha / r, or alpha / sqrt(r) for rslora."""
-    r = int(attrs["r"])
-    alpha = float(attrs["alpha"])
-    return alpha / r ** 0.5 if int(attrs.get("rslora", 0)) else alpha / r
+    missing = [k for k in ("r", "alpha") if k not in attrs]
+    if missing:
+        fail(f"{path}: no attribute {' or '.join(missing)} on the root group (expected a paft "
+             "adapter.h5)")
+    try:
+        r = int(attrs["r"])
+        alpha = float(attrs["alpha"])
+        rslora = int(attrs.get("rslora", 0))
+    except (TypeError, ValueError) as e:
+        fail(f"{path}: attributes r, alpha, rslora must be numbers ({e})")
+    if r <= 0 or not math.isfinite(alpha):
+        fail(f"{path}: attribute r = {r} must be positive and alpha = {alpha} finite")
+    return alpha / r ** 0.5 if rslora else alpha / r
 
 
 def adapter_sparsity(path):
@@ -113,20 +212,26 @@ def adapter_sparsity(path):
     |delta| < 1e-5 agree with `paft inspect` element for element in practice."""
     np, h5py = require("numpy", "h5py")
     counts = {}
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        fail(f"{path}: cannot open as HDF5 ({e})")
+    f = open_h5(path)
     with f:
         if "lora" not in f:
             fail(f"{path}: no /lora group (expected a paft adapter.h5)")
-        scale = np.float32(adapter_scale(f.attrs))
+        scale = np.float32(adapter_scale(f.attrs, path))
         for module in f["lora"]:
             where = module_position(module)
             if where is None:
                 fail(f"{path}: /lora/{module}: not a model.layers.<i>.<...>.<proj> module name")
-            A = f["lora"][module]["A"][()].astype(np.float32)  # [r][in]
-            B = f["lora"][module]["B"][()].astype(np.float32)  # [out][r]
+            group = f["lora"][module]
+            missing = [k for k in ("A", "B")
+                       if not isinstance(group, h5py.Group) or not isinstance(group.get(k), h5py.Dataset)]
+            if missing:
+                fail(f"{path}: /lora/{module}: no dataset {' or '.join(missing)} (expected A [r][in] "
+                     "and B [out][r])")
+            try:
+                A = group["A"][()].astype(np.float32)  # [r][in]
+                B = group["B"][()].astype(np.float32)  # [out][r]
+            except (OSError, TypeError, ValueError) as e:
+                fail(f"{path}: /lora/{module}: cannot read A and B as numbers ({e})")
             if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[1]:
                 fail(f"{path}: /lora/{module}: A {A.shape} and B {B.shape} do not share the rank")
             delta = scale * (B @ A)
@@ -139,13 +244,9 @@ def merged_sparsity(path, field="sparsity_merged"):
 
     field is sparsity_merged (the merged delta), sparsity_sft or sparsity_pref; the count is the
     matching small_* field, so that overall numbers can be weighted by element."""
-    (h5py,) = require("h5py")
     small_field = field.replace("sparsity_", "small_")
     counts = {}
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        fail(f"{path}: cannot open as HDF5 ({e})")
+    f = open_h5(path)
     with f:
         if "stats" not in f:
             fail(f"{path}: no /stats group (expected a paft merged.h5)")
@@ -153,9 +254,14 @@ def merged_sparsity(path, field="sparsity_merged"):
             where = module_position(tensor)
             if where is None:
                 fail(f"{path}: /stats/{tensor}: not a model.layers.<i>.<...>.<proj>.weight name")
-            row = f["stats"][tensor][()]
-            if small_field not in row.dtype.names:
-                fail(f"{path}: /stats/{tensor} has no field {small_field}")
+            try:
+                row = f["stats"][tensor][()]
+            except (OSError, TypeError, AttributeError) as e:
+                fail(f"{path}: /stats/{tensor}: cannot read ({e})")
+            names = getattr(getattr(row, "dtype", None), "names", None) or ()
+            for name in (small_field, "numel"):
+                if name not in names:
+                    fail(f"{path}: /stats/{tensor} has no field {name}")
             counts[where] = (int(row[small_field]), int(row["numel"]))
     return counts
 

@@ -17,7 +17,8 @@ alpha/sqrt(r) with rslora; docs/FILE_FORMATS.md) and its sparsity is the fractio
 The figure has one panel per projection (q_proj ... down_proj) plus one for all modules of a layer
 together, the layers on the x axis and one bar per series. The same numbers are printed as tables
 (layout of `paft inspect`) with each series' overall sparsity (weighted by elements), and written
-as CSV rows (series, path, layer, module, small, numel, sparsity) with --csv.
+as CSV rows (series, path, layer, module, small, numel, sparsity) with --csv. Both outputs are
+written under a temporary name and renamed into place.
 """
 import argparse
 import csv
@@ -25,8 +26,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from paft_io import (PROJECTIONS, SPARSITY_THRESHOLD, adapter_sparsity, fail,  # noqa: E402
-                     merged_sparsity, require)
+from paft_io import (PROJECTIONS, SPARSITY_THRESHOLD, adapter_sparsity, atomic_output,  # noqa: E402
+                     fail, merged_sparsity, require)
 
 np, _ = require("numpy", "matplotlib")  # (switches matplotlib to Agg first)
 import matplotlib.pyplot as plt  # noqa: E402
@@ -109,7 +110,8 @@ def plot(series, n_layers, out):
                loc="upper center", ncol=len(series), fontsize=9, bbox_to_anchor=(0.5, 1.0))
     fig.suptitle("sparsity of the weight deltas per layer and module", y=1.04, fontsize=12)
     fig.tight_layout()
-    fig.savefig(out, dpi=110, bbox_inches="tight")
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
 
 
@@ -140,7 +142,7 @@ def main():
         print_table(label, path, counts, n_layers)
 
     if args.csv:
-        with open(args.csv, "w", newline="", encoding="utf-8") as f:
+        with atomic_output(args.csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["series", "path", "layer", "module", "small", "numel", "sparsity"])
             for label, path, counts in series:

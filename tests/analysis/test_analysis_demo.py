@@ -65,6 +65,28 @@ def run(args, what):
     return proc.stdout
 
 
+def run_status(args):
+    """Run a command without a display: (status, stdout, stderr), whatever the status."""
+    env = dict(os.environ)
+    env.pop("DISPLAY", None)
+    env.pop("MPLBACKEND", None)
+    proc = subprocess.run(args, capture_output=True, text=True, env=env)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def expect_error(what, args, message):
+    """The command fails with status 1 and a last stderr line that holds message, no traceback."""
+    rc, out, err = run_status(args)
+    last = err.strip().splitlines()[-1] if err.strip() else ""
+    check(rc == 1 and message in last and "Traceback" not in err,
+          f"{what}: status {rc}, stderr {err!r} (wanted a line with {message!r})")
+
+
+def no_temporaries(directory):
+    left = [n for n in os.listdir(directory) if ".tmp." in n]
+    check(not left, f"{directory}: temporary files left behind: {left}")
+
+
 def check_png(path, min_width=600, min_height=300):
     """A real PNG with a figure on it: signature, IHDR size, file size, and enough ink."""
     if not check(os.path.isfile(path), f"{path} was not written"):
@@ -126,6 +148,56 @@ def test_curves(paft, analysis, demo, work):
         for value, name in zip(row[1:], ["loss", "nll", "l1", "rewards/accuracies", "rewards/margins"]):
             want = f"{last[name]:.4f}" if name in last else "-"
             check(value == want, f"curves.py: {key} {name} is {value}, the last line of metrics.jsonl says {want}")
+    test_curves_damaged(analysis, demo, work)
+
+
+def test_curves_damaged(analysis, demo, work):
+    """Regression: a skipped non-finite step logged as `"loss": nan` (not JSON), a null value, or
+    a last line cut short by a killed job made curves.py refuse the whole run. Now nan / inf / null
+    are read (and left out of the curves) and the cut last line is skipped with a warning; any
+    other bad line, a non-integer step, non-UTF-8 text and an unwritable --out stay errors."""
+    import re
+    script = os.path.join(analysis, "curves.py")
+    runs = os.path.join(work, "runs_damaged")
+    shutil.copytree(os.path.join(demo, "runs"), runs)
+    metrics = os.path.join(runs, "sft", "sft", "metrics.jsonl")
+    with open(metrics) as f:
+        lines = f.read().splitlines()
+    good = list(lines)
+    lines[3] = re.sub(r'"loss": [^,}]+', '"loss": nan', lines[3])
+    lines[4] = re.sub(r'"grad_norm": [^,}]+', '"grad_norm": -inf', lines[4])
+    lines[5] = re.sub(r'"nll": [^,}]+', '"nll": null', lines[5])
+    check(lines[3:6] != good[3:6], "the test must change lines 4-6")
+    with open(metrics, "w") as f:
+        f.write("\n".join(lines) + "\n" + lines[-1][:25])  # a last record cut short
+    png = os.path.join(work, "curves_damaged.png")
+    rc, out, err = run_status([sys.executable, script, runs, "--out", png])
+    check(rc == 0, f"curves.py on nan / null / a cut last line: status {rc}, stderr {err}")
+    check(f"metrics.jsonl:{len(lines) + 1}: skipping the last line" in err,
+          f"a warning for the cut last line: {err!r}")
+    check_png(png)
+    last = json.loads(lines[-1])
+    row = next((l.split() for l in out.splitlines() if l.split()[:2] == ["sft", "sft"]), None)
+    check(row is not None and int(row[2]) == last["step"] and row[3] == f"{last['loss']:.4f}",
+          f"the summary row of sft/sft is the last complete record: {row}")
+    no_temporaries(work)
+
+    def damaged(what, line_no, text, message):
+        bad = list(good)
+        bad[line_no - 1] = text
+        with open(metrics, "wb") as f:
+            f.write("\n".join(bad).encode("utf-8", "surrogateescape") + b"\n")
+        expect_error(what, [sys.executable, script, runs, "--out", png], message)
+
+    damaged("a bad line before the last", 7, good[6][:20], f"{metrics}:7: not a JSON object")
+    damaged("a string step", 3, good[2].replace('"step": 3', '"step": "3"'),
+            f"{metrics}:3: 'step' must be a non-negative integer, not '3'")
+    damaged("non-UTF-8", 2, good[1].replace('"sft"', '"s\udce9ft"'), f"{metrics}:2: not UTF-8 text")
+    with open(metrics, "w") as f:
+        f.write("\n".join(good) + "\n")
+    expect_error("unwritable --out", [sys.executable, script, runs, "--out",
+                                      os.path.join(work, "no_such_dir", "c.png")],
+                 "no_such_dir/c.png: cannot write")
 
 
 # --- sparsity ------------------------------------------------------------------------------------
@@ -211,6 +283,7 @@ def test_sparsity(paft, analysis, demo, work):
     with open(csv_path, newline="") as f:
         rows = list(csv.DictReader(f))
     check(len(rows) == 4 * 14, f"{csv_path}: {len(rows)} rows, expected 4 series x 14 modules")
+    test_sparsity_errors(analysis, work, sft)
     with h5py.File(merged, "r") as f:
         for series, field in [("delta_sft + L1", "small_sft"), ("delta_pref", "small_pref")]:
             for row in (r for r in rows if r["series"] == series):
@@ -219,6 +292,32 @@ def test_sparsity(paft, analysis, demo, work):
                 check(abs(int(row["small"]) - stored) <= 1 and int(row["numel"]) == int(f["stats"][name][()]["numel"]),
                       f"{csv_path}: {series} layer {row['layer']} {row['module']}: {row['small']} of "
                       f"{row['numel']}, the merge counted {stored}")
+
+
+def test_sparsity_errors(analysis, work, adapter):
+    """An adapter without attribute r or a dataset B, and outputs that cannot be written: one line
+    naming the file (they were a KeyError traceback and an OSError traceback)."""
+    import h5py
+    script = os.path.join(analysis, "sparsity.py")
+    png = os.path.join(work, "sparsity_err.png")
+    no_r, no_b = os.path.join(work, "no_r.h5"), os.path.join(work, "no_b.h5")
+    shutil.copy(adapter, no_r)
+    shutil.copy(adapter, no_b)
+    with h5py.File(no_r, "r+") as f:
+        del f.attrs["r"]
+    with h5py.File(no_b, "r+") as f:
+        module = sorted(f["lora"])[0]
+        del f["lora"][module]["B"]
+    expect_error("adapter without r", [sys.executable, script, "--sft", no_r, "--out", png],
+                 f"{no_r}: no attribute r")
+    expect_error("adapter without B", [sys.executable, script, "--sft", no_b, "--out", png],
+                 f"{no_b}: /lora/{module}: no dataset B")
+    nowhere = os.path.join(work, "no_such_dir")
+    expect_error("unwritable --csv", [sys.executable, script, "--sft", adapter, "--out", png,
+                                      "--csv", os.path.join(nowhere, "s.csv")], "s.csv: cannot write")
+    expect_error("unwritable --out", [sys.executable, script, "--sft", adapter, "--out",
+                                      os.path.join(nowhere, "s.png")], "s.png: cannot write")
+    no_temporaries(work)
 
 
 # --- merge_table ---------------------------------------------------------------------------------
@@ -249,6 +348,45 @@ def test_merge_table(paft, analysis, demo, work):
     check(len(theirs) == len(ours), "results.md row count")
     for a, b in zip(ours, theirs):
         check(a == b, f"merge_table.py row {a} differs from results.md's {b}")
+    no_temporaries(work)
+    test_merge_table_errors(analysis, work, entries)
+
+
+def test_merge_table_errors(analysis, work, entries):
+    """Regression: a corrupt merged.h5 at an entry's path, a null or string value, NaN or no entry
+    with --png, and an unwritable --out each gave a traceback (or, for NaN, a broken figure)."""
+    script = os.path.join(analysis, "merge_table.py")
+    results = os.path.join(work, "results_bad.json")
+
+    def with_entries(rows):
+        with open(results, "w") as f:
+            json.dump(rows, f)
+
+    corrupt = os.path.join(work, "corrupt-merged.h5")
+    with open(corrupt, "wb") as f:
+        f.write(b"\x89HDF\r\n\x1a\n" + b"garbage" * 20)
+    with_entries([dict(entries[0], path=corrupt)])
+    expect_error("corrupt merged.h5", [sys.executable, script, results], f"{corrupt}: cannot open as HDF5")
+    with_entries([dict(entries[0], sft_nll=None)])
+    expect_error("null sft_nll", [sys.executable, script, results], "entry 0 (base model): sft_nll is None, not a number")
+    with_entries([dict(entries[0], pref_margin="0.5")])
+    expect_error("string margin", [sys.executable, script, results], "pref_margin is '0.5', not a number")
+    with_entries([dict(entries[0], sparsity_sft="high")])
+    expect_error("string sparsity", [sys.executable, script, results], "sparsity_sft is 'high'")
+    png = os.path.join(work, "tradeoff_nan.png")
+    with_entries([dict(entries[0], sft_nll=float("nan"))] + entries[1:])
+    rc, out, err = run_status([sys.executable, script, results, "--png", png])
+    check(rc == 0 and "entry 0 (base model): sft_nll = nan; left out of the plot" in err,
+          f"NaN with --png: status {rc}, stderr {err!r}")
+    check_png(png)
+    with_entries([dict(entries[0], sft_nll=float("nan"))])
+    expect_error("only NaN with --png", [sys.executable, script, results, "--png", png], "nothing to plot")
+    with_entries([])
+    expect_error("empty list with --png", [sys.executable, script, results, "--png", png], "nothing to plot")
+    with_entries(entries)
+    expect_error("unwritable --out", [sys.executable, script, results, "--out",
+                                      os.path.join(work, "no_such_dir", "t.md")], "t.md: cannot write")
+    no_temporaries(work)
 
 
 def main():
