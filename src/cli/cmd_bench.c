@@ -16,7 +16,6 @@
  * chosen + rejected, 2 x B x T). Peak memory is the process's maximum resident set. profile=1
  * (device backends) prints where the device's time went, phase by phase (model_device.c).
  */
-#include <errno.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdlib.h>
@@ -68,23 +67,16 @@ static double matmul_parameters(const ModelConfig *c) {
 /* The integer after "key=" in argument a, whole and within [lo, hi]: atoi would take "abc" as 0
  * and "4x" as 4. */
 static int int_argument(const char *a, size_t key_len, long lo, long hi) {
-    const char *text = a + key_len;
-    char *end = NULL;
-    errno = 0;
-    const long v = strtol(text, &end, 10);
-    if (end == text || *end != '\0' || errno == ERANGE || v < lo || v > hi)
+    double v;
+    if (!paft_parse_number(a + key_len, &v) || v != floor(v) || v < (double)lo || v > (double)hi)
         PAFT_FATAL("command line: %s: expected an integer from %ld to %ld", a, lo, hi);
     return (int)v;
 }
 
 /* The number after "key=" in argument a, whole, finite and within [lo, hi]. */
 static double number_argument(const char *a, size_t key_len, double lo, double hi) {
-    const char *text = a + key_len;
-    char *end = NULL;
-    errno = 0;
-    const double v = strtod(text, &end);
-    if (end == text || *end != '\0' || errno == ERANGE || !isfinite(v) || v < lo || v > hi ||
-        strpbrk(text, "xX"))
+    double v;
+    if (!paft_parse_number(a + key_len, &v) || v < lo || v > hi)
         PAFT_FATAL("command line: %s: expected a number from %g to %g", a, lo, hi);
     return v;
 }

@@ -27,6 +27,7 @@
 #include "io/safetensors.h"
 #include "merge/merge_stage.h"
 #include "model/model_config.h"
+#include "parallel/collectives.h"
 #include "util/common.h"
 
 #define DEFAULT_MAX_SHARD_BYTES 5000000000ULL /* transformers' "5GB" (decimal) */
@@ -139,15 +140,6 @@ static char *prepare_outdir(const char *outdir) {
         PAFT_FATAL("%s: cannot create the staging directory for OUTDIR %s: %s", staging, outdir,
                    strerror(errno));
     return staging;
-}
-
-/* The staging directory's path from rank 0 to every rank. */
-static char *broadcast_path(char *path, int rank) {
-    int len = rank == 0 ? (int)strlen(path) + 1 : 0;
-    CHECK_MPI(MPI_Bcast(&len, 1, MPI_INT, 0, MPI_COMM_WORLD));
-    if (rank != 0) path = paft_malloc((size_t)len);
-    CHECK_MPI(MPI_Bcast(path, len, MPI_CHAR, 0, MPI_COMM_WORLD));
-    return path;
 }
 
 /* ---- writing ------------------------------------------------------------------------------------ */
@@ -367,7 +359,7 @@ int cmd_export(int argc, char **argv) {
         free(tensors);
         staging = prepare_outdir(outdir);
     }
-    staging = broadcast_path(staging, rank); /* also: validated, the staging directory exists */
+    staging = broadcast_string(staging, MPI_COMM_WORLD); /* also: validated, the staging directory exists */
     if (rank != 0) h5_open_read(&f, merged, MPI_COMM_SELF);
     int n = 0;
     ExportTensor *tensors = list_tensors(&f, &n);

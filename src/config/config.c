@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "parallel/collectives.h"
 #include "util/common.h"
 
 typedef enum { KEY_INT, KEY_DOUBLE, KEY_BOOL, KEY_STRING, KEY_CHOICE, KEY_PAIR } KeyType;
@@ -113,18 +114,6 @@ static int section_exists(const char *section) {
     return 0;
 }
 
-/* strtod that must consume the whole (whitespace-trimmed) text, in decimal: strtod would
- * also take hexadecimal ("0x10" as 16), which nobody writes in a training configuration on purpose. */
-static int parse_double(const char *text, double *out) {
-    if (strpbrk(text, "xX")) return 0;
-    char *end = NULL;
-    errno = 0;
-    double v = strtod(text, &end);
-    while (end && (*end == ' ' || *end == '\t')) end++;
-    if (end == text || !end || *end != '\0' || errno == ERANGE || !isfinite(v)) return 0;
-    *out = v;
-    return 1;
-}
 
 static int choice_allowed(const char *choices, const char *value) {
     size_t n = strlen(value);
@@ -157,13 +146,13 @@ void config_set(Config *cfg, const char *section, const char *key, const char *v
     double v = 0;
     switch (k->type) {
     case KEY_INT:
-        if (!parse_double(value, &v) || v != floor(v))
+        if (!paft_parse_number(value, &v) || v != floor(v))
             PAFT_FATAL("%s: %s.%s = '%s' is not an integer", origin, section, key, value);
         check_range(k, v, value, origin);
         *(int *)slot = (int)v;
         break;
     case KEY_DOUBLE:
-        if (!parse_double(value, &v))
+        if (!paft_parse_number(value, &v))
             PAFT_FATAL("%s: %s.%s = '%s' is not a number", origin, section, key, value);
         check_range(k, v, value, origin);
         *(double *)slot = v;
@@ -205,7 +194,7 @@ void config_set(Config *cfg, const char *section, const char *key, const char *v
                        value);
         memcpy(first, value, (size_t)(comma - value));
         first[comma - value] = '\0';
-        if (!parse_double(first, &a) || !parse_double(comma + 1, &b))
+        if (!paft_parse_number(first, &a) || !paft_parse_number(comma + 1, &b))
             PAFT_FATAL("%s: %s.%s = '%s' must be two numbers 'sft,pref'", origin, section, key,
                        value);
         check_range(k, a, value, origin);
@@ -250,13 +239,17 @@ static int on_ini_entry(void *user, const char *section, const char *name, const
  * comment could end in "r = 64" and set it. So lines that do not fit are refused here, first. */
 static const int ini_longest_line = INI_MAX_LINE - 3; /* room for "\r\n" and the terminator */
 
-static void check_line_lengths(const char *path) {
+/* The file's text, every line checked to fit inih's buffer. */
+static char *read_config_text(const char *path) {
     FILE *f = fopen(path, "rb");
     if (!f) PAFT_FATAL("%s: cannot open the configuration file", path);
-    char *line = NULL;
-    size_t capacity = 0;
+    char *text = NULL, *line = NULL;
+    size_t text_len = 0, capacity = 0;
+    FILE *out = open_memstream(&text, &text_len);
+    if (!out) PAFT_FATAL("%s: out of memory reading the configuration file", path);
     ssize_t n;
     for (int number = 1; (n = getline(&line, &capacity, f)) >= 0; number++) {
+        fwrite(line, 1, (size_t)n, out);
         while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
         if (n > ini_longest_line)
             PAFT_FATAL("%s: line %d is %zd characters long; the INI reader takes at most %d: shorten "
@@ -265,14 +258,16 @@ static void check_line_lengths(const char *path) {
     }
     free(line);
     fclose(f);
+    fclose(out);
+    return text;
 }
 
 void config_load_file(Config *cfg, const char *path) {
     if (paft_is_directory(path)) PAFT_FATAL("%s: is a directory, expected an INI file", path);
-    check_line_lengths(path);
+    char *text = read_config_text(path);
     IniContext ctx = {cfg, path, {0}};
-    int rc = ini_parse(path, on_ini_entry, &ctx);
-    if (rc == -1) PAFT_FATAL("%s: cannot open the configuration file", path);
+    int rc = ini_parse_string(text, on_ini_entry, &ctx);
+    free(text);
     if (rc == -2) PAFT_FATAL("%s: out of memory while parsing", path);
     if (rc > 0) PAFT_FATAL("%s: line %d: not an INI line ([section] or key = value)", path, rc);
 }
@@ -311,10 +306,7 @@ static void require_same_on_every_rank(const Config *cfg) {
     if (!f) PAFT_FATAL("out of memory writing the configuration");
     config_write(cfg, f);
     fclose(f);
-    long long root_len = rank == 0 ? (long long)len + 1 : 0;
-    CHECK_MPI(MPI_Bcast(&root_len, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD));
-    char *root = rank == 0 ? mine : paft_malloc((size_t)root_len);
-    CHECK_MPI(MPI_Bcast(root, (int)root_len, MPI_CHAR, 0, MPI_COMM_WORLD));
+    char *root = broadcast_string(mine, MPI_COMM_WORLD);
     if (strcmp(root, mine) != 0) {
         const char *a = mine, *b = root;
         char section[64] = "";

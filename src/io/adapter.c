@@ -46,15 +46,16 @@ static void require_finite(const char *path, const char *name, const real *x, in
                        (double)x[k], (long long)k);
 }
 
-static void read_views(H5File *f, const char *prefix, const Model *m, real *memory) {
+/* check_finite: the LoRA factors (a checkpoint's AdamW moments have their own checks, train.c) */
+static void read_views(H5File *f, const char *prefix, const Model *m, real *memory,
+                       int check_finite) {
     char name[256];
     for (int i = 0; i < m->n_lora_views; i++) {
         const TensorView *v = &m->lora_views[i];
         snprintf(name, sizeof name, "%s/%s", prefix, v->name);
         H5Block block = view_block(v, 1);
         h5_read_real(f, name, &block, memory + v->offset);
-        /* (the AdamW moments of a checkpoint have their own checks, train.c) */
-        if (strcmp(prefix, "/lora") == 0) require_finite(f->path, name, memory + v->offset, v->rows * v->cols);
+        if (check_finite) require_finite(f->path, name, memory + v->offset, v->rows * v->cols);
     }
 }
 
@@ -225,11 +226,11 @@ void adapter_read(const char *path, MPI_Comm comm, Model *m, AdapterInfo *info, 
         info->data_crc32 = h5_has_attr(&f, "data_crc32") ? (uint32_t)h5_get_attr_int(&f, "data_crc32") : 0;
     }
     check_modules(&f, m, &m->lora);
-    read_views(&f, "/lora", m, m->lora_memory);
+    read_views(&f, "/lora", m, m->lora_memory, 1);
     if (moment_m || moment_v || pos) {
         if (!h5_exists(&f, "/optim")) PAFT_FATAL("%s: an adapter, not a checkpoint (no /optim)", path);
-        read_views(&f, "/optim/m", m, moment_m);
-        read_views(&f, "/optim/v", m, moment_v);
+        read_views(&f, "/optim/m", m, moment_m, 0);
+        read_views(&f, "/optim/v", m, moment_v, 0);
         pos->optim_step = h5_get_attr_int(&f, "optim_step");
         pos->epoch = h5_get_attr_int(&f, "epoch");
         pos->cursor = h5_get_attr_int(&f, "cursor");

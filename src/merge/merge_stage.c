@@ -23,6 +23,7 @@
 #include "merge/merge.h"
 #include "merge/merge_kernels.h"
 #include "model/model_device.h"
+#include "parallel/collectives.h"
 
 #define ADAPTER_FORMAT "paft-adapter-1"
 
@@ -336,17 +337,6 @@ static char *sources_json(const Stage *s) {
     return text;
 }
 
-/* Rank 0's string to every rank (malloc'ed there; root's own pointer is returned as is). */
-static char *bcast_string(char *text, MPI_Comm comm) {
-    int rank;
-    CHECK_MPI(MPI_Comm_rank(comm, &rank));
-    long long len = rank == 0 ? (long long)strlen(text) + 1 : 0;
-    CHECK_MPI(MPI_Bcast(&len, 1, MPI_LONG_LONG, 0, comm));
-    if (rank != 0) text = paft_malloc((size_t)len);
-    CHECK_MPI(MPI_Bcast(text, (int)len, MPI_CHAR, 0, comm));
-    return text;
-}
-
 /* ---- per-tensor work ---------------------------------------------------------------------------- */
 
 /* Buffers of one rank, grown as needed and reused tensor after tensor. */
@@ -593,8 +583,8 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
         CHECK_MPI(MPI_Bcast(s.adapter[a].stage, (int)sizeof s.adapter[a].stage, MPI_CHAR, 0, world));
         CHECK_MPI(MPI_Bcast(&s.adapter[a].step, 1, MPI_INT64_T, 0, world));
     }
-    parameters = bcast_string(parameters, world);
-    sources = bcast_string(sources, world);
+    parameters = broadcast_string(parameters, world);
+    sources = broadcast_string(sources, world);
 
     int n_merged = 0;
     for (int i = 0; i < s.n_views; i++) {
@@ -621,7 +611,7 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
     h5_set_attr_string(&out, "sources", sources);
     char base_abs[PATH_MAX];
     absolute_path(s.base, base_abs, sizeof base_abs);
-    char *base_attr = bcast_string(rank == 0 ? paft_strdup(base_abs) : NULL, world);
+    char *base_attr = broadcast_string(rank == 0 ? paft_strdup(base_abs) : NULL, world);
     h5_set_attr_string(&out, "base_model", base_attr);
     free(base_attr);
     h5_set_attr_string(&out, "base_fingerprint", s.fingerprint);

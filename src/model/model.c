@@ -511,7 +511,11 @@ void model_check_checkpoint(const Checkpoint *ckpt, const ModelConfig *c) {
         int64_t shape[2] = {views[i].global_rows, views[i].global_cols};
         checkpoint_require(ckpt, views[i].name, shape[1] == 1 ? 1 : 2, shape);
     }
-    for (int t = 0; t < ckpt->n_tensors; t++) { /* and nothing it does not */
+    /* and nothing it does not: the n (distinct) names are all there, so any tensor beyond them and
+     * the ignored ones is extra; only then is it looked for, to name it */
+    int ignored = 0;
+    for (int t = 0; t < ckpt->n_tensors; t++) ignored += unused_tensor_allowed(c, ckpt->tensors[t].name);
+    for (int t = 0; t < ckpt->n_tensors && ckpt->n_tensors - ignored > n; t++) {
         const char *name = ckpt->tensors[t].name;
         int used = unused_tensor_allowed(c, name);
         for (int i = 0; i < n && !used; i++) used = strcmp(views[i].name, name) == 0;

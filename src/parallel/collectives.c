@@ -2,6 +2,7 @@
 #include "parallel/collectives.h"
 
 #include <limits.h>
+#include <string.h>
 
 /* MPI counts are int: move at most 1 Gi elements per call. */
 #define CHUNK ((size_t)1 << 30)
@@ -33,6 +34,17 @@ void allreduce_max_real(real *buf, size_t n, MPI_Comm comm) {
 void broadcast_real(real *buf, size_t n, int root, MPI_Comm comm) {
     for (size_t i = 0; i < n; i += CHUNK)
         CHECK_MPI(MPI_Bcast(buf + i, (int)PAFT_MIN(CHUNK, n - i), mpi_real_type(), root, comm));
+}
+
+char *broadcast_string(char *text, MPI_Comm comm) {
+    int rank;
+    CHECK_MPI(MPI_Comm_rank(comm, &rank));
+    long long len = rank == 0 ? (long long)strlen(text) + 1 : 0;
+    CHECK_MPI(MPI_Bcast(&len, 1, MPI_LONG_LONG, 0, comm));
+    if (len > INT_MAX) PAFT_FATAL("broadcast of a string of %lld bytes: above MPI's int count", len);
+    if (rank != 0) text = paft_malloc((size_t)len);
+    CHECK_MPI(MPI_Bcast(text, (int)len, MPI_CHAR, 0, comm));
+    return text;
 }
 
 void allgather_real(const real *in, real *out, size_t n, MPI_Comm comm) {

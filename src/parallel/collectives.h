@@ -21,6 +21,9 @@ void allreduce_max_int(int *value, MPI_Comm comm);
 void allreduce_max_real(real *buf, size_t n, MPI_Comm comm);
 /* Broadcast from root. */
 void broadcast_real(real *buf, size_t n, int root, MPI_Comm comm);
+/* Rank 0's string to every rank of comm: rank 0's own pointer is returned as is, the others get a
+ * malloc'ed copy (text is ignored there). */
+char *broadcast_string(char *text, MPI_Comm comm);
 /* Every rank contributes n values; out receives size * n values in rank order. */
 void allgather_real(const real *in, real *out, size_t n, MPI_Comm comm);
 /* in holds size * n values; rank i receives in out the sum over ranks of block i (n values). */

@@ -70,6 +70,9 @@ typedef struct {
     int64_t skipped_in_a_row, skipped_this_job; /* steps skipped as non-finite */
 } Trainer;
 
+/* The configuration section of this stage's settings, for messages. */
+static const char *stage_section(const Trainer *tr) { return tr->kind == STAGE_SFT ? "sft" : "pref"; }
+
 /* A step whose loss or gradient norm is not finite is skipped (optimizer_step). One now and then
  * is survivable; this many in a row means the run cannot recover (diverged, or NaN/inf in the base
  * weights, the adapter or the data), and training on would only write an adapter that never
@@ -82,7 +85,7 @@ static void check_skipped(const Trainer *tr) {
                    "the run has diverged, or the base model (%s), the adapter it starts from or the "
                    "data (%s) hold NaN or inf; lower %s.lr, or check those inputs",
                    tr->name, (long long)tr->skipped_in_a_row, (long long)tr->step,
-                   tr->cfg->model.path, tr->sc->data, tr->kind == STAGE_SFT ? "sft" : "pref");
+                   tr->cfg->model.path, tr->sc->data, stage_section(tr));
 }
 
 
@@ -110,8 +113,6 @@ void train_use_device(const Config *cfg, Model *model) {
 char *train_stage_dir(const Config *cfg, StageKind kind) {
     return paft_path_join(cfg->output.dir, kind == STAGE_SFT ? "sft" : "pref");
 }
-
-static void check_same_dir(const Trainer *tr);
 
 static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm) {
     memset(tr, 0, sizeof *tr);
@@ -161,7 +162,6 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
     tr->pos.seed = sc->seed;
 
     tr->dir = train_stage_dir(cfg, kind);
-    check_same_dir(tr);
     if (tr->rank == 0) {
         paft_make_dirs(tr->dir);
     }
@@ -308,24 +308,6 @@ static int exists_on_rank0(const char *path, MPI_Comm comm) {
     return exists;
 }
 
-/* Every rank of comm must have the same stage directory: the adapter and checkpoint are one file
- * written and read collectively (ranks started with different output.dir, e.g. an MPMD launch
- * with different arguments, would otherwise hang in a collective open of different files). */
-static void check_same_dir(const Trainer *tr) {
-    unsigned long long len = tr->rank == 0 ? (unsigned long long)strlen(tr->dir) : 0;
-    CHECK_MPI(MPI_Bcast(&len, 1, MPI_UNSIGNED_LONG_LONG, 0, tr->comm));
-    char *root = paft_malloc(len + 1);
-    if (tr->rank == 0) memcpy(root, tr->dir, len + 1);
-    CHECK_MPI(MPI_Bcast(root, (int)len + 1, MPI_CHAR, 0, tr->comm));
-    root[len] = '\0';
-    if (strcmp(root, tr->dir) != 0) /* ends the job (MPI_Abort), the other ranks included */
-        PAFT_FATAL("configuration: output.dir differs between the ranks of one training group "
-                   "(this rank's stage directory %s, rank 0's %s): every rank must be started "
-                   "with the same configuration",
-                   tr->dir, root);
-    free(root);
-}
-
 static const char *const ADAPTER_ADVICE =
     "it is another configuration's result: pick another output.dir, or delete it to train this "
     "configuration";
@@ -347,7 +329,7 @@ static int already_complete(Trainer *tr, const char *adapter_path) {
  * against this run before anything trusts it. */
 static void check_resume_position(const Trainer *tr, const char *path, int64_t step) {
     const TrainPosition *p = &tr->pos;
-    const char *section = tr->kind == STAGE_SFT ? "sft" : "pref";
+    const char *section = stage_section(tr);
     if (p->seed != tr->sc->seed)
         PAFT_FATAL("%s: written with seed %lld, the configuration has %s.seed = %d; %s", path,
                    (long long)p->seed, section, tr->sc->seed, CHECKPOINT_ADVICE);
@@ -371,11 +353,9 @@ static void check_resume_position(const Trainer *tr, const char *path, int64_t s
                    path, (long long)p->cursor, section, tr->sc->data,
                    (unsigned long long)tr->data->num_records, tr->sc->batch,
                    (unsigned long long)last);
-    /* LoRA values and AdamW moments: finite, second moments not negative (sqrt(v) divides) */
-    const Model *m = &tr->model;
-    for (size_t i = 0; i < m->n_lora; i++) {
-        if (!isfinite(m->lora_memory[i]))
-            PAFT_FATAL("%s: a non-finite LoRA value (corrupt checkpoint)", path);
+    /* AdamW moments: finite, second moments not negative (sqrt(v) divides); the LoRA values
+     * themselves were checked by adapter_read */
+    for (size_t i = 0; i < tr->model.n_lora; i++) {
         if (!isfinite(tr->opt.m[i]) || !isfinite(tr->opt.v[i]) || tr->opt.v[i] < 0)
             PAFT_FATAL("%s: a non-finite first or a negative or non-finite second AdamW moment "
                        "under /optim (corrupt checkpoint)",
@@ -468,7 +448,7 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
                    "nothing was learned and nothing is written: the base model (%s), the adapter it "
                    "starts from or the data (%s) hold NaN or inf, or %s.lr is far too high",
                    tr.name, (long long)(tr.step - first_step), cfg->model.path, tr.sc->data,
-                   kind == STAGE_SFT ? "sft" : "pref");
+                   stage_section(&tr));
     if (outcome == TRAIN_COMPLETED) {
         AdapterInfo info;
         run_info(&tr, &info);

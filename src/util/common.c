@@ -137,6 +137,17 @@ char *paft_path_join(const char *dir, const char *name) {
     return out;
 }
 
+int paft_parse_number(const char *text, double *out) {
+    if (strpbrk(text, "xX")) return 0;
+    char *end = NULL;
+    errno = 0;
+    const double v = strtod(text, &end);
+    while (end && (*end == ' ' || *end == '\t')) end++;
+    if (end == text || !end || *end != '\0' || errno == ERANGE || !isfinite(v)) return 0;
+    *out = v;
+    return 1;
+}
+
 JsonNumber json_number(double value) {
     JsonNumber n;
     if (isfinite(value)) snprintf(n.text, sizeof n.text, "%.8g", value);

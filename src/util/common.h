@@ -43,6 +43,10 @@ PAFT_NORETURN void paft_fatal(const char *file, int line, const char *fmt, ...) 
 /* Informational output: printed by rank 0 of MPI_COMM_WORLD only (or always without MPI). */
 void paft_log(const char *fmt, ...) PAFT_PRINTF(1, 2);
 
+/* text as a whole decimal number (surrounding blanks allowed; no hexadecimal, which strtod would
+ * take: "0x10" as 16), finite and in range: 1 and *out, or 0. For settings and arguments. */
+int paft_parse_number(const char *text, double *out);
+
 /* A number as JSON spells it, to print with %s: %.8g, or null where it is NaN or infinite (printf
  * would write nan or inf, which no JSON reader accepts: a skipped step in metrics.jsonl broke
  * every line-by-line reader of the file). */
