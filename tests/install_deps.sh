@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what paft needs to build and test on Debian 12 / Ubuntu 22.04+ (run as root, or with
 # sudo available). Packages already present are not reinstalled, so a second run takes a second.
-#   build:  C compiler, CMake, Open MPI, parallel HDF5 (the openmpi flavour), cJSON, inih
+#   build:  C compiler, CMake, Open MPI, parallel HDF5 (the openmpi flavour), cJSON, inih,
+#           OpenBLAS (its OpenMP flavour: the CPU backend's GEMMs)
 #   tests:  a single-node Slurm cluster (munge, slurmctld, slurmd, client tools), and Python
 #           packages for the reference checks and analysis/ (numpy, h5py, tokenizers, jinja2, pyarrow,
 #           matplotlib)
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-openmpi-dev
-          hdf5-tools libcjson-dev libinih-dev python3 python3-pip)
+          hdf5-tools libcjson-dev libinih-dev libopenblas-openmp-dev python3 python3-pip)
 if [ "${1:-}" = "--for-tests" ]; then  # the test suite: also a Slurm cluster to submit to
   packages+=(munge slurmctld slurmd slurm-client)
 fi

@@ -24,6 +24,7 @@
 
 #include "cli/commands.h"
 #include "model/model.h"
+#include "ops/ops.h"
 #include "optim/adamw.h"
 #include "train/step.h"
 #include "util/common.h"
@@ -206,6 +207,11 @@ int cmd_bench(int argc, char **argv) {
              recompute ? ", recomputation" : "", steps);
     paft_log("  %.4g matmul parameters, %.4g FLOPs/token (4 N_matmul + 6 L T d)\n",
              matmul_parameters(c), flops_per_token);
+    if (!m.backend) {
+        char blas[256];
+        cpu_blas_describe(blas, sizeof blas);
+        paft_log("  CPU GEMMs: %s\n", blas);
+    }
     paft_log("  step %.4f s (median; min %.4f, max %.4f)  %.1f tokens/s  %.4f TFLOP/s  ", median,
              times[0], times[steps - 1], tok_s, tflops);
     if (mfu > 0)

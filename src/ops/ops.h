@@ -32,6 +32,12 @@ void rmsnorm_forward(real *out, real *rstd, const real *inp, const real *weight,
 void rmsnorm_backward(real *dinp, real *dweight, const real *dout, const real *inp,
                       const real *weight, const real *rstd, int N, int C);
 
+/* ---- the linear layers' GEMMs: CBLAS when built with a BLAS (-DPAFT_BLAS, CMakeLists.txt) and
+ * PAFT_CPU_BLAS is not 0 in the environment, else paft's own loops. cpu_blas_describe writes which
+ * (and, for OpenBLAS, its configuration and kernels) into text. */
+int cpu_blas_enabled(void);
+void cpu_blas_describe(char *text, size_t size);
+
 /* ---- linear: out (=|+=) alpha * inp W^T + bias; inp [N][C], W [OC][C], out [N][OC] -----------
  * accumulate = 0 overwrites out, 1 adds to it (the LoRA branch adds s*(xA^T)B^T onto the base
  * output). bias may be NULL. */

@@ -16,8 +16,22 @@
 #include "ops/ops.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* With -DPAFT_BLAS (CMake finds OpenBLAS or the BLAS that BLA_VENDOR names) the linear layers go
+ * through cblas_?gemm: the same sums, computed by a tuned kernel (4-5x faster on AVX-512; see
+ * docs/BENCHMARKS.md), in a different order. PAFT_CPU_BLAS=0 in the environment runs the loops
+ * below instead, which is how tests/ops/test_ops_blas.c checks one against the other. */
+#ifdef PAFT_WITH_BLAS
+#include <cblas.h>
+#ifdef PAFT_REAL_DOUBLE
+#define cblas_gemm_real cblas_dgemm
+#else
+#define cblas_gemm_real cblas_sgemm
+#endif
+#endif
 
 #ifdef PAFT_REAL_DOUBLE
 #define real_exp exp
@@ -125,8 +139,55 @@ void rmsnorm_backward(real *dinp, real *dweight, const real *dout, const real *i
 
 /* ---- linear layer -------------------------------------------------------------------------- */
 
+int cpu_blas_enabled(void) {
+#ifdef PAFT_WITH_BLAS
+    const char *setting = getenv("PAFT_CPU_BLAS");
+    return !(setting && strcmp(setting, "0") == 0);
+#else
+    return 0;
+#endif
+}
+
+#ifdef PAFT_BLAS_OPENBLAS
+char *openblas_get_config(void);  /* OpenBLAS's own API, not CBLAS's */
+#endif
+
+void cpu_blas_describe(char *text, size_t size) {
+#ifdef PAFT_WITH_BLAS
+    if (!cpu_blas_enabled()) {
+        snprintf(text, size, "loops (PAFT_CPU_BLAS=0)");
+        return;
+    }
+#ifdef PAFT_BLAS_OPENBLAS
+    /* OpenBLAS picks its kernels by the CPU it detects; a virtual machine's generic CPU model can
+     * leave it on old SSE3 ones ("Prescott"), which OPENBLAS_CORETYPE overrides (INSTALL). */
+    snprintf(text, size, "%s", openblas_get_config());  /* names the kernels: "... Haswell ..." */
+#else
+    snprintf(text, size, "CBLAS");
+#endif
+#else
+    snprintf(text, size, "loops (built without BLAS)");
+#endif
+}
+
 void matmul_forward(real *out, const real *inp, const real *weight, const real *bias, int N, int C,
                     int OC, real alpha, int accumulate) {
+#ifdef PAFT_WITH_BLAS
+    if (cpu_blas_enabled()) {
+        /* The bias first, then out = alpha inp W^T + out (beta = 1), or + 0 on a fresh output. */
+        if (bias) {
+#pragma omp parallel for schedule(static)
+            for (int n = 0; n < N; n++) {
+                real *y = out + (size_t)n * OC;
+                for (int o = 0; o < OC; o++) y[o] = accumulate ? y[o] + bias[o] : bias[o];
+            }
+        }
+        real beta = (bias || accumulate) ? 1 : 0;
+        cblas_gemm_real(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, alpha, inp, C, weight,
+                        C, beta, out, OC);
+        return;
+    }
+#endif
     /* Every (row tile, output feature) pair writes its own outputs, so both loops parallelise;
      * collapsing them keeps all threads busy even when N is a single tile. */
 #pragma omp parallel for collapse(2) schedule(static)
@@ -150,6 +211,20 @@ void matmul_forward(real *out, const real *inp, const real *weight, const real *
 
 void matmul_backward(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                      const real *weight, int N, int C, int OC, real alpha) {
+#ifdef PAFT_WITH_BLAS
+    if (cpu_blas_enabled()) {
+        /* dinp[N][C] += alpha dout[N][OC] W[OC][C];  dweight[OC][C] += alpha dout^T inp[N][C].
+         * Then fall through to the loops for dbias alone. */
+        if (dinp)
+            cblas_gemm_real(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, alpha, dout, OC,
+                            weight, C, 1, dinp, C);
+        if (dweight)
+            cblas_gemm_real(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, alpha, dout, OC,
+                            inp, C, 1, dweight, C);
+        dinp = NULL;
+        dweight = NULL;
+    }
+#endif
     /* dinp[n][:] += alpha * sum_o dout[n][o] W[o][:]: a thread owns a tile of dinp rows, and for
      * each weight row adds a multiple of it (contiguous over C) into each row of its tile. */
     if (dinp) {
@@ -256,6 +331,7 @@ void attention_forward(real *out, real *probs, const real *q, const real *k, con
                 for (int j = 0; j <= t; j++) {
                     const real *k_j = k + (((size_t)b * T + j) * Hkv + kv_head) * D;
                     real dot = 0;
+#pragma omp simd reduction(+ : dot)
                     for (int d = 0; d < D; d++) dot += q_t[d] * k_j[d];
                     p[j] = dot * scale;
                     if (p[j] > max_score) max_score = p[j];
@@ -312,6 +388,7 @@ void attention_backward(real *dq, real *dk, real *dv, const real *dout, const re
                             size_t row_kj = (((size_t)b * T + j) * Hkv + kv_head) * D;
                             const real *v_j = v + row_kj;
                             real dot = 0;
+#pragma omp simd reduction(+ : dot)
                             for (int d = 0; d < D; d++) dot += dout_t[d] * v_j[d];
                             dp[j] = dot;
                             p_dot_dp += (double)p[j] * dot;

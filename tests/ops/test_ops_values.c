@@ -409,6 +409,8 @@ int main(void) {
     test_matmul_naive(&rng, 7, 13, 5, 1, 0.5f, 1);
     test_matmul_naive(&rng, 37, 9, 19, 0, 1, 0);
     test_matmul_naive(&rng, 1, 33, 3, 1, -1.5f, 0);
+    /* no bias, accumulating (the LoRA branch); and sizes past a BLAS's small-matrix paths */
+    test_matmul_naive(&rng, 67, 150, 45, 0, 0.25f, 1);
     test_thread_count_independence(&rng);
     return test_finish("test_ops_values (" PAFT_REAL_NAME ")");
 }
