@@ -14,7 +14,8 @@
 #
 # Threads: OMP_NUM_THREADS = SLURM_CPUS_PER_TASK inside Slurm (the CPU backend's OpenMP loops use
 # the cores given to the task, no more), else OMP_NUM_THREADS if set, else cores / ranks;
-# OMP_WAIT_POLICY=passive so ranks that share cores do not spin against each other.
+# OMP_WAIT_POLICY=passive so ranks that share cores do not spin against each other;
+# OPENBLAS_NUM_THREADS = OMP_NUM_THREADS unless set.
 #
 # Pre-emption and time limits: the scripts ask for `#SBATCH --signal=B:USR1@300 --requeue`, so
 # five minutes before the limit Slurm sends SIGUSR1 to this batch shell. paft_launch forwards it
@@ -81,6 +82,9 @@ elif [ -z "${OMP_NUM_THREADS:-}" ]; then
   export OMP_NUM_THREADS=$(( OMP_NUM_THREADS > 0 ? OMP_NUM_THREADS : 1 ))
 fi
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+# OpenBLAS's pthreads flavour sizes its pool by this, not by OMP_NUM_THREADS (its OpenMP flavour
+# reads OMP_NUM_THREADS): the same cores either way, not one thread per core of the node per rank.
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-$OMP_NUM_THREADS}
 # Open MPI refuses to start as root without these (containers, CI runners).
 if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
