@@ -142,6 +142,7 @@ int cmd_bench(int argc, char **argv) {
         model_use_device(&m, device, &opt, "command line: device");
     } else {
         model_init_random(&m, &config, &lora, 1, 0.02);
+        m.simple_attention = simple_attention;
     }
     model_config_free(&config);
     const int rows = strcmp(stage, "dpo") == 0 ? 2 * batch : batch; /* chosen + rejected */

@@ -458,7 +458,8 @@ static inline void dev_rope_backward(act_t *dx, const stat_t *cos_t, const stat_
     rope_backward(dx, cos_t, sin_t, positions, N, H, D);
 }
 static inline size_t dev_attention_state_count(const DevCtx *ctx, int B, int T, int Hq) {
-    return (size_t)B * Hq * T * T; /* the CPU op's probabilities */
+    /* the CPU ops' state: each row's log-sum-exp (fused), or its probabilities (simple) */
+    return ctx->simple_attention ? (size_t)B * Hq * T * T : (size_t)B * Hq * T;
 }
 static inline size_t dev_attention_scratch_bytes(const DevCtx *ctx, int B, int T, int Hq, int Hkv,
                                                  int D) {
@@ -467,14 +468,20 @@ static inline size_t dev_attention_scratch_bytes(const DevCtx *ctx, int B, int T
 static inline void dev_attention_forward(DevCtx *ctx, act_t *out, stat_t *state, const act_t *q,
                                          const act_t *k, const act_t *v, int B, int T, int Hq,
                                          int Hkv, int D) {
-    attention_forward(out, state, q, k, v, B, T, Hq, Hkv, D);
+    if (ctx->simple_attention)
+        attention_forward(out, state, q, k, v, B, T, Hq, Hkv, D);
+    else
+        attention_forward_fused(out, state, q, k, v, B, T, Hq, Hkv, D);
 }
 static inline void dev_attention_backward(DevCtx *ctx, act_t *dq, act_t *dk, act_t *dv,
                                           const act_t *dout, const act_t *out,
                                           const stat_t *state, const act_t *q, const act_t *k,
                                           const act_t *v, int B, int T, int Hq, int Hkv, int D,
                                           void *scratch, size_t scratch_bytes) {
-    attention_backward(dq, dk, dv, dout, state, q, k, v, B, T, Hq, Hkv, D);
+    if (ctx->simple_attention)
+        attention_backward(dq, dk, dv, dout, state, q, k, v, B, T, Hq, Hkv, D);
+    else
+        attention_backward_fused(dq, dk, dv, dout, state, q, k, v, B, T, Hq, Hkv, D);
 }
 static inline void dev_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n) {
     swiglu_forward(out, gate, up, n);

@@ -240,7 +240,8 @@ static void layout_activations(const Model *m, int B, int T, Activations *a, Car
     a->q = carve(cv, "q", L * N, qd);
     a->k = carve(cv, "k", L * N, kvd);
     a->v = carve(cv, "v", L * N, kvd);
-    a->probs = carve(cv, "probs", L * B * m->local_heads, (int64_t)T * T);
+    a->att_state = carve(cv, "att_state", L * B * m->local_heads,
+                         m->simple_attention ? (int64_t)T * T : T);
     a->att = carve(cv, "att", L * N, qd);
     a->x_mid = carve(cv, "x_mid", L * N, d);
     a->ln2 = carve(cv, "ln2", L * N, d);
@@ -837,7 +838,7 @@ void model_forward(Model *m, const int32_t *tokens, const int32_t *targets, int 
         real *ln1 = a->ln1 + l * nd, *q = a->q + l * nq, *k = a->k + l * nkv, *v = a->v + l * nkv;
         real *att = a->att + l * nq, *x_mid = a->x_mid + l * nd, *ln2 = a->ln2 + l * nd;
         real *gate = a->gate + l * nff, *up = a->up + l * nff, *act = a->act + l * nff;
-        real *probs = a->probs + (size_t)l * B * Hq * T * T;
+        real *att_state = a->att_state + (size_t)l * B * Hq * T * (m->simple_attention ? T : 1);
 
         /* attention block: x_mid = x + o_proj(attention(rope(q), rope(k), v)); this rank's heads */
         rmsnorm_forward(ln1, a->ln1_rstd + (size_t)l * N, x, lw->attn_norm, N, d,
@@ -847,7 +848,10 @@ void model_forward(Model *m, const int32_t *tokens, const int32_t *targets, int 
         proj_forward(m, l, PROJ_V, v, ln1, N);
         rope_forward(q, m->rope_cos, m->rope_sin, m->positions, N, Hq, D);
         rope_forward(k, m->rope_cos, m->rope_sin, m->positions, N, Hkv, D);
-        attention_forward(att, probs, q, k, v, B, T, Hq, Hkv, D);
+        if (m->simple_attention)
+            attention_forward(att, att_state, q, k, v, B, T, Hq, Hkv, D);
+        else
+            attention_forward_fused(att, att_state, q, k, v, B, T, Hq, Hkv, D);
         proj_forward(m, l, PROJ_O, x_mid, att, N);
         residual_forward(x_mid, x_mid, x, nd);
 
@@ -932,7 +936,8 @@ void model_backward(Model *m, const real *dlogp) {
         const real *k = a->k + l * nkv, *v = a->v + l * nkv, *att = a->att + l * nq;
         const real *x_mid = a->x_mid + l * nd, *ln2 = a->ln2 + l * nd;
         const real *gate = a->gate + l * nff, *up = a->up + l * nff, *act = a->act + l * nff;
-        const real *probs = a->probs + (size_t)l * B * Hq * T * T;
+        const real *att_state =
+            a->att_state + (size_t)l * B * Hq * T * (m->simple_attention ? T : 1);
 
         /* MLP block; the residual passes dx through unchanged to x_mid */
         zero(s->dact, nff);
@@ -953,7 +958,11 @@ void model_backward(Model *m, const real *dlogp) {
         zero(s->dq, nq);
         zero(s->dk, nkv);
         zero(s->dv, nkv);
-        attention_backward(s->dq, s->dk, s->dv, s->datt, probs, q, k, v, B, T, Hq, Hkv, D);
+        if (m->simple_attention)
+            attention_backward(s->dq, s->dk, s->dv, s->datt, att_state, q, k, v, B, T, Hq, Hkv, D);
+        else
+            attention_backward_fused(s->dq, s->dk, s->dv, s->datt, att_state, q, k, v, B, T, Hq,
+                                     Hkv, D);
         rope_backward(s->dq, m->rope_cos, m->rope_sin, m->positions, N, Hq, D);
         rope_backward(s->dk, m->rope_cos, m->rope_sin, m->positions, N, Hkv, D);
         zero(s->dln, nd);

@@ -109,7 +109,8 @@ typedef struct {
     real *q;        /* [L][N][Hq*D] after RoPE */
     real *k;        /* [L][N][Hkv*D] after RoPE */
     real *v;        /* [L][N][Hkv*D] */
-    real *probs;    /* [L][B][Hq][T][T] attention probabilities */
+    real *att_state; /* [L][B][Hq][T] each query row's log-sum-exp (fused attention), or
+                        [L][B][Hq][T][T] its probabilities (simple_attention) */
     real *att;      /* [L][N][Hq*D] attention output (input of o_proj) */
     real *x_mid;    /* [L][N][d] residual after attention */
     real *ln2;      /* [L][N][d] */
@@ -166,6 +167,9 @@ typedef struct Model {
     int n_lora_views;       /* two per adapted module: A then B */
     TensorView *lora_views;
     int adapters_enabled; /* 0: the base model alone (DPO's reference) */
+    int simple_attention; /* 1: the unfused attention ops, which keep the T x T probabilities
+                             (model.attention = simple, for cross-checking); set before
+                             model_alloc_activations */
 
     /* tensor parallelism: this rank's shard sizes */
     MPI_Comm tp_comm;

@@ -69,6 +69,15 @@ void attention_forward(real *out, real *probs, const real *q, const real *k, con
 void attention_backward(real *dq, real *dk, real *dv, const real *dout, const real *probs,
                         const real *q, const real *k, const real *v, int B, int T, int Hq, int Hkv,
                         int D);
+/* The fused form (the model's default; FlashAttention's bookkeeping, as in the CUDA backend):
+ * keeps lse [B][Hq][T], each query row's log-sum-exp of the scaled scores, instead of the
+ * probabilities, and the backward recomputes them, p_tj = exp(q_t . k_j / sqrt(D) - lse_t): O(T)
+ * memory per row instead of O(T^2), for a third product per (t, j) pair in the backward. */
+void attention_forward_fused(real *out, real *lse, const real *q, const real *k, const real *v,
+                             int B, int T, int Hq, int Hkv, int D);
+void attention_backward_fused(real *dq, real *dk, real *dv, const real *dout, const real *lse,
+                              const real *q, const real *k, const real *v, int B, int T, int Hq,
+                              int Hkv, int D);
 
 /* ---- SwiGLU: out = silu(gate) * up, elementwise over n values --------------------------------*/
 void swiglu_forward(real *out, const real *gate, const real *up, size_t n);

@@ -314,108 +314,176 @@ static void check_heads(const char *op, int Hq, int Hkv) {
         PAFT_FATAL("%s: %d query heads are not a multiple of %d KV heads", op, Hq, Hkv);
 }
 
-void attention_forward(real *out, real *probs, const real *q, const real *k, const real *v, int B,
-                       int T, int Hq, int Hkv, int D) {
-    check_heads("attention_forward", Hq, Hkv);
+/* One query row t of one head: p[j] = softmax_j(q_t . k_j * scale) over the visible positions
+ * j <= t, and out_t = sum_j p_j v_j. k and v point at position 0 of the row's KV head, positions
+ * `stride` reals apart. Returns the row's log-sum-exp of the scaled scores (the fused form keeps
+ * it instead of p). */
+static real attention_row_forward(real *out_t, real *p, const real *q_t, const real *k,
+                                  const real *v, size_t stride, int t, int D, real scale) {
+    real max_score = -INFINITY;
+    for (int j = 0; j <= t; j++) {
+        const real *k_j = k + (size_t)j * stride;
+        real dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (int d = 0; d < D; d++) dot += q_t[d] * k_j[d];
+        p[j] = dot * scale;
+        if (p[j] > max_score) max_score = p[j];
+    }
+    double sum = 0; /* softmax, max subtracted so exp cannot overflow */
+    for (int j = 0; j <= t; j++) {
+        p[j] = real_exp(p[j] - max_score);
+        sum += p[j];
+    }
+    real norm = (real)sum;
+    for (int j = 0; j <= t; j++) p[j] /= norm;
+    for (int d = 0; d < D; d++) out_t[d] = 0;
+    for (int j = 0; j <= t; j++) {
+        const real *v_j = v + (size_t)j * stride;
+#pragma omp simd
+        for (int d = 0; d < D; d++) out_t[d] += p[j] * v_j[d];
+    }
+    return max_score + (real)log(sum);
+}
+
+/* Both forms: the simple one stores each row's probabilities (probs, zeros above the diagonal),
+ * the fused one its log-sum-exp (lse) and keeps the row in a per-thread scratch. */
+static void attention_forward_rows(real *out, real *probs, real *lse, const real *q, const real *k,
+                                   const real *v, int B, int T, int Hq, int Hkv, int D) {
     int group = Hq / Hkv;  /* query heads per KV head (HF repeat_kv: h -> h / group) */
     real scale = (real)(1.0 / sqrt((double)D));
-#pragma omp parallel for collapse(3) schedule(static)
-    for (int b = 0; b < B; b++) {
-        for (int h = 0; h < Hq; h++) {
-            for (int t = 0; t < T; t++) {
-                int kv_head = h / group;
-                const real *q_t = q + (((size_t)b * T + t) * Hq + h) * D;
-                real *p = probs + (((size_t)b * Hq + h) * T + t) * T;
-                /* scores of the visible positions j <= t, and their maximum */
-                real max_score = -INFINITY;
-                for (int j = 0; j <= t; j++) {
-                    const real *k_j = k + (((size_t)b * T + j) * Hkv + kv_head) * D;
-                    real dot = 0;
-#pragma omp simd reduction(+ : dot)
-                    for (int d = 0; d < D; d++) dot += q_t[d] * k_j[d];
-                    p[j] = dot * scale;
-                    if (p[j] > max_score) max_score = p[j];
-                }
-                /* softmax, max subtracted so exp cannot overflow */
-                double sum = 0;
-                for (int j = 0; j <= t; j++) {
-                    p[j] = real_exp(p[j] - max_score);
-                    sum += p[j];
-                }
-                real norm = (real)sum;
-                for (int j = 0; j <= t; j++) p[j] /= norm;
-                for (int j = t + 1; j < T; j++) p[j] = 0;  /* the causal mask */
-                /* out_t = sum_j p_j v_j */
-                real *out_t = out + (((size_t)b * T + t) * Hq + h) * D;
-                for (int d = 0; d < D; d++) out_t[d] = 0;
-                for (int j = 0; j <= t; j++) {
-                    const real *v_j = v + (((size_t)b * T + j) * Hkv + kv_head) * D;
-                    for (int d = 0; d < D; d++) out_t[d] += p[j] * v_j[d];
+    size_t stride = (size_t)Hkv * D; /* from one position of a KV head to the next */
+#pragma omp parallel
+    {
+        real *row = probs ? NULL : paft_malloc((size_t)T * sizeof(real));
+#pragma omp for collapse(3) schedule(static)
+        for (int b = 0; b < B; b++) {
+            for (int h = 0; h < Hq; h++) {
+                for (int t = 0; t < T; t++) {
+                    size_t kv0 = (size_t)b * T * stride + (size_t)(h / group) * D;
+                    size_t row_qt = (((size_t)b * T + t) * Hq + h) * D;
+                    size_t stat = ((size_t)b * Hq + h) * T + t; /* [b][h][t] */
+                    real *p = probs ? probs + stat * T : row;
+                    real row_lse = attention_row_forward(out + row_qt, p, q + row_qt, k + kv0,
+                                                         v + kv0, stride, t, D, scale);
+                    if (probs) {
+                        for (int j = t + 1; j < T; j++) p[j] = 0; /* the causal mask */
+                    } else {
+                        lse[stat] = row_lse;
+                    }
                 }
             }
         }
+        free(row);
     }
+}
+
+void attention_forward(real *out, real *probs, const real *q, const real *k, const real *v, int B,
+                       int T, int Hq, int Hkv, int D) {
+    check_heads("attention_forward", Hq, Hkv);
+    attention_forward_rows(out, probs, NULL, q, k, v, B, T, Hq, Hkv, D);
+}
+
+void attention_forward_fused(real *out, real *lse, const real *q, const real *k, const real *v,
+                             int B, int T, int Hq, int Hkv, int D) {
+    check_heads("attention_forward_fused", Hq, Hkv);
+    attention_forward_rows(out, NULL, lse, q, k, v, B, T, Hq, Hkv, D);
 }
 
 /* With s = q k^T * scale, p = softmax(s) per row, out = p v:
  *   dv_j += sum_t p_tj dout_t,   dp_tj = dout_t . v_j,   ds_tj = p_tj (dp_tj - sum_i p_ti dp_ti),
  *   dq_t += scale sum_j ds_tj k_j,   dk_j += scale sum_t ds_tj q_t.
- * The query heads of one group all add into the same dk/dv head, and every query position adds
+ * This is one query row t of that, given its probabilities p[0..t]; dp is scratch for T reals. */
+static void attention_row_backward(real *dq_t, real *dk, real *dv, const real *dout_t,
+                                   const real *q_t, const real *k, const real *v, const real *p,
+                                   real *dp, size_t stride, int t, int D, real scale) {
+    double p_dot_dp = 0;
+    for (int j = 0; j <= t; j++) {
+        const real *v_j = v + (size_t)j * stride;
+        real dot = 0;
+#pragma omp simd reduction(+ : dot)
+        for (int d = 0; d < D; d++) dot += dout_t[d] * v_j[d];
+        dp[j] = dot;
+        p_dot_dp += (double)p[j] * dot;
+        if (dv) {
+            real *dv_j = dv + (size_t)j * stride;
+#pragma omp simd
+            for (int d = 0; d < D; d++) dv_j[d] += p[j] * dout_t[d];
+        }
+    }
+    for (int j = 0; j <= t; j++) {
+        real ds = p[j] * (dp[j] - (real)p_dot_dp) * scale;
+        if (dq_t) {
+            const real *k_j = k + (size_t)j * stride;
+#pragma omp simd
+            for (int d = 0; d < D; d++) dq_t[d] += ds * k_j[d];
+        }
+        if (dk) {
+            real *dk_j = dk + (size_t)j * stride;
+#pragma omp simd
+            for (int d = 0; d < D; d++) dk_j[d] += ds * q_t[d];
+        }
+    }
+}
+
+/* The query heads of one group all add into the same dk/dv head, and every query position adds
  * into the dk/dv of all earlier positions; so a thread owns one (batch, KV head) pair with all its
  * query heads and positions, and no two threads ever write the same element. This parallelises
- * over B*Hkv only, which is enough for the reference backend. */
-void attention_backward(real *dq, real *dk, real *dv, const real *dout, const real *probs,
-                        const real *q, const real *k, const real *v, int B, int T, int Hq, int Hkv,
-                        int D) {
-    check_heads("attention_backward", Hq, Hkv);
+ * over B*Hkv only, which is enough for the reference backend. The fused form first recomputes
+ * each row's probabilities from q, k and its log-sum-exp: p_j = exp(s_j - lse_t). */
+static void attention_backward_rows(real *dq, real *dk, real *dv, const real *dout,
+                                    const real *probs, const real *lse, const real *q,
+                                    const real *k, const real *v, int B, int T, int Hq, int Hkv,
+                                    int D) {
     if (!dq && !dk && !dv) return;
     int group = Hq / Hkv;
     real scale = (real)(1.0 / sqrt((double)D));
+    size_t stride = (size_t)Hkv * D;
 #pragma omp parallel
     {
-        real *dp = paft_malloc((size_t)T * sizeof(real));  /* one row of dL/dp, per thread */
+        real *dp = paft_malloc((size_t)T * sizeof(real)); /* one row of dL/dp, per thread */
+        real *row = probs ? NULL : paft_malloc((size_t)T * sizeof(real));
 #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < B; b++) {
             for (int kv_head = 0; kv_head < Hkv; kv_head++) {
+                size_t kv0 = (size_t)b * T * stride + (size_t)kv_head * D;
                 for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
                     for (int t = 0; t < T; t++) {
                         size_t row_qt = (((size_t)b * T + t) * Hq + h) * D;
-                        const real *p = probs + (((size_t)b * Hq + h) * T + t) * T;
-                        const real *dout_t = dout + row_qt;
-                        const real *q_t = q + row_qt;
-                        double p_dot_dp = 0;
-                        for (int j = 0; j <= t; j++) {
-                            size_t row_kj = (((size_t)b * T + j) * Hkv + kv_head) * D;
-                            const real *v_j = v + row_kj;
-                            real dot = 0;
+                        size_t stat = ((size_t)b * Hq + h) * T + t;
+                        const real *q_t = q + row_qt, *p = probs ? probs + stat * T : row;
+                        if (!probs) {
+                            for (int j = 0; j <= t; j++) {
+                                const real *k_j = k + kv0 + (size_t)j * stride;
+                                real dot = 0;
 #pragma omp simd reduction(+ : dot)
-                            for (int d = 0; d < D; d++) dot += dout_t[d] * v_j[d];
-                            dp[j] = dot;
-                            p_dot_dp += (double)p[j] * dot;
-                            if (dv) {
-                                real *dv_j = dv + row_kj;
-                                for (int d = 0; d < D; d++) dv_j[d] += p[j] * dout_t[d];
+                                for (int d = 0; d < D; d++) dot += q_t[d] * k_j[d];
+                                row[j] = real_exp(dot * scale - lse[stat]);
                             }
                         }
-                        for (int j = 0; j <= t; j++) {
-                            size_t row_kj = (((size_t)b * T + j) * Hkv + kv_head) * D;
-                            real ds = p[j] * (dp[j] - (real)p_dot_dp) * scale;
-                            if (dq) {
-                                real *dq_t = dq + row_qt;
-                                const real *k_j = k + row_kj;
-                                for (int d = 0; d < D; d++) dq_t[d] += ds * k_j[d];
-                            }
-                            if (dk) {
-                                real *dk_j = dk + row_kj;
-                                for (int d = 0; d < D; d++) dk_j[d] += ds * q_t[d];
-                            }
-                        }
+                        attention_row_backward(dq ? dq + row_qt : NULL, dk ? dk + kv0 : NULL,
+                                               dv ? dv + kv0 : NULL, dout + row_qt, q_t, k + kv0,
+                                               v + kv0, p, dp, stride, t, D, scale);
                     }
                 }
             }
         }
+        free(row);
         free(dp);
     }
+}
+
+void attention_backward(real *dq, real *dk, real *dv, const real *dout, const real *probs,
+                        const real *q, const real *k, const real *v, int B, int T, int Hq, int Hkv,
+                        int D) {
+    check_heads("attention_backward", Hq, Hkv);
+    attention_backward_rows(dq, dk, dv, dout, probs, NULL, q, k, v, B, T, Hq, Hkv, D);
+}
+
+void attention_backward_fused(real *dq, real *dk, real *dv, const real *dout, const real *lse,
+                              const real *q, const real *k, const real *v, int B, int T, int Hq,
+                              int Hkv, int D) {
+    check_heads("attention_backward_fused", Hq, Hkv);
+    attention_backward_rows(dq, dk, dv, dout, NULL, lse, q, k, v, B, T, Hq, Hkv, D);
 }
 
 /* ---- SwiGLU -------------------------------------------------------------------------------- */

@@ -98,6 +98,7 @@ static int collectives_kind(const Config *cfg) {
 }
 
 void train_use_device(const Config *cfg, Model *model) {
+    model->simple_attention = strcmp(cfg->model.attention, "simple") == 0;
     if (strcmp(cfg->model.device, "cpu") == 0) return;
     if (strcmp(cfg->model.device, "cuda") == 0 && strcmp(cfg->model.dtype, "bf16") != 0)
         PAFT_FATAL("configuration: model.dtype = %s: the CUDA backend computes in bf16 (fp32 "

@@ -64,6 +64,7 @@ static void load(Model *m, const char *dir, const char *device, int recompute, M
     lora_config_init(&lora, 8, 16, 0, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                      "test");
     model_load(m, dir, &lora, 11, tp);
+    m->simple_attention = simple_attention; /* the host model too, when it is the one ("cpu") */
     randomize_lora(m, 5);
     /* the recomputing model also takes the logits 7 rows at a time */
     DeviceOptions opt = {.recompute = recompute, .simple_attention = simple_attention,

@@ -53,14 +53,17 @@ static void check_buffer(const char *what, Model *m, real *p, const real *g, siz
     printf("  %-52s worst rel err %.2e\n", what, worst);
 }
 
-static void run_case(const char *dir, TinyModelSpec spec, const char *targets_list, int rslora) {
-    printf("case %s (%s, tied=%d, kv=%d)\n", dir, spec.architecture, spec.tie_word_embeddings,
-           spec.num_kv_heads);
+/* simple: the unfused attention ops (the probabilities kept), else the fused ones (the default) */
+static void run_case(const char *dir, TinyModelSpec spec, const char *targets_list, int rslora,
+                     int simple) {
+    printf("case %s (%s, tied=%d, kv=%d, %s attention)\n", dir, spec.architecture,
+           spec.tie_word_embeddings, spec.num_kv_heads, simple ? "simple" : "fused");
     tiny_model_write(dir, &spec, 7);
     LoraConfig lora;
     lora_config_init(&lora, 3, 5.0, rslora, targets_list, "test");
     Model m;
     model_load(&m, dir, &lora, 11, MPI_COMM_SELF);
+    m.simple_attention = simple;
     model_alloc_activations(&m, B, T);
     model_enable_full_grads(&m);
     Rng rng;
@@ -105,19 +108,20 @@ int main(void) {
     llama.num_kv_heads = 1;
     llama.intermediate_size = 20;
     llama.init_std = 0.3;
-    run_case("gradcheck_llama", llama, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-             0);
+    const char *all = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+    run_case("gradcheck_llama", llama, all, 0, 0);
+    run_case("gradcheck_llama_simple", llama, all, 0, 1);
 
     TinyModelSpec tied = llama;
     tied.tie_word_embeddings = 1;
     tied.num_kv_heads = 3;
-    run_case("gradcheck_tied", tied, "q_proj,v_proj,down_proj", 1);
+    run_case("gradcheck_tied", tied, "q_proj,v_proj,down_proj", 1, 0);
 
     TinyModelSpec qwen = llama;
     qwen.architecture = "Qwen2ForCausalLM";
     qwen.num_heads = 2;
     qwen.num_kv_heads = 2;
-    run_case("gradcheck_qwen2", qwen, "k_proj,o_proj,up_proj", 0); /* q/k/v biases */
+    run_case("gradcheck_qwen2", qwen, "k_proj,o_proj,up_proj", 0, 0); /* q/k/v biases */
 
     TinyModelSpec mistral = llama;
     mistral.architecture = "MistralForCausalLM";
@@ -125,6 +129,6 @@ int main(void) {
     mistral.num_kv_heads = 2;
     mistral.head_dim = 2; /* explicit head_dim: heads * head_dim = 8 != hidden 12 */
     mistral.rope_theta = 1e6;
-    run_case("gradcheck_mistral", mistral, "q_proj,o_proj,gate_proj,down_proj", 0);
+    run_case("gradcheck_mistral", mistral, "q_proj,o_proj,gate_proj,down_proj", 0, 0);
     return test_finish("test_model_gradcheck");
 }

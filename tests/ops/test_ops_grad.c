@@ -328,37 +328,53 @@ static void test_rope(Rng *rng) {
 
 /* ---- attention ----------------------------------------------------------------------------- */
 
+/* fused = 1: attention_forward_fused / _backward_fused, state = lse [B][Hq][T]; else the simple
+ * pair, state = probs [B][Hq][T][T] */
 typedef struct {
     int B, T, Hq, Hkv, D;
     real *q, *k, *v, *out, *probs, *R;
+    int fused;
 } AttentionCase;
 
 static double attention_loss(void *p) {
     AttentionCase *a = p;
-    attention_forward(a->out, a->probs, a->q, a->k, a->v, a->B, a->T, a->Hq, a->Hkv, a->D);
+    if (a->fused)
+        attention_forward_fused(a->out, a->probs, a->q, a->k, a->v, a->B, a->T, a->Hq, a->Hkv, a->D);
+    else
+        attention_forward(a->out, a->probs, a->q, a->k, a->v, a->B, a->T, a->Hq, a->Hkv, a->D);
     return weighted_sum(a->out, a->R, (size_t)a->B * a->T * a->Hq * a->D);
 }
 
-static void test_attention(Rng *rng, int B, int T, int Hq, int Hkv, int D) {
-    printf(" attention B=%d T=%d Hq=%d Hkv=%d D=%d\n", B, T, Hq, Hkv, D);
+static void attention_grads(const AttentionCase *a, real *dq, real *dk, real *dv) {
+    if (a->fused)
+        attention_backward_fused(dq, dk, dv, a->R, a->probs, a->q, a->k, a->v, a->B, a->T, a->Hq,
+                                 a->Hkv, a->D);
+    else
+        attention_backward(dq, dk, dv, a->R, a->probs, a->q, a->k, a->v, a->B, a->T, a->Hq,
+                           a->Hkv, a->D);
+}
+
+static void test_attention(Rng *rng, int B, int T, int Hq, int Hkv, int D, int fused) {
+    printf(" attention%s B=%d T=%d Hq=%d Hkv=%d D=%d\n", fused ? " (fused)" : "", B, T, Hq, Hkv, D);
     size_t n_q = (size_t)B * T * Hq * D, n_kv = (size_t)B * T * Hkv * D;
     AttentionCase a = {B, T, Hq, Hkv, D, random_array(rng, n_q), random_array(rng, n_kv),
                        random_array(rng, n_kv), malloc(n_q * sizeof(real)),
-                       malloc((size_t)B * Hq * T * T * sizeof(real)), random_array(rng, n_q)};
+                       malloc((size_t)B * Hq * T * T * sizeof(real)), random_array(rng, n_q),
+                       fused};
     /* scale the inputs up so the softmax is far from uniform (its curvature matters) */
     for (size_t i = 0; i < n_q; i++) a.q[i] *= 2;
     for (size_t i = 0; i < n_kv; i++) a.k[i] *= 2;
     Grad dq = grad_new(rng, n_q), dk = grad_new(rng, n_kv), dv = grad_new(rng, n_kv);
 
     attention_loss(&a);
-    attention_backward(dq.grad, dk.grad, dv.grad, a.R, a.probs, a.q, a.k, a.v, B, T, Hq, Hkv, D);
+    attention_grads(&a, dq.grad, dk.grad, dv.grad);
     real *dq_once = grad_added(&dq), *dk_once = grad_added(&dk), *dv_once = grad_added(&dv);
     check_gradient("  attention dq", attention_loss, &a, a.q, dq_once, n_q);
     check_gradient("  attention dk", attention_loss, &a, a.k, dk_once, n_kv);
     check_gradient("  attention dv", attention_loss, &a, a.v, dv_once, n_kv);
 
     attention_loss(&a);
-    attention_backward(dq.grad, dk.grad, dv.grad, a.R, a.probs, a.q, a.k, a.v, B, T, Hq, Hkv, D);
+    attention_grads(&a, dq.grad, dk.grad, dv.grad);
     check_doubled("attention dq twice", &dq, dq_once);
     check_doubled("attention dk twice", &dk, dk_once);
     check_doubled("attention dv twice", &dv, dv_once);
@@ -366,15 +382,15 @@ static void test_attention(Rng *rng, int B, int T, int Hq, int Hkv, int D) {
     /* each gradient alone (the others NULL) is the same as with all three */
     real *only = malloc(n_q * sizeof(real));
     memcpy(only, dq.before, n_q * sizeof(real));
-    attention_backward(only, NULL, NULL, a.R, a.probs, a.q, a.k, a.v, B, T, Hq, Hkv, D);
+    attention_grads(&a, only, NULL, NULL);
     for (size_t i = 0; i < n_q; i++) only[i] -= dq.before[i];
     check_identical("attention dq alone", only, dq_once, n_q);
     memcpy(only, dk.before, n_kv * sizeof(real));
-    attention_backward(NULL, only, NULL, a.R, a.probs, a.q, a.k, a.v, B, T, Hq, Hkv, D);
+    attention_grads(&a, NULL, only, NULL);
     for (size_t i = 0; i < n_kv; i++) only[i] -= dk.before[i];
     check_identical("attention dk alone", only, dk_once, n_kv);
     memcpy(only, dv.before, n_kv * sizeof(real));
-    attention_backward(NULL, NULL, only, a.R, a.probs, a.q, a.k, a.v, B, T, Hq, Hkv, D);
+    attention_grads(&a, NULL, NULL, only);
     for (size_t i = 0; i < n_kv; i++) only[i] -= dv.before[i];
     check_identical("attention dv alone", only, dv_once, n_kv);
 
@@ -479,9 +495,11 @@ int main(void) {
     test_matmul(&rng, 19, 6, 5, 0, 1.0, 0);  /* no bias; N crosses a row tile */
     test_matmul(&rng, 3, 4, 18, 1, -2.5, 0); /* OC crosses a row tile in dweight */
     test_rope(&rng);
-    test_attention(&rng, 2, 5, 4, 2, 6);  /* GQA, 2 query heads per KV head */
-    test_attention(&rng, 1, 6, 3, 1, 6);  /* GQA, all query heads share one KV head */
-    test_attention(&rng, 2, 3, 2, 2, 5);  /* plain multi-head, odd head dim */
+    for (int fused = 0; fused <= 1; fused++) {
+        test_attention(&rng, 2, 5, 4, 2, 6, fused);  /* GQA, 2 query heads per KV head */
+        test_attention(&rng, 1, 6, 3, 1, 6, fused);  /* GQA, all query heads share one KV head */
+        test_attention(&rng, 2, 3, 2, 2, 5, fused);  /* plain multi-head, odd head dim */
+    }
     test_swiglu(&rng);
     test_logprob(&rng);
     return test_finish("test_ops_grad");

@@ -165,8 +165,9 @@ static void test_logprob_values(void) {
 
 /* Naive reference in double: repeat the KV heads (HF repeat_kv), full score matrix, mask with
  * -inf above the diagonal, softmax over each row. */
-static void attention_reference(double *out, double *probs, const real *q, const real *k,
-                                const real *v, int B, int T, int Hq, int Hkv, int D) {
+static void attention_reference(double *out, double *probs, double *lse, const real *q,
+                                const real *k, const real *v, int B, int T, int Hq, int Hkv,
+                                int D) {
     int group = Hq / Hkv;
     double *scores = malloc((size_t)T * T * sizeof(double));
     for (int b = 0; b < B; b++) {
@@ -183,6 +184,7 @@ static void attention_reference(double *out, double *probs, const real *q, const
                 double max = -INFINITY, sum = 0;
                 for (int j = 0; j < T; j++) max = fmax(max, scores[t * T + j]);
                 for (int j = 0; j < T; j++) sum += exp(scores[t * T + j] - max);
+                lse[(b * Hq + h) * T + t] = max + log(sum);
                 for (int j = 0; j < T; j++) {
                     double p = exp(scores[t * T + j] - max) / sum;
                     probs[((b * Hq + h) * T + t) * T + j] = p;
@@ -207,11 +209,22 @@ static void test_attention_reference(Rng *rng, int B, int T, int Hq, int Hkv, in
     real *out = malloc(n_q * sizeof(real)), *probs = malloc(n_p * sizeof(real));
     double *ref_out = malloc(n_q * sizeof(double)), *ref_probs = malloc(n_p * sizeof(double));
     for (size_t i = 0; i < n_q; i++) q[i] *= 3;
+    double *ref_lse = malloc((size_t)B * Hq * T * sizeof(double));
     attention_forward(out, probs, q, k, v, B, T, Hq, Hkv, D);
-    attention_reference(ref_out, ref_probs, q, k, v, B, T, Hq, Hkv, D);
+    attention_reference(ref_out, ref_probs, ref_lse, q, k, v, B, T, Hq, Hkv, D);
     for (size_t i = 0; i < n_q; i++) CHECK_CLOSE(out[i], ref_out[i], TOL, TOL, "attention out");
     for (size_t i = 0; i < n_p; i++)
         CHECK_CLOSE(probs[i], ref_probs[i], TOL, TOL, "attention probs");
+    /* the fused form: the same output, and each row's log-sum-exp in place of its probabilities */
+    real *lse = malloc((size_t)B * Hq * T * sizeof(real));
+    memset(out, 0, n_q * sizeof(real));
+    attention_forward_fused(out, lse, q, k, v, B, T, Hq, Hkv, D);
+    for (size_t i = 0; i < n_q; i++)
+        CHECK_CLOSE(out[i], ref_out[i], TOL, TOL, "fused attention out");
+    for (size_t i = 0; i < (size_t)B * Hq * T; i++)
+        CHECK_CLOSE(lse[i], ref_lse[i], TOL, TOL, "fused attention lse");
+    free(lse);
+    free(ref_lse);
     free(q);
     free(k);
     free(v);
