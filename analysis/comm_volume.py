@@ -10,7 +10,9 @@ hidden d, L layers, LoRA rank r, real = 4 bytes:
   TP forward   N d (embedding) + L (2 N d + 2 N r) (o and down: output, and x A^T before B)
                + N x (4 + 8 + 8) bytes (vocab-parallel log-prob: max, sum of exp, target logit)
   TP backward  N d (LM head input) + L 2 N d (one per attention block, one per MLP block)
-  DPO family   one more forward without adapters (no x A^T reduce) for records not cached yet
+  DPO family   one more forward without adapters (no x A^T reduce) for records not cached yet,
+               each record alone (2 rows of its own length; records of the micro-batch's length
+               give the bytes of one forward of the micro-batch, which the formula counts)
 Per step: TP sums the replicated LoRA factors' gradients (7 L r d with all seven targets) plus
 two doubles (L1 value, gradient-norm shards); DP sums every local LoRA gradient and the metric
 sums (2 doubles for SFT, 11 for preference stages).

@@ -314,11 +314,11 @@ static void check_heads(const char *op, int Hq, int Hkv) {
         PAFT_FATAL("%s: %d query heads are not a multiple of %d KV heads", op, Hq, Hkv);
 }
 
-/* One query row t of one head: p[j] = softmax_j(q_t . k_j * scale) over the visible positions
+/* The simple form, a row at a time.
+ * One query row t of one head: p[j] = softmax_j(q_t . k_j * scale) over the visible positions
  * j <= t, and out_t = sum_j p_j v_j. k and v point at position 0 of the row's KV head, positions
- * `stride` reals apart. Returns the row's log-sum-exp of the scaled scores (the fused form keeps
- * it instead of p). */
-static real attention_row_forward(real *out_t, real *p, const real *q_t, const real *k,
+ * `stride` reals apart. */
+static void attention_row_forward(real *out_t, real *p, const real *q_t, const real *k,
                                   const real *v, size_t stride, int t, int D, real scale) {
     real max_score = -INFINITY;
     for (int j = 0; j <= t; j++) {
@@ -342,51 +342,27 @@ static real attention_row_forward(real *out_t, real *p, const real *q_t, const r
 #pragma omp simd
         for (int d = 0; d < D; d++) out_t[d] += p[j] * v_j[d];
     }
-    return max_score + (real)log(sum);
-}
-
-/* Both forms: the simple one stores each row's probabilities (probs, zeros above the diagonal),
- * the fused one its log-sum-exp (lse) and keeps the row in a per-thread scratch. */
-static void attention_forward_rows(real *out, real *probs, real *lse, const real *q, const real *k,
-                                   const real *v, int B, int T, int Hq, int Hkv, int D) {
-    int group = Hq / Hkv;  /* query heads per KV head (HF repeat_kv: h -> h / group) */
-    real scale = (real)(1.0 / sqrt((double)D));
-    size_t stride = (size_t)Hkv * D; /* from one position of a KV head to the next */
-#pragma omp parallel
-    {
-        real *row = probs ? NULL : paft_malloc((size_t)T * sizeof(real));
-#pragma omp for collapse(3) schedule(static)
-        for (int b = 0; b < B; b++) {
-            for (int h = 0; h < Hq; h++) {
-                for (int t = 0; t < T; t++) {
-                    size_t kv0 = (size_t)b * T * stride + (size_t)(h / group) * D;
-                    size_t row_qt = (((size_t)b * T + t) * Hq + h) * D;
-                    size_t stat = ((size_t)b * Hq + h) * T + t; /* [b][h][t] */
-                    real *p = probs ? probs + stat * T : row;
-                    real row_lse = attention_row_forward(out + row_qt, p, q + row_qt, k + kv0,
-                                                         v + kv0, stride, t, D, scale);
-                    if (probs) {
-                        for (int j = t + 1; j < T; j++) p[j] = 0; /* the causal mask */
-                    } else {
-                        lse[stat] = row_lse;
-                    }
-                }
-            }
-        }
-        free(row);
-    }
 }
 
 void attention_forward(real *out, real *probs, const real *q, const real *k, const real *v, int B,
                        int T, int Hq, int Hkv, int D) {
     check_heads("attention_forward", Hq, Hkv);
-    attention_forward_rows(out, probs, NULL, q, k, v, B, T, Hq, Hkv, D);
-}
-
-void attention_forward_fused(real *out, real *lse, const real *q, const real *k, const real *v,
-                             int B, int T, int Hq, int Hkv, int D) {
-    check_heads("attention_forward_fused", Hq, Hkv);
-    attention_forward_rows(out, NULL, lse, q, k, v, B, T, Hq, Hkv, D);
+    int group = Hq / Hkv;  /* query heads per KV head (HF repeat_kv: h -> h / group) */
+    real scale = (real)(1.0 / sqrt((double)D));
+    size_t stride = (size_t)Hkv * D; /* from one position of a KV head to the next */
+#pragma omp parallel for collapse(3) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < Hq; h++) {
+            for (int t = 0; t < T; t++) {
+                size_t kv0 = (size_t)b * T * stride + (size_t)(h / group) * D;
+                size_t row_qt = (((size_t)b * T + t) * Hq + h) * D;
+                real *p = probs + (((size_t)b * Hq + h) * T + t) * T;
+                attention_row_forward(out + row_qt, p, q + row_qt, k + kv0, v + kv0, stride, t, D,
+                                      scale);
+                for (int j = t + 1; j < T; j++) p[j] = 0; /* the causal mask */
+            }
+        }
+    }
 }
 
 /* With s = q k^T * scale, p = softmax(s) per row, out = p v:
@@ -428,12 +404,11 @@ static void attention_row_backward(real *dq_t, real *dk, real *dv, const real *d
 /* The query heads of one group all add into the same dk/dv head, and every query position adds
  * into the dk/dv of all earlier positions; so a thread owns one (batch, KV head) pair with all its
  * query heads and positions, and no two threads ever write the same element. This parallelises
- * over B*Hkv only, which is enough for the reference backend. The fused form first recomputes
- * each row's probabilities from q, k and its log-sum-exp: p_j = exp(s_j - lse_t). */
-static void attention_backward_rows(real *dq, real *dk, real *dv, const real *dout,
-                                    const real *probs, const real *lse, const real *q,
-                                    const real *k, const real *v, int B, int T, int Hq, int Hkv,
-                                    int D) {
+ * over B*Hkv only, which is enough for the reference backend. */
+void attention_backward(real *dq, real *dk, real *dv, const real *dout, const real *probs,
+                        const real *q, const real *k, const real *v, int B, int T, int Hq, int Hkv,
+                        int D) {
+    check_heads("attention_backward", Hq, Hkv);
     if (!dq && !dk && !dv) return;
     int group = Hq / Hkv;
     real scale = (real)(1.0 / sqrt((double)D));
@@ -441,7 +416,6 @@ static void attention_backward_rows(real *dq, real *dk, real *dv, const real *do
 #pragma omp parallel
     {
         real *dp = paft_malloc((size_t)T * sizeof(real)); /* one row of dL/dp, per thread */
-        real *row = probs ? NULL : paft_malloc((size_t)T * sizeof(real));
 #pragma omp for collapse(2) schedule(static)
         for (int b = 0; b < B; b++) {
             for (int kv_head = 0; kv_head < Hkv; kv_head++) {
@@ -449,41 +423,169 @@ static void attention_backward_rows(real *dq, real *dk, real *dv, const real *do
                 for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
                     for (int t = 0; t < T; t++) {
                         size_t row_qt = (((size_t)b * T + t) * Hq + h) * D;
-                        size_t stat = ((size_t)b * Hq + h) * T + t;
-                        const real *q_t = q + row_qt, *p = probs ? probs + stat * T : row;
-                        if (!probs) {
-                            for (int j = 0; j <= t; j++) {
-                                const real *k_j = k + kv0 + (size_t)j * stride;
-                                real dot = 0;
-#pragma omp simd reduction(+ : dot)
-                                for (int d = 0; d < D; d++) dot += q_t[d] * k_j[d];
-                                row[j] = real_exp(dot * scale - lse[stat]);
-                            }
-                        }
+                        const real *p = probs + (((size_t)b * Hq + h) * T + t) * T;
                         attention_row_backward(dq ? dq + row_qt : NULL, dk ? dk + kv0 : NULL,
-                                               dv ? dv + kv0 : NULL, dout + row_qt, q_t, k + kv0,
-                                               v + kv0, p, dp, stride, t, D, scale);
+                                               dv ? dv + kv0 : NULL, dout + row_qt, q + row_qt,
+                                               k + kv0, v + kv0, p, dp, stride, t, D, scale);
                     }
                 }
             }
         }
-        free(row);
         free(dp);
     }
 }
 
-void attention_backward(real *dq, real *dk, real *dv, const real *dout, const real *probs,
-                        const real *q, const real *k, const real *v, int B, int T, int Hq, int Hkv,
-                        int D) {
-    check_heads("attention_backward", Hq, Hkv);
-    attention_backward_rows(dq, dk, dv, dout, probs, NULL, q, k, v, B, T, Hq, Hkv, D);
+/* The fused form, a block of query rows at a time, its products as GEMMs (cblas_?gemm when built
+ * with a BLAS, else small_gemm's loops): with Q_blk the block's rows t0..t1-1 of one head and
+ * K, V the positions 0..t1-1 its rows can see, S = scale Q_blk K^T, P = softmax of each row of S
+ * (causal mask), out_blk = P V. The probabilities live in a per-thread [QUERY_BLOCK][T] scratch
+ * only while their block is computed; lse keeps what the backward needs to form them again. */
+#define QUERY_BLOCK 64
+
+/* C[M][N] = alpha op(A) op(B) + beta C, row-major, leading dimensions as BLAS's. The loops cover
+ * the three forms attention uses, each with its inner loop over contiguous memory. */
+static void small_gemm(int trans_a, int trans_b, int M, int N, int K, real alpha, const real *A,
+                       size_t lda, const real *B, size_t ldb, real beta, real *C, size_t ldc) {
+#ifdef PAFT_WITH_BLAS
+    if (cpu_blas_enabled()) {
+        cblas_gemm_real(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                        trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, (int)lda, B,
+                        (int)ldb, beta, C, (int)ldc);
+        return;
+    }
+#endif
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) C[i * ldc + j] = beta == 0 ? 0 : beta * C[i * ldc + j];
+    if (!trans_a && trans_b) { /* C[i][j] += alpha A[i][:] . B[j][:] */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                real dot = 0;
+#pragma omp simd reduction(+ : dot)
+                for (int k = 0; k < K; k++) dot += A[i * lda + k] * B[j * ldb + k];
+                C[i * ldc + j] += alpha * dot;
+            }
+    } else if (!trans_b) { /* C[i][:] += alpha a_ik B[k][:], a_ik = A[i][k] or A[k][i] */
+        for (int i = 0; i < M; i++)
+            for (int k = 0; k < K; k++) {
+                real a = alpha * (trans_a ? A[k * lda + i] : A[i * lda + k]);
+#pragma omp simd
+                for (int j = 0; j < N; j++) C[i * ldc + j] += a * B[k * ldb + j];
+            }
+    } else {
+        PAFT_FATAL("small_gemm: A^T B^T is not used");
+    }
 }
 
+/* S = scale Q_blk K^T for the block's `rows` rows starting at t0, then each row's causal softmax
+ * in place: p = exp(s - lse) for the visible positions j <= t, 0 beyond. With lse NULL it is
+ * computed here (the forward) and written to row_lse. Returns the block's width t0 + rows. */
+static int attention_block_probs(real *P, const real *q_blk, size_t q_stride, const real *k,
+                                 size_t kv_stride, int t0, int rows, int D, real scale,
+                                 const real *lse, real *row_lse) {
+    const int width = t0 + rows; /* the last row sees positions 0..t0+rows-1 */
+    small_gemm(0, 1, rows, width, D, scale, q_blk, q_stride, k, kv_stride, 0, P, (size_t)width);
+    for (int i = 0; i < rows; i++) {
+        real *p = P + (size_t)i * width;
+        const int visible = t0 + i + 1;
+        real row_l;
+        if (lse) {
+            row_l = lse[i];
+        } else {
+            real max_score = -INFINITY;
+            for (int j = 0; j < visible; j++) max_score = p[j] > max_score ? p[j] : max_score;
+            double sum = 0;
+            for (int j = 0; j < visible; j++) sum += real_exp(p[j] - max_score);
+            row_l = max_score + (real)log(sum);
+            row_lse[i] = row_l;
+        }
+        for (int j = 0; j < visible; j++) p[j] = real_exp(p[j] - row_l);
+        for (int j = visible; j < width; j++) p[j] = 0;
+    }
+    return width;
+}
+
+void attention_forward_fused(real *out, real *lse, const real *q, const real *k, const real *v,
+                             int B, int T, int Hq, int Hkv, int D) {
+    check_heads("attention_forward_fused", Hq, Hkv);
+    const int group = Hq / Hkv, blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
+    const real scale = (real)(1.0 / sqrt((double)D));
+    const size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
+#pragma omp parallel
+    {
+        real *P = paft_malloc((size_t)QUERY_BLOCK * T * sizeof(real));
+        /* later blocks see more positions: dynamic scheduling evens the threads out */
+#pragma omp for collapse(3) schedule(dynamic)
+        for (int b = 0; b < B; b++) {
+            for (int h = 0; h < Hq; h++) {
+                for (int blk = 0; blk < blocks; blk++) {
+                    const int t0 = blk * QUERY_BLOCK, rows = PAFT_MIN(QUERY_BLOCK, T - t0);
+                    const size_t kv0 = (size_t)b * T * kv_stride + (size_t)(h / group) * D;
+                    const size_t q0 = ((size_t)b * T + t0) * q_stride + (size_t)h * D;
+                    real *row_lse = lse + ((size_t)b * Hq + h) * T + t0;
+                    int width = attention_block_probs(P, q + q0, q_stride, k + kv0, kv_stride, t0,
+                                                      rows, D, scale, NULL, row_lse);
+                    small_gemm(0, 0, rows, D, width, 1, P, (size_t)width, v + kv0, kv_stride, 0,
+                               out + q0, q_stride);
+                }
+            }
+        }
+        free(P);
+    }
+}
+
+/* The backward of a block, with dP = dout_blk V^T, delta_i = sum_j P_ij dP_ij and
+ * dS = P o (dP - delta) scale:  dv += P^T dout_blk,  dq_blk += dS K,  dk += dS^T Q_blk.
+ * As in the simple form a thread owns a (batch, KV head) pair, so the group's heads and blocks
+ * add into its dk, dv one after another. */
 void attention_backward_fused(real *dq, real *dk, real *dv, const real *dout, const real *lse,
                               const real *q, const real *k, const real *v, int B, int T, int Hq,
                               int Hkv, int D) {
     check_heads("attention_backward_fused", Hq, Hkv);
-    attention_backward_rows(dq, dk, dv, dout, NULL, lse, q, k, v, B, T, Hq, Hkv, D);
+    if (!dq && !dk && !dv) return;
+    const int group = Hq / Hkv, blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
+    const real scale = (real)(1.0 / sqrt((double)D));
+    const size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
+#pragma omp parallel
+    {
+        real *P = paft_malloc((size_t)QUERY_BLOCK * T * sizeof(real));
+        real *dS = paft_malloc((size_t)QUERY_BLOCK * T * sizeof(real));
+#pragma omp for collapse(2) schedule(dynamic)
+        for (int b = 0; b < B; b++) {
+            for (int kv_head = 0; kv_head < Hkv; kv_head++) {
+                const size_t kv0 = (size_t)b * T * kv_stride + (size_t)kv_head * D;
+                for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
+                    for (int blk = 0; blk < blocks; blk++) {
+                        const int t0 = blk * QUERY_BLOCK, rows = PAFT_MIN(QUERY_BLOCK, T - t0);
+                        const size_t q0 = ((size_t)b * T + t0) * q_stride + (size_t)h * D;
+                        const int width = attention_block_probs(
+                            P, q + q0, q_stride, k + kv0, kv_stride, t0, rows, D, scale,
+                            lse + ((size_t)b * Hq + h) * T + t0, NULL);
+                        small_gemm(0, 1, rows, width, D, 1, dout + q0, q_stride, v + kv0,
+                                   kv_stride, 0, dS, (size_t)width); /* dP */
+                        for (int i = 0; i < rows; i++) {
+                            const real *p = P + (size_t)i * width;
+                            real *ds = dS + (size_t)i * width;
+                            double delta = 0;
+                            for (int j = 0; j < width; j++) delta += (double)p[j] * ds[j];
+                            for (int j = 0; j < width; j++)
+                                ds[j] = p[j] * (ds[j] - (real)delta) * scale;
+                        }
+                        if (dv)
+                            small_gemm(1, 0, width, D, rows, 1, P, (size_t)width, dout + q0,
+                                       q_stride, 1, dv + kv0, kv_stride);
+                        if (dq)
+                            small_gemm(0, 0, rows, D, width, 1, dS, (size_t)width, k + kv0,
+                                       kv_stride, 1, dq + q0, q_stride);
+                        if (dk)
+                            small_gemm(1, 0, width, D, rows, 1, dS, (size_t)width, q + q0,
+                                       q_stride, 1, dk + kv0, kv_stride);
+                    }
+                }
+            }
+        }
+        free(dS);
+        free(P);
+    }
 }
 
 /* ---- SwiGLU -------------------------------------------------------------------------------- */

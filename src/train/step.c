@@ -194,6 +194,28 @@ static void row_sums(const real *logp, const int32_t *targets, int rows, int T, 
     }
 }
 
+/* Reference log-probs (the base model alone) are cached per record, and each record's are
+ * computed alone (its chosen and rejected completions as a batch of two rows), not within the
+ * micro-batch being trained: its value then does not depend on the records it happens to be
+ * batched with. It would otherwise, in the last bits: the padded length T follows the batch, and
+ * a GEMM's rounding can follow the shapes of its operands (OpenBLAS's kernels, cuBLASLt's choice
+ * of algorithm, the CPU attention's blocks of 64 query rows). So a resumed run, whose cache starts
+ * empty, computes the values the uninterrupted run used, and the losses match bit for bit; and a
+ * record gets the same reference on every rank and in every epoch. The cost is the same tokens
+ * (fewer: no padding to the batch's longest) in smaller products. */
+static void cache_reference(StepContext *tr, uint64_t record, double *ref) {
+    Model *m = tr->model;
+    batch_fill_pref(&tr->batch, tr->data, &record, 1);
+    const int T = tr->batch.T;
+    m->adapters_enabled = 0;
+    model_forward(m, tr->batch.tokens, tr->batch.targets, 2, T);
+    m->adapters_enabled = 1;
+    row_sums(m->acts.logp, tr->batch.targets, 2, T, ref); /* chosen, rejected */
+    tr->ref_logp[2 * record] = ref[0];
+    tr->ref_logp[2 * record + 1] = ref[1];
+    tr->ref_known[record] = 1;
+}
+
 static void pref_gradients(StepContext *tr, const uint64_t *records, StepStats *st) {
     const StageConfig *sc = tr->sc;
     Model *m = tr->model;
@@ -212,26 +234,14 @@ static void pref_gradients(StepContext *tr, const uint64_t *records, StepStats *
     for (int first = tr->rank * tr->per_rank; first < (tr->rank + 1) * tr->per_rank; first += mb) {
         if (mb > 512) PAFT_FATAL("micro_batch %d exceeds 512", mb);
         for (int i = 0; i < mb; i++) mine[i] = records[first + i];
+        /* reference log-probs: the base model alone, computed once per record and cached (the
+         * chunks use the batch buffer, so before this micro-batch fills it) */
+        if (tr->ref_logp)
+            for (int i = 0; i < mb; i++)
+                if (!tr->ref_known[mine[i]]) cache_reference(tr, mine[i], ref);
         batch_fill_pref(&tr->batch, tr->data, mine, mb);
         const int T = tr->batch.T, rows = 2 * mb, N = rows * T;
         for (int i = 0; i < mb; i++) sums[10] += token_data_record_length(tr->data, mine[i]);
-
-        /* reference log-probs: the base model alone, computed once per record and cached */
-        if (tr->ref_logp) {
-            int missing = 0;
-            for (int i = 0; i < mb; i++) missing |= !tr->ref_known[mine[i]];
-            if (missing) {
-                m->adapters_enabled = 0;
-                model_forward(m, tr->batch.tokens, tr->batch.targets, rows, T);
-                m->adapters_enabled = 1;
-                row_sums(m->acts.logp, tr->batch.targets, rows, T, ref);
-                for (int i = 0; i < mb; i++) {
-                    tr->ref_logp[2 * mine[i]] = ref[i];
-                    tr->ref_logp[2 * mine[i] + 1] = ref[mb + i];
-                    tr->ref_known[mine[i]] = 1;
-                }
-            }
-        }
 
         model_forward(m, tr->batch.tokens, tr->batch.targets, rows, T);
         row_sums(m->acts.logp, tr->batch.targets, rows, T, policy);

@@ -499,6 +499,7 @@ int main(void) {
         test_attention(&rng, 2, 5, 4, 2, 6, fused);  /* GQA, 2 query heads per KV head */
         test_attention(&rng, 1, 6, 3, 1, 6, fused);  /* GQA, all query heads share one KV head */
         test_attention(&rng, 2, 3, 2, 2, 5, fused);  /* plain multi-head, odd head dim */
+        test_attention(&rng, 1, 131, 2, 1, 3, fused); /* the fused form's 64-row blocks: 3 */
     }
     test_swiglu(&rng);
     test_logprob(&rng);

@@ -417,6 +417,7 @@ int main(void) {
     test_logprob_values();
     test_attention_reference(&rng, 2, 5, 4, 2, 6);
     test_attention_reference(&rng, 1, 7, 3, 1, 6);
+    test_attention_reference(&rng, 2, 139, 2, 1, 5); /* three query blocks of the fused form */
     test_attention_single_position(&rng);
     test_attention_causal(&rng);
     test_matmul_naive(&rng, 7, 13, 5, 1, 0.5f, 1);
