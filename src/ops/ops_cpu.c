@@ -20,10 +20,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* With -DPAFT_BLAS (CMake finds OpenBLAS or the BLAS that BLA_VENDOR names) the linear layers go
- * through cblas_?gemm: the same sums, computed by a tuned kernel (4-5x faster on AVX-512; see
- * docs/BENCHMARKS.md), in a different order. PAFT_CPU_BLAS=0 in the environment runs the loops
- * below instead, which is how tests/ops/test_ops_blas.c checks one against the other. */
+/* With -DPAFT_BLAS (CMake finds OpenBLAS or the BLAS that BLA_VENDOR names) the linear layers and
+ * the fused attention's block products go through cblas_?gemm: the same sums, computed by a tuned
+ * kernel in a different order (5-12x shorter steps on AVX-512, docs/BENCHMARKS.md).
+ * PAFT_CPU_BLAS=0 in the environment runs the loops below instead; the ops tests run both
+ * (tests/ops/CMakeLists.txt, the *_loops tests). */
 #ifdef PAFT_WITH_BLAS
 #include <cblas.h>
 #ifdef PAFT_REAL_DOUBLE
