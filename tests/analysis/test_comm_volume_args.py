@@ -9,17 +9,9 @@ error with one line, not a traceback (--hidden without --heads divided by zero) 
 import subprocess
 import sys
 
+from checks import check, finish
+
 script = sys.argv[1]
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL: {what}")
 
 
 def run(*args):
@@ -60,5 +52,4 @@ expect_error("hidden not heads x head_dim", with_(hidden=30), "--hidden 30 is no
 expect_error("batch not a multiple", with_(batch=6), "--batch 6 is not a multiple of --dp 2 x --micro-batch 2")
 expect_error("model sizes without --hidden", ["--heads", 4], "--heads describes a model")
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish()

@@ -14,19 +14,11 @@ import shutil
 import subprocess
 import sys
 
+from checks import check, finish
+
 script, work = sys.argv[1], sys.argv[2]
 shutil.rmtree(work, ignore_errors=True)
 os.makedirs(work)
-passed = failed = 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL: {what}")
 
 
 def write(path, results, n_shot=None, date=None):
@@ -178,5 +170,4 @@ for option in ("--out", "--json"):
     check(rc == 1 and f"{target}: cannot write" in err and "Traceback" not in err,
           f"unwritable {option}: status {rc}, stderr {err!r}")
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish()
