@@ -227,6 +227,12 @@ static size_t layout_lora(const ModelConfig *c, const LoraConfig *lora, LayerLor
     return replicated;
 }
 
+/* What attention keeps per query row for its backward: the log-sum-exp (fused), or the row's T
+ * probabilities (simple_attention). */
+static int64_t attention_state_per_row(const Model *m, int T) {
+    return m->simple_attention ? T : 1;
+}
+
 static void layout_activations(const Model *m, int B, int T, Activations *a, Carver *cv) {
     const ModelConfig *c = &m->config;
     const LoraConfig *lora = &m->lora;
@@ -241,7 +247,7 @@ static void layout_activations(const Model *m, int B, int T, Activations *a, Car
     a->k = carve(cv, "k", L * N, kvd);
     a->v = carve(cv, "v", L * N, kvd);
     a->att_state = carve(cv, "att_state", L * B * m->local_heads,
-                         m->simple_attention ? (int64_t)T * T : T);
+                         T * attention_state_per_row(m, T));
     a->att = carve(cv, "att", L * N, qd);
     a->x_mid = carve(cv, "x_mid", L * N, d);
     a->ln2 = carve(cv, "ln2", L * N, d);
@@ -838,7 +844,7 @@ void model_forward(Model *m, const int32_t *tokens, const int32_t *targets, int 
         real *ln1 = a->ln1 + l * nd, *q = a->q + l * nq, *k = a->k + l * nkv, *v = a->v + l * nkv;
         real *att = a->att + l * nq, *x_mid = a->x_mid + l * nd, *ln2 = a->ln2 + l * nd;
         real *gate = a->gate + l * nff, *up = a->up + l * nff, *act = a->act + l * nff;
-        real *att_state = a->att_state + (size_t)l * B * Hq * T * (m->simple_attention ? T : 1);
+        real *att_state = a->att_state + (size_t)l * B * Hq * T * attention_state_per_row(m, T);
 
         /* attention block: x_mid = x + o_proj(attention(rope(q), rope(k), v)); this rank's heads */
         rmsnorm_forward(ln1, a->ln1_rstd + (size_t)l * N, x, lw->attn_norm, N, d,
@@ -937,7 +943,7 @@ void model_backward(Model *m, const real *dlogp) {
         const real *x_mid = a->x_mid + l * nd, *ln2 = a->ln2 + l * nd;
         const real *gate = a->gate + l * nff, *up = a->up + l * nff, *act = a->act + l * nff;
         const real *att_state =
-            a->att_state + (size_t)l * B * Hq * T * (m->simple_attention ? T : 1);
+            a->att_state + (size_t)l * B * Hq * T * attention_state_per_row(m, T);
 
         /* MLP block; the residual passes dx through unchanged to x_mid */
         zero(s->dact, nff);

@@ -171,9 +171,45 @@ void cpu_blas_describe(char *text, size_t size) {
 #endif
 }
 
+/* C[M][N] = alpha op(A) op(B) + beta C, row-major, leading dimensions as BLAS's: cblas_?gemm when
+ * use_blas (cpu_blas_enabled(), read once per op, not per product), else loops, which cover the
+ * three forms the fused attention uses, each with its inner loop over contiguous memory (the
+ * linear layers have tuned loops of their own below). */
+static void gemm(int use_blas, int trans_a, int trans_b, int M, int N, int K, real alpha,
+                 const real *A, size_t lda, const real *B, size_t ldb, real beta, real *C,
+                 size_t ldc) {
+#ifdef PAFT_WITH_BLAS
+    if (use_blas) {
+        cblas_gemm_real(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                        trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, (int)lda, B,
+                        (int)ldb, beta, C, (int)ldc);
+        return;
+    }
+#endif
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) C[i * ldc + j] = beta == 0 ? 0 : beta * C[i * ldc + j];
+    if (!trans_a && trans_b) { /* C[i][j] += alpha A[i][:] . B[j][:] */
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                real dot = 0;
+#pragma omp simd reduction(+ : dot)
+                for (int k = 0; k < K; k++) dot += A[i * lda + k] * B[j * ldb + k];
+                C[i * ldc + j] += alpha * dot;
+            }
+    } else if (!trans_b) { /* C[i][:] += alpha a_ik B[k][:], a_ik = A[i][k] or A[k][i] */
+        for (int i = 0; i < M; i++)
+            for (int k = 0; k < K; k++) {
+                real a = alpha * (trans_a ? A[k * lda + i] : A[i * lda + k]);
+#pragma omp simd
+                for (int j = 0; j < N; j++) C[i * ldc + j] += a * B[k * ldb + j];
+            }
+    } else {
+        PAFT_FATAL("gemm: the loops have no A^T B^T form");
+    }
+}
+
 void matmul_forward(real *out, const real *inp, const real *weight, const real *bias, int N, int C,
                     int OC, real alpha, int accumulate) {
-#ifdef PAFT_WITH_BLAS
     if (cpu_blas_enabled()) {
         /* The bias first, then out = alpha inp W^T + out (beta = 1), or + 0 on a fresh output. */
         if (bias) {
@@ -184,11 +220,9 @@ void matmul_forward(real *out, const real *inp, const real *weight, const real *
             }
         }
         real beta = (bias || accumulate) ? 1 : 0;
-        cblas_gemm_real(CblasRowMajor, CblasNoTrans, CblasTrans, N, OC, C, alpha, inp, C, weight,
-                        C, beta, out, OC);
+        gemm(1, 0, 1, N, OC, C, alpha, inp, (size_t)C, weight, (size_t)C, beta, out, (size_t)OC);
         return;
     }
-#endif
     /* Every (row tile, output feature) pair writes its own outputs, so both loops parallelise;
      * collapsing them keeps all threads busy even when N is a single tile. */
 #pragma omp parallel for collapse(2) schedule(static)
@@ -212,20 +246,16 @@ void matmul_forward(real *out, const real *inp, const real *weight, const real *
 
 void matmul_backward(real *dinp, real *dweight, real *dbias, const real *dout, const real *inp,
                      const real *weight, int N, int C, int OC, real alpha) {
-#ifdef PAFT_WITH_BLAS
     if (cpu_blas_enabled()) {
         /* dinp[N][C] += alpha dout[N][OC] W[OC][C];  dweight[OC][C] += alpha dout^T inp[N][C].
          * Then fall through to the loops for dbias alone. */
         if (dinp)
-            cblas_gemm_real(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, C, OC, alpha, dout, OC,
-                            weight, C, 1, dinp, C);
+            gemm(1, 0, 0, N, C, OC, alpha, dout, (size_t)OC, weight, (size_t)C, 1, dinp, (size_t)C);
         if (dweight)
-            cblas_gemm_real(CblasRowMajor, CblasTrans, CblasNoTrans, OC, C, N, alpha, dout, OC,
-                            inp, C, 1, dweight, C);
+            gemm(1, 1, 0, OC, C, N, alpha, dout, (size_t)OC, inp, (size_t)C, 1, dweight, (size_t)C);
         dinp = NULL;
         dweight = NULL;
     }
-#endif
     /* dinp[n][:] += alpha * sum_o dout[n][o] W[o][:]: a thread owns a tile of dinp rows, and for
      * each weight row adds a multiple of it (contiguous over C) into each row of its tile. */
     if (dinp) {
@@ -436,55 +466,21 @@ void attention_backward(real *dq, real *dk, real *dv, const real *dout, const re
     }
 }
 
-/* The fused form, a block of query rows at a time, its products as GEMMs (cblas_?gemm when built
- * with a BLAS, else small_gemm's loops): with Q_blk the block's rows t0..t1-1 of one head and
- * K, V the positions 0..t1-1 its rows can see, S = scale Q_blk K^T, P = softmax of each row of S
- * (causal mask), out_blk = P V. The probabilities live in a per-thread [QUERY_BLOCK][T] scratch
- * only while their block is computed; lse keeps what the backward needs to form them again. */
+/* The fused form, a block of query rows at a time, its products as GEMMs (gemm above: BLAS or
+ * loops): with Q_blk the block's rows t0..t1-1 of one head and K, V the positions 0..t1-1 its
+ * rows can see, S = scale Q_blk K^T, P = softmax of each row of S (causal mask), out_blk = P V.
+ * The probabilities live in a per-thread [QUERY_BLOCK][T] scratch only while their block is
+ * computed; lse keeps what the backward needs to form them again. */
 #define QUERY_BLOCK 64
-
-/* C[M][N] = alpha op(A) op(B) + beta C, row-major, leading dimensions as BLAS's. The loops cover
- * the three forms attention uses, each with its inner loop over contiguous memory. */
-static void small_gemm(int trans_a, int trans_b, int M, int N, int K, real alpha, const real *A,
-                       size_t lda, const real *B, size_t ldb, real beta, real *C, size_t ldc) {
-#ifdef PAFT_WITH_BLAS
-    if (cpu_blas_enabled()) {
-        cblas_gemm_real(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                        trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, (int)lda, B,
-                        (int)ldb, beta, C, (int)ldc);
-        return;
-    }
-#endif
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++) C[i * ldc + j] = beta == 0 ? 0 : beta * C[i * ldc + j];
-    if (!trans_a && trans_b) { /* C[i][j] += alpha A[i][:] . B[j][:] */
-        for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) {
-                real dot = 0;
-#pragma omp simd reduction(+ : dot)
-                for (int k = 0; k < K; k++) dot += A[i * lda + k] * B[j * ldb + k];
-                C[i * ldc + j] += alpha * dot;
-            }
-    } else if (!trans_b) { /* C[i][:] += alpha a_ik B[k][:], a_ik = A[i][k] or A[k][i] */
-        for (int i = 0; i < M; i++)
-            for (int k = 0; k < K; k++) {
-                real a = alpha * (trans_a ? A[k * lda + i] : A[i * lda + k]);
-#pragma omp simd
-                for (int j = 0; j < N; j++) C[i * ldc + j] += a * B[k * ldb + j];
-            }
-    } else {
-        PAFT_FATAL("small_gemm: A^T B^T is not used");
-    }
-}
 
 /* S = scale Q_blk K^T for the block's `rows` rows starting at t0, then each row's causal softmax
  * in place: p = exp(s - lse) for the visible positions j <= t, 0 beyond. With lse NULL it is
  * computed here (the forward) and written to row_lse. Returns the block's width t0 + rows. */
-static int attention_block_probs(real *P, const real *q_blk, size_t q_stride, const real *k,
-                                 size_t kv_stride, int t0, int rows, int D, real scale,
-                                 const real *lse, real *row_lse) {
+static int attention_block_probs(int use_blas, real *P, const real *q_blk, size_t q_stride,
+                                 const real *k, size_t kv_stride, int t0, int rows, int D,
+                                 real scale, const real *lse, real *row_lse) {
     const int width = t0 + rows; /* the last row sees positions 0..t0+rows-1 */
-    small_gemm(0, 1, rows, width, D, scale, q_blk, q_stride, k, kv_stride, 0, P, (size_t)width);
+    gemm(use_blas, 0, 1, rows, width, D, scale, q_blk, q_stride, k, kv_stride, 0, P, (size_t)width);
     for (int i = 0; i < rows; i++) {
         real *p = P + (size_t)i * width;
         const int visible = t0 + i + 1;
@@ -508,6 +504,7 @@ static int attention_block_probs(real *P, const real *q_blk, size_t q_stride, co
 void attention_forward_fused(real *out, real *lse, const real *q, const real *k, const real *v,
                              int B, int T, int Hq, int Hkv, int D) {
     check_heads("attention_forward_fused", Hq, Hkv);
+    const int blas = cpu_blas_enabled();
     const int group = Hq / Hkv, blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
     const real scale = (real)(1.0 / sqrt((double)D));
     const size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
@@ -523,10 +520,11 @@ void attention_forward_fused(real *out, real *lse, const real *q, const real *k,
                     const size_t kv0 = (size_t)b * T * kv_stride + (size_t)(h / group) * D;
                     const size_t q0 = ((size_t)b * T + t0) * q_stride + (size_t)h * D;
                     real *row_lse = lse + ((size_t)b * Hq + h) * T + t0;
-                    int width = attention_block_probs(P, q + q0, q_stride, k + kv0, kv_stride, t0,
-                                                      rows, D, scale, NULL, row_lse);
-                    small_gemm(0, 0, rows, D, width, 1, P, (size_t)width, v + kv0, kv_stride, 0,
-                               out + q0, q_stride);
+                    int width = attention_block_probs(blas, P, q + q0, q_stride, k + kv0,
+                                                      kv_stride, t0, rows, D, scale, NULL,
+                                                      row_lse);
+                    gemm(blas, 0, 0, rows, D, width, 1, P, (size_t)width, v + kv0, kv_stride, 0,
+                         out + q0, q_stride);
                 }
             }
         }
@@ -543,6 +541,7 @@ void attention_backward_fused(real *dq, real *dk, real *dv, const real *dout, co
                               int Hkv, int D) {
     check_heads("attention_backward_fused", Hq, Hkv);
     if (!dq && !dk && !dv) return;
+    const int blas = cpu_blas_enabled();
     const int group = Hq / Hkv, blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
     const real scale = (real)(1.0 / sqrt((double)D));
     const size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
@@ -559,10 +558,10 @@ void attention_backward_fused(real *dq, real *dk, real *dv, const real *dout, co
                         const int t0 = blk * QUERY_BLOCK, rows = PAFT_MIN(QUERY_BLOCK, T - t0);
                         const size_t q0 = ((size_t)b * T + t0) * q_stride + (size_t)h * D;
                         const int width = attention_block_probs(
-                            P, q + q0, q_stride, k + kv0, kv_stride, t0, rows, D, scale,
+                            blas, P, q + q0, q_stride, k + kv0, kv_stride, t0, rows, D, scale,
                             lse + ((size_t)b * Hq + h) * T + t0, NULL);
-                        small_gemm(0, 1, rows, width, D, 1, dout + q0, q_stride, v + kv0,
-                                   kv_stride, 0, dS, (size_t)width); /* dP */
+                        gemm(blas, 0, 1, rows, width, D, 1, dout + q0, q_stride, v + kv0,
+                             kv_stride, 0, dS, (size_t)width); /* dP */
                         for (int i = 0; i < rows; i++) {
                             const real *p = P + (size_t)i * width;
                             real *ds = dS + (size_t)i * width;
@@ -572,14 +571,14 @@ void attention_backward_fused(real *dq, real *dk, real *dv, const real *dout, co
                                 ds[j] = p[j] * (ds[j] - (real)delta) * scale;
                         }
                         if (dv)
-                            small_gemm(1, 0, width, D, rows, 1, P, (size_t)width, dout + q0,
-                                       q_stride, 1, dv + kv0, kv_stride);
+                            gemm(blas, 1, 0, width, D, rows, 1, P, (size_t)width, dout + q0,
+                                 q_stride, 1, dv + kv0, kv_stride);
                         if (dq)
-                            small_gemm(0, 0, rows, D, width, 1, dS, (size_t)width, k + kv0,
-                                       kv_stride, 1, dq + q0, q_stride);
+                            gemm(blas, 0, 0, rows, D, width, 1, dS, (size_t)width, k + kv0,
+                                 kv_stride, 1, dq + q0, q_stride);
                         if (dk)
-                            small_gemm(1, 0, width, D, rows, 1, dS, (size_t)width, q + q0,
-                                       q_stride, 1, dk + kv0, kv_stride);
+                            gemm(blas, 1, 0, width, D, rows, 1, dS, (size_t)width, q + q0,
+                                 q_stride, 1, dk + kv0, kv_stride);
                     }
                 }
             }
