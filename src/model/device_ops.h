@@ -481,7 +481,7 @@ static inline void dev_attention_backward(DevCtx *ctx, act_t *dq, act_t *dk, act
     if (ctx->simple_attention)
         attention_backward(dq, dk, dv, dout, state, q, k, v, B, T, Hq, Hkv, D);
     else
-        attention_backward_fused(dq, dk, dv, dout, state, q, k, v, B, T, Hq, Hkv, D);
+        attention_backward_fused(dq, dk, dv, dout, out, state, q, k, v, B, T, Hq, Hkv, D);
 }
 static inline void dev_swiglu_forward(act_t *out, const act_t *gate, const act_t *up, size_t n) {
     swiglu_forward(out, gate, up, n);

@@ -967,8 +967,8 @@ void model_backward(Model *m, const real *dlogp) {
         if (m->simple_attention)
             attention_backward(s->dq, s->dk, s->dv, s->datt, att_state, q, k, v, B, T, Hq, Hkv, D);
         else
-            attention_backward_fused(s->dq, s->dk, s->dv, s->datt, att_state, q, k, v, B, T, Hq,
-                                     Hkv, D);
+            attention_backward_fused(s->dq, s->dk, s->dv, s->datt, att, att_state, q, k, v, B, T,
+                                     Hq, Hkv, D);
         rope_backward(s->dq, m->rope_cos, m->rope_sin, m->positions, N, Hq, D);
         rope_backward(s->dk, m->rope_cos, m->rope_sin, m->positions, N, Hkv, D);
         zero(s->dln, nd);

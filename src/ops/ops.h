@@ -75,9 +75,11 @@ void attention_backward(real *dq, real *dk, real *dv, const real *dout, const re
  * memory per row instead of O(T^2), for a third product per (t, j) pair in the backward. */
 void attention_forward_fused(real *out, real *lse, const real *q, const real *k, const real *v,
                              int B, int T, int Hq, int Hkv, int D);
-void attention_backward_fused(real *dq, real *dk, real *dv, const real *dout, const real *lse,
-                              const real *q, const real *k, const real *v, int B, int T, int Hq,
-                              int Hkv, int D);
+/* The backward also takes the forward's out (the CUDA kernel's signature): each row's softmax term
+ * sum_j p_tj dp_tj is dout_t . out_t, found once instead of once per pass over the row. */
+void attention_backward_fused(real *dq, real *dk, real *dv, const real *dout, const real *out,
+                              const real *lse, const real *q, const real *k, const real *v, int B,
+                              int T, int Hq, int Hkv, int D);
 
 /* ---- SwiGLU: out = silu(gate) * up, elementwise over n values --------------------------------*/
 void swiglu_forward(real *out, const real *gate, const real *up, size_t n);

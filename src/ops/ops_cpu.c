@@ -16,6 +16,7 @@
 #include "ops/ops.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -466,39 +467,42 @@ void attention_backward(real *dq, real *dk, real *dv, const real *dout, const re
     }
 }
 
-/* The fused form, a block of query rows at a time, its products as GEMMs (gemm above: BLAS or
- * loops): with Q_blk the block's rows t0..t1-1 of one head and K, V the positions 0..t1-1 its
- * rows can see, S = scale Q_blk K^T, P = softmax of each row of S (causal mask), out_blk = P V.
- * The probabilities live in a per-thread [QUERY_BLOCK][T] scratch only while their block is
- * computed; lse keeps what the backward needs to form them again. */
+/* The fused form, tiles of query rows by key positions, their products as GEMMs (gemm above: BLAS
+ * or loops): for one head with Q_t the query rows t0..t0+rows-1 and K, V the key positions
+ * s0..s0+cols-1, S = scale Q_t K^T and P = exp(S - lse) under the causal mask. The forward takes
+ * each block of query rows against every position it can see (cols = t0 + rows, s0 = 0), finds
+ * the rows' lse, and writes out_blk = P V. The probabilities live in a per-thread
+ * [QUERY_BLOCK][T] scratch only while their tile is computed; lse keeps what the backward needs to
+ * form them again. */
 #define QUERY_BLOCK 64
+#define KEY_BLOCK 64
 
-/* S = scale Q_blk K^T for the block's `rows` rows starting at t0, then each row's causal softmax
- * in place: p = exp(s - lse) for the visible positions j <= t, 0 beyond. With lse NULL it is
- * computed here (the forward) and written to row_lse. Returns the block's width t0 + rows. */
-static int attention_block_probs(int use_blas, real *P, const real *q_blk, size_t q_stride,
-                                 const real *k, size_t kv_stride, int t0, int rows, int D,
-                                 real scale, const real *lse, real *row_lse) {
-    const int width = t0 + rows; /* the last row sees positions 0..t0+rows-1 */
-    gemm(use_blas, 0, 1, rows, width, D, scale, q_blk, q_stride, k, kv_stride, 0, P, (size_t)width);
+/* P = exp(scale Q_t K^T - lse) on the tile (rows x cols, row stride cols): p_ic for query row
+ * t0 + i and key position s0 + c, 0 where the key lies in the row's future (s0 + c > t0 + i).
+ * With lse NULL the rows' log-sum-exp is found here (the forward, s0 = 0 and cols = t0 + rows: the
+ * whole visible row) and written to row_lse. */
+static void attention_tile_probs(int use_blas, real *P, const real *q_rows, size_t q_stride,
+                                 const real *k_cols, size_t kv_stride, int t0, int rows, int s0,
+                                 int cols, int D, real scale, const real *lse, real *row_lse) {
+    gemm(use_blas, 0, 1, rows, cols, D, scale, q_rows, q_stride, k_cols, kv_stride, 0, P,
+         (size_t)cols);
     for (int i = 0; i < rows; i++) {
-        real *p = P + (size_t)i * width;
-        const int visible = t0 + i + 1;
+        real *p = P + (size_t)i * cols;
+        const int visible = PAFT_MAX(0, PAFT_MIN(cols, t0 + i + 1 - s0));
         real row_l;
         if (lse) {
             row_l = lse[i];
         } else {
             real max_score = -INFINITY;
-            for (int j = 0; j < visible; j++) max_score = p[j] > max_score ? p[j] : max_score;
+            for (int c = 0; c < visible; c++) max_score = p[c] > max_score ? p[c] : max_score;
             double sum = 0;
-            for (int j = 0; j < visible; j++) sum += real_exp(p[j] - max_score);
+            for (int c = 0; c < visible; c++) sum += real_exp(p[c] - max_score);
             row_l = max_score + (real)log(sum);
             row_lse[i] = row_l;
         }
-        for (int j = 0; j < visible; j++) p[j] = real_exp(p[j] - row_l);
-        for (int j = visible; j < width; j++) p[j] = 0;
+        for (int c = 0; c < visible; c++) p[c] = real_exp(p[c] - row_l);
+        for (int c = visible; c < cols; c++) p[c] = 0;
     }
-    return width;
 }
 
 void attention_forward_fused(real *out, real *lse, const real *q, const real *k, const real *v,
@@ -517,12 +521,12 @@ void attention_forward_fused(real *out, real *lse, const real *q, const real *k,
             for (int h = 0; h < Hq; h++) {
                 for (int blk = 0; blk < blocks; blk++) {
                     const int t0 = blk * QUERY_BLOCK, rows = PAFT_MIN(QUERY_BLOCK, T - t0);
+                    const int width = t0 + rows; /* the block's last row sees 0..t0+rows-1 */
                     const size_t kv0 = (size_t)b * T * kv_stride + (size_t)(h / group) * D;
                     const size_t q0 = ((size_t)b * T + t0) * q_stride + (size_t)h * D;
-                    real *row_lse = lse + ((size_t)b * Hq + h) * T + t0;
-                    int width = attention_block_probs(blas, P, q + q0, q_stride, k + kv0,
-                                                      kv_stride, t0, rows, D, scale, NULL,
-                                                      row_lse);
+                    attention_tile_probs(blas, P, q + q0, q_stride, k + kv0, kv_stride, t0, rows,
+                                         0, width, D, scale, NULL,
+                                         lse + ((size_t)b * Hq + h) * T + t0);
                     gemm(blas, 0, 0, rows, D, width, 1, P, (size_t)width, v + kv0, kv_stride, 0,
                          out + q0, q_stride);
                 }
@@ -532,53 +536,154 @@ void attention_forward_fused(real *out, real *lse, const real *q, const real *k,
     }
 }
 
-/* The backward of a block, with dP = dout_blk V^T, delta_i = sum_j P_ij dP_ij and
- * dS = P o (dP - delta) scale:  dv += P^T dout_blk,  dq_blk += dS K,  dk += dS^T Q_blk.
- * As in the simple form a thread owns a (batch, KV head) pair, so the group's heads and blocks
- * add into its dk, dv one after another. */
-void attention_backward_fused(real *dq, real *dk, real *dv, const real *dout, const real *lse,
-                              const real *q, const real *k, const real *v, int B, int T, int Hq,
-                              int Hkv, int D) {
+/* dP = dout V^T and dS = P o (dP - delta) scale on a tile (rows x cols), written over dS, where
+ * delta_t = sum_j p_tj dp_tj = dout_t . out_t is the softmax backward's row term. */
+static void attention_tile_dscores(int use_blas, real *dS, const real *P, const real *dout_rows,
+                                   size_t q_stride, const real *v_cols, size_t kv_stride,
+                                   const real *row_delta, int rows, int cols, int D, real scale) {
+    gemm(use_blas, 0, 1, rows, cols, D, 1, dout_rows, q_stride, v_cols, kv_stride, 0, dS,
+         (size_t)cols);
+    for (int i = 0; i < rows; i++) {
+        const real *p = P + (size_t)i * cols;
+        real *ds = dS + (size_t)i * cols;
+        for (int c = 0; c < cols; c++) ds[c] = p[c] * (ds[c] - row_delta[i]) * scale;
+    }
+}
+
+/* The backward adds into dq, dk, dv (any may be NULL). Per tile, with delta_t = dout_t . out_t:
+ * dv += P^T dout, dq += dS K, dk += dS^T Q. Two ways to share that among threads without two of
+ * them adding into the same rows:
+ *   one pass: a thread owns a (batch, KV head) pair and walks its group's heads and their query
+ *     blocks, adding into its dk, dv: five products per (query, key) pair, but only B x KV heads
+ *     tasks (one, with tensor parallelism on a rank holding one KV head and B = 1);
+ *   two passes: dq over (batch, query head, query block), then dk, dv over (batch, KV head, key
+ *     block), each pass forming its tiles' P and dS again: seven products per pair, and tasks
+ *     enough for any number of threads.
+ * attention_backward_passes picks the one the thread count finishes sooner. Each output element
+ * is summed in a fixed order within either way, whichever thread computes it. */
+static int attention_backward_passes(int B, int Hkv) {
+    const long tasks = (long)B * Hkv, threads = omp_get_max_threads();
+    const long rounds = (tasks + threads - 1) / threads; /* of equal one-pass tasks */
+    /* one pass takes rounds x 5 / tasks of the work's time, two passes 7 / threads */
+    return 5 * rounds * threads <= 7 * tasks ? 1 : 2;
+}
+
+/* The one-pass way: the whole block of query rows t0..t0+rows-1 against the positions it sees. */
+static void attention_backward_block(int use_blas, real *P, real *dS, real *dq, real *dk, real *dv,
+                                     const real *dout, const real *lse, const real *delta,
+                                     const real *q, const real *k, const real *v, size_t q0,
+                                     size_t kv0, size_t row0, int t0, int rows, int D,
+                                     size_t q_stride, size_t kv_stride, real scale) {
+    const int width = t0 + rows;
+    attention_tile_probs(use_blas, P, q + q0, q_stride, k + kv0, kv_stride, t0, rows, 0, width, D,
+                         scale, lse + row0, NULL);
+    if (dv)
+        gemm(use_blas, 1, 0, width, D, rows, 1, P, (size_t)width, dout + q0, q_stride, 1, dv + kv0,
+             kv_stride);
+    if (!dq && !dk) return;
+    attention_tile_dscores(use_blas, dS, P, dout + q0, q_stride, v + kv0, kv_stride, delta + row0,
+                           rows, width, D, scale);
+    if (dq)
+        gemm(use_blas, 0, 0, rows, D, width, 1, dS, (size_t)width, k + kv0, kv_stride, 1, dq + q0,
+             q_stride);
+    if (dk)
+        gemm(use_blas, 1, 0, width, D, rows, 1, dS, (size_t)width, q + q0, q_stride, 1, dk + kv0,
+             kv_stride);
+}
+
+void attention_backward_fused(real *dq, real *dk, real *dv, const real *dout, const real *out,
+                              const real *lse, const real *q, const real *k, const real *v, int B,
+                              int T, int Hq, int Hkv, int D) {
     check_heads("attention_backward_fused", Hq, Hkv);
     if (!dq && !dk && !dv) return;
-    const int blas = cpu_blas_enabled();
-    const int group = Hq / Hkv, blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
+    const int blas = cpu_blas_enabled(), passes = attention_backward_passes(B, Hkv);
+    const int group = Hq / Hkv;
+    const int q_blocks = (T + QUERY_BLOCK - 1) / QUERY_BLOCK;
+    const int k_blocks = (T + KEY_BLOCK - 1) / KEY_BLOCK;
     const real scale = (real)(1.0 / sqrt((double)D));
     const size_t q_stride = (size_t)Hq * D, kv_stride = (size_t)Hkv * D;
+
+    /* delta [B][Hq][T], lse's layout: once per row, not once per pass or tile over it */
+    real *delta = paft_malloc((size_t)B * Hq * T * sizeof(real));
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++) {
+        for (int t = 0; t < T; t++) {
+            for (int h = 0; h < Hq; h++) {
+                const size_t at = ((size_t)b * T + t) * q_stride + (size_t)h * D;
+                double dot = 0;
+                for (int d = 0; d < D; d++) dot += (double)dout[at + d] * out[at + d];
+                delta[((size_t)b * Hq + h) * T + t] = (real)dot;
+            }
+        }
+    }
+
 #pragma omp parallel
     {
         real *P = paft_malloc((size_t)QUERY_BLOCK * T * sizeof(real));
         real *dS = paft_malloc((size_t)QUERY_BLOCK * T * sizeof(real));
+        if (passes == 1) {
 #pragma omp for collapse(2) schedule(dynamic)
-        for (int b = 0; b < B; b++) {
-            for (int kv_head = 0; kv_head < Hkv; kv_head++) {
-                const size_t kv0 = (size_t)b * T * kv_stride + (size_t)kv_head * D;
-                for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
-                    for (int blk = 0; blk < blocks; blk++) {
-                        const int t0 = blk * QUERY_BLOCK, rows = PAFT_MIN(QUERY_BLOCK, T - t0);
-                        const size_t q0 = ((size_t)b * T + t0) * q_stride + (size_t)h * D;
-                        const int width = attention_block_probs(
-                            blas, P, q + q0, q_stride, k + kv0, kv_stride, t0, rows, D, scale,
-                            lse + ((size_t)b * Hq + h) * T + t0, NULL);
-                        gemm(blas, 0, 1, rows, width, D, 1, dout + q0, q_stride, v + kv0,
-                             kv_stride, 0, dS, (size_t)width); /* dP */
-                        for (int i = 0; i < rows; i++) {
-                            const real *p = P + (size_t)i * width;
-                            real *ds = dS + (size_t)i * width;
-                            double delta = 0;
-                            for (int j = 0; j < width; j++) delta += (double)p[j] * ds[j];
-                            for (int j = 0; j < width; j++)
-                                ds[j] = p[j] * (ds[j] - (real)delta) * scale;
+            for (int b = 0; b < B; b++) {
+                for (int kv_head = 0; kv_head < Hkv; kv_head++) {
+                    const size_t kv0 = (size_t)b * T * kv_stride + (size_t)kv_head * D;
+                    for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
+                        for (int blk = 0; blk < q_blocks; blk++) {
+                            const int t0 = blk * QUERY_BLOCK, rows = PAFT_MIN(QUERY_BLOCK, T - t0);
+                            attention_backward_block(
+                                blas, P, dS, dq, dk, dv, dout, lse, delta, q, k, v,
+                                ((size_t)b * T + t0) * q_stride + (size_t)h * D, kv0,
+                                ((size_t)b * Hq + h) * T + t0, t0, rows, D, q_stride, kv_stride,
+                                scale);
                         }
-                        if (dv)
-                            gemm(blas, 1, 0, width, D, rows, 1, P, (size_t)width, dout + q0,
-                                 q_stride, 1, dv + kv0, kv_stride);
-                        if (dq)
-                            gemm(blas, 0, 0, rows, D, width, 1, dS, (size_t)width, k + kv0,
-                                 kv_stride, 1, dq + q0, q_stride);
-                        if (dk)
-                            gemm(blas, 1, 0, width, D, rows, 1, dS, (size_t)width, q + q0,
-                                 q_stride, 1, dk + kv0, kv_stride);
+                    }
+                }
+            }
+        }
+        if (passes == 2 && dq) {
+            /* later blocks see more positions: dynamic scheduling evens the threads out */
+#pragma omp for collapse(3) schedule(dynamic)
+            for (int b = 0; b < B; b++) {
+                for (int h = 0; h < Hq; h++) {
+                    for (int blk = 0; blk < q_blocks; blk++) {
+                        const int t0 = blk * QUERY_BLOCK, rows = PAFT_MIN(QUERY_BLOCK, T - t0);
+                        attention_backward_block(
+                            blas, P, dS, dq, NULL, NULL, dout, lse, delta, q, k, v,
+                            ((size_t)b * T + t0) * q_stride + (size_t)h * D,
+                            (size_t)b * T * kv_stride + (size_t)(h / group) * D,
+                            ((size_t)b * Hq + h) * T + t0, t0, rows, D, q_stride, kv_stride, scale);
+                    }
+                }
+            }
+        }
+        if (passes == 2 && (dk || dv)) {
+            /* the first key blocks are seen by the most query rows: dynamic scheduling */
+#pragma omp for collapse(3) schedule(dynamic)
+            for (int b = 0; b < B; b++) {
+                for (int kv_head = 0; kv_head < Hkv; kv_head++) {
+                    for (int blk = 0; blk < k_blocks; blk++) {
+                        const int s0 = blk * KEY_BLOCK, cols = PAFT_MIN(KEY_BLOCK, T - s0);
+                        const size_t kv0 =
+                            ((size_t)b * T + s0) * kv_stride + (size_t)kv_head * D;
+                        for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
+                            /* the query rows that see any of these keys: t >= s0 */
+                            for (int t0 = s0; t0 < T; t0 += QUERY_BLOCK) {
+                                const int rows = PAFT_MIN(QUERY_BLOCK, T - t0);
+                                const size_t q0 = ((size_t)b * T + t0) * q_stride + (size_t)h * D;
+                                const size_t row0 = ((size_t)b * Hq + h) * T + t0;
+                                attention_tile_probs(blas, P, q + q0, q_stride, k + kv0, kv_stride,
+                                                     t0, rows, s0, cols, D, scale, lse + row0,
+                                                     NULL);
+                                if (dv)
+                                    gemm(blas, 1, 0, cols, D, rows, 1, P, (size_t)cols, dout + q0,
+                                         q_stride, 1, dv + kv0, kv_stride);
+                                if (!dk) continue;
+                                attention_tile_dscores(blas, dS, P, dout + q0, q_stride, v + kv0,
+                                                       kv_stride, delta + row0, rows, cols, D,
+                                                       scale);
+                                gemm(blas, 1, 0, cols, D, rows, 1, dS, (size_t)cols, q + q0,
+                                     q_stride, 1, dk + kv0, kv_stride);
+                            }
+                        }
                     }
                 }
             }
@@ -586,6 +691,7 @@ void attention_backward_fused(real *dq, real *dk, real *dv, const real *dout, co
         free(dS);
         free(P);
     }
+    free(delta);
 }
 
 /* ---- SwiGLU -------------------------------------------------------------------------------- */

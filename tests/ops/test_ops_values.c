@@ -202,6 +202,45 @@ static void attention_reference(double *out, double *probs, double *lse, const r
     free(scores);
 }
 
+/* The backward in double from the reference probabilities, element by element: dv_j = sum_t
+ * p_tj dout_t; dp_tj = dout_t . v_j; ds_tj = p_tj (dp_tj - sum_i p_ti dp_ti) / sqrt(D);
+ * dq_t = sum_j ds_tj k_j; dk_j = sum_t ds_tj q_t (each KV head summing over its group). */
+static void attention_backward_reference(double *dq, double *dk, double *dv, const real *dout,
+                                         const double *probs, const real *q, const real *k,
+                                         const real *v, int B, int T, int Hq, int Hkv, int D) {
+    const int group = Hq / Hkv;
+    memset(dq, 0, (size_t)B * T * Hq * D * sizeof(double));
+    memset(dk, 0, (size_t)B * T * Hkv * D * sizeof(double));
+    memset(dv, 0, (size_t)B * T * Hkv * D * sizeof(double));
+    double *dp = malloc((size_t)T * sizeof(double));
+    for (int b = 0; b < B; b++) {
+        for (int h = 0; h < Hq; h++) {
+            const int g = h / group;
+            for (int t = 0; t < T; t++) {
+                const double *p = probs + ((size_t)(b * Hq + h) * T + t) * T;
+                const size_t qt = ((size_t)(b * T + t) * Hq + h) * D;
+                double row = 0;
+                for (int j = 0; j < T; j++) {
+                    const size_t kj = ((size_t)(b * T + j) * Hkv + g) * D;
+                    dp[j] = 0;
+                    for (int d = 0; d < D; d++) dp[j] += (double)dout[qt + d] * v[kj + d];
+                    row += p[j] * dp[j];
+                }
+                for (int j = 0; j < T; j++) {
+                    const size_t kj = ((size_t)(b * T + j) * Hkv + g) * D;
+                    const double ds = p[j] * (dp[j] - row) / sqrt((double)D);
+                    for (int d = 0; d < D; d++) {
+                        dv[kj + d] += p[j] * dout[qt + d];
+                        dq[qt + d] += ds * k[kj + d];
+                        dk[kj + d] += ds * q[qt + d];
+                    }
+                }
+            }
+        }
+    }
+    free(dp);
+}
+
 static void test_attention_reference(Rng *rng, int B, int T, int Hq, int Hkv, int D) {
     size_t n_q = (size_t)B * T * Hq * D, n_kv = (size_t)B * T * Hkv * D;
     size_t n_p = (size_t)B * Hq * T * T;
@@ -223,6 +262,48 @@ static void test_attention_reference(Rng *rng, int B, int T, int Hq, int Hkv, in
         CHECK_CLOSE(out[i], ref_out[i], TOL, TOL, "fused attention out");
     for (size_t i = 0; i < (size_t)B * Hq * T; i++)
         CHECK_CLOSE(lse[i], ref_lse[i], TOL, TOL, "fused attention lse");
+
+    /* both backwards against the double reference; they add into what the buffers hold */
+    real *dout = random_array(rng, n_q);
+    double *ref_dq = malloc(n_q * sizeof(double)), *ref_dk = malloc(n_kv * sizeof(double));
+    double *ref_dv = malloc(n_kv * sizeof(double));
+    attention_backward_reference(ref_dq, ref_dk, ref_dv, dout, ref_probs, q, k, v, B, T, Hq, Hkv,
+                                 D);
+    real *start_q = random_array(rng, n_q), *start_kv = random_array(rng, n_kv);
+    real *dq = malloc(n_q * sizeof(real)), *dk = malloc(n_kv * sizeof(real));
+    real *dv = malloc(n_kv * sizeof(real));
+    /* fused = 2, 3: the fused backward on 1 thread (its one-pass split, ops_cpu.c's
+     * attention_backward_passes) and on 8 (its two passes, for B x KV heads <= 4 as here) */
+    const int threads = omp_get_max_threads();
+    for (int fused = 0; fused <= 3; fused++) {
+        if (fused) omp_set_num_threads(fused == 1 ? threads : fused == 2 ? 1 : 8);
+        memcpy(dq, start_q, n_q * sizeof(real));
+        memcpy(dk, start_kv, n_kv * sizeof(real));
+        memcpy(dv, start_kv, n_kv * sizeof(real));
+        if (fused)
+            attention_backward_fused(dq, dk, dv, dout, out, lse, q, k, v, B, T, Hq, Hkv, D);
+        else
+            attention_backward(dq, dk, dv, dout, probs, q, k, v, B, T, Hq, Hkv, D);
+        for (size_t i = 0; i < n_q; i++)
+            CHECK_CLOSE(dq[i] - start_q[i], ref_dq[i], TOL, TOL,
+                        fused ? "fused attention dq" : "attention dq");
+        for (size_t i = 0; i < n_kv; i++) {
+            CHECK_CLOSE(dk[i] - start_kv[i], ref_dk[i], TOL, TOL,
+                        fused ? "fused attention dk" : "attention dk");
+            CHECK_CLOSE(dv[i] - start_kv[i], ref_dv[i], TOL, TOL,
+                        fused ? "fused attention dv" : "attention dv");
+        }
+    }
+    omp_set_num_threads(threads);
+    free(dq);
+    free(dk);
+    free(dv);
+    free(start_q);
+    free(start_kv);
+    free(ref_dq);
+    free(ref_dk);
+    free(ref_dv);
+    free(dout);
     free(lse);
     free(ref_lse);
     free(q);
@@ -417,7 +498,7 @@ int main(void) {
     test_logprob_values();
     test_attention_reference(&rng, 2, 5, 4, 2, 6);
     test_attention_reference(&rng, 1, 7, 3, 1, 6);
-    test_attention_reference(&rng, 2, 139, 2, 1, 5); /* three query blocks of the fused form */
+    test_attention_reference(&rng, 2, 139, 2, 1, 5); /* three query (and key) blocks when fused */
     test_attention_single_position(&rng);
     test_attention_causal(&rng);
     test_matmul_naive(&rng, 7, 13, 5, 1, 0.5f, 1);
