@@ -23,7 +23,8 @@ static const Command commands[] = {
      "into <output.dir>/merged.h5. Configuration keys: docs/CONFIG.md.\n"},
     {"train", cmd_train, "one training stage on all ranks (sft | dpo | ipo | hinge | orpo)",
      "usage: paft train CONFIG stage=sft|dpo|ipo|hinge|orpo [section.key=value ...]\n\n"
-     "Trains one stage on every rank, data-parallel (individual or sequential baselines):\n"
+     "Trains one stage on every rank (individual or sequential baselines): parallel.tp ranks\n"
+     "per model replica, the replicas data-parallel.\n"
      "  stage=sft     token-mean cross-entropy on [sft] data + sft.l1 * sum |delta| (PAFT's L1)\n"
      "  stage=dpo     DPO on [pref] data (ipo, hinge: the other reference-based losses)\n"
      "  stage=orpo    ORPO (no reference model)\n"
@@ -62,7 +63,8 @@ static const Command commands[] = {
      "the weights in BF16 as model.safetensors, or as model-0000i-of-0000N.safetensors shards of\n"
      "at most max_shard_size bytes (decimal KB/MB/GB or bytes) with model.safetensors.index.json,\n"
      "and the tokenizer files and generation_config.json of the base model directory recorded\n"
-     "in MERGED.h5. OUTDIR must be new or empty. Under mpirun the ranks write the shards in turn.\n"},
+     "in MERGED.h5. OUTDIR must be new or empty. Under mpirun the ranks share the shards\n"
+     "(shard i on rank i mod N).\n"},
     {"inspect", cmd_inspect, "what a model, adapter, merged or data file holds",
      "usage: paft inspect PATH\n\n"
      "PATH is a Hugging Face model directory (config.json + *.safetensors [+ index]), a single\n"
@@ -70,17 +72,21 @@ static const Command commands[] = {
      "its delta per layer and module) or a merged model (.h5: the sparsity of delta_sft,\n"
      "delta_pref and the merged delta per layer and module, and a summary). For a model: the\n"
      "architecture, the exact parameter count and every tensor with its shape and dtype.\n"
-     "Every byte it relies on is validated first: a corrupt\n"
-     "file is an error, never a partial listing.\n"},
+     "Every byte it relies on is validated first: a corrupt file is an error, never a partial\n"
+     "listing.\n"},
     {"bench", cmd_bench, "training-step throughput on random weights of a preset shape",
      "usage: paft bench [model=tiny|smollm2-135m|llama-1b|mistral-7b batch=B seq=T stage=sft|dpo\n"
      "                   steps=N r=R device=cpu|cuda|emulate recompute=0|1\n"
-     "                   attention=fused|simple l1=LAMBDA peak=TFLOPS]\n\n"
+     "                   attention=fused|simple l1=LAMBDA peak=TFLOPS profile=0|1\n"
+     "                   logits_chunk=ROWS]\n"
+     "       defaults: model=tiny batch=2 seq=64 stage=sft steps=3 r=16 device=cpu l1=0\n\n"
      "Times LoRA training steps as training runs them (forward, backward, the L1 term when\n"
      "l1 > 0, the gradient norm, AdamW; r=16 on all seven projections by default) on random\n"
      "weights of the preset shape, on the chosen backend: median step time, tokens/s, model\n"
      "TFLOP/s (FLOPs/token = 4 N_matmul + 6 L T d), MFU against `peak` on a GPU (default 989.4,\n"
-     "the H100 SXM's dense bf16), host and device memory, then one JSON line ('bench: {...}').\n"},
+     "the H100 SXM's dense bf16), host and device memory, then one JSON line ('bench: {...}').\n"
+     "On a device backend (cuda, emulate), profile=1 adds the step's device time by phase and\n"
+     "logits_chunk sets model.logits_chunk (docs/CONFIG.md; 0: automatic).\n"},
     {"demo", cmd_demo, "embedded demo: a generated tiny model through the pipeline",
      "usage: paft demo [OUTDIR]     (default OUTDIR: paft-demo)\n\n"
      "Runs the whole PAFT pipeline on a generated task, with no download: a tiny random Llama\n"
