@@ -9,6 +9,7 @@
  * JSON object ("eval: {...}") for scripts.
  */
 #include <mpi.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/commands.h"
@@ -33,6 +34,17 @@ int cmd_eval(int argc, char **argv) {
     if (!cfg.eval.sft_data[0] && !cfg.eval.pref_data[0])
         PAFT_FATAL("configuration: set eval.sft_data and/or eval.pref_data");
     if (!cfg.model.path[0]) PAFT_FATAL("configuration: model.path (the base model) is not set");
+    if (paft_is_directory(path)) {
+        /* a PEFT copy (<stage>/peft/) would otherwise fail as "config.json: cannot open" */
+        char *peft_config = paft_path_join(path, "adapter_config.json");
+        char *hf_config = paft_path_join(path, "config.json");
+        const int peft = paft_path_exists(peft_config) && !paft_path_exists(hf_config);
+        free(peft_config);
+        free(hf_config);
+        if (peft)
+            PAFT_FATAL("%s: a PEFT adapter directory; paft eval reads paft's own adapter file: "
+                       "give model=<stage>/adapter.h5 (beside the peft/ folder)", path);
+    }
 
     TokenData *sft = NULL, *pref = NULL;
     {
