@@ -21,7 +21,7 @@ int cmd_train(int argc, char **argv) {
         else
             PAFT_FATAL("command line: unknown argument '%s' for 'paft train' (stage=...)", extra[i]);
     }
-    if (!stage) PAFT_FATAL("command line: 'paft train' needs stage=sft|dpo|ipo|hinge|orpo");
+    if (!stage) PAFT_FATAL("command line: 'paft train' needs stage=sft|dpo|ipo|hinge|orpo|pref");
     StageKind kind = STAGE_PREF;
     if (strcmp(stage, "sft") == 0) {
         kind = STAGE_SFT;

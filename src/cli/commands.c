@@ -22,12 +22,13 @@ static const Command commands[] = {
      "trains both at once from the same base model, then merges the two LoRA deltas on all ranks\n"
      "into <output.dir>/merged.h5. Configuration keys: docs/CONFIG.md.\n"},
     {"train", cmd_train, "one training stage on all ranks (sft | dpo | ipo | hinge | orpo)",
-     "usage: paft train CONFIG stage=sft|dpo|ipo|hinge|orpo [section.key=value ...]\n\n"
+     "usage: paft train CONFIG stage=sft|dpo|ipo|hinge|orpo|pref [section.key=value ...]\n\n"
      "Trains one stage on every rank (individual or sequential baselines): parallel.tp ranks\n"
      "per model replica, the replicas data-parallel.\n"
      "  stage=sft     token-mean cross-entropy on [sft] data + sft.l1 * sum |delta| (PAFT's L1)\n"
      "  stage=dpo     DPO on [pref] data (ipo, hinge: the other reference-based losses)\n"
      "  stage=orpo    ORPO (no reference model)\n"
+     "  stage=pref    the preference loss the configuration names (pref.loss)\n"
      "Writes <output.dir>/sft or <output.dir>/pref: adapter.h5, peft/ (PEFT format),\n"
      "metrics.jsonl, and checkpoint.h5 every output.checkpoint_every steps. A run with a\n"
      "checkpoint resumes from it; SIGTERM or SIGUSR1 writes a checkpoint and stops cleanly.\n"
