@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io/adapter.h"
 #include "io/h5file.h"
 #include "io/merged_h5.h"
 #include "io/safetensors.h"
@@ -547,6 +548,25 @@ static void open_base(Stage *s) {
     qsort(s->tensors, (size_t)s->n_views, sizeof(StageTensor), compare_tensors);
 }
 
+/* The merge reads its base as Hugging Face safetensors (the adapters' fingerprint is of those
+ * bytes). train and eval also take a merged .h5 as model.path, so users try it here too: say what
+ * to do rather than let the safetensors reader report a nonsense header length. */
+static void refuse_hdf5_base(const char *path) {
+    if (paft_is_directory(path)) return;
+    FILE *f = fopen(path, "rb");
+    if (!f) return; /* the base reader reports why */
+    unsigned char magic[8];
+    const size_t n = fread(magic, 1, sizeof magic, f);
+    fclose(f);
+    if (!adapter_is_hdf5(magic, n)) return;
+    if (merged_is_merged_file(path))
+        PAFT_FATAL("%s: model.path is a merged model (paft HDF5); the merge needs a Hugging Face "
+                   "base model (config.json + safetensors): `paft export %s DIR` writes one",
+                   path, path);
+    PAFT_FATAL("%s: model.path is an HDF5 file (an adapter or checkpoint?); the merge needs a "
+               "Hugging Face base model (config.json + safetensors)", path);
+}
+
 void merge_stage_run(const Config *cfg, MPI_Comm world) {
     int rank, size;
     CHECK_MPI(MPI_Comm_rank(world, &rank));
@@ -565,6 +585,7 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
     char *parameters = NULL, *sources = NULL;
     if (rank == 0) {
         if (!paft_path_exists(s.base)) PAFT_FATAL("%s: model.path does not exist", s.base);
+        refuse_hdf5_base(s.base);
         s.params = params_from_config(cfg);
         s.dtype = dtype_from_config(cfg);
         open_base(&s);
