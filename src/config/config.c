@@ -368,3 +368,17 @@ void config_write(const Config *cfg, FILE *out) {
         }
     }
 }
+
+void config_save(const Config *cfg, const char *path, const char *what) {
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+        PAFT_FATAL("%s: path too long", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) PAFT_FATAL("%s: cannot write: %s", tmp, strerror(errno));
+    fprintf(f, "; %s: the effective configuration (the file, then the command line's overrides),\n"
+               "; written by paft %s; paths are as given, relative to where the job started\n\n",
+            what, PAFT_VERSION);
+    config_write(cfg, f);
+    if (ferror(f) | fclose(f)) PAFT_FATAL("%s: cannot write: %s", tmp, strerror(errno));
+    if (rename(tmp, path) != 0) PAFT_FATAL("%s: cannot rename to %s: %s", tmp, path, strerror(errno));
+}

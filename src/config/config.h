@@ -99,7 +99,11 @@ int config_apply_override(Config *cfg, const char *arg);
  * the file (when argv[1] is not an override), then the overrides. Bare name=value arguments are
  * returned in `extra` (at most max_extra) for the command to interpret; returns their count. */
 int config_from_args(Config *cfg, int argc, char **argv, char **extra, int max_extra);
-/* Write the effective configuration as INI text (recorded next to a run's outputs). */
+/* Write the effective configuration as INI text, every key (config_load_file reads it back to the
+ * same values; the ranks compare it to check they agree). */
 void config_write(const Config *cfg, FILE *out);
+/* config_write to PATH (via PATH.tmp, renamed when complete) under a comment naming `what` ran
+ * with it: each training stage leaves one beside its adapter, so a run can be repeated. */
+void config_save(const Config *cfg, const char *path, const char *what);
 
 #endif /* PAFT_CONFIG_H */

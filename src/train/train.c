@@ -165,6 +165,10 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
     tr->dir = train_stage_dir(cfg, kind);
     if (tr->rank == 0) {
         paft_make_dirs(tr->dir);
+        char path[4096], what[64];
+        snprintf(path, sizeof path, "%s/config.ini", tr->dir);
+        snprintf(what, sizeof what, "the %s stage", tr->name);
+        config_save(cfg, path, what);
     }
     CHECK_MPI(MPI_Barrier(comm));
 }

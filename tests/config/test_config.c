@@ -50,6 +50,14 @@ int main(int argc, char **argv) {
     config_defaults(&again);
     config_load_file(&again, "test_config_out.ini");
     CHECK(memcmp(&cfg, &again, sizeof cfg) == 0, "config_write round trip");
+
+    /* config_save: the same through its file (comment header included), and no .tmp left */
+    config_save(&cfg, "test_config_saved.ini", "test_config");
+    Config saved;
+    config_defaults(&saved);
+    config_load_file(&saved, "test_config_saved.ini");
+    CHECK(memcmp(&cfg, &saved, sizeof cfg) == 0, "config_save round trip");
+    CHECK(fopen("test_config_saved.ini.tmp", "r") == NULL, "config_save left its .tmp");
     (void)argc;
     (void)argv;
     return test_finish("test_config");
