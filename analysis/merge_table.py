@@ -3,7 +3,8 @@
 
     merge_table.py RESULTS_JSON [--out table.md] [--png tradeoff.png]
 
-RESULTS_JSON is the list that `paft demo` (and `paft eval`) writes: one entry per evaluated model
+RESULTS_JSON is the list that `paft demo` writes (`paft eval` prints one 'eval: {...}' line per
+model instead): one entry per evaluated model
 with model, path, sft_nll, pref_accuracy, pref_margin, sparsity_sft, sparsity_pref (-1 where not
 applicable). The markdown table has one row per entry, in file order, with the same columns as the
 demo's results.md: SFT NLL (lower is better), preference accuracy and margin, the sparsity of the
