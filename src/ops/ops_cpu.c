@@ -559,9 +559,17 @@ static void attention_tile_dscores(int use_blas, real *dS, const real *P, const 
  *   two passes: dq over (batch, query head, query block), then dk, dv over (batch, KV head, key
  *     block), each pass forming its tiles' P and dS again: seven products per pair, and tasks
  *     enough for any number of threads.
- * attention_backward_passes picks the one the thread count finishes sooner. Each output element
+ * attention_backward_passes picks the one the thread count should finish sooner. Each output element
  * is summed in a fixed order within either way, whichever thread computes it. */
 static int attention_backward_passes(int B, int Hkv) {
+    /* PAFT_CPU_ATTENTION_PASSES = 1 or 2 overrides (tests/ops/bench_attention.c compares them) */
+    const char *forced = getenv("PAFT_CPU_ATTENTION_PASSES");
+    if (forced && forced[0]) {
+        if (strcmp(forced, "1") != 0 && strcmp(forced, "2") != 0)
+            PAFT_FATAL("PAFT_CPU_ATTENTION_PASSES=%s: expected 1 or 2 (or unset: by thread count)",
+                       forced);
+        return forced[0] - '0';
+    }
     const long tasks = (long)B * Hkv, threads = omp_get_max_threads();
     const long rounds = (tasks + threads - 1) / threads; /* of equal one-pass tasks */
     /* one pass takes rounds x 5 / tasks of the work's time, two passes 7 / threads */

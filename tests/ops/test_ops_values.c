@@ -272,11 +272,10 @@ static void test_attention_reference(Rng *rng, int B, int T, int Hq, int Hkv, in
     real *start_q = random_array(rng, n_q), *start_kv = random_array(rng, n_kv);
     real *dq = malloc(n_q * sizeof(real)), *dk = malloc(n_kv * sizeof(real));
     real *dv = malloc(n_kv * sizeof(real));
-    /* fused = 2, 3: the fused backward on 1 thread (its one-pass split, ops_cpu.c's
-     * attention_backward_passes) and on 8 (its two passes, for B x KV heads <= 4 as here) */
-    const int threads = omp_get_max_threads();
+    /* fused = 1: the split the thread count picks (ops_cpu.c, attention_backward_passes);
+     * 2 and 3: one pass and two passes, forced */
     for (int fused = 0; fused <= 3; fused++) {
-        if (fused) omp_set_num_threads(fused == 1 ? threads : fused == 2 ? 1 : 8);
+        if (fused >= 2) setenv("PAFT_CPU_ATTENTION_PASSES", fused == 2 ? "1" : "2", 1);
         memcpy(dq, start_q, n_q * sizeof(real));
         memcpy(dk, start_kv, n_kv * sizeof(real));
         memcpy(dv, start_kv, n_kv * sizeof(real));
@@ -294,7 +293,7 @@ static void test_attention_reference(Rng *rng, int B, int T, int Hq, int Hkv, in
                         fused ? "fused attention dv" : "attention dv");
         }
     }
-    omp_set_num_threads(threads);
+    unsetenv("PAFT_CPU_ATTENTION_PASSES");
     free(dq);
     free(dk);
     free(dv);
@@ -488,6 +487,54 @@ static void test_thread_count_independence(Rng *rng) {
     free(v);
 }
 
+/* The fused attention likewise, each way of splitting its backward forced in turn (the automatic
+ * choice follows the thread count, and the two ways add in different orders), over three query
+ * and key blocks. */
+static void fused_attention_with_threads(int threads, const char *passes, const real *q,
+                                         const real *k, const real *v, const real *dout,
+                                         real *out_lse_dq_dk_dv[5]) {
+    enum { B = 2, T = 139, Hq = 4, Hkv = 2, D = 8 };
+    const size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D;
+    omp_set_num_threads(threads);
+    setenv("PAFT_CPU_ATTENTION_PASSES", passes, 1);
+    real *out = malloc(nq * sizeof(real)), *lse = malloc((size_t)B * Hq * T * sizeof(real));
+    real *dq = calloc(nq, sizeof(real)), *dk = calloc(nkv, sizeof(real));
+    real *dv = calloc(nkv, sizeof(real));
+    attention_forward_fused(out, lse, q, k, v, B, T, Hq, Hkv, D);
+    attention_backward_fused(dq, dk, dv, dout, out, lse, q, k, v, B, T, Hq, Hkv, D);
+    unsetenv("PAFT_CPU_ATTENTION_PASSES");
+    real *all[5] = {out, lse, dq, dk, dv};
+    memcpy(out_lse_dq_dk_dv, all, sizeof all);
+}
+
+static void test_fused_attention_thread_count_independence(Rng *rng) {
+    enum { B = 2, T = 139, Hq = 4, Hkv = 2, D = 8 };
+    const size_t nq = (size_t)B * T * Hq * D, nkv = (size_t)B * T * Hkv * D;
+    const size_t sizes[5] = {nq, (size_t)B * Hq * T, nq, nkv, nkv};
+    const char *names[5] = {"out", "lse", "dq", "dk", "dv"};
+    real *q = random_array(rng, nq), *k = random_array(rng, nkv), *v = random_array(rng, nkv);
+    real *dout = random_array(rng, nq);
+    const int threads = omp_get_max_threads();
+    for (int p = 1; p <= 2; p++) {
+        const char *passes = p == 1 ? "1" : "2";
+        real *one[5], *three[5];
+        fused_attention_with_threads(1, passes, q, k, v, dout, one);
+        fused_attention_with_threads(3, passes, q, k, v, dout, three);
+        for (int i = 0; i < 5; i++) {
+            CHECK(memcmp(one[i], three[i], sizes[i] * sizeof(real)) == 0,
+                  "fused attention %s (backward in %s pass(es)) differs between 1 and 3 threads",
+                  names[i], passes);
+            free(one[i]);
+            free(three[i]);
+        }
+    }
+    omp_set_num_threads(threads);
+    free(q);
+    free(k);
+    free(v);
+    free(dout);
+}
+
 int main(void) {
     Rng rng = {0x13198A2E03707344ull};
     test_embedding_values();
@@ -507,5 +554,6 @@ int main(void) {
     /* no bias, accumulating (the LoRA branch); and sizes past a BLAS's small-matrix paths */
     test_matmul_naive(&rng, 67, 150, 45, 0, 0.25f, 1);
     test_thread_count_independence(&rng);
+    test_fused_attention_thread_count_independence(&rng);
     return test_finish("test_ops_values (" PAFT_REAL_NAME ")");
 }
