@@ -475,7 +475,8 @@ void attention_backward(real *dq, real *dk, real *dv, const real *dout, const re
  * [QUERY_BLOCK][T] scratch only while their tile is computed; lse keeps what the backward needs to
  * form them again. */
 #define QUERY_BLOCK 64
-#define KEY_BLOCK 64
+#define KEY_BLOCK 64 /* the backward's dk, dv pass: (T - s0) x KEY_BLOCK tiles in the same scratch */
+_Static_assert(KEY_BLOCK <= QUERY_BLOCK, "a key block's tile must fit the [QUERY_BLOCK][T] scratch");
 
 /* P = exp(scale Q_t K^T - lse) on the tile (rows x cols, row stride cols): p_ic for query row
  * t0 + i and key position s0 + c, 0 where the key lies in the row's future (s0 + c > t0 + i).
@@ -557,8 +558,8 @@ static void attention_tile_dscores(int use_blas, real *dS, const real *P, const 
  *     blocks, adding into its dk, dv: five products per (query, key) pair, but only B x KV heads
  *     tasks (one, with tensor parallelism on a rank holding one KV head and B = 1);
  *   two passes: dq over (batch, query head, query block), then dk, dv over (batch, KV head, key
- *     block), each pass forming its tiles' P and dS again: seven products per pair, and tasks
- *     enough for any number of threads.
+ *     block), each pass forming its tiles' P and dS again: seven products and two exponentials
+ *     per pair, and tasks enough for any number of threads.
  * attention_backward_passes picks the one the thread count should finish sooner. Each output element
  * is summed in a fixed order within either way, whichever thread computes it. */
 static int attention_backward_passes(int B, int Hkv) {
@@ -572,8 +573,10 @@ static int attention_backward_passes(int B, int Hkv) {
     }
     const long tasks = (long)B * Hkv, threads = omp_get_max_threads();
     const long rounds = (tasks + threads - 1) / threads; /* of equal one-pass tasks */
-    /* one pass takes rounds x 5 / tasks of the work's time, two passes 7 / threads */
-    return 5 * rounds * threads <= 7 * tasks ? 1 : 2;
+    /* With W the one pass's work, it takes W rounds / tasks, two passes about 1.75 W / threads:
+     * more than the 7/5 of the products, as each pass also forms P's exponentials again
+     * (bench_attention on a 2-core AVX-512 VM: 1.7-1.8 at D = 64 and 128; docs/BENCHMARKS.md). */
+    return 4 * rounds * threads <= 7 * tasks ? 1 : 2;
 }
 
 /* The one-pass way: the whole block of query rows t0..t0+rows-1 against the positions it sees. */
@@ -673,24 +676,22 @@ void attention_backward_fused(real *dq, real *dk, real *dv, const real *dout, co
                         const size_t kv0 =
                             ((size_t)b * T + s0) * kv_stride + (size_t)kv_head * D;
                         for (int h = kv_head * group; h < (kv_head + 1) * group; h++) {
-                            /* the query rows that see any of these keys: t >= s0 */
-                            for (int t0 = s0; t0 < T; t0 += QUERY_BLOCK) {
-                                const int rows = PAFT_MIN(QUERY_BLOCK, T - t0);
-                                const size_t q0 = ((size_t)b * T + t0) * q_stride + (size_t)h * D;
-                                const size_t row0 = ((size_t)b * Hq + h) * T + t0;
-                                attention_tile_probs(blas, P, q + q0, q_stride, k + kv0, kv_stride,
-                                                     t0, rows, s0, cols, D, scale, lse + row0,
-                                                     NULL);
-                                if (dv)
-                                    gemm(blas, 1, 0, cols, D, rows, 1, P, (size_t)cols, dout + q0,
-                                         q_stride, 1, dv + kv0, kv_stride);
-                                if (!dk) continue;
-                                attention_tile_dscores(blas, dS, P, dout + q0, q_stride, v + kv0,
-                                                       kv_stride, delta + row0, rows, cols, D,
-                                                       scale);
-                                gemm(blas, 1, 0, cols, D, rows, 1, dS, (size_t)cols, q + q0,
-                                     q_stride, 1, dk + kv0, kv_stride);
-                            }
+                            /* the query rows that see any of these keys, t >= s0, all at once:
+                             * a (T - s0) x KEY_BLOCK tile fits the [QUERY_BLOCK][T] scratch,
+                             * and the products over its rows are long, as BLAS likes them */
+                            const int rows = T - s0;
+                            const size_t q0 = ((size_t)b * T + s0) * q_stride + (size_t)h * D;
+                            const size_t row0 = ((size_t)b * Hq + h) * T + s0;
+                            attention_tile_probs(blas, P, q + q0, q_stride, k + kv0, kv_stride, s0,
+                                                 rows, s0, cols, D, scale, lse + row0, NULL);
+                            if (dv)
+                                gemm(blas, 1, 0, cols, D, rows, 1, P, (size_t)cols, dout + q0,
+                                     q_stride, 1, dv + kv0, kv_stride);
+                            if (!dk) continue;
+                            attention_tile_dscores(blas, dS, P, dout + q0, q_stride, v + kv0,
+                                                   kv_stride, delta + row0, rows, cols, D, scale);
+                            gemm(blas, 1, 0, cols, D, rows, 1, dS, (size_t)cols, q + q0, q_stride,
+                                 1, dk + kv0, kv_stride);
                         }
                     }
                 }
