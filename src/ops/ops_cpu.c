@@ -14,6 +14,7 @@
  *     and they are then at least as accurate as PyTorch's (pairwise/vectorised) float reductions.
  */
 #include "ops/ops.h"
+#include "ops/softmax_exp.h"
 
 #include <math.h>
 #include <omp.h>
@@ -497,11 +498,13 @@ static void attention_tile_probs(int use_blas, real *P, const real *q_rows, size
             real max_score = -INFINITY;
             for (int c = 0; c < visible; c++) max_score = p[c] > max_score ? p[c] : max_score;
             double sum = 0;
-            for (int c = 0; c < visible; c++) sum += real_exp(p[c] - max_score);
+#pragma omp simd reduction(+ : sum)
+            for (int c = 0; c < visible; c++) sum += softmax_exp(p[c] - max_score);
             row_l = max_score + (real)log(sum);
             row_lse[i] = row_l;
         }
-        for (int c = 0; c < visible; c++) p[c] = real_exp(p[c] - row_l);
+#pragma omp simd
+        for (int c = 0; c < visible; c++) p[c] = softmax_exp(p[c] - row_l);
         for (int c = visible; c < cols; c++) p[c] = 0;
     }
 }
@@ -766,7 +769,8 @@ void logits_row_sumexp(double *sumexp, const real *logits, const real *row_max, 
         const real *x = logits + (size_t)n * V;
         /* a sum of up to ~10^5 terms: double, see the top of the file */
         double sum = 0;
-        for (int j = 0; j < V; j++) sum += real_exp(x[j] - row_max[n]);
+#pragma omp simd reduction(+ : sum)
+        for (int j = 0; j < V; j++) sum += softmax_exp(x[j] - row_max[n]);
         sumexp[n] = sum;
     }
 }
@@ -790,7 +794,8 @@ void logprob_backward_shard(real *dlogits, const real *dlogp, const real *logits
         const real *x = logits + (size_t)n * V;
         real *dx = dlogits + (size_t)n * V;
         real g = dlogp[n];
-        for (int j = 0; j < V; j++) dx[j] -= g * real_exp(x[j] - lse[n]);
+#pragma omp simd
+        for (int j = 0; j < V; j++) dx[j] -= g * softmax_exp(x[j] - lse[n]);
         int local = targets[n] - vocab_start;
         if (local >= 0 && local < V) dx[local] += g;
     }
