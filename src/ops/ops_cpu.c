@@ -14,7 +14,7 @@
  *     and they are then at least as accurate as PyTorch's (pairwise/vectorised) float reductions.
  */
 #include "ops/ops.h"
-#include "ops/softmax_exp.h"
+#include "ops/vector_exp.h"
 
 #include <math.h>
 #include <omp.h>
@@ -499,12 +499,12 @@ static void attention_tile_probs(int use_blas, real *P, const real *q_rows, size
             for (int c = 0; c < visible; c++) max_score = p[c] > max_score ? p[c] : max_score;
             double sum = 0;
 #pragma omp simd reduction(+ : sum)
-            for (int c = 0; c < visible; c++) sum += softmax_exp(p[c] - max_score);
+            for (int c = 0; c < visible; c++) sum += vector_exp(p[c] - max_score);
             row_l = max_score + (real)log(sum);
             row_lse[i] = row_l;
         }
 #pragma omp simd
-        for (int c = 0; c < visible; c++) p[c] = softmax_exp(p[c] - row_l);
+        for (int c = 0; c < visible; c++) p[c] = vector_exp(p[c] - row_l);
         for (int c = visible; c < cols; c++) p[c] = 0;
     }
 }
@@ -711,20 +711,20 @@ void attention_backward_fused(real *dq, real *dk, real *dv, const real *dout, co
 /* silu(g) = g * sigmoid(g), written as g / (1 + exp(-g)) like PyTorch; for very negative g,
  * exp(-g) overflows to inf and the result is a clean 0, not NaN. */
 void swiglu_forward(real *out, const real *gate, const real *up, size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         real g = gate[i];
-        out[i] = g / (1 + real_exp(-g)) * up[i];
+        out[i] = g / (1 + vector_exp(-g)) * up[i];
     }
 }
 
 /* d silu / dg = s + g s (1 - s) = s (1 + g (1 - s)), s = sigmoid(g). */
 void swiglu_backward(real *dgate, real *dup, const real *dout, const real *gate, const real *up,
                      size_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for simd schedule(static)
     for (size_t i = 0; i < n; i++) {
         real g = gate[i];
-        real s = 1 / (1 + real_exp(-g));
+        real s = 1 / (1 + vector_exp(-g));
         if (dgate) dgate[i] += dout[i] * up[i] * s * (1 + g * (1 - s));
         if (dup) dup[i] += dout[i] * g * s;
     }
@@ -770,7 +770,7 @@ void logits_row_sumexp(double *sumexp, const real *logits, const real *row_max, 
         /* a sum of up to ~10^5 terms: double, see the top of the file */
         double sum = 0;
 #pragma omp simd reduction(+ : sum)
-        for (int j = 0; j < V; j++) sum += softmax_exp(x[j] - row_max[n]);
+        for (int j = 0; j < V; j++) sum += vector_exp(x[j] - row_max[n]);
         sumexp[n] = sum;
     }
 }
@@ -795,7 +795,7 @@ void logprob_backward_shard(real *dlogits, const real *dlogp, const real *logits
         real *dx = dlogits + (size_t)n * V;
         real g = dlogp[n];
 #pragma omp simd
-        for (int j = 0; j < V; j++) dx[j] -= g * softmax_exp(x[j] - lse[n]);
+        for (int j = 0; j < V; j++) dx[j] -= g * vector_exp(x[j] - lse[n]);
         int local = targets[n] - vocab_start;
         if (local >= 0 && local < V) dx[local] += g;
     }

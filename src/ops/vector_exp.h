@@ -1,9 +1,9 @@
 /*
- * softmax_exp.h - exp for the softmaxes of the CPU ops (attention's probabilities, the
- * vocabulary's log-sum-exp and its gradient), where the argument is a score minus its row's
- * maximum or log-sum-exp. glibc's expf is a call per element (about 6 ns on the 2-core VM of
- * docs/BENCHMARKS.md), and the exponentials were most of the fused attention's time; this one is
- * a dozen arithmetic instructions that the compiler vectorises across a row.
+ * vector_exp.h - exp for the CPU ops' long elementwise loops: the softmaxes (attention's
+ * probabilities, the vocabulary's log-sum-exp and its gradient) and SwiGLU's sigmoid. glibc's expf
+ * is a call per element (about 6 ns on the 2-core VM of docs/BENCHMARKS.md), and the
+ * exponentials were a third of the fused attention's time; this one is a dozen arithmetic
+ * instructions that the compiler vectorises across a row.
  *
  *   exp(x) = 2^n exp(r),  n = round(x / ln 2),  r = x - n ln 2 in [-ln2/2, ln2/2],
  *
@@ -13,8 +13,8 @@
  * -87 it returns 0 where expf would give a denormal (under 2^-125 of the row's largest term).
  * In the double build (the gradient checks) it is exp itself.
  */
-#ifndef PAFT_SOFTMAX_EXP_H
-#define PAFT_SOFTMAX_EXP_H
+#ifndef PAFT_VECTOR_EXP_H
+#define PAFT_VECTOR_EXP_H
 
 #include <math.h>
 #include <stdint.h>
@@ -23,9 +23,9 @@
 #include "util/common.h"
 
 #ifdef PAFT_REAL_DOUBLE
-static inline real softmax_exp(real x) { return exp(x); }
+static inline real vector_exp(real x) { return exp(x); }
 #else
-static inline float softmax_exp(float x) {
+static inline float vector_exp(float x) {
     /* keep 2^n a normal float: n in [-126, 127] */
     const float xc = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
     /* adding 1.5 * 2^23 rounds x / ln 2 to an integer, which lands in the low mantissa bits */
@@ -47,4 +47,4 @@ static inline float softmax_exp(float x) {
 }
 #endif
 
-#endif /* PAFT_SOFTMAX_EXP_H */
+#endif /* PAFT_VECTOR_EXP_H */
