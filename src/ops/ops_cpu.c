@@ -3,7 +3,9 @@
  * program, double in the gradient-check build). This is the readable reference every other backend
  * is tested against, so each op is written the obvious way first and made fast only where that
  * costs little clarity: loops run over rows in parallel, inner loops walk contiguous memory, and no
- * two threads ever write the same gradient element (results do not depend on the thread count).
+ * two threads ever write the same gradient element (results do not depend on the thread count,
+ * with one exception: the fused attention's backward picks how to split its work by the thread
+ * count, and its two ways add in different orders; PAFT_CPU_ATTENTION_PASSES fixes it).
  *
  * Numerics follow PyTorch/transformers in fp32 (the model tests compare logits to 1e-5):
  *   - dot products (matmul, attention scores) accumulate in `real`, like BLAS does;
