@@ -22,6 +22,12 @@ static inline uint64_t rng_splitmix64(uint64_t *state) {
 
 static inline void rng_seed(Rng *rng, uint64_t seed) { rng->state = seed; }
 static inline uint64_t rng_u64(Rng *rng) { return rng_splitmix64(&rng->state); }
+/* The stream n draws of rng_u64 later: the state only counts, so a long stream can be cut into
+ * pieces that threads fill in parallel with the values one thread would have drawn. */
+static inline Rng rng_skipped(Rng rng, uint64_t n) {
+    rng.state += n * 0x9E3779B97F4A7C15ULL; /* modulo 2^64, as the draws add it */
+    return rng;
+}
 /* Uniform in [0, 1) with 53 random bits. */
 static inline double rng_uniform(Rng *rng) { return (double)(rng_u64(rng) >> 11) * 0x1.0p-53; }
 /* Standard normal (Box-Muller; one of the pair is discarded for simplicity). */
