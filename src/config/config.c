@@ -18,6 +18,10 @@
 #include "parallel/collectives.h"
 #include "util/common.h"
 
+/* A wrong setting is wrong on every rank alike (they read the same file and arguments): rank 0
+ * says so once, instead of a copy of the line per rank. */
+#define CONFIG_FATAL(...) PAFT_FATAL_SHARED(paft_world_rank() == 0, __VA_ARGS__)
+
 typedef enum { KEY_INT, KEY_DOUBLE, KEY_BOOL, KEY_STRING, KEY_CHOICE, KEY_PAIR } KeyType;
 
 typedef struct {
@@ -128,7 +132,7 @@ static int choice_allowed(const char *choices, const char *value) {
 
 static void check_range(const ConfigKey *k, double v, const char *value, const char *origin) {
     if (v < k->min || v > k->max)
-        PAFT_FATAL("%s: %s.%s = %s is out of range [%g, %g]", origin, k->section, k->key, value,
+        CONFIG_FATAL("%s: %s.%s = %s is out of range [%g, %g]", origin, k->section, k->key, value,
                    k->min, k->max);
 }
 
@@ -137,9 +141,9 @@ void config_set(Config *cfg, const char *section, const char *key, const char *v
     const ConfigKey *k = find_key(section, key);
     if (!k) {
         if (!section_exists(section))
-            PAFT_FATAL("%s: unknown section [%s] (see docs/CONFIG.md for the keys)", origin,
+            CONFIG_FATAL("%s: unknown section [%s] (see docs/CONFIG.md for the keys)", origin,
                        section);
-        PAFT_FATAL("%s: unknown key '%s' in section [%s] (see docs/CONFIG.md)", origin, key,
+        CONFIG_FATAL("%s: unknown key '%s' in section [%s] (see docs/CONFIG.md)", origin, key,
                    section);
     }
     char *slot = (char *)cfg + k->offset;
@@ -147,13 +151,13 @@ void config_set(Config *cfg, const char *section, const char *key, const char *v
     switch (k->type) {
     case KEY_INT:
         if (!paft_parse_number(value, &v) || v != floor(v))
-            PAFT_FATAL("%s: %s.%s = '%s' is not an integer", origin, section, key, value);
+            CONFIG_FATAL("%s: %s.%s = '%s' is not an integer", origin, section, key, value);
         check_range(k, v, value, origin);
         *(int *)slot = (int)v;
         break;
     case KEY_DOUBLE:
         if (!paft_parse_number(value, &v))
-            PAFT_FATAL("%s: %s.%s = '%s' is not a number", origin, section, key, value);
+            CONFIG_FATAL("%s: %s.%s = '%s' is not a number", origin, section, key, value);
         check_range(k, v, value, origin);
         *(double *)slot = v;
         break;
@@ -164,7 +168,7 @@ void config_set(Config *cfg, const char *section, const char *key, const char *v
                  strcmp(value, "no") == 0)
             *(int *)slot = 0;
         else
-            PAFT_FATAL("%s: %s.%s = '%s' is not a boolean (true or false)", origin, section, key,
+            CONFIG_FATAL("%s: %s.%s = '%s' is not a boolean (true or false)", origin, section, key,
                        value);
         break;
     case KEY_CHOICE: /* checked below, stored like a string */
@@ -176,12 +180,12 @@ void config_set(Config *cfg, const char *section, const char *key, const char *v
             n -= 2;
         }
         if (n >= k->size)
-            PAFT_FATAL("%s: %s.%s is %zu characters long, at most %zu are supported", origin,
+            CONFIG_FATAL("%s: %s.%s is %zu characters long, at most %zu are supported", origin,
                        section, key, n, k->size - 1);
         memcpy(slot, value, n);
         slot[n] = '\0';
         if (k->type == KEY_CHOICE && !choice_allowed(k->choices, slot))
-            PAFT_FATAL("%s: %s.%s = '%s' is not one of %s", origin, section, key, slot,
+            CONFIG_FATAL("%s: %s.%s = '%s' is not one of %s", origin, section, key, slot,
                        k->choices);
         break;
     }
@@ -190,12 +194,12 @@ void config_set(Config *cfg, const char *section, const char *key, const char *v
         char first[128];
         double a = 0, b = 0;
         if (!comma || (size_t)(comma - value) >= sizeof first)
-            PAFT_FATAL("%s: %s.%s = '%s' must be two numbers 'sft,pref'", origin, section, key,
+            CONFIG_FATAL("%s: %s.%s = '%s' must be two numbers 'sft,pref'", origin, section, key,
                        value);
         memcpy(first, value, (size_t)(comma - value));
         first[comma - value] = '\0';
         if (!paft_parse_number(first, &a) || !paft_parse_number(comma + 1, &b))
-            PAFT_FATAL("%s: %s.%s = '%s' must be two numbers 'sft,pref'", origin, section, key,
+            CONFIG_FATAL("%s: %s.%s = '%s' must be two numbers 'sft,pref'", origin, section, key,
                        value);
         check_range(k, a, value, origin);
         check_range(k, b, value, origin);
@@ -228,7 +232,7 @@ static int on_ini_entry(void *user, const char *section, const char *name, const
      * a job script can override its own defaults.) */
     const int i = (int)(find_key(section, name) - config_keys);
     if (ctx->set[i])
-        PAFT_FATAL("%s: %s.%s is set more than once (a repeated key, or an indented line read as "
+        CONFIG_FATAL("%s: %s.%s is set more than once (a repeated key, or an indented line read as "
                    "the continuation of its value)", ctx->path, section, name);
     ctx->set[i] = 1;
     return 1;
@@ -242,7 +246,7 @@ static const int ini_longest_line = INI_MAX_LINE - 3; /* room for "\r\n" and the
 /* The file's text, every line checked to fit inih's buffer. */
 static char *read_config_text(const char *path) {
     FILE *f = fopen(path, "rb");
-    if (!f) PAFT_FATAL("%s: cannot open the configuration file", path);
+    if (!f) CONFIG_FATAL("%s: cannot open the configuration file", path);
     char *text = NULL, *line = NULL;
     size_t text_len = 0, capacity = 0;
     FILE *out = open_memstream(&text, &text_len);
@@ -252,7 +256,7 @@ static char *read_config_text(const char *path) {
         fwrite(line, 1, (size_t)n, out);
         while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
         if (n > ini_longest_line)
-            PAFT_FATAL("%s: line %d is %zd characters long; the INI reader takes at most %d: shorten "
+            CONFIG_FATAL("%s: line %d is %zd characters long; the INI reader takes at most %d: shorten "
                        "it, or give that value on the command line (section.key=value)",
                        path, number, n, ini_longest_line);
     }
@@ -263,13 +267,13 @@ static char *read_config_text(const char *path) {
 }
 
 void config_load_file(Config *cfg, const char *path) {
-    if (paft_is_directory(path)) PAFT_FATAL("%s: is a directory, expected an INI file", path);
+    if (paft_is_directory(path)) CONFIG_FATAL("%s: is a directory, expected an INI file", path);
     char *text = read_config_text(path);
     IniContext ctx = {cfg, path, {0}};
     int rc = ini_parse_string(text, on_ini_entry, &ctx);
     free(text);
     if (rc == -2) PAFT_FATAL("%s: out of memory while parsing", path);
-    if (rc > 0) PAFT_FATAL("%s: line %d: not an INI line ([section] or key = value)", path, rc);
+    if (rc > 0) CONFIG_FATAL("%s: line %d: not an INI line ([section] or key = value)", path, rc);
 }
 
 int config_apply_override(Config *cfg, const char *arg) {
@@ -279,7 +283,7 @@ int config_apply_override(Config *cfg, const char *arg) {
     char section[64], key[64];
     size_t slen = (size_t)(dot - arg), klen = (size_t)(eq - dot - 1);
     if (slen == 0 || klen == 0 || slen >= sizeof section || klen >= sizeof key)
-        PAFT_FATAL("command line: '%s' is not of the form section.key=value", arg);
+        CONFIG_FATAL("command line: '%s' is not of the form section.key=value", arg);
     memcpy(section, arg, slen);
     section[slen] = '\0';
     memcpy(key, dot + 1, klen);
@@ -335,11 +339,11 @@ int config_from_args(Config *cfg, int argc, char **argv, char **extra, int max_e
     for (; i < argc; i++) {
         if (config_apply_override(cfg, argv[i])) continue;
         if (!strchr(argv[i], '='))
-            PAFT_FATAL("command line: unexpected argument '%s' (the configuration file comes "
+            CONFIG_FATAL("command line: unexpected argument '%s' (the configuration file comes "
                        "first, then section.key=value or name=value)",
                        argv[i]);
         if (n_extra >= max_extra)
-            PAFT_FATAL("command line: unexpected argument '%s' for 'paft %s'", argv[i], argv[0]);
+            CONFIG_FATAL("command line: unexpected argument '%s' for 'paft %s'", argv[i], argv[0]);
         extra[n_extra++] = argv[i];
     }
     require_same_on_every_rank(cfg);

@@ -449,7 +449,8 @@ static void set_shard_sizes(Model *m, const char *path) {
     };
     for (int i = 0; i < 4; i++)
         if (sizes[i].n % tp != 0)
-            PAFT_FATAL("%s: %s = %d does not divide by parallel.tp = %d (replicating KV heads is "
+            PAFT_FATAL_SHARED(paft_world_rank() == 0, /* every rank loads with this tp */
+                              "%s: %s = %d does not divide by parallel.tp = %d (replicating KV heads is "
                        "not supported: choose tp dividing every one of heads %d, KV heads %d, "
                        "ffn %d and vocab %d)",
                        path, sizes[i].what, sizes[i].n, tp, c->num_heads, c->num_kv_heads,

@@ -11,8 +11,9 @@ void layout_create(Layout *l, MPI_Comm group, int tp) {
     CHECK_MPI(MPI_Comm_rank(group, &l->group_rank));
     CHECK_MPI(MPI_Comm_size(group, &l->group_size));
     if (tp < 1 || l->group_size % tp != 0)
-        PAFT_FATAL("configuration: parallel.tp = %d does not divide the %d ranks of the group", tp,
-                   l->group_size);
+        PAFT_FATAL_SHARED(l->group_rank == 0,
+                          "configuration: parallel.tp = %d does not divide the %d ranks of the group",
+                          tp, l->group_size);
     l->tp = tp;
     l->dp = l->group_size / tp;
     l->tp_rank = l->group_rank % tp;
@@ -40,16 +41,17 @@ MPI_Comm layout_split_world(int sft_ranks, int tp, int *is_sft, int *n_sft) {
     CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
     int s = sft_ranks > 0 ? sft_ranks : size / 2;
     if (size < 2)
-        PAFT_FATAL("paft run needs at least 2 ranks (one SFT, one preference); got %d. Use "
+        PAFT_FATAL_SHARED(rank == 0, "paft run needs at least 2 ranks (one SFT, one preference); got %d. Use "
                    "paft train for one stage on one rank.", size);
     if (s < 1 || s >= size)
-        PAFT_FATAL("configuration: parallel.sft_ranks = %d leaves no rank for one of the groups "
+        PAFT_FATAL_SHARED(rank == 0, "configuration: parallel.sft_ranks = %d leaves no rank for one of the groups "
                    "(world of %d ranks)", s, size);
     const int sizes[2] = {s, size - s};
     const char *names[2] = {"SFT", "preference"};
     for (int g = 0; g < 2; g++)
         if (tp < 1 || sizes[g] % tp != 0)
-            PAFT_FATAL("configuration: parallel.tp = %d does not divide the %d ranks of the %s group "
+            PAFT_FATAL_SHARED(rank == 0,
+                              "configuration: parallel.tp = %d does not divide the %d ranks of the %s group "
                        "(world of %d ranks = %d SFT + %d preference; parallel.sft_ranks sets the split)",
                        tp, sizes[g], names[g], size, sizes[0], sizes[1]);
     *is_sft = rank < s;

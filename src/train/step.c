@@ -22,7 +22,8 @@ void step_context_init(StepContext *ctx, Model *model, const TokenData *data,
     ctx->size = layout->dp;
     const char *section = kind == STAGE_SFT ? "sft" : "pref";
     if (sc->batch % (sc->micro_batch * ctx->size) != 0)
-        PAFT_FATAL("configuration: %s.batch = %d must be a multiple of %s.micro_batch (%d) x "
+        PAFT_FATAL_SHARED(layout->group_rank == 0, /* the whole group reaches it */
+                          "configuration: %s.batch = %d must be a multiple of %s.micro_batch (%d) x "
                    "data-parallel ranks (%d)",
                    section, sc->batch, section, sc->micro_batch, ctx->size);
     ctx->per_rank = sc->batch / ctx->size;

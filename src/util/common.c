@@ -41,6 +41,27 @@ void paft_fatal(const char *file, int line, const char *fmt, ...) {
     exit(1);
 }
 
+void paft_fatal_shared(int reporter, const char *file, int line, const char *fmt, ...) {
+    char message[2048];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(message, sizeof message, fmt, args);
+    va_end(args);
+    if (!reporter && world_size_if_running() > 1) {
+        fflush(stdout);
+        /* the reporter's MPI_Abort ends this process during the wait (PAFT_SHARED_ERROR_WAIT
+         * seconds, 30 by default: the tests shorten it) */
+        const char *wait_text = getenv("PAFT_SHARED_ERROR_WAIT");
+        double wait = 30;
+        if (wait_text && (!paft_parse_number(wait_text, &wait) || wait < 0)) wait = 30;
+        for (int second = 0; second < (int)wait; second++) {
+            struct timespec one = {1, 0};
+            nanosleep(&one, NULL);
+        }
+    }
+    paft_fatal(file, line, "%s", message);
+}
+
 void paft_check_mpi_failed(int rc, const char *call, const char *file, int line) {
     char text[MPI_MAX_ERROR_STRING] = "";
     int len = 0;

@@ -39,6 +39,14 @@ extern "C" {
 /* Print "paft: error: [rank R] <message> (file:line)" and end the job (MPI_Abort or exit(1)). */
 PAFT_NORETURN void paft_fatal(const char *file, int line, const char *fmt, ...) PAFT_PRINTF(3, 4);
 #define PAFT_FATAL(...) paft_fatal(__FILE__, __LINE__, __VA_ARGS__)
+/* A fatal error that a set of ranks all reach alike, because it follows from what they share (the
+ * configuration, the rank counts): only the rank passing reporter = 1 (rank 0 of that set) prints
+ * it, so a 64-rank job shows one line, not 64; its MPI_Abort ends the others, which wait for it.
+ * Should it not come within 30 s (PAFT_SHARED_ERROR_WAIT; the verdict was not shared after all:
+ * an MPMD launch with other arguments), they report it too. */
+PAFT_NORETURN void paft_fatal_shared(int reporter, const char *file, int line, const char *fmt, ...)
+    PAFT_PRINTF(4, 5);
+#define PAFT_FATAL_SHARED(reporter, ...) paft_fatal_shared(reporter, __FILE__, __LINE__, __VA_ARGS__)
 
 /* Informational output: printed by rank 0 of MPI_COMM_WORLD only (or always without MPI). */
 void paft_log(const char *fmt, ...) PAFT_PRINTF(1, 2);
