@@ -28,12 +28,14 @@ int cmd_eval(int argc, char **argv) {
         if (strncmp(extra[i], "model=", 6) == 0)
             path = extra[i] + 6;
         else
-            PAFT_FATAL("command line: unknown argument '%s' for 'paft eval' (model=PATH)", extra[i]);
+            ARGUMENT_FATAL("command line: unknown argument '%s' for 'paft eval' (model=PATH)",
+                           extra[i]);
     }
-    if (!path) PAFT_FATAL("command line: 'paft eval' needs model=PATH (model, merged.h5 or adapter.h5)");
+    if (!path) ARGUMENT_FATAL("command line: 'paft eval' needs model=PATH (model, merged.h5 or "
+                              "adapter.h5)");
     if (!cfg.eval.sft_data[0] && !cfg.eval.pref_data[0])
-        PAFT_FATAL("configuration: set eval.sft_data and/or eval.pref_data");
-    if (!cfg.model.path[0]) PAFT_FATAL("configuration: model.path (the base model) is not set");
+        ARGUMENT_FATAL("configuration: set eval.sft_data and/or eval.pref_data");
+    if (!cfg.model.path[0]) ARGUMENT_FATAL("configuration: model.path (the base model) is not set");
     if (paft_is_directory(path)) {
         /* a PEFT copy (<stage>/peft/) would otherwise fail as "config.json: cannot open" */
         char *peft_config = paft_path_join(path, "adapter_config.json");

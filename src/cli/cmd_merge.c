@@ -14,8 +14,9 @@ int cmd_merge(int argc, char **argv) {
     char *extra[4];
     int n_extra = config_from_args(&cfg, argc, argv, extra, 4);
     if (n_extra > 0)
-        PAFT_FATAL("command line: unknown argument '%s' for 'paft merge' (settings are "
-                   "section.key=value, e.g. merge.method=ties)", extra[0]);
+        ARGUMENT_FATAL("command line: unknown argument '%s' for 'paft merge' (settings are "
+                       "section.key=value, e.g. merge.method=ties)",
+                       extra[0]);
     merge_stage_run(&cfg, MPI_COMM_WORLD);
     return 0;
 }

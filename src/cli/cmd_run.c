@@ -21,7 +21,8 @@ int cmd_run(int argc, char **argv) {
     char *extra[1];
     int n_extra = config_from_args(&cfg, argc, argv, extra, 1);
     if (n_extra > 0)
-        PAFT_FATAL("command line: unknown argument '%s' for 'paft run' (section.key=value)", extra[0]);
+        ARGUMENT_FATAL("command line: unknown argument '%s' for 'paft run' (section.key=value)",
+                       extra[0]);
     int world;
     CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &world));
     int is_sft = 0, n_sft = 0;

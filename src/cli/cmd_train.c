@@ -19,9 +19,11 @@ int cmd_train(int argc, char **argv) {
         if (strncmp(extra[i], "stage=", 6) == 0)
             stage = extra[i] + 6;
         else
-            PAFT_FATAL("command line: unknown argument '%s' for 'paft train' (stage=...)", extra[i]);
+            ARGUMENT_FATAL("command line: unknown argument '%s' for 'paft train' (stage=...)",
+                           extra[i]);
     }
-    if (!stage) PAFT_FATAL("command line: 'paft train' needs stage=sft|dpo|ipo|hinge|orpo|pref");
+    if (!stage) ARGUMENT_FATAL("command line: 'paft train' needs "
+                               "stage=sft|dpo|ipo|hinge|orpo|pref");
     StageKind kind = STAGE_PREF;
     if (strcmp(stage, "sft") == 0) {
         kind = STAGE_SFT;
@@ -30,7 +32,8 @@ int cmd_train(int argc, char **argv) {
         /* the stage names the preference loss; pref.loss=... on the command line agrees or loses */
         snprintf(cfg.pref.loss, sizeof cfg.pref.loss, "%s", stage);
     } else if (strcmp(stage, "pref") != 0) {
-        PAFT_FATAL("command line: stage=%s is not one of sft, dpo, ipo, hinge, orpo, pref", stage);
+        ARGUMENT_FATAL("command line: stage=%s is not one of sft, dpo, ipo, hinge, orpo, pref",
+                       stage);
     }
     train_install_signal_handlers();
     train_stage(&cfg, kind, MPI_COMM_WORLD);

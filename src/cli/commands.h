@@ -29,4 +29,8 @@ int cmd_not_yet(int argc, char **argv);
 /* True when argv holds -h or --help. */
 int cli_wants_help(int argc, char **argv);
 
+/* A mistake in the command's arguments is the same on every rank: rank 0 reports it, once
+ * (PAFT_FATAL_SHARED, util/common.h). */
+#define ARGUMENT_FATAL(...) PAFT_FATAL_SHARED(paft_world_rank() == 0, __VA_ARGS__)
+
 #endif
