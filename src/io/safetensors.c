@@ -374,6 +374,16 @@ static void parse_safetensors_header(const char *path, int fd, int shard, Tensor
     }
     cJSON_Delete(root);
     free(header);
+    /* A header of no tensors ("{}", or only __metadata__) is a valid, empty file; then the list
+     * may still be unallocated, and list->items + 0 on NULL is undefined behaviour, so it gets
+     * its own check (and message) instead of going through check_layout. */
+    if (list->n == first) {
+        if (data_size != 0)
+            PAFT_FATAL("%s: the header lists no tensors, but %llu bytes of data follow it "
+                       "(truncated header or trailing garbage)",
+                       path, (unsigned long long)data_size);
+        return;
+    }
     check_layout(path, list->items + first, list->n - first, data_start, data_size);
 }
 
