@@ -536,6 +536,42 @@ void model_check_checkpoint(const Checkpoint *ckpt, const ModelConfig *c) {
     free(views);
 }
 
+/* model_check_checkpoint for a merged file: every tensor the "config" attribute needs is under
+ * /weights at its shape, and nothing else is. Without it the attribute alone sized the model:
+ * a config claiming a 2^31-token vocabulary was allocated before any dataset was looked at. */
+static void check_merged_weights(WeightSource *src, const ModelConfig *c) {
+    TensorView *views = NULL;
+    const int n = model_weight_views(c, &views);
+    char dataset[256];
+    for (int i = 0; i < n; i++) {
+        snprintf(dataset, sizeof dataset, "/weights/%s", views[i].name);
+        if (!h5_exists(&src->h5, dataset))
+            PAFT_FATAL("%s: missing dataset %s (does the config attribute match the weights?)",
+                       src->path, dataset);
+        int64_t dims[2];
+        const int ndim = h5_shape(&src->h5, dataset, dims);
+        const int64_t rows = views[i].global_rows, cols = views[i].global_cols;
+        if (cols == 1 ? ndim != 1 || dims[0] != rows : dims[0] != rows || dims[1] != cols)
+            PAFT_FATAL("%s: dataset %s is %lld x %lld, but the config attribute describes %lld x "
+                       "%lld",
+                       src->path, dataset, (long long)dims[0], (long long)dims[1], (long long)rows,
+                       (long long)(cols == 1 ? 0 : cols));
+    }
+    int n_stored = 0;
+    char **stored = h5_list_group(&src->h5, "/weights", &n_stored);
+    for (int k = 0; k < n_stored; k++) {
+        int used = 0;
+        for (int i = 0; i < n && !used; i++) used = strcmp(views[i].name, stored[k]) == 0;
+        if (!used)
+            PAFT_FATAL("%s: dataset /weights/%s is not part of the model its config attribute "
+                       "describes (%s, num_hidden_layers = %d)",
+                       src->path, stored[k], c->architecture, c->num_layers);
+        free(stored[k]);
+    }
+    free(stored);
+    free(views);
+}
+
 void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t seed,
                 MPI_Comm tp_comm) {
     memset(m, 0, sizeof *m);
@@ -544,7 +580,8 @@ void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t see
     source_open(&src, path, &m->config);
     /* before anything is allocated: a config.json with a huge or wrong shape must fail here by
      * name, not as an allocation of its size */
-    if (!src.merged) model_check_checkpoint(&src.ckpt, &m->config);
+    if (src.merged) check_merged_weights(&src, &m->config);
+    else model_check_checkpoint(&src.ckpt, &m->config);
     m->lora = *lora;
     model_create(m, seed, tp_comm, path);
     /* read this rank's block of every tensor, checking the whole shape against the config */
