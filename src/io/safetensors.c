@@ -393,6 +393,13 @@ static int compare_by_name(const void *a, const void *b) {
     return strcmp(((const TensorInfo *)a)->name, ((const TensorInfo *)b)->name);
 }
 
+/* A file may hold no tensors at all ("{}" is a valid header): then the table is NULL, which qsort
+ * and bsearch must not be handed, even with a count of 0 (their pointers are declared nonnull). */
+static void sort_by_name(Checkpoint *ckpt) {
+    if (ckpt->n_tensors > 0)
+        qsort(ckpt->tensors, (size_t)ckpt->n_tensors, sizeof(TensorInfo), compare_by_name);
+}
+
 static int add_shard(Checkpoint *ckpt, const char *shard_path) {
     int k = ckpt->n_shards++;
     ckpt->shard_paths = paft_realloc(ckpt->shard_paths, (size_t)ckpt->n_shards * sizeof(char *));
@@ -486,7 +493,7 @@ static void open_sharded(Checkpoint *ckpt, const char *dir, const char *index_pa
 
     ckpt->tensors = list->items;
     ckpt->n_tensors = list->n;
-    qsort(ckpt->tensors, (size_t)ckpt->n_tensors, sizeof(TensorInfo), compare_by_name);
+    sort_by_name(ckpt);
     check_unique_names(ckpt);
 
     /* The index and the shards must agree tensor by tensor, in both directions. */
@@ -541,7 +548,7 @@ void checkpoint_open(Checkpoint *ckpt, const char *path) {
     }
     ckpt->tensors = list.items;
     ckpt->n_tensors = list.n;
-    qsort(ckpt->tensors, (size_t)ckpt->n_tensors, sizeof(TensorInfo), compare_by_name);
+    sort_by_name(ckpt);
     check_unique_names(ckpt);
 }
 
@@ -559,6 +566,7 @@ void checkpoint_close(Checkpoint *ckpt) {
 }
 
 const TensorInfo *checkpoint_find(const Checkpoint *ckpt, const char *name) {
+    if (ckpt->n_tensors == 0) return NULL; /* see sort_by_name */
     TensorInfo key;
     memset(&key, 0, sizeof key);
     key.name = (char *)name;
