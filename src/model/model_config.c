@@ -258,6 +258,11 @@ void model_config_parse(ModelConfig *cfg, const char *json_text, const char *sou
                        source, cfg->hidden_size, cfg->num_heads);
         cfg->head_dim = cfg->hidden_size / cfg->num_heads;
     }
+    /* the q projection's width, num_attention_heads x head_dim, is an int throughout (model.c's
+     * layouts, the ops): a product beyond it overflowed there (UBSan) before any shape check */
+    if ((int64_t)cfg->num_heads * cfg->head_dim > INT32_MAX)
+        PAFT_FATAL("%s: num_attention_heads x head_dim = %d x %d is beyond the %d paft supports",
+                   source, cfg->num_heads, cfg->head_dim, INT32_MAX);
     if (cfg->head_dim % 2 != 0)
         PAFT_FATAL("%s: head_dim %d is odd (RoPE rotates pairs of dimensions)", source,
                    cfg->head_dim);
