@@ -84,6 +84,11 @@ static double scope_number(JsonScope s, const char *key, int required, double fa
     }
     if (!cJSON_IsNumber(v))
         PAFT_FATAL("%s: \"%s%s\" must be a number, got %s", s.source, s.where, key, json_kind(v));
+    /* cJSON reads 1e999 as inf: a rope_theta or rms_norm_eps of inf passed the range checks
+     * below (inf > 0) and would only show up as NaN losses */
+    if (!isfinite(v->valuedouble))
+        PAFT_FATAL("%s: \"%s%s\" must be a finite number, got %g", s.source, s.where, key,
+                   v->valuedouble);
     return v->valuedouble;
 }
 
