@@ -512,7 +512,18 @@ static int unused_tensor_allowed(const ModelConfig *c, const char *name) {
     return c->tie_word_embeddings && strcmp(name, "lm_head.weight") == 0;
 }
 
+/* The last layer's input norm: looked for before the whole table of views is built, because that
+ * table grows with num_hidden_layers alone (a 400-byte config.json claiming 99,999 layers cost
+ * 1.7 M views, about 350 MB and seconds, before the first missing tensor was reported). */
+static void last_layer_norm(const ModelConfig *c, char *name, size_t size) {
+    snprintf(name, size, "model.layers.%d.input_layernorm.weight", c->num_layers - 1);
+}
+
 void model_check_checkpoint(const Checkpoint *ckpt, const ModelConfig *c) {
+    char last[160];
+    last_layer_norm(c, last, sizeof last);
+    const int64_t hidden = c->hidden_size;
+    checkpoint_require(ckpt, last, 1, &hidden);
     TensorView *views = NULL;
     const int n = model_weight_views(c, &views);
     for (int i = 0; i < n; i++) { /* every tensor the configuration needs, at its shape */
@@ -540,9 +551,14 @@ void model_check_checkpoint(const Checkpoint *ckpt, const ModelConfig *c) {
  * /weights at its shape, and nothing else is. Without it the attribute alone sized the model:
  * a config claiming a 2^31-token vocabulary was allocated before any dataset was looked at. */
 static void check_merged_weights(WeightSource *src, const ModelConfig *c) {
+    char last[160], dataset[256];
+    last_layer_norm(c, last, sizeof last); /* first, as in model_check_checkpoint */
+    snprintf(dataset, sizeof dataset, "/weights/%s", last);
+    if (!h5_exists(&src->h5, dataset))
+        PAFT_FATAL("%s: missing dataset %s (does the config attribute match the weights?)",
+                   src->path, dataset);
     TensorView *views = NULL;
     const int n = model_weight_views(c, &views);
-    char dataset[256];
     for (int i = 0; i < n; i++) {
         snprintf(dataset, sizeof dataset, "/weights/%s", views[i].name);
         if (!h5_exists(&src->h5, dataset))

@@ -71,6 +71,7 @@ int main(int argc, char **argv) {
                "\"num_attention_heads\": 2, \"num_key_value_heads\": 1, \"rms_norm_eps\": 1e-05}");
     put_string(file, "dtype", "fp32");
     put_floats(file, "/weights/model.embed_tokens.weight", 2, 2);
+    put_floats(file, "/weights/model.layers.0.input_layernorm.weight", 8, 1); /* looked for first */
     CHECK_H5(H5Fclose(file));
     free(path);
 
