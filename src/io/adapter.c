@@ -319,36 +319,50 @@ static void delta_sparsity_of(H5File *f, const char *path, int64_t r, double sca
                        path, modules.names[i], PAFT_MAX_LAYERS - 1);
         max_layer = PAFT_MAX(max_layer, layer);
     }
+    /* what the sizes below are computed from must be a LoRA rank (config.c's range) */
+    if (r < 1 || r > 65536)
+        PAFT_FATAL("%s: attribute 'r' = %lld is not a LoRA rank (1 to 65536)", path, (long long)r);
     int n_layers = max_layer + 1;
     double *sparsity = paft_malloc((size_t)(n_layers > 0 ? n_layers : 1) * N_PROJ * sizeof(double));
     for (int i = 0; i < n_layers * N_PROJ; i++) sparsity[i] = -1;
     double below_total = 0, count_total = 0;
-    char name[512];
     for (int i = 0; i < modules.n; i++) {
         int layer, p = proj_from_name(modules.names[i], "", &layer);
         int64_t da[2], db[2];
-        snprintf(name, sizeof name, "/lora/%s/A", modules.names[i]);
-        h5_shape(f, name, da);
-        snprintf(name, sizeof name, "/lora/%s/B", modules.names[i]);
-        h5_shape(f, name, db);
-        if (da[0] != r || db[1] != r)
-            PAFT_FATAL("%s: /lora/%s: A is %lld x %lld and B %lld x %lld, expected rank %lld", path,
-                       modules.names[i], (long long)da[0], (long long)da[1], (long long)db[0],
-                       (long long)db[1], (long long)r);
+        char name_a[512], name_b[512];
+        snprintf(name_a, sizeof name_a, "/lora/%s/A", modules.names[i]);
+        snprintf(name_b, sizeof name_b, "/lora/%s/B", modules.names[i]);
+        const int ndim_a = h5_shape(f, name_a, da), ndim_b = h5_shape(f, name_b, db);
+        if (ndim_a != 2 || ndim_b != 2 || da[0] != r || db[1] != r || da[1] < 1 ||
+            da[1] > INT32_MAX || db[0] < 1 || db[0] > INT32_MAX)
+            PAFT_FATAL("%s: /lora/%s: A is %lld x %lld and B %lld x %lld, expected r x in and "
+                       "out x r with rank %lld",
+                       path, modules.names[i], (long long)da[0], (long long)da[1],
+                       (long long)db[0], (long long)db[1], (long long)r);
+        /* the factors are allocated at their declared shapes: the file must hold them (fuzz_hdf5:
+         * a few-KB file declared A of 2 x 2^40, nothing stored, and got it allocated) */
+        h5_require_stored(f, name_a);
+        h5_require_stored(f, name_b);
         real *A = paft_malloc((size_t)(da[0] * da[1]) * sizeof(real));
         real *B = paft_malloc((size_t)(db[0] * db[1]) * sizeof(real));
-        real *delta = paft_malloc((size_t)(db[0] * da[1]) * sizeof(real));
         H5Block ba = h5_whole(da[0], da[1], 1), bb = h5_whole(db[0], db[1], 1);
-        snprintf(name, sizeof name, "/lora/%s/A", modules.names[i]);
-        h5_read_real(f, name, &ba, A);
-        snprintf(name, sizeof name, "/lora/%s/B", modules.names[i]);
-        h5_read_real(f, name, &bb, B);
-        lora_delta(delta, A, B, (int)db[0], (int)da[1], (int)r, (real)scale);
-        size_t n = (size_t)(db[0] * da[1]);
-        size_t below = delta_count_below(delta, n, PAFT_SPARSITY_THRESHOLD);
-        sparsity[layer * N_PROJ + p] = (double)below / (double)n;
+        h5_read_real(f, name_a, &ba, A);
+        h5_read_real(f, name_b, &bb, B);
+        /* delta = s B A a block of rows at a time: out x in is the product of two stored sizes,
+         * quadratic in the file's size, and only its count of small values is needed */
+        const int64_t out_rows = db[0], in = da[1];
+        const int64_t block = PAFT_MAX((int64_t)1, ((int64_t)1 << 20) / in);
+        real *delta = paft_malloc((size_t)(PAFT_MIN(block, out_rows) * in) * sizeof(real));
+        size_t below = 0;
+        for (int64_t row = 0; row < out_rows; row += block) {
+            const int64_t rows = PAFT_MIN(block, out_rows - row);
+            lora_delta(delta, A, B + row * r, (int)rows, (int)in, (int)r, (real)scale);
+            below += delta_count_below(delta, (size_t)(rows * in), PAFT_SPARSITY_THRESHOLD);
+        }
+        const double n = (double)out_rows * (double)in;
+        sparsity[layer * N_PROJ + p] = (double)below / n;
         below_total += (double)below;
-        count_total += (double)n;
+        count_total += n;
         free(A);
         free(B);
         free(delta);

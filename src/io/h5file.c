@@ -166,6 +166,33 @@ int h5_shape(H5File *f, const char *name, int64_t dims[2]) {
     return ndim;
 }
 
+void h5_require_stored(H5File *f, const char *name) {
+    if (!h5_exists(f, name)) PAFT_FATAL("%s: missing dataset %s", f->path, name);
+    hid_t dset = H5Dopen2(f->file, name, H5P_DEFAULT);
+    if (dset < 0) PAFT_FATAL("%s: %s is not a dataset", f->path, name);
+    hid_t dcpl = H5Dget_create_plist(dset);
+    CHECK_H5(dcpl);
+    const int filters = H5Pget_nfilters(dcpl);
+    CHECK_H5(filters);
+    CHECK_H5(H5Pclose(dcpl));
+    hid_t space = H5Dget_space(dset);
+    CHECK_H5(space);
+    const hssize_t n = H5Sget_simple_extent_npoints(space);
+    CHECK_H5(n);
+    CHECK_H5(H5Sclose(space));
+    hid_t type = H5Dget_type(dset);
+    CHECK_H5(type);
+    const size_t size = H5Tget_size(type);
+    CHECK_H5(H5Tclose(type));
+    const hsize_t stored = H5Dget_storage_size(dset);
+    CHECK_H5(H5Dclose(dset));
+    /* in double: n * size may exceed 64 bits for a declared shape */
+    if (filters == 0 && (double)stored < (double)n * (double)size)
+        PAFT_FATAL("%s: dataset %s declares %lld values of %zu bytes but the file stores only %llu "
+                   "bytes of them (truncated or corrupt)",
+                   f->path, name, (long long)n, size, (unsigned long long)stored);
+}
+
 /* Check the dataset has the block's global shape, then read the block collectively, HDF5
  * converting the stored type to mem_type. */
 static void read_block(H5File *f, const char *name, const H5Block *b, hid_t mem_type, void *data) {

@@ -53,6 +53,11 @@ int h5_exists(H5File *f, const char *name);
 /* The shape of dataset NAME (ndim returned; dims filled up to 2). Fatal if missing. */
 int h5_shape(H5File *f, const char *name, int64_t dims[2]);
 
+/* Fatal error naming the file unless dataset NAME stores all the values its shape declares (a
+ * tiny file can declare a 2^40-element dataset: chunked, nothing written, HDF5 reads fill values).
+ * Datasets with filters (compression) are taken at their word: their stored size says nothing. */
+void h5_require_stored(H5File *f, const char *name);
+
 /* Root attributes (collective for writing: every rank passes the same value). */
 void h5_set_attr_string(H5File *f, const char *name, const char *value);
 void h5_set_attr_int(H5File *f, const char *name, int64_t value);

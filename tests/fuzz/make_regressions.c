@@ -7,6 +7,8 @@
  *   merged_huge_config.h5   a merged model whose "config" attribute claims a 2^31-token vocabulary
  *                           and hidden size 2^30 over a 2 x 2 embedding: model_load allocated the
  *                           model the attribute describes before looking at any dataset
+ *   adapter_huge_declared.h5  an adapter of a few KB whose A declares 2 x 2^30 values and stores
+ *                           none: paft inspect allocated A (and the delta) at that shape
  *   tiny_sft.bin            token data for `paft eval` to get as far as loading the model
  *
  * Written without paft's writers (h5file.c), so that a writer cannot hide a reader's bug.
@@ -51,6 +53,35 @@ static void put_floats(hid_t file, const char *name, hsize_t rows, hsize_t cols)
     CHECK_H5(H5Sclose(space));
 }
 
+static void put_number(hid_t file, const char *name, hid_t type, const void *value) {
+    hid_t space = H5Screate(H5S_SCALAR);
+    CHECK_H5(space);
+    hid_t attr = H5Acreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    CHECK_H5(attr);
+    CHECK_H5(H5Awrite(attr, type, value));
+    CHECK_H5(H5Aclose(attr));
+    CHECK_H5(H5Sclose(space));
+}
+
+/* A dataset of that shape with nothing written: chunked, so the file stays a few KB. */
+static void declare_floats(hid_t file, const char *name, hsize_t rows, hsize_t cols) {
+    hsize_t dims[2] = {rows, cols}, chunk[2] = {rows < 16 ? rows : 16, 16};
+    hid_t space = H5Screate_simple(2, dims, NULL);
+    CHECK_H5(space);
+    hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+    CHECK_H5(dcpl);
+    CHECK_H5(H5Pset_chunk(dcpl, 2, chunk));
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    CHECK_H5(lcpl);
+    CHECK_H5(H5Pset_create_intermediate_group(lcpl, 1));
+    hid_t dset = H5Dcreate2(file, name, H5T_IEEE_F32LE, space, lcpl, dcpl, H5P_DEFAULT);
+    CHECK_H5(dset);
+    CHECK_H5(H5Dclose(dset));
+    CHECK_H5(H5Pclose(lcpl));
+    CHECK_H5(H5Pclose(dcpl));
+    CHECK_H5(H5Sclose(space));
+}
+
 static char *path_in(const char *dir, const char *name) { return paft_path_join(dir, name); }
 
 int main(int argc, char **argv) {
@@ -72,6 +103,25 @@ int main(int argc, char **argv) {
     put_string(file, "dtype", "fp32");
     put_floats(file, "/weights/model.embed_tokens.weight", 2, 2);
     put_floats(file, "/weights/model.layers.0.input_layernorm.weight", 8, 1); /* looked for first */
+    CHECK_H5(H5Fclose(file));
+    free(path);
+
+    path = path_in(dir, "adapter_huge_declared.h5");
+    file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (file < 0) PAFT_FATAL("%s: cannot create", path);
+    put_string(file, "format", "paft-adapter-1");
+    put_string(file, "stage", "sft");
+    put_string(file, "targets", "q_proj");
+    put_string(file, "base_fingerprint", "0000000000000007");
+    put_string(file, "base_model", "random:llama");
+    const int64_t step = 3, r = 2, rslora = 0;
+    const double alpha = 4;
+    put_number(file, "step", H5T_NATIVE_INT64, &step);
+    put_number(file, "r", H5T_NATIVE_INT64, &r);
+    put_number(file, "alpha", H5T_NATIVE_DOUBLE, &alpha);
+    put_number(file, "rslora", H5T_NATIVE_INT64, &rslora);
+    declare_floats(file, "/lora/model.layers.0.self_attn.q_proj/A", 2, (hsize_t)1 << 30);
+    put_floats(file, "/lora/model.layers.0.self_attn.q_proj/B", 8, 2);
     CHECK_H5(H5Fclose(file));
     free(path);
 
