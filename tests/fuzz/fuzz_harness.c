@@ -102,16 +102,15 @@ static void release_abandoned(void) {
 
 void __wrap_paft_fatal(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+void __wrap_paft_fatal_shared(int reporter, const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 void __real_exit(int status);
 void *__real_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
 int __real_munmap(void *addr, size_t len);
 
-void __wrap_paft_fatal(const char *file, int line, const char *fmt, ...) {
-    char message[2048];
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(message, sizeof message, fmt, args);
-    va_end(args);
+/* What both fatal entry points do with their message: outside an input, what paft does; inside
+ * one, check that it names the input, release what the reader held and jump back. */
+static void fatal_error(const char *message, const char *file, int line) {
     if (!fz.armed) { /* outside an input (start-up): the real thing */
         fprintf(stderr, "paft: error: %s (%s:%d)\n", message, file, line);
         __real_exit(1);
@@ -125,6 +124,28 @@ void __wrap_paft_fatal(const char *file, int line, const char *fmt, ...) {
     }
     release_abandoned();
     longjmp(fuzz_on_fatal, 1);
+}
+
+void __wrap_paft_fatal(const char *file, int line, const char *fmt, ...) {
+    char message[2048];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(message, sizeof message, fmt, args);
+    va_end(args);
+    fatal_error(message, file, line);
+}
+
+/* PAFT_FATAL_SHARED (config parsing, argument errors): common.c forwards it to paft_fatal inside
+ * its own file, where --wrap does not reach, so without this wrapper its message would end in
+ * __wrap_exit unchecked. One process, so every rank is the reporter: no wait. */
+void __wrap_paft_fatal_shared(int reporter, const char *file, int line, const char *fmt, ...) {
+    (void)reporter;
+    char message[2048];
+    va_list args;
+    va_start(args, fmt);
+    vsnprintf(message, sizeof message, fmt, args);
+    va_end(args);
+    fatal_error(message, file, line);
 }
 
 /* paft_fatal's own exit (common.c calls paft_fatal inside its own file, where --wrap does not

@@ -1,9 +1,10 @@
 /*
  * fuzz_harness.h - what every libFuzzer harness of paft's readers shares (tests/fuzz/README.md).
  *
- * A reader that finds something wrong calls PAFT_FATAL, which prints and exit()s. A harness runs
- * thousands of inputs per second in one process, so the harnesses are linked with
- *   -Wl,--wrap=paft_fatal,--wrap=exit,--wrap=mmap,--wrap=munmap
+ * A reader that finds something wrong calls PAFT_FATAL (or PAFT_FATAL_SHARED), which prints and
+ * exit()s. A harness runs thousands of inputs per second in one process, so the harnesses are
+ * linked with
+ *   -Wl,--wrap=paft_fatal,--wrap=paft_fatal_shared,--wrap=exit,--wrap=mmap,--wrap=munmap
  * and, while an input runs (between fuzz_begin's setjmp and fuzz_end), a fatal error jumps back to
  * the harness instead of ending the process. What the abandoned reader held is then released as
  * far as it can be: descriptors opened since start-up are closed, mappings made during the input
