@@ -253,6 +253,9 @@ static char *read_config_text(const char *path) {
     if (!out) PAFT_FATAL("%s: out of memory reading the configuration file", path);
     ssize_t n;
     for (int number = 1; (n = getline(&line, &capacity, f)) >= 0; number++) {
+        /* inih reads a string: text past a NUL byte would be dropped without a word */
+        if (memchr(line, '\0', (size_t)n))
+            CONFIG_FATAL("%s: line %d holds a NUL byte: not a text file", path, number);
         fwrite(line, 1, (size_t)n, out);
         while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
         if (n > ini_longest_line)
