@@ -304,7 +304,7 @@ static int copy_tokenizer_files(const char *base_model, const char *outdir) {
         char *src = paft_path_join(dir, files[i]);
         if (paft_path_exists(src)) {
             size_t len = 0;
-            char *data = paft_read_text_file(src, (size_t)1 << 30, &len);
+            char *data = paft_read_file(src, (size_t)1 << 30, &len); /* tokenizer.model is binary */
             char *dst = paft_path_join(outdir, files[i]);
             char *tmp = tmp_name(dst);
             FILE *fp = fopen(tmp, "wb");

@@ -103,7 +103,7 @@ char *paft_strdup_at(const char *s, const char *file, int line) {
     return p;
 }
 
-char *paft_read_text_file(const char *path, size_t max_bytes, size_t *out_len) {
+char *paft_read_file(const char *path, size_t max_bytes, size_t *out_len) {
     FILE *f = fopen(path, "rb");
     if (!f) PAFT_FATAL("%s: cannot open: %s", path, strerror(errno));
     if (fseek(f, 0, SEEK_END) != 0) PAFT_FATAL("%s: cannot seek: %s", path, strerror(errno));
@@ -119,6 +119,17 @@ char *paft_read_text_file(const char *path, size_t max_bytes, size_t *out_len) {
     text[size] = '\0';
     fclose(f);
     if (out_len) *out_len = (size_t)size;
+    return text;
+}
+
+char *paft_read_text_file(const char *path, size_t max_bytes, size_t *out_len) {
+    size_t len = 0;
+    char *text = paft_read_file(path, max_bytes, &len);
+    /* the JSON parser reads up to the first NUL: whatever follows it would go unread */
+    const char *nul = memchr(text, '\0', len);
+    if (nul)
+        PAFT_FATAL("%s: byte %zu is a NUL byte: not a text file", path, (size_t)(nul - text));
+    if (out_len) *out_len = len;
     return text;
 }
 

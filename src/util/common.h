@@ -89,7 +89,10 @@ PAFT_NORETURN void paft_check_mpi_failed(int rc, const char *call, const char *f
         if ((long long)(call) < 0) paft_fatal(__FILE__, __LINE__, "HDF5 call failed: %s", #call);  \
     } while (0)
 
-/* Read a whole (small) file into a NUL-terminated buffer; fatal error naming the file on failure. */
+/* Read a whole (small) file into a NUL-terminated buffer; fatal error naming the file on failure
+ * (and when it holds more than max_bytes). */
+char *paft_read_file(const char *path, size_t max_bytes, size_t *out_len);
+/* The same for a text file (JSON): a NUL byte inside it is an error naming the file. */
 char *paft_read_text_file(const char *path, size_t max_bytes, size_t *out_len);
 /* Does the path exist, and is it a directory? */
 int paft_path_exists(const char *path);
