@@ -291,6 +291,16 @@ int adapter_is_hdf5(const unsigned char *magic, size_t len) {
     return len >= 8 && memcmp(magic, signature, 8) == 0;
 }
 
+int adapter_path_is_hdf5(const char *path) {
+    if (paft_is_directory(path)) return 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return 0; /* the reader that opens it says why */
+    unsigned char magic[8];
+    const size_t n = fread(magic, 1, sizeof magic, f);
+    fclose(f);
+    return adapter_is_hdf5(magic, n);
+}
+
 
 
 /* The sparsity of delta = s B A of every module of an open adapter file. */
@@ -404,13 +414,15 @@ void adapter_describe(const char *path, FILE *out) {
     int64_t rslora = h5_get_attr_int(&f, "rslora");
     int checkpoint = h5_exists(&f, "/optim");
     double scale = rslora ? alpha / sqrt((double)r) : alpha / (double)r;
+    /* the factors are checked (and the delta measured) before anything is printed, so a broken
+     * file gets its error alone rather than after a header that looks fine */
+    DeltaSparsity ds;
+    delta_sparsity_of(&f, path, r, scale, &ds);
     fprintf(out, "%s: paft %s (%s)\n", path, checkpoint ? "training checkpoint" : "adapter", ADAPTER_FORMAT);
     fprintf(out, "  stage %s, step %lld; LoRA r=%lld alpha=%g%s (scale %g) on %s\n", stage,
             (long long)step, (long long)r, alpha, rslora ? " rslora" : "", scale, targets);
     fprintf(out, "  base model %s (fingerprint %s)\n", base, fp);
 
-    DeltaSparsity ds;
-    delta_sparsity_of(&f, path, r, scale, &ds);
     const int n_layers = ds.n_layers;
     const double *sparsity = ds.per_module;
     fprintf(out, "\n  sparsity of delta = s B A (fraction of |delta| < %g) per layer and module:\n",

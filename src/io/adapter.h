@@ -72,5 +72,7 @@ void adapter_describe(const char *path, FILE *out);
 double adapter_delta_sparsity(const char *path);
 /* Does the file look like an HDF5 file (signature at offset 0)? */
 int adapter_is_hdf5(const unsigned char *magic, size_t len);
+/* Is PATH a file (not a directory) that starts with the HDF5 signature? 0 when unreadable. */
+int adapter_path_is_hdf5(const char *path);
 
 #endif

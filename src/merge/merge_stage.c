@@ -552,13 +552,7 @@ static void open_base(Stage *s) {
  * bytes). train and eval also take a merged .h5 as model.path, so users try it here too: say what
  * to do rather than let the safetensors reader report a nonsense header length. */
 static void refuse_hdf5_base(const char *path) {
-    if (paft_is_directory(path)) return;
-    FILE *f = fopen(path, "rb");
-    if (!f) return; /* the base reader reports why */
-    unsigned char magic[8];
-    const size_t n = fread(magic, 1, sizeof magic, f);
-    fclose(f);
-    if (!adapter_is_hdf5(magic, n)) return;
+    if (!adapter_path_is_hdf5(path)) return; /* the base reader reports what it is */
     if (merged_is_merged_file(path))
         PAFT_FATAL("%s: model.path is a merged model (paft HDF5); the merge needs a Hugging Face "
                    "base model (config.json + safetensors): `paft export %s DIR` writes one",

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/adapter.h"
 #include "io/h5file.h"
 #include "io/merged_h5.h"
 #include "io/safetensors.h"
@@ -285,8 +286,15 @@ static void layout_scratch(const Model *m, int B, int T, GradScratch *s, Carver 
 
 /* ---- loading ---------------------------------------------------------------------------------*/
 
+/* Where a model's config.json is. An HDF5 file that is not a merged model (an adapter or a
+ * training checkpoint given as model.path) has none beside it to look for: say what it is. */
 static char *config_json_path(const char *path) {
     if (paft_is_directory(path)) return paft_path_join(path, "config.json");
+    if (adapter_path_is_hdf5(path))
+        PAFT_FATAL("%s: an HDF5 file that is not a paft merged model (an adapter or checkpoint?); "
+                   "model.path takes a Hugging Face model directory, a .safetensors file or a "
+                   "merged .h5; an adapter is given as model.adapter (training) or model=adapter.h5 "
+                   "(paft eval)", path);
     /* a single .safetensors file: its config.json sits beside it */
     char *dir = paft_strdup(path);
     char *slash = strrchr(dir, '/');

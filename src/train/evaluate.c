@@ -100,13 +100,7 @@ void evaluate_pref(Model *policy, Model *reference, const TokenData *data, int m
 
 /* Is PATH a paft adapter (an HDF5 file that is not a merged model)? */
 static int is_adapter_file(const char *path) {
-    if (paft_is_directory(path)) return 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return 0;
-    unsigned char magic[8];
-    size_t n = fread(magic, 1, 8, f);
-    fclose(f);
-    return adapter_is_hdf5(magic, n) && !merged_is_merged_file(path);
+    return adapter_path_is_hdf5(path) && !merged_is_merged_file(path);
 }
 
 /* The adapter an adapter file was trained on top of ("" when none). */
