@@ -68,7 +68,7 @@ static void write_adapter(const char *model_dir, const char *path, int r, double
 
 static void copy_file(const char *from, const char *to, long keep_bytes) {
     size_t len = 0;
-    char *data = paft_read_text_file(from, (size_t)1 << 30, &len);
+    char *data = paft_read_file(from, (size_t)1 << 30, &len);
     FILE *f = fopen(to, "wb");
     size_t n = keep_bytes >= 0 ? (size_t)keep_bytes : len;
     if (!f || fwrite(data, 1, n, f) != n || fclose(f) != 0) PAFT_FATAL("%s: cannot write", to);
