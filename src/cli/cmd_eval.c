@@ -48,6 +48,11 @@ int cmd_eval(int argc, char **argv) {
                        "give model=<stage>/adapter.h5 (beside the peft/ folder)", path);
     }
 
+    /* rank 0 opens the inputs first while the others wait: a bad file gets one message (its
+     * MPI_Abort ends the others), not one per rank */
+    int rank;
+    CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+    if (rank != 0) CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD));
     TokenData *sft = NULL, *pref = NULL;
     {
         /* the vocabulary to check the data against: the base model's */
@@ -58,6 +63,7 @@ int cmd_eval(int argc, char **argv) {
         if (cfg.eval.sft_data[0]) sft = token_data_open(cfg.eval.sft_data, TOKEN_DATA_SFT, vocab);
         if (cfg.eval.pref_data[0]) pref = token_data_open(cfg.eval.pref_data, TOKEN_DATA_PREF, vocab);
     }
+    if (rank == 0) CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD));
     EvalResult es, ep;
     evaluate_model_path(&cfg, path, sft, pref, MPI_COMM_WORLD, &es, &ep);
     paft_log("%s:", path);

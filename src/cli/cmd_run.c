@@ -4,7 +4,8 @@
  * The world splits into an SFT group (the first parallel.sft_ranks ranks; default half) and a
  * preference group. Both train at the same time from the same base model, each with its own
  * TP x DP grid, and may finish at different times. When both are done, every rank of the world
- * joins the merge stage, which writes <output.dir>/merged.h5 (merge.* keys).
+ * joins the merge stage, which writes <output.dir>/merged.h5 (merge.* keys). Before either group
+ * loads the model, world rank 0 checks both stages' inputs and the merge's settings.
  */
 #include <mpi.h>
 
@@ -29,6 +30,17 @@ int cmd_run(int argc, char **argv) {
     MPI_Comm group = layout_split_world(cfg.parallel.sft_ranks, cfg.parallel.tp, &is_sft, &n_sft);
     paft_log("paft run: %d ranks = %d SFT (world ranks 0-%d) + %d preference (%s), tp = %d\n",
              world, n_sft, n_sft - 1, world - n_sft, cfg.pref.loss, cfg.parallel.tp);
+    /* Before anyone loads a model: both stages' inputs and the merge's settings, checked on world
+     * rank 0 while the others wait (one message; its MPI_Abort ends them). Found now, a bad
+     * preference data file or merge.density costs seconds, not the other group's whole run. */
+    int rank;
+    CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+    if (rank == 0) {
+        train_check_stage(&cfg, STAGE_SFT, n_sft);
+        train_check_stage(&cfg, STAGE_PREF, world - n_sft);
+        merge_stage_check_settings(&cfg);
+    }
+    CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD));
     train_install_signal_handlers();
     TrainOutcome outcome = train_stage(&cfg, is_sft ? STAGE_SFT : STAGE_PREF, group);
     CHECK_MPI(MPI_Comm_free(&group));

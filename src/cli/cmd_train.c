@@ -35,6 +35,12 @@ int cmd_train(int argc, char **argv) {
         ARGUMENT_FATAL("command line: stage=%s is not one of sft, dpo, ipo, hinge, orpo, pref",
                        stage);
     }
+    /* the inputs, on rank 0 while the others wait: one message for a bad file, not one per rank */
+    int rank, size;
+    CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
+    CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
+    if (rank == 0) train_check_stage(&cfg, kind, size);
+    CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD));
     train_install_signal_handlers();
     train_stage(&cfg, kind, MPI_COMM_WORLD);
     return 0;

@@ -259,40 +259,6 @@ static void validate_output(const Stage *s) {
     free(dir);
 }
 
-/* Rank 0: the base model, both adapters, the parameters, the output. Returns nothing: any problem
- * ends the job here, before a file is created. */
-static void validate(Stage *s, const Config *cfg) {
-    if (cfg->model.adapter[0])
-        PAFT_FATAL("model.adapter = %s: the merge combines two adapters over the plain base "
-                   "model, so model.adapter must be empty for paft merge", cfg->model.adapter);
-    /* the base: config, every tensor at its shape, the fingerprint */
-    for (int i = 0; i < s->n_views; i++) {
-        const TensorView *v = &s->views[i];
-        int64_t shape[2] = {v->rows, v->cols};
-        checkpoint_require(&s->ckpt, v->name, v->cols == 1 ? 1 : 2, shape);
-    }
-    model_fingerprint(&s->ckpt, s->views, s->n_views, s->fingerprint);
-    for (int a = 0; a < 2; a++) validate_adapter(&s->adapter[a], s);
-    if (same_file(s->adapter[0].path, s->adapter[1].path))
-        PAFT_FATAL("%s: %s and %s name the same adapter; the merge combines two different ones",
-                   s->adapter[1].path, s->adapter[0].key, s->adapter[1].key);
-    /* magnitude top-k must keep something in every tensor it sparsifies */
-    const MergeParams *p = &s->params;
-    if (p->method == MERGE_TIES || p->method == MERGE_MAGNITUDE)
-        for (int i = 0; i < s->n_views; i++) {
-            const StageTensor *t = &s->tensors[i];
-            if (t->proj < 0 || !(s->adapter[0].lora.targets[t->proj] || s->adapter[1].lora.targets[t->proj]))
-                continue;
-            int64_t numel = t->view->rows * t->view->cols;
-            for (int k = 0; k < 2; k++)
-                if (p->density[k] < 1 && (int64_t)(p->density[k] * (double)numel) <= 0)
-                    PAFT_FATAL("merge.density: density %g (%s) keeps int(density * numel) = 0 of "
-                               "the %lld elements of %s (expected at least one)", p->density[k],
-                               s->adapter[k].role, (long long)numel, t->view->name);
-        }
-    validate_output(s);
-}
-
 /* ---- the attributes of the output file ---------------------------------------------------------- */
 
 static char *parameters_json(const Stage *s, const Config *cfg) {
@@ -561,28 +527,105 @@ static void refuse_hdf5_base(const char *path) {
                "Hugging Face base model (config.json + safetensors)", path);
 }
 
+static void stage_init(Stage *s, const Config *cfg) {
+    memset(s, 0, sizeof *s);
+    snprintf(s->base, sizeof s->base, "%s", cfg->model.path);
+    merge_stage_paths(cfg, s->adapter[0].path, s->adapter[1].path, s->out);
+    s->adapter[0].role = "sft";
+    s->adapter[0].key = "merge.sft_adapter";
+    s->adapter[1].role = "pref";
+    s->adapter[1].key = "merge.pref_adapter";
+}
+
+static void stage_close_base(Stage *s) {
+    free(s->tensors);
+    free(s->views);
+    checkpoint_close(&s->ckpt);
+    model_config_free(&s->config);
+}
+
+/* Magnitude top-k must keep something in every tensor it sparsifies. targets[k]: the modules
+ * adapter k adapts. */
+static void check_density_keeps_some(const Stage *s, const int *const targets[2]) {
+    const MergeParams *p = &s->params;
+    if (p->method != MERGE_TIES && p->method != MERGE_MAGNITUDE) return;
+    for (int i = 0; i < s->n_views; i++) {
+        const StageTensor *t = &s->tensors[i];
+        if (t->proj < 0 || !(targets[0][t->proj] || targets[1][t->proj])) continue;
+        int64_t numel = t->view->rows * t->view->cols;
+        for (int k = 0; k < 2; k++)
+            if (p->density[k] < 1 && (int64_t)(p->density[k] * (double)numel) <= 0)
+                PAFT_FATAL("merge.density: density %g (%s) keeps int(density * numel) = 0 of "
+                           "the %lld elements of %s (expected at least one)", p->density[k],
+                           s->adapter[k].role, (long long)numel, t->view->name);
+    }
+}
+
+/* The merge's two slots are not interchangeable: the weights, densities, SLERP's t and the
+ * /stats labels follow them. A preference adapter in the SFT slot together with an SFT adapter in
+ * the preference slot is a swap, refused. One of them alone (two SFT adapters, say) is a merge
+ * someone may mean: noted. */
+static void check_roles(const Stage *s) {
+    const StageAdapter *sft = &s->adapter[0], *pref = &s->adapter[1];
+    const int sft_slot_ok = strcmp(sft->stage, "sft") == 0;
+    const int pref_slot_ok = strcmp(pref->stage, "sft") != 0;
+    if (!sft_slot_ok && !pref_slot_ok)
+        PAFT_FATAL("%s: merge.sft_adapter holds an adapter of the %s stage and merge.pref_adapter "
+                   "(%s) one of the sft stage: the two are swapped (weights, densities and "
+                   "SLERP's t follow the slots)", sft->path, sft->stage, pref->path);
+    if (!sft_slot_ok)
+        paft_log("merge: note: merge.sft_adapter %s was trained by the %s stage, not sft\n",
+                 sft->path, sft->stage);
+    if (!pref_slot_ok)
+        paft_log("merge: note: merge.pref_adapter %s was trained by the sft stage\n", pref->path);
+}
+
+/* Rank 0: everything that does not need the adapters: model.adapter unset, the base model
+ * (config.json, every tensor at its shape), the parameters, the dtype, the output path. Opens the
+ * base (s->config, s->ckpt, s->views, s->tensors). */
+static void validate_base_and_settings(Stage *s, const Config *cfg) {
+    if (cfg->model.adapter[0])
+        PAFT_FATAL("model.adapter = %s: the merge combines two adapters over the plain base "
+                   "model, so model.adapter must be empty for paft merge and paft run",
+                   cfg->model.adapter);
+    if (!paft_path_exists(s->base)) PAFT_FATAL("%s: model.path does not exist", s->base);
+    refuse_hdf5_base(s->base);
+    s->params = params_from_config(cfg);
+    s->dtype = dtype_from_config(cfg);
+    open_base(s);
+    for (int i = 0; i < s->n_views; i++) {
+        const TensorView *v = &s->views[i];
+        int64_t shape[2] = {v->rows, v->cols};
+        checkpoint_require(&s->ckpt, v->name, v->cols == 1 ? 1 : 2, shape);
+    }
+    validate_output(s);
+}
+
+/* Rank 0: the base model, both adapters, the parameters, the output. Returns nothing: any problem
+ * ends the job here, before a file is created. */
+static void validate(Stage *s, const Config *cfg) {
+    validate_base_and_settings(s, cfg);
+    model_fingerprint(&s->ckpt, s->views, s->n_views, s->fingerprint);
+    for (int a = 0; a < 2; a++) validate_adapter(&s->adapter[a], s);
+    if (same_file(s->adapter[0].path, s->adapter[1].path))
+        PAFT_FATAL("%s: %s and %s name the same adapter; the merge combines two different ones",
+                   s->adapter[1].path, s->adapter[0].key, s->adapter[1].key);
+    check_roles(s);
+    const int *const targets[2] = {s->adapter[0].lora.targets, s->adapter[1].lora.targets};
+    check_density_keeps_some(s, targets);
+}
+
 void merge_stage_run(const Config *cfg, MPI_Comm world) {
     int rank, size;
     CHECK_MPI(MPI_Comm_rank(world, &rank));
     CHECK_MPI(MPI_Comm_size(world, &size));
     const double t_start = MPI_Wtime();
     Stage s;
-    memset(&s, 0, sizeof s);
-    snprintf(s.base, sizeof s.base, "%s", cfg->model.path);
-    merge_stage_paths(cfg, s.adapter[0].path, s.adapter[1].path, s.out);
-    s.adapter[0].role = "sft";
-    s.adapter[0].key = "merge.sft_adapter";
-    s.adapter[1].role = "pref";
-    s.adapter[1].key = "merge.pref_adapter";
+    stage_init(&s, cfg);
 
     /* 1. validation on rank 0 (one message, not one per rank); the others wait for its verdict */
     char *parameters = NULL, *sources = NULL;
     if (rank == 0) {
-        if (!paft_path_exists(s.base)) PAFT_FATAL("%s: model.path does not exist", s.base);
-        refuse_hdf5_base(s.base);
-        s.params = params_from_config(cfg);
-        s.dtype = dtype_from_config(cfg);
-        open_base(&s);
         validate(&s, cfg);
         parameters = parameters_json(&s, cfg);
         sources = sources_json(&s);
@@ -701,8 +744,18 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
     be.k->destroy(be.s);
     free(parameters);
     free(sources);
-    free(s.tensors);
-    free(s.views);
-    checkpoint_close(&s.ckpt);
-    model_config_free(&s.config);
+    stage_close_base(&s);
+}
+
+void merge_stage_check_settings(const Config *cfg) {
+    Stage s;
+    stage_init(&s, cfg);
+    validate_base_and_settings(&s, cfg);
+    /* the adapters do not exist yet: training will give both the targets of [lora] */
+    LoraConfig lora;
+    lora_config_init(&lora, cfg->lora.r, cfg->lora.alpha, cfg->lora.rslora, cfg->lora.targets,
+                     "configuration [lora]");
+    const int *const targets[2] = {lora.targets, lora.targets};
+    check_density_keeps_some(&s, targets);
+    stage_close_base(&s);
 }

@@ -97,13 +97,17 @@ static int collectives_kind(const Config *cfg) {
     return strcmp(c, "nccl") == 0 ? 1 : strcmp(c, "mpi") == 0 ? 2 : 0;
 }
 
-void train_use_device(const Config *cfg, Model *model) {
-    model->simple_attention = strcmp(cfg->model.attention, "simple") == 0;
-    if (strcmp(cfg->model.device, "cpu") == 0) return;
+static void check_device_dtype(const Config *cfg) {
     if (strcmp(cfg->model.device, "cuda") == 0 && strcmp(cfg->model.dtype, "bf16") != 0)
         PAFT_FATAL("configuration: model.dtype = %s: the CUDA backend computes in bf16 (fp32 "
                    "activations are not implemented; the CPU backend computes in fp32)",
                    cfg->model.dtype);
+}
+
+void train_use_device(const Config *cfg, Model *model) {
+    model->simple_attention = strcmp(cfg->model.attention, "simple") == 0;
+    if (strcmp(cfg->model.device, "cpu") == 0) return;
+    check_device_dtype(cfg);
     DeviceOptions opt = {.recompute = cfg->model.recompute,
                          .logits_chunk = cfg->model.logits_chunk,
                          .collectives = collectives_kind(cfg),
@@ -115,6 +119,42 @@ char *train_stage_dir(const Config *cfg, StageKind kind) {
     return paft_path_join(cfg->output.dir, kind == STAGE_SFT ? "sft" : "pref");
 }
 
+/* The stage's data, opened and checked against the model's vocabulary, the sequence length and
+ * the batch. */
+static TokenData *open_stage_data(const StageConfig *sc, StageKind kind, int vocab_size) {
+    const char *section = kind == STAGE_SFT ? "sft" : "pref";
+    if (!sc->data[0]) PAFT_FATAL("configuration: %s.data is not set", section);
+    TokenData *data = token_data_open(sc->data, kind == STAGE_SFT ? TOKEN_DATA_SFT : TOKEN_DATA_PREF,
+                                      (uint32_t)vocab_size);
+    token_data_check_max_length(data, (uint64_t)sc->seq_len);
+    if (data->num_records < (uint64_t)sc->batch)
+        PAFT_FATAL("%s: %llu records, fewer than one batch (%s.batch = %d)", sc->data,
+                   (unsigned long long)data->num_records, section, sc->batch);
+    return data;
+}
+
+void train_check_stage(const Config *cfg, StageKind kind, int group_size) {
+    const StageConfig *sc = kind == STAGE_SFT ? &cfg->sft : &cfg->pref;
+    const char *section = kind == STAGE_SFT ? "sft" : "pref";
+    if (!cfg->model.path[0]) PAFT_FATAL("configuration: model.path is not set");
+    if (cfg->model.adapter[0] && !paft_path_exists(cfg->model.adapter))
+        PAFT_FATAL("%s: model.adapter does not exist", cfg->model.adapter);
+    check_device_dtype(cfg);
+    if (kind == STAGE_PREF && pref_loss_kind_from_name(sc->loss) == PREF_LOSS_INVALID)
+        PAFT_FATAL("configuration: pref.loss = '%s' is not dpo, ipo, hinge or orpo", sc->loss);
+    ModelConfig model_config;
+    model_config_of_path(cfg->model.path, &model_config); /* its kind, its config.json */
+    token_data_close(open_stage_data(sc, kind, model_config.vocab_size));
+    model_config_free(&model_config);
+    const int dp = group_size / cfg->parallel.tp;
+    if (sc->batch % (sc->micro_batch * dp) != 0)
+        PAFT_FATAL("configuration: %s.batch = %d must be a multiple of %s.micro_batch (%d) x "
+                   "data-parallel ranks (%d)", section, sc->batch, section, sc->micro_batch, dp);
+    char *dir = train_stage_dir(cfg, kind);
+    paft_make_dirs(dir); /* output.dir can be created (the merge's check needs it to exist) */
+    free(dir);
+}
+
 static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm) {
     memset(tr, 0, sizeof *tr);
     tr->cfg = cfg;
@@ -124,10 +164,8 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
     CHECK_MPI(MPI_Comm_rank(comm, &tr->rank));
     CHECK_MPI(MPI_Comm_size(comm, &tr->size));
     const StageConfig *sc = tr->sc;
-    const char *section = kind == STAGE_SFT ? "sft" : "pref";
     tr->name = kind == STAGE_SFT ? "sft" : sc->loss;
     if (!cfg->model.path[0]) PAFT_FATAL("configuration: model.path is not set");
-    if (!sc->data[0]) PAFT_FATAL("configuration: %s.data is not set", section);
 
     /* model: base (+ folded adapter) with fresh LoRA */
     LoraConfig lora;
@@ -141,13 +179,8 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
     model_alloc_activations(&tr->model, rows, sc->seq_len);
 
     /* data */
-    tr->data = token_data_open(sc->data, kind == STAGE_SFT ? TOKEN_DATA_SFT : TOKEN_DATA_PREF,
-                               (uint32_t)tr->model.config.vocab_size);
-    token_data_check_max_length(tr->data, (uint64_t)sc->seq_len);
+    tr->data = open_stage_data(sc, kind, tr->model.config.vocab_size);
     int64_t steps_per_epoch = (int64_t)(tr->data->num_records / (uint64_t)sc->batch);
-    if (steps_per_epoch == 0)
-        PAFT_FATAL("%s: %llu records, fewer than one batch (%s.batch = %d)", sc->data,
-                   (unsigned long long)tr->data->num_records, section, sc->batch);
     tr->total_steps = sc->steps > 0 ? sc->steps : steps_per_epoch;
     tr->warmup_steps = warmup_steps_from_fraction(sc->warmup, (int)tr->total_steps);
     tr->schedule = lr_schedule_from_name(sc->schedule);

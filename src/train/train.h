@@ -31,6 +31,15 @@ typedef enum {
 /* Train one stage on the ranks of comm. `stage_name` is "sft", or the preference loss name. */
 TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm);
 
+/* What can be checked in a second before any rank loads a model, on ONE rank while the others
+ * wait (fatal on the first problem: one message for the whole job): model.path is a model (its
+ * config.json), model.adapter exists, the stage's data (kind, vocabulary, longest record against
+ * seq_len, at least one batch), the batch split over the group's data-parallel ranks
+ * (group_size / parallel.tp), the loss, device and dtype; it creates the stage directory. paft run
+ * calls it for both groups before either trains, so a bad preference data file is not found
+ * after the SFT group has trained for hours. */
+void train_check_stage(const Config *cfg, StageKind kind, int group_size);
+
 /* The stage directory: <output.dir>/sft or <output.dir>/pref (malloc'ed). */
 char *train_stage_dir(const Config *cfg, StageKind kind);
 /* Put a loaded model on the configured device (model.device, model.recompute, model.dtype,
