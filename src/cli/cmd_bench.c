@@ -24,6 +24,7 @@
 
 #include "cli/commands.h"
 #include "model/model.h"
+#include "model/model_flops.h"
 #include "ops/ops.h"
 #include "optim/adamw.h"
 #include "train/step.h"
@@ -56,13 +57,6 @@ enum { N_PRESETS = sizeof presets / sizeof presets[0] };
 static int compare_doubles(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
-}
-
-/* Parameters in the weight matrices a token passes through (embedding lookups excluded). */
-static double matmul_parameters(const ModelConfig *c) {
-    double per_layer = 0;
-    for (int p = 0; p < N_PROJ; p++) per_layer += (double)proj_in(c, p) * proj_out(c, p);
-    return per_layer * c->num_layers + (double)c->vocab_size * c->hidden_size;
 }
 
 /* The integer after "key=" in argument a, whole and within [lo, hi]: atoi would take "abc" as 0
@@ -193,8 +187,7 @@ int cmd_bench(int argc, char **argv) {
     const double median = times[steps / 2];
     const double tokens_per_step = (double)N;
     const ModelConfig *c = &m.config;
-    const double flops_per_token =
-        4.0 * matmul_parameters(c) + 6.0 * c->num_layers * seq * (double)c->hidden_size;
+    const double flops_per_token = model_sequence_train_flops(c, seq) / seq;
     const double tok_s = tokens_per_step / median, tflops = flops_per_token * tok_s / 1e12;
     struct rusage usage;
     getrusage(RUSAGE_SELF, &usage);
@@ -207,7 +200,7 @@ int cmd_bench(int argc, char **argv) {
              m.backend && strcmp(m.backend->name, "cuda") == 0 ? "bf16" : PAFT_REAL_NAME,
              recompute ? ", recomputation" : "", steps);
     paft_log("  %.4g matmul parameters, %.4g FLOPs/token (4 N_matmul + 6 L T d)\n",
-             matmul_parameters(c), flops_per_token);
+             model_matmul_parameters(c), flops_per_token);
     if (!m.backend) {
         char blas[256];
         cpu_blas_describe(blas, sizeof blas);

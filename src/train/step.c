@@ -7,6 +7,7 @@
 
 #include "loss/lora_delta.h"
 #include "loss/sft_loss.h"
+#include "model/model_flops.h"
 #include "optim/adamw.h"
 #include "parallel/collectives.h"
 
@@ -295,10 +296,28 @@ static void pref_gradients(StepContext *tr, const uint64_t *records, StepStats *
     st->tokens = sums[10];
 }
 
+/* The model FLOPs of the global batch, from the records' lengths (the same on every rank): what
+ * the metrics' TFLOP/s and MFU count, padding excluded. */
+static double batch_flops(const StepContext *ctx, const uint64_t *records) {
+    const ModelConfig *c = &ctx->model->config;
+    double flops = 0;
+    for (int i = 0; i < ctx->sc->batch; i++) {
+        if (ctx->kind == STAGE_SFT) {
+            flops += model_sequence_train_flops(c, (double)token_data_sft(ctx->data, records[i]).length);
+        } else {
+            PrefRecord p = token_data_pref(ctx->data, records[i]);
+            flops += model_sequence_train_flops(c, (double)(p.prompt_length + p.chosen_length)) +
+                     model_sequence_train_flops(c, (double)(p.prompt_length + p.rejected_length));
+        }
+    }
+    return flops;
+}
+
 void step_gradients(StepContext *ctx, const uint64_t *records, StepStats *st) {
     model_zero_grads(ctx->model);
     if (ctx->kind == STAGE_SFT)
         sft_gradients(ctx, records, st);
     else
         pref_gradients(ctx, records, st);
+    st->flops = batch_flops(ctx, records);
 }

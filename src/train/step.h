@@ -24,6 +24,7 @@ typedef enum { STAGE_SFT, STAGE_PREF } StageKind;
 /* What one step measured, reduced over the group. */
 typedef struct {
     double loss, nll, l1, grad_norm, lr, tokens, seconds;
+    double flops; /* model FLOPs of the global batch (model_flops.h; a pair: both sequences) */
     double reward_chosen, reward_rejected, reward_accuracy, reward_margin;
     double logp_chosen, logp_rejected, log_odds_ratio, log_odds_chosen;
     int skipped;

@@ -67,6 +67,7 @@ typedef struct {
     char *dir;
     FILE *metrics; /* group rank 0 only */
     double t_start;
+    double peak_tflops; /* per GPU, for the metrics' MFU (PAFT_PEAK_TFLOPS); 0 off a GPU */
     int64_t skipped_in_a_row, skipped_this_job; /* steps skipped as non-finite */
 } Trainer;
 
@@ -119,6 +120,16 @@ char *train_stage_dir(const Config *cfg, StageKind kind) {
     return paft_path_join(cfg->output.dir, kind == STAGE_SFT ? "sft" : "pref");
 }
 
+/* The dense bf16 peak of one GPU in TFLOP/s, for MFU: PAFT_PEAK_TFLOPS, by default 989.4 (an H100
+ * SXM, the figure ../shared/gpu/README.md and paft bench use; an A100 is 312). */
+static double peak_tflops_per_gpu(void) {
+    const char *text = getenv("PAFT_PEAK_TFLOPS");
+    double peak = 989.4;
+    if (text && (!paft_parse_number(text, &peak) || !(peak > 0)))
+        PAFT_FATAL("PAFT_PEAK_TFLOPS = '%s': expected a positive number (TFLOP/s of one GPU)", text);
+    return peak;
+}
+
 /* The stage's data, opened and checked against the model's vocabulary, the sequence length and
  * the batch. */
 static TokenData *open_stage_data(const StageConfig *sc, StageKind kind, int vocab_size) {
@@ -140,6 +151,7 @@ void train_check_stage(const Config *cfg, StageKind kind, int group_size) {
     if (cfg->model.adapter[0] && !paft_path_exists(cfg->model.adapter))
         PAFT_FATAL("%s: model.adapter does not exist", cfg->model.adapter);
     check_device_dtype(cfg);
+    if (strcmp(cfg->model.device, "cuda") == 0) (void)peak_tflops_per_gpu(); /* a valid value */
     if (kind == STAGE_PREF && pref_loss_kind_from_name(sc->loss) == PREF_LOSS_INVALID)
         PAFT_FATAL("configuration: pref.loss = '%s' is not dpo, ipo, hinge or orpo", sc->loss);
     ModelConfig model_config;
@@ -175,6 +187,7 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
     model_load(&tr->model, cfg->model.path, &lora, (uint64_t)sc->seed, tr->layout.tp_comm);
     if (cfg->model.adapter[0]) adapter_fold_into_base(cfg->model.adapter, comm, &tr->model);
     train_use_device(cfg, &tr->model);
+    tr->peak_tflops = strcmp(cfg->model.device, "cuda") == 0 ? peak_tflops_per_gpu() : 0;
     int rows = kind == STAGE_SFT ? sc->micro_batch : 2 * sc->micro_batch;
     model_alloc_activations(&tr->model, rows, sc->seq_len);
 
@@ -249,6 +262,11 @@ static void log_step(Trainer *tr, const StepStats *st) {
             tr->name, (long long)tr->step, json_number(st->loss).text, json_number(st->lr).text,
             json_number(st->grad_norm).text, st->tokens, json_number(st->tokens / st->seconds).text,
             st->skipped);
+    /* model TFLOP/s per rank (model_flops.h; every rank of the group shares the step) and, on a
+     * GPU, MFU against its peak */
+    const double tflops = st->flops / st->seconds / tr->size / 1e12;
+    fprintf(f, ", \"tflops_per_rank\": %s", json_number(tflops).text);
+    if (tr->peak_tflops > 0) fprintf(f, ", \"mfu\": %s", json_number(tflops / tr->peak_tflops).text);
     if (tr->kind == STAGE_SFT) {
         fprintf(f, ", \"nll\": %s, \"l1\": %s", json_number(st->nll).text, json_number(st->l1).text);
     } else {
