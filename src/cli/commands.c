@@ -21,7 +21,7 @@ static const Command commands[] = {
      "Splits the ranks into an SFT group (parallel.sft_ranks, default half) and a preference group,\n"
      "trains both at once from the same base model, then merges the two LoRA deltas on all ranks\n"
      "into <output.dir>/merged.h5. Configuration keys: docs/CONFIG.md.\n"},
-    {"train", cmd_train, "one training stage on all ranks (sft | dpo | ipo | hinge | orpo)",
+    {"train", cmd_train, "one training stage on all ranks (sft | dpo | ipo | hinge | orpo | pref)",
      "usage: paft train CONFIG stage=sft|dpo|ipo|hinge|orpo|pref [section.key=value ...]\n\n"
      "Trains one stage on every rank (individual or sequential baselines): parallel.tp ranks\n"
      "per model replica, the replicas data-parallel.\n"
