@@ -47,7 +47,7 @@ static const Command commands[] = {
      "before anything is written.\n\n"
      "  merge.method     linear | task_arithmetic | ties | dare_ties | dare_linear | magnitude |\n"
      "                   slerp (mergekit's semantics: docs/MERGE.md)\n"
-     "  merge.weights    w_sft,w_pref           merge.density  d_sft,d_pref in (0, 1]\n"
+     "  merge.weights    w_sft,w_pref           merge.density  d_sft,d_pref, each in [1e-12, 1]\n"
      "  merge.normalize  auto | true | false    merge.lambda   scale of the mixed delta\n"
      "  merge.sign       sum | count (TIES)     merge.rescale  density | l1 (DARE)\n"
      "  merge.seed       DARE's random stream   merge.dtype    bf16 | fp32\n\n"

@@ -42,11 +42,11 @@ typedef struct {
 #define BIG 1e300
 
 /* The keys of both training stages; `s` is "sft" or "pref", `f` the StageConfig member. */
-#define STAGE_KEYS(s, f, lr_default)                                                               \
+#define STAGE_KEYS(s, f, lr_default, micro_batch_max)                                              \
     STR(s, "data", f.data, ""), NUM(s, "lr", KEY_DOUBLE, f.lr, lr_default, 0, 10),                 \
         NUM(s, "steps", KEY_INT, f.steps, "0", 0, 1e9),                                            \
         NUM(s, "batch", KEY_INT, f.batch, "64", 1, 1e7),                                           \
-        NUM(s, "micro_batch", KEY_INT, f.micro_batch, "4", 1, 1e6),                                \
+        NUM(s, "micro_batch", KEY_INT, f.micro_batch, "4", 1, micro_batch_max),                    \
         NUM(s, "seq_len", KEY_INT, f.seq_len, "2048", 2, 1e7),                                     \
         NUM(s, "warmup", KEY_DOUBLE, f.warmup, "0.1", 0, 1),                                       \
         ONE_OF(s, "schedule", f.schedule, "cosine", "cosine|linear|constant"),                     \
@@ -68,10 +68,11 @@ static const ConfigKey config_keys[] = {
     NUM("lora", "rslora", KEY_BOOL, lora.rslora, "false", 0, 1),
     STR("lora", "targets", lora.targets, "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"),
 
-    STAGE_KEYS("sft", sft, "2e-4"),
+    /* micro_batch: step.c gathers a micro-batch's record ids in a fixed array (1024; [pref] 512) */
+    STAGE_KEYS("sft", sft, "2e-4", 1024),
     NUM("sft", "l1", KEY_DOUBLE, sft.l1, "1e-4", 0, BIG),
 
-    STAGE_KEYS("pref", pref, "5e-6"),
+    STAGE_KEYS("pref", pref, "5e-6", 512),
     ONE_OF("pref", "loss", pref.loss, "dpo", "dpo|ipo|hinge|orpo"),
     NUM("pref", "beta", KEY_DOUBLE, pref.beta, "0.1", 1e-12, BIG),
     NUM("pref", "label_smoothing", KEY_DOUBLE, pref.label_smoothing, "0", 0, 0.5),
@@ -86,7 +87,8 @@ static const ConfigKey config_keys[] = {
     ONE_OF("merge", "method", merge.method, "ties",
            "linear|task_arithmetic|ties|dare_ties|dare_linear|magnitude|slerp"),
     NUM("merge", "weights", KEY_PAIR, merge.weights, "1.0,1.0", -BIG, BIG),
-    NUM("merge", "density", KEY_PAIR, merge.density, "1.0,1.0", 0, 1),
+    /* density > 0 (merge.c refuses 0 for every method: after training, in paft run) */
+    NUM("merge", "density", KEY_PAIR, merge.density, "1.0,1.0", 1e-12, 1),
     ONE_OF("merge", "normalize", merge.normalize, "auto", "auto|true|false"),
     NUM("merge", "lambda", KEY_DOUBLE, merge.lambda, "1.0", -BIG, BIG),
     ONE_OF("merge", "sign", merge.sign, "sum", "sum|count"),
