@@ -192,8 +192,8 @@ int main(int argc, char **argv) {
         if (!in_table) { /* the header row */
             CHECK(n == 4 && strcmp(cells[0], "key") == 0 && strcmp(cells[1], "default") == 0 &&
                       strcmp(cells[2], "accepted") == 0 && strcmp(cells[3], "meaning") == 0,
-                  "CONFIG.md line %d: a table's header is not | key | default | accepted | meaning |",
-                  line_number);
+                  "CONFIG.md line %d: a table's header is not "
+                  "| key | default | accepted | meaning |", line_number);
             CHECK(n_sections > 0, "CONFIG.md line %d: a table under a heading without [section]",
                   line_number);
             in_table = 1;
