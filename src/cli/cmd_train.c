@@ -1,6 +1,7 @@
 /*
- * cmd_train.c - `paft train CONFIG stage=sft|dpo|ipo|hinge|orpo [section.key=value ...]`: one stage
- * on every rank of the world (the individual and sequential baselines).
+ * cmd_train.c - `paft train CONFIG stage=sft|dpo|ipo|hinge|orpo|pref [section.key=value ...]`: one
+ * stage on every rank of the world (the individual and sequential baselines); stage=pref trains
+ * the preference loss pref.loss names.
  */
 #include <mpi.h>
 #include <string.h>

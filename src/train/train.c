@@ -144,6 +144,17 @@ static TokenData *open_stage_data(const StageConfig *sc, StageKind kind, int voc
     return data;
 }
 
+/* The model indexes a micro-batch's tokens (rows x seq_len; a pair is two rows) with an int. */
+static void check_micro_batch_tokens(const StageConfig *sc, StageKind kind) {
+    const char *section = kind == STAGE_SFT ? "sft" : "pref";
+    const int64_t rows = kind == STAGE_SFT ? sc->micro_batch : 2 * (int64_t)sc->micro_batch;
+    if (rows * sc->seq_len > INT32_MAX / 2)
+        PAFT_FATAL("configuration: %s.micro_batch x %s.seq_len = %lld tokens%s in one micro-batch, "
+                   "more than the %d the model indexes; lower either", section, section,
+                   (long long)(rows * sc->seq_len), kind == STAGE_SFT ? "" : " (x2: a pair)",
+                   INT32_MAX / 2);
+}
+
 void train_check_stage(const Config *cfg, StageKind kind, int group_size) {
     const StageConfig *sc = kind == STAGE_SFT ? &cfg->sft : &cfg->pref;
     const char *section = kind == STAGE_SFT ? "sft" : "pref";
@@ -151,6 +162,7 @@ void train_check_stage(const Config *cfg, StageKind kind, int group_size) {
     if (cfg->model.adapter[0] && !paft_path_exists(cfg->model.adapter))
         PAFT_FATAL("%s: model.adapter does not exist", cfg->model.adapter);
     check_device_dtype(cfg);
+    check_micro_batch_tokens(sc, kind);
     if (strcmp(cfg->model.device, "cuda") == 0) (void)peak_tflops_per_gpu(); /* a valid value */
     if (kind == STAGE_PREF && pref_loss_kind_from_name(sc->loss) == PREF_LOSS_INVALID)
         PAFT_FATAL("configuration: pref.loss = '%s' is not dpo, ipo, hinge or orpo", sc->loss);
@@ -178,6 +190,7 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
     const StageConfig *sc = tr->sc;
     tr->name = kind == STAGE_SFT ? "sft" : sc->loss;
     if (!cfg->model.path[0]) PAFT_FATAL("configuration: model.path is not set");
+    check_micro_batch_tokens(sc, kind);
 
     /* model: base (+ folded adapter) with fresh LoRA */
     LoraConfig lora;
