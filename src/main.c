@@ -21,7 +21,8 @@ static void print_usage(FILE *out) {
             "commands:\n",
             PAFT_VERSION);
     for (const Command *c = paft_commands(); c->name; c++) fprintf(out, "  %-8s %s\n", c->name, c->summary);
-    fprintf(out, "\n`paft COMMAND --help` describes a command. Documentation: README.md, docs/.\n");
+    fprintf(out, "\n`paft COMMAND --help` describes a command; `paft --version` prints the version.\n"
+                 "Documentation: README.md, docs/.\n");
 }
 
 int main(int argc, char **argv) {
