@@ -55,7 +55,8 @@ overrides=(sft.micro_batch=2 pref.micro_batch=2 sft.steps=8 pref.steps=8 output.
 job_state() {
   scontrol show job "$1" | tr ' ' '\n' | sed -n 's/^JobState=//p; s/^Restarts=//p' | paste -sd:
 }
-# wait_job ID: waits (60 s at most) until the job has ended, prints its final state. A requeued
+# wait_job ID: waits (180 s at most: a loaded 2-core machine runs these jobs slowly) until the job
+# has ended, prints its final state. A requeued
 # job is made eligible early (Slurm holds it for 2 minutes): once the node has finished cleaning
 # up after its first run (idle again), plus a second, because slurmd refuses to launch a job
 # whose credential is not newer, in whole seconds, than its revocation when the first run was
@@ -63,7 +64,7 @@ job_state() {
 # intervals and loses seconds.
 wait_job() {
   local state="" released=""
-  for _ in $(seq 1 600); do
+  for _ in $(seq 1 1800); do
     state=$(job_state "$1")
     case "$state" in
       PENDING:[1-9]*)
@@ -76,7 +77,7 @@ wait_job() {
     esac
     sleep 0.1
   done
-  echo "still-${state%%:*}-after-60s"
+  echo "still-${state%%:*}-after-180s"
 }
 
 # ---- 1. a job from submission to its output -----------------------------------------------------
@@ -100,11 +101,11 @@ steps=24  # the signal comes after step 3 and stops the run at step 4 or 5
 id=$("${submit[@]}" --parsable --output="$work/job2.out" "$root/jobs/baseline-individual.sbatch" \
        "${overrides[@]}" sft.steps=$steps)
 metrics=$OUT/sft/metrics.jsonl
-for _ in $(seq 1 300); do
+for _ in $(seq 1 900); do
   [ -f "$metrics" ] && [ "$(wc -l < "$metrics")" -ge 3 ] && break
   sleep 0.1
 done
-[ -f "$metrics" ] || { cat "$work/job2.out"; fail "job 2 did not start training in 30 s"; }
+[ -f "$metrics" ] || { cat "$work/job2.out"; fail "job 2 did not start training in 90 s"; }
 scancel --batch --signal=USR1 "$id"
 state=$(wait_job "$id")
 [ "$state" = COMPLETED ] || { cat "$work/job2.out"; fail "job 2 ended $state, not COMPLETED"; }
