@@ -87,6 +87,9 @@ typedef struct {
 extern const MergeKernels merge_kernels_cpu;
 /* Defined in kernels/merge_cuda.cu; a stand-in with available = 0 in builds without CUDA. */
 extern const MergeKernels merge_kernels_cuda;
+/* Ends the job (naming `origin`) when merge.device NAME cannot run in this process: "cuda" not
+ * compiled in, or no GPU visible; cpu and auto always can (model_device_select.c). */
+void merge_kernels_check_usable(const char *name, const char *origin);
 
 /* A table bound to its state: what merge_tensor_rows_on takes. */
 typedef struct {

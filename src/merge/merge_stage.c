@@ -85,6 +85,7 @@ typedef struct {
     int n_views;
     StageTensor *tensors; /* n_views, sorted by name */
     char fingerprint[17];
+    const char *made_by_training; /* paft run's check: output.dir, which training will create */
 } Stage;
 
 /* Absolute form of an existing path (for the file's record); the path itself if that fails. */
@@ -234,6 +235,15 @@ static int same_file(const char *a, const char *b) {
     return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
+/* Do two spellings name the same directory, trailing slashes aside? (For directories that do not
+ * exist yet, so realpath cannot say.) */
+static int same_directory_name(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    while (la > 1 && a[la - 1] == '/') la--;
+    while (lb > 1 && b[lb - 1] == '/') lb--;
+    return la == lb && strncmp(a, b, la) == 0;
+}
+
 /* Rank 0: the output can be created, and it overwrites none of the inputs: not an adapter, not the
  * base model's file, nor a file in the base model's directory (its weights, shards, index, config). */
 static void validate_output(const Stage *s) {
@@ -244,10 +254,13 @@ static void validate_output(const Stage *s) {
     if (slash == dir) dir[1] = '\0';
     else if (slash) *slash = '\0';
     else snprintf(dir, 2, ".");
-    if (!paft_is_directory(dir))
-        PAFT_FATAL("%s: the directory %s of merge.out does not exist", out, dir);
-    if (access(dir, W_OK | X_OK) != 0)
+    if (!paft_is_directory(dir)) {
+        /* before paft run's training, the default <output.dir>/merged.h5 has no directory yet */
+        if (!s->made_by_training || !same_directory_name(dir, s->made_by_training))
+            PAFT_FATAL("%s: the directory %s of merge.out does not exist", out, dir);
+    } else if (access(dir, W_OK | X_OK) != 0) {
         PAFT_FATAL("%s: the directory %s of merge.out is not writable", out, dir);
+    }
     if (paft_path_exists(out)) {
         for (int i = 0; i < 2; i++)
             if (same_file(out, s->adapter[i].path))
@@ -750,7 +763,9 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
 void merge_stage_check_settings(const Config *cfg) {
     Stage s;
     stage_init(&s, cfg);
+    s.made_by_training = cfg->output.dir;
     validate_base_and_settings(&s, cfg);
+    merge_kernels_check_usable(cfg->merge.device, "merge.device");
     /* the adapters do not exist yet: training will give both the targets of [lora] */
     LoraConfig lora;
     lora_config_init(&lora, cfg->lora.r, cfg->lora.alpha, cfg->lora.rslora, cfg->lora.targets,

@@ -111,5 +111,8 @@ extern const DeviceBackend device_backend_cuda;
 /* The backend called NAME ("cuda", "emulate"), or NULL for "cpu" (the host model, model.c);
  * anything else is a fatal error naming `origin` and the choices. */
 const DeviceBackend *device_backend_by_name(const char *name, const char *origin);
+/* Ends the job (naming `origin`) unless this process can run backend NAME: compiled in, and a
+ * device visible. "cpu" always can. For the checks made on one rank before a job starts. */
+void device_backend_check_usable(const char *name, const char *origin);
 
 #endif /* PAFT_MODEL_DEVICE_H */

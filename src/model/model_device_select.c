@@ -2,6 +2,7 @@
  * model_device_select.c - choosing a device backend by name, and the stand-in for the CUDA
  * backend in builds without it (so that asking for it is a clear error, not a link failure).
  */
+#include <mpi.h>
 #include <string.h>
 
 #include "merge/merge_kernels.h"
@@ -37,4 +38,29 @@ const DeviceBackend *device_backend_by_name(const char *name, const char *origin
     if (strcmp(name, "emulate") == 0) return &device_backend_emulate;
     PAFT_FATAL("%s: device '%s' is not cpu, cuda or emulate", origin, name);
     return NULL;
+}
+
+/* Where the backend is compiled in but this process sees no device, say so by host: before the
+ * rank-0 checks existed, a GPU job on a node without one trained nothing and failed in the model's
+ * set-up, one message per rank; the merge's only after training. */
+static void require_devices(const char *origin, const char *name, int count) {
+    if (count > 0) return;
+    char host[MPI_MAX_PROCESSOR_NAME] = "";
+    int len = 0;
+    CHECK_MPI(MPI_Get_processor_name(host, &len));
+    PAFT_FATAL("%s = %s, but no GPU is visible on %s (check the job's GPU request and "
+               "CUDA_VISIBLE_DEVICES)", origin, name, host);
+}
+
+void device_backend_check_usable(const char *name, const char *origin) {
+    const DeviceBackend *b = device_backend_by_name(name, origin);
+    if (!b) return;
+    if (!b->available) b->create(NULL, NULL); /* the stand-in ends the job saying how to build it */
+    require_devices(origin, name, b->device_count());
+}
+
+void merge_kernels_check_usable(const char *name, const char *origin) {
+    if (strcmp(name, "cuda") != 0) return; /* cpu; auto falls back to the CPU by itself */
+    if (!merge_kernels_cuda.available) merge_kernels_cuda.create(); /* ends the job, saying why */
+    require_devices(origin, name, merge_kernels_cuda.device_count());
 }

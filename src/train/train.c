@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "data/token_data.h"
 #include "io/adapter.h"
@@ -21,6 +22,7 @@
 #include "loss/pref_loss.h"
 #include "loss/sft_loss.h"
 #include "model/model.h"
+#include "model/model_device.h"
 #include "model/peft.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
@@ -144,6 +146,26 @@ static TokenData *open_stage_data(const StageConfig *sc, StageKind kind, int voc
     return data;
 }
 
+/* DIR exists as a directory, or can be made: its nearest existing ancestor is a writable
+ * directory. Nothing is created (a job that fails its checks leaves nothing behind). */
+static void require_creatable(const char *dir, const char *key) {
+    char *path = paft_strdup(dir);
+    while (!paft_path_exists(path)) {
+        char *slash = strrchr(path, '/');
+        if (!slash) {
+            snprintf(path, 2, ".");
+            break;
+        }
+        if (slash == path) slash[1] = '\0'; /* "/" */
+        else *slash = '\0';
+    }
+    if (!paft_is_directory(path))
+        PAFT_FATAL("%s: %s cannot be created: %s is not a directory", dir, key, path);
+    if (access(path, W_OK | X_OK) != 0)
+        PAFT_FATAL("%s: %s cannot be created: %s is not writable", dir, key, path);
+    free(path);
+}
+
 /* The model indexes a micro-batch's tokens (rows x seq_len; a pair is two rows) with an int. */
 static void check_micro_batch_tokens(const StageConfig *sc, StageKind kind) {
     const char *section = kind == STAGE_SFT ? "sft" : "pref";
@@ -162,8 +184,12 @@ void train_check_stage(const Config *cfg, StageKind kind, int group_size) {
     if (cfg->model.adapter[0] && !paft_path_exists(cfg->model.adapter))
         PAFT_FATAL("%s: model.adapter does not exist", cfg->model.adapter);
     check_device_dtype(cfg);
+    device_backend_check_usable(cfg->model.device, "model.device");
     check_micro_batch_tokens(sc, kind);
     if (strcmp(cfg->model.device, "cuda") == 0) (void)peak_tflops_per_gpu(); /* a valid value */
+    if (cfg->parallel.tp < 1 || group_size % cfg->parallel.tp != 0)
+        PAFT_FATAL("configuration: parallel.tp = %d does not divide the %d ranks of the group",
+                   cfg->parallel.tp, group_size);
     if (kind == STAGE_PREF && pref_loss_kind_from_name(sc->loss) == PREF_LOSS_INVALID)
         PAFT_FATAL("configuration: pref.loss = '%s' is not dpo, ipo, hinge or orpo", sc->loss);
     ModelConfig model_config;
@@ -175,7 +201,7 @@ void train_check_stage(const Config *cfg, StageKind kind, int group_size) {
         PAFT_FATAL("configuration: %s.batch = %d must be a multiple of %s.micro_batch (%d) x "
                    "data-parallel ranks (%d)", section, sc->batch, section, sc->micro_batch, dp);
     char *dir = train_stage_dir(cfg, kind);
-    paft_make_dirs(dir); /* output.dir can be created (the merge's check needs it to exist) */
+    require_creatable(dir, "output.dir");
     free(dir);
 }
 
