@@ -619,6 +619,23 @@ void model_load(Model *m, const char *path, const LoraConfig *lora, uint64_t see
     source_close(&src);
 }
 
+void model_fingerprint_of_path(const char *path, char out[17]) {
+    if (!paft_path_exists(path)) PAFT_FATAL("%s: model path does not exist", path);
+    WeightSource src;
+    ModelConfig config;
+    source_open(&src, path, &config);
+    /* the tensors must be the ones config describes (what model_load checks first), or the
+     * fingerprint would be read from tensors of other shapes */
+    if (src.merged) check_merged_weights(&src, &config);
+    else model_check_checkpoint(&src.ckpt, &config);
+    TensorView *views;
+    const int n_views = model_weight_views(&config, &views);
+    fingerprint_of(&src, views, n_views, out);
+    free(views);
+    source_close(&src);
+    model_config_free(&config);
+}
+
 void model_init_shape(Model *m, const ModelConfig *config, const LoraConfig *lora,
                       uint64_t seed) {
     memset(m, 0, sizeof *m);

@@ -251,6 +251,11 @@ void model_zero_grads(Model *model);
 void model_fingerprint(const Checkpoint *ckpt, const TensorView *views, int n_views,
                        char out[17]);
 
+/* The fingerprint model_load gives the model at PATH (a Hugging Face model or a merged file),
+ * reading only the first values of each tensor: what an adapter's or merged file's
+ * base_fingerprint is compared with when the model itself is not loaded. */
+void model_fingerprint_of_path(const char *path, char out[17]);
+
 /* The base model's tensors as model_load lays them out (names, whole shapes, order), computed
  * from the configuration alone without reading a weight (the merge stage and the fingerprint of a
  * base use it). Returns the count; *views is malloc'ed. */

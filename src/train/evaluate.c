@@ -113,6 +113,29 @@ static void folded_adapter_of(const char *path, char *out, size_t n) {
     h5_close(&f);
 }
 
+/* A merged file is base + merged delta: its preference metrics take model.path as the reference
+ * (and its SFT data is checked against model.path's vocabulary), so model.path must be the base
+ * it was merged from, which its base_fingerprint attribute records. Another base (say another
+ * architecture) would give metrics against the wrong reference without a word. */
+static void require_merged_base(const char *path, const char *base_path, MPI_Comm comm) {
+    H5File f;
+    h5_open_read(&f, path, MPI_COMM_SELF);
+    char *recorded = h5_get_attr_string(&f, "base_fingerprint");
+    char *recorded_base = h5_get_attr_string(&f, "base_model");
+    h5_close(&f);
+    char fingerprint[17];
+    model_fingerprint_of_path(base_path, fingerprint);
+    int rank;
+    CHECK_MPI(MPI_Comm_rank(comm, &rank));
+    if (strcmp(recorded, fingerprint) != 0) /* every rank of comm reads the same files */
+        PAFT_FATAL_SHARED(rank == 0, "%s: merged model was made from another base model (base_fingerprint %s, base "
+                   "%s), but model.path %s has fingerprint %s; set model.path to the base it was "
+                   "merged from",
+                   path, recorded, recorded_base, base_path, fingerprint);
+    free(recorded);
+    free(recorded_base);
+}
+
 static int longest(const TokenData *sft, const TokenData *pref) {
     uint64_t n = 1;
     if (sft) n = PAFT_MAX(n, sft->max_length);
@@ -129,6 +152,8 @@ void evaluate_model_path(const Config *cfg, const char *path, const TokenData *s
     lora_config_init(&lora, cfg->lora.r, cfg->lora.alpha, cfg->lora.rslora, cfg->lora.targets,
                      "configuration [lora]");
     const int adapter = is_adapter_file(path);
+    if (!adapter && !paft_is_directory(path) && merged_is_merged_file(path))
+        require_merged_base(path, cfg->model.path, comm);
     Model policy;
     model_load(&policy, adapter ? cfg->model.path : path, &lora, 0, MPI_COMM_SELF);
     if (adapter) {
