@@ -314,7 +314,28 @@ static void check_layout(const char *path, TensorInfo *tensors, int n, uint64_t 
 }
 
 /* Read and validate the header of one .safetensors file, appending its tensors to list. */
-static void parse_safetensors_header(const char *path, int fd, int shard, TensorList *list) {
+/* A JSON file handed over as a safetensors file (a model's config.json, an index, an
+ * adapter_config.json) reads as a nonsense header length: its first 8 bytes are text. */
+static int starts_like_json(const unsigned char *bytes, size_t n) {
+    size_t i = 0;
+    while (i < n && (bytes[i] == ' ' || bytes[i] == '\t' || bytes[i] == '\n' || bytes[i] == '\r')) i++;
+    return i < n && (bytes[i] == '{' || bytes[i] == '[');
+}
+
+/* Keep the entries of a "__metadata__" object (already checked: strings only). */
+static void keep_metadata(Checkpoint *ckpt, const cJSON *object) {
+    const size_t n = (size_t)ckpt->n_metadata + (size_t)cJSON_GetArraySize(object);
+    ckpt->metadata_keys = paft_realloc(ckpt->metadata_keys, PAFT_MAX(n, (size_t)1) * sizeof(char *));
+    ckpt->metadata_values = paft_realloc(ckpt->metadata_values, PAFT_MAX(n, (size_t)1) * sizeof(char *));
+    for (const cJSON *m = object->child; m; m = m->next) {
+        ckpt->metadata_keys[ckpt->n_metadata] = paft_strdup(m->string);
+        ckpt->metadata_values[ckpt->n_metadata] = paft_strdup(m->valuestring);
+        ckpt->n_metadata++;
+    }
+}
+
+static void parse_safetensors_header(const char *path, int fd, int shard, TensorList *list,
+                                     Checkpoint *ckpt) {
     struct stat st;
     if (fstat(fd, &st) != 0) PAFT_FATAL("%s: cannot stat: %s", path, strerror(errno));
     if (!S_ISREG(st.st_mode)) PAFT_FATAL("%s: not a regular file", path);
@@ -326,6 +347,9 @@ static void parse_safetensors_header(const char *path, int fd, int shard, Tensor
     unsigned char length_bytes[8];
     pread_full(fd, length_bytes, 8, 0, path);
     uint64_t header_len = read_le64(length_bytes);
+    if (header_len > SAFETENSORS_MAX_HEADER_BYTES && starts_like_json(length_bytes, 8))
+        PAFT_FATAL("%s: a JSON file, not a safetensors file (which starts with an 8-byte header "
+                   "length, not with text)", path);
     if (header_len > SAFETENSORS_MAX_HEADER_BYTES)
         PAFT_FATAL("%s: header length %llu exceeds the 100 MB limit (not a safetensors file?)",
                    path, (unsigned long long)header_len);
@@ -364,6 +388,7 @@ static void parse_safetensors_header(const char *path, int fd, int shard, Tensor
                 if (!cJSON_IsString(m))
                     PAFT_FATAL("%s: \"__metadata__\" entry \"%s\" is not a string", path,
                                m->string);
+            keep_metadata(ckpt, entry);
             continue;
         }
         TensorInfo *t = tensor_list_push(list);
@@ -485,7 +510,7 @@ static void open_sharded(Checkpoint *ckpt, const char *dir, const char *index_pa
             PAFT_FATAL("%s: shard %s named by the index %s is missing", shard_path, files[i],
                        index_path);
         int shard = add_shard(ckpt, shard_path);
-        parse_safetensors_header(shard_path, ckpt->shard_fds[shard], shard, list);
+        parse_safetensors_header(shard_path, ckpt->shard_fds[shard], shard, list, ckpt);
         free(shard_path);
         for (int j = 0; j < n; j++)
             if (strcmp(entries[j].file, files[i]) == 0) entries[j].shard = shard;
@@ -533,8 +558,14 @@ void checkpoint_open(Checkpoint *ckpt, const char *path) {
             open_sharded(ckpt, path, index_path, &list);
         } else if (paft_path_exists(single_path)) {
             add_shard(ckpt, single_path);
-            parse_safetensors_header(single_path, ckpt->shard_fds[0], 0, &list);
+            parse_safetensors_header(single_path, ckpt->shard_fds[0], 0, &list, ckpt);
         } else {
+            /* a PEFT adapter directory (<stage>/peft/) is the likely mistake: name it */
+            char *adapter_path = paft_path_join(path, "adapter_model.safetensors");
+            if (paft_path_exists(adapter_path))
+                PAFT_FATAL("%s: a PEFT adapter directory (adapter_model.safetensors), not a model: "
+                           "neither model.safetensors nor model.safetensors.index.json is in it",
+                           path);
             PAFT_FATAL("%s: neither model.safetensors nor model.safetensors.index.json is in this "
                        "directory",
                        path);
@@ -544,7 +575,7 @@ void checkpoint_open(Checkpoint *ckpt, const char *path) {
     } else {
         if (!paft_path_exists(path)) PAFT_FATAL("%s: no such file or directory", path);
         add_shard(ckpt, path);
-        parse_safetensors_header(path, ckpt->shard_fds[0], 0, &list);
+        parse_safetensors_header(path, ckpt->shard_fds[0], 0, &list, ckpt);
     }
     ckpt->tensors = list.items;
     ckpt->n_tensors = list.n;
@@ -558,11 +589,23 @@ void checkpoint_close(Checkpoint *ckpt) {
         free(ckpt->shard_paths[i]);
     }
     for (int i = 0; i < ckpt->n_tensors; i++) free(ckpt->tensors[i].name);
+    for (int i = 0; i < ckpt->n_metadata; i++) {
+        free(ckpt->metadata_keys[i]);
+        free(ckpt->metadata_values[i]);
+    }
+    free(ckpt->metadata_keys);
+    free(ckpt->metadata_values);
     free(ckpt->shard_fds);
     free(ckpt->shard_paths);
     free(ckpt->tensors);
     free(ckpt->path);
     memset(ckpt, 0, sizeof *ckpt);
+}
+
+const char *checkpoint_metadata(const Checkpoint *ckpt, const char *key) {
+    for (int i = 0; i < ckpt->n_metadata; i++)
+        if (strcmp(ckpt->metadata_keys[i], key) == 0) return ckpt->metadata_values[i];
+    return NULL;
 }
 
 const TensorInfo *checkpoint_find(const Checkpoint *ckpt, const char *name) {

@@ -57,6 +57,9 @@ typedef struct {
     int *shard_fds;
     int n_tensors;
     TensorInfo *tensors; /* sorted by name */
+    /* the "__metadata__" entries of every file (a key of two shards: the first one's wins) */
+    int n_metadata;
+    char **metadata_keys, **metadata_values;
 } Checkpoint;
 
 /* Open and validate a .safetensors file or an HF model directory. Fatal error on any problem.
@@ -68,6 +71,8 @@ typedef struct {
  * pread on demand, so opening a 100 GB checkpoint costs a few MB. */
 void checkpoint_open(Checkpoint *ckpt, const char *path);
 void checkpoint_close(Checkpoint *ckpt);
+/* The value of a "__metadata__" key, or NULL when no file of the checkpoint has it. */
+const char *checkpoint_metadata(const Checkpoint *ckpt, const char *key);
 /* The tensor of that name, or NULL. */
 const TensorInfo *checkpoint_find(const Checkpoint *ckpt, const char *name);
 /* The tensor of that name; fatal error "PATH: missing tensor NAME" when absent, and when its shape
