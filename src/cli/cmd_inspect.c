@@ -17,6 +17,7 @@
 #include "io/merged_h5.h"
 #include "io/safetensors.h"
 #include "model/model_config.h"
+#include "model/peft.h"
 #include "util/common.h"
 
 /* What the recognisers look at: the path, whether it is a directory, and a file's first bytes. */
@@ -96,7 +97,17 @@ static void print_checkpoint(Checkpoint *ckpt) {
     checkpoint_close(ckpt);
 }
 
-static int is_hf_directory(const InspectTarget *target) { return target->is_directory; }
+/* A PEFT adapter directory (<stage>/peft/, or one from another tool); every other directory is
+ * taken for a model (and would report a PEFT one as a model without model.safetensors) */
+static int is_peft_directory(const InspectTarget *target) {
+    return target->is_directory && peft_is_adapter_dir(target->path);
+}
+
+static void print_peft_directory(const char *path) { peft_describe(path, stdout); }
+
+static int is_hf_directory(const InspectTarget *target) {
+    return target->is_directory && !is_peft_directory(target);
+}
 
 static void print_hf_directory(const char *path) {
     /* Read and validate everything before the first line is printed. */
@@ -165,6 +176,7 @@ static const InspectKind inspect_kinds[] = {
     {"safetensors file", is_safetensors_file, print_safetensors_file},
     {"token data file", is_token_data, print_token_data},
     {"paft HDF5 file (adapter, checkpoint, merged model)", is_hdf5, print_hdf5},
+    {"PEFT adapter directory", is_peft_directory, print_peft_directory},
 };
 
 static void read_target(InspectTarget *target, const char *path) {

@@ -7,6 +7,7 @@
 
 #include "io/h5file.h"
 #include "loss/lora_delta.h"
+#include "model/peft.h"
 
 #define ADAPTER_FORMAT "paft-adapter-1"
 
@@ -240,6 +241,16 @@ void adapter_read(const char *path, MPI_Comm comm, Model *m, AdapterInfo *info, 
 }
 
 void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *m) {
+    /* a PEFT adapter directory (paft's <stage>/peft/, or one trained by another tool) folds the
+     * same way; any other directory would fail below as "not an HDF5 file" */
+    if (paft_is_directory(path)) {
+        if (!peft_is_adapter_dir(path))
+            PAFT_FATAL("%s: a directory without adapter_config.json: model.adapter takes a paft "
+                       "adapter file (adapter.h5) or a PEFT adapter directory (adapter_config.json "
+                       "+ adapter_model.safetensors)", path);
+        peft_fold_into_base(path, m);
+        return;
+    }
     H5File f;
     h5_open_read(&f, path, comm);
     require_adapter_format(&f);
@@ -399,6 +410,23 @@ double adapter_delta_sparsity(const char *path) {
     return ds.overall;
 }
 
+void adapter_print_sparsity_table(FILE *out, const double *sparsity, int n_layers) {
+    fprintf(out, "  %5s", "layer");
+    for (int p = 0; p < N_PROJ; p++) fprintf(out, " %9s", proj_short_name(p));
+    fprintf(out, "\n");
+    for (int l = 0; l < n_layers; l++) {
+        fprintf(out, "  %5d", l);
+        for (int p = 0; p < N_PROJ; p++) {
+            double v = sparsity[l * N_PROJ + p];
+            if (v < 0)
+                fprintf(out, " %9s", "-");
+            else
+                fprintf(out, " %9.4f", v);
+        }
+        fprintf(out, "\n");
+    }
+}
+
 void adapter_describe(const char *path, FILE *out) {
     H5File f;
     h5_open_read(&f, path, MPI_COMM_SELF);
@@ -423,24 +451,9 @@ void adapter_describe(const char *path, FILE *out) {
             (long long)step, (long long)r, alpha, rslora ? " rslora" : "", scale, targets);
     fprintf(out, "  base model %s (fingerprint %s)\n", base, fp);
 
-    const int n_layers = ds.n_layers;
-    const double *sparsity = ds.per_module;
     fprintf(out, "\n  sparsity of delta = s B A (fraction of |delta| < %g) per layer and module:\n",
             PAFT_SPARSITY_THRESHOLD);
-    fprintf(out, "  %5s", "layer");
-    for (int p = 0; p < N_PROJ; p++) fprintf(out, " %9s", proj_short_name(p));
-    fprintf(out, "\n");
-    for (int l = 0; l < n_layers; l++) {
-        fprintf(out, "  %5d", l);
-        for (int p = 0; p < N_PROJ; p++) {
-            double v = sparsity[l * N_PROJ + p];
-            if (v < 0)
-                fprintf(out, " %9s", "-");
-            else
-                fprintf(out, " %9.4f", v);
-        }
-        fprintf(out, "\n");
-    }
+    adapter_print_sparsity_table(out, ds.per_module, ds.n_layers);
     fprintf(out, "\n  %d adapted modules, %.0f delta elements, overall sparsity %.4f\n", ds.n_modules,
             ds.elements, ds.overall);
     free(ds.per_module);

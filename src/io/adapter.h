@@ -60,14 +60,17 @@ void adapter_read(const char *path, MPI_Comm comm, Model *model, AdapterInfo *in
  * Collective over comm (every rank opens the file). */
 int64_t adapter_check_origin(const char *path, MPI_Comm comm, const Model *model,
                              const AdapterInfo *expect, const char *advice);
-/* Fold an adapter file (any r/alpha/targets) into the base weights: W += s B A. Its base
- * fingerprint must match the model's. */
+/* Fold an adapter (any r/alpha/targets) into the base weights: W += s B A. PATH is a paft adapter
+ * file, whose base fingerprint must match the model's, or a PEFT adapter directory
+ * (peft_fold_into_base, model/peft.h): what model.adapter takes. */
 void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *model);
 
 /* Print what `paft inspect adapter.h5` shows: the attributes, then for every adapted module the
  * sparsity of its delta s B A (fraction |delta| < 1e-5, the paper's Figure 2 measure) as a table
  * of layers x modules, and the totals. Reads on the calling rank only. */
 void adapter_describe(const char *path, FILE *out);
+/* The table adapter_describe prints: sparsity[layer * N_PROJ + proj], < 0 where not adapted. */
+void adapter_print_sparsity_table(FILE *out, const double *sparsity, int n_layers);
 /* The overall sparsity of an adapter file's delta s B A (fraction |delta| < 1e-5, all modules). */
 double adapter_delta_sparsity(const char *path);
 /* Does the file look like an HDF5 file (signature at offset 0)? */

@@ -1,48 +1,329 @@
-/* peft.c - reading PEFT LoRA adapters (see peft.h). */
+/* peft.c - PEFT LoRA adapter directories: read, folded, described and written (see peft.h). */
 #include "model/peft.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <math.h>
 #include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/adapter.h"
 #include "io/h5file.h"
 #include "io/safetensors.h"
+#include "loss/lora_delta.h"
 
-void peft_read_config(LoraConfig *lora, const char *adapter_dir) {
+int peft_is_adapter_dir(const char *path) {
+    if (!paft_is_directory(path)) return 0;
+    char *config = paft_path_join(path, "adapter_config.json");
+    char *single = paft_path_join(path, "model.safetensors");
+    char *index = paft_path_join(path, "model.safetensors.index.json");
+    /* a model directory may carry an adapter_config.json too (transformers saves one beside a
+     * model with an adapter attached): it is a model when it has a model's weights */
+    const int peft = paft_path_exists(config) && !paft_path_exists(single) && !paft_path_exists(index);
+    free(config);
+    free(single);
+    free(index);
+    return peft;
+}
+
+/* What paft takes from adapter_config.json. */
+typedef struct {
+    int r;
+    double alpha, scale;
+    int rslora;
+    char targets[512]; /* target_modules: the names joined by commas, or PEFT's one string */
+    char base[1024];   /* base_model_name_or_path, "" when absent */
+} PeftSettings;
+
+static const cJSON *member(const cJSON *root, const char *key) {
+    return cJSON_GetObjectItemCaseSensitive(root, key);
+}
+
+/* A key PEFT sets to an empty object or null when the feature is off. */
+static int is_set(const cJSON *x) {
+    return x && !cJSON_IsNull(x) && !(cJSON_IsObject(x) && x->child == NULL) && !cJSON_IsFalse(x);
+}
+
+/* adapter_config.json, refusing the LoRA variants whose delta is not s B A with one r and alpha
+ * (paft would fold or describe something else than PEFT applies). */
+static void read_settings(const char *adapter_dir, PeftSettings *ps) {
+    memset(ps, 0, sizeof *ps);
     char *path = paft_path_join(adapter_dir, "adapter_config.json");
     char *text = paft_read_text_file(path, 1 << 20, NULL);
     cJSON *root = cJSON_Parse(text);
     if (!cJSON_IsObject(root)) PAFT_FATAL("%s: not a JSON object", path);
-    const cJSON *r = cJSON_GetObjectItemCaseSensitive(root, "r");
-    const cJSON *alpha = cJSON_GetObjectItemCaseSensitive(root, "lora_alpha");
-    const cJSON *rslora = cJSON_GetObjectItemCaseSensitive(root, "use_rslora");
-    const cJSON *targets = cJSON_GetObjectItemCaseSensitive(root, "target_modules");
+    const cJSON *type = member(root, "peft_type");
+    if (type && !(cJSON_IsString(type) && strcmp(type->valuestring, "LORA") == 0))
+        PAFT_FATAL("%s: peft_type is %s, not \"LORA\": paft reads LoRA adapters only", path,
+                   cJSON_IsString(type) ? type->valuestring : "not a string");
+    if (is_set(member(root, "use_dora")))
+        PAFT_FATAL("%s: use_dora is set: a DoRA adapter (LoRA with magnitude vectors) is not a "
+                   "plain LoRA delta s B A, which is what paft reads", path);
+    if (is_set(member(root, "rank_pattern")) || is_set(member(root, "alpha_pattern")))
+        PAFT_FATAL("%s: rank_pattern or alpha_pattern is set: per-module ranks or alphas are not "
+                   "supported (paft reads one r and one lora_alpha for every module)", path);
+    if (is_set(member(root, "fan_in_fan_out")))
+        PAFT_FATAL("%s: fan_in_fan_out is set (GPT-2 style Conv1D weights): not a layout of the "
+                   "Llama-family models paft reads", path);
+    const cJSON *r = member(root, "r");
+    const cJSON *alpha = member(root, "lora_alpha");
+    const cJSON *rslora = member(root, "use_rslora");
+    const cJSON *targets = member(root, "target_modules");
+    const cJSON *base = member(root, "base_model_name_or_path");
     if (!cJSON_IsNumber(r) || r->valuedouble != (int)r->valuedouble)
         PAFT_FATAL("%s: 'r' missing or not an integer", path);
+    if (r->valuedouble < 1 || r->valuedouble > 65536)
+        PAFT_FATAL("%s: 'r' = %g is not a LoRA rank (1 to 65536)", path, r->valuedouble);
     if (!cJSON_IsNumber(alpha)) PAFT_FATAL("%s: 'lora_alpha' missing or not a number", path);
+    if (!(alpha->valuedouble > 0))
+        PAFT_FATAL("%s: 'lora_alpha' = %g must be positive", path, alpha->valuedouble);
     /* target_modules is a list of names, or one string (a regex in PEFT; only plain names here) */
-    char list[512] = "";
     if (cJSON_IsString(targets)) {
-        snprintf(list, sizeof list, "%s", targets->valuestring);
+        snprintf(ps->targets, sizeof ps->targets, "%s", targets->valuestring);
     } else if (cJSON_IsArray(targets)) {
         const cJSON *t;
         cJSON_ArrayForEach(t, targets) {
             if (!cJSON_IsString(t)) PAFT_FATAL("%s: target_modules holds a non-string", path);
-            if (strlen(list) + strlen(t->valuestring) + 2 > sizeof list)
+            if (strlen(ps->targets) + strlen(t->valuestring) + 2 > sizeof ps->targets)
                 PAFT_FATAL("%s: target_modules is too long", path);
-            if (list[0]) strcat(list, ",");
-            strcat(list, t->valuestring);
+            if (ps->targets[0]) strcat(ps->targets, ",");
+            strcat(ps->targets, t->valuestring);
         }
     } else {
         PAFT_FATAL("%s: 'target_modules' missing", path);
     }
-    lora_config_init(lora, (int)r->valuedouble, alpha->valuedouble, cJSON_IsTrue(rslora), list,
-                     path);
+    ps->r = (int)r->valuedouble;
+    ps->alpha = alpha->valuedouble;
+    ps->rslora = cJSON_IsTrue(rslora);
+    ps->scale = ps->rslora ? ps->alpha / sqrt((double)ps->r) : ps->alpha / (double)ps->r;
+    if (cJSON_IsString(base)) snprintf(ps->base, sizeof ps->base, "%s", base->valuestring);
     cJSON_Delete(root);
     free(text);
     free(path);
+}
+
+void peft_read_config(LoraConfig *lora, const char *adapter_dir) {
+    PeftSettings ps;
+    read_settings(adapter_dir, &ps);
+    char *path = paft_path_join(adapter_dir, "adapter_config.json");
+    lora_config_init(lora, ps.r, ps.alpha, ps.rslora, ps.targets, path);
+    free(path);
+}
+
+/* ---- the factors of a PEFT adapter ------------------------------------------------------------
+ * adapter_model.safetensors holds base_model.model.model.layers.<l>.<module>.lora_A.weight [r, in]
+ * and .lora_B.weight [out, r] for every adapted projection; anything else (an embedding's or
+ * lm_head's factors, biases, DoRA magnitudes, modules_to_save copies) is refused by name: folding
+ * only some of what PEFT would apply gives another model without a word. */
+typedef struct {
+    PeftSettings settings;
+    char *weights_path;
+    Checkpoint ckpt;
+    int n_layers;               /* 1 + the highest adapted layer */
+    const TensorInfo **factors; /* [n_layers][N_PROJ][2] A, B; NULL: not adapted */
+    int n_modules;
+} PeftAdapter;
+
+#define PEFT_PREFIX "base_model.model."
+
+static const TensorInfo **factor_slot(PeftAdapter *a, int layer, int p, int part) {
+    return &a->factors[((size_t)layer * N_PROJ + (size_t)p) * 2 + (size_t)part];
+}
+
+static void peft_open(PeftAdapter *a, const char *dir) {
+    memset(a, 0, sizeof *a);
+    read_settings(dir, &a->settings);
+    a->weights_path = paft_path_join(dir, "adapter_model.safetensors");
+    if (!paft_path_exists(a->weights_path))
+        PAFT_FATAL("%s: no such file (a PEFT adapter directory holds adapter_config.json and "
+                   "adapter_model.safetensors; adapter_model.bin, PyTorch's pickle, is not read)",
+                   a->weights_path);
+    checkpoint_open(&a->ckpt, a->weights_path);
+    const char *path = a->weights_path;
+    int *layer_of = paft_malloc((size_t)PAFT_MAX(a->ckpt.n_tensors, 1) * sizeof(int));
+    int *proj_of = paft_malloc((size_t)PAFT_MAX(a->ckpt.n_tensors, 1) * sizeof(int));
+    int *part_of = paft_malloc((size_t)PAFT_MAX(a->ckpt.n_tensors, 1) * sizeof(int));
+    for (int i = 0; i < a->ckpt.n_tensors; i++) {
+        const char *name = a->ckpt.tensors[i].name;
+        int layer = -1, p = -1, part = -1;
+        if (strncmp(name, PEFT_PREFIX, strlen(PEFT_PREFIX)) == 0)
+            for (part = 0; part < 2; part++) {
+                p = proj_from_name(name + strlen(PEFT_PREFIX),
+                                   part ? ".lora_B.weight" : ".lora_A.weight", &layer);
+                if (p >= 0) break;
+            }
+        if (p < 0)
+            PAFT_FATAL("%s: tensor '%s' is not a LoRA factor of a decoder-layer projection "
+                       "(" PEFT_PREFIX "model.layers.<layer>.<module>.lora_A.weight or "
+                       ".lora_B.weight): paft folds only those, not embedding, lm_head, bias or "
+                       "DoRA tensors",
+                       path, name);
+        layer_of[i] = layer;
+        proj_of[i] = p;
+        part_of[i] = part;
+        a->n_layers = PAFT_MAX(a->n_layers, layer + 1);
+    }
+    if (a->ckpt.n_tensors == 0) PAFT_FATAL("%s: holds no tensors (an empty adapter)", path);
+    a->factors = paft_calloc((size_t)a->n_layers * N_PROJ * 2, sizeof(TensorInfo *));
+    for (int i = 0; i < a->ckpt.n_tensors; i++)
+        *factor_slot(a, layer_of[i], proj_of[i], part_of[i]) = &a->ckpt.tensors[i];
+    free(layer_of);
+    free(proj_of);
+    free(part_of);
+    /* both factors of every module, at rank r */
+    const int64_t r = a->settings.r;
+    for (int l = 0; l < a->n_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            const TensorInfo *A = *factor_slot(a, l, p, 0), *B = *factor_slot(a, l, p, 1);
+            if (!A && !B) continue;
+            if (!A || !B)
+                PAFT_FATAL("%s: model.layers.%d.%s has lora_%c but no lora_%c", path, l,
+                           proj_module_name(p), A ? 'A' : 'B', A ? 'B' : 'A');
+            if (A->ndim != 2 || B->ndim != 2 || A->shape[0] != r || B->shape[1] != r ||
+                A->shape[1] < 1 || B->shape[0] < 1) {
+                char sa[64], sb[64];
+                tensor_shape_string(A, sa, sizeof sa);
+                tensor_shape_string(B, sb, sizeof sb);
+                PAFT_FATAL("%s: model.layers.%d.%s: lora_A is %s and lora_B %s, expected [r, in] "
+                           "and [out, r] with r = %lld (adapter_config.json)",
+                           path, l, proj_module_name(p), sa, sb, (long long)r);
+            }
+            a->n_modules++;
+        }
+}
+
+static void peft_close(PeftAdapter *a) {
+    checkpoint_close(&a->ckpt);
+    free(a->factors);
+    free(a->weights_path);
+}
+
+/* A factor with NaN or inf would only give NaN losses later, far from the cause. */
+static void require_finite(const char *path, const char *name, const real *x, int64_t n) {
+    for (int64_t k = 0; k < n; k++)
+        if (!isfinite(x[k]))
+            PAFT_FATAL("%s: tensor '%s' holds a non-finite value (%g at element %lld)", path, name,
+                       (double)x[k], (long long)k);
+}
+
+void peft_fold_into_base(const char *adapter_dir, Model *m) {
+    PeftAdapter a;
+    peft_open(&a, adapter_dir);
+    const char *path = a.weights_path;
+    /* paft's own PEFT copies record the base's fingerprint (peft_write_adapter); others cannot,
+     * and only their shapes are checked against the base */
+    const char *fp = checkpoint_metadata(&a.ckpt, PEFT_FINGERPRINT_KEY);
+    if (fp && strcmp(fp, m->fingerprint) != 0)
+        PAFT_FATAL("%s: adapter was trained on another base model (fingerprint %s in its "
+                   "metadata, base %s has %s)",
+                   path, fp, m->path, m->fingerprint);
+    const ModelConfig *c = &m->config;
+    const int r = a.settings.r;
+    char name[256];
+    for (int l = 0; l < a.n_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            const TensorInfo *tA = *factor_slot(&a, l, p, 0), *tB = *factor_slot(&a, l, p, 1);
+            if (!tA) continue;
+            if (l >= c->num_layers)
+                PAFT_FATAL("%s: tensor '%s' adapts layer %d, but the base %s has %d layers", path,
+                           tA->name, l, m->path, c->num_layers);
+            const TensorView *w = NULL;
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, proj_module_name(p));
+            for (int i = 0; i < m->n_weight_views && !w; i++)
+                if (strcmp(m->weight_views[i].name, name) == 0) w = &m->weight_views[i];
+            if (!w) PAFT_FATAL("%s: the base %s has no %s", path, m->path, name);
+            if (tA->shape[1] != w->global_cols || tB->shape[0] != w->global_rows)
+                PAFT_FATAL("%s: model.layers.%d.%s: lora_A is [%lld, %lld] and lora_B [%lld, "
+                           "%lld], but %s of the base %s is [%lld, %lld]: an adapter of another "
+                           "model",
+                           path, l, proj_module_name(p), (long long)tA->shape[0],
+                           (long long)tA->shape[1], (long long)tB->shape[0],
+                           (long long)tB->shape[1], name, m->path, (long long)w->global_rows,
+                           (long long)w->global_cols);
+            /* W += s B A on this rank's block of W: rows [row0, +rows) x columns [col0, +cols)
+             * needs B's rows and A's columns of that block */
+            real *A = paft_malloc((size_t)((int64_t)r * w->cols) * sizeof(real));
+            real *B = paft_malloc((size_t)(w->rows * r) * sizeof(real));
+            real *delta = paft_malloc((size_t)(w->rows * w->cols) * sizeof(real));
+            checkpoint_read_block(&a.ckpt, tA, 0, r, w->col0, w->cols, A);
+            require_finite(path, tA->name, A, (int64_t)r * w->cols);
+            checkpoint_read_block(&a.ckpt, tB, w->row0, w->rows, 0, r, B);
+            require_finite(path, tB->name, B, w->rows * r);
+            lora_delta(delta, A, B, (int)w->rows, (int)w->cols, r, (real)a.settings.scale);
+            real *W = m->weights_memory + w->offset;
+            for (int64_t i = 0; i < w->rows * w->cols; i++) W[i] += delta[i];
+            free(A);
+            free(B);
+            free(delta);
+        }
+    peft_close(&a);
+}
+
+void peft_describe(const char *adapter_dir, FILE *out) {
+    PeftAdapter a;
+    peft_open(&a, adapter_dir);
+    const PeftSettings *ps = &a.settings;
+    const int64_t r = ps->r;
+    /* everything is read and measured before the first line, so a broken adapter gets its error
+     * alone */
+    double *sparsity = paft_malloc((size_t)a.n_layers * N_PROJ * sizeof(double));
+    double below_total = 0, count_total = 0;
+    int dtypes_seen[16] = {0};
+    for (int l = 0; l < a.n_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            const TensorInfo *tA = *factor_slot(&a, l, p, 0), *tB = *factor_slot(&a, l, p, 1);
+            sparsity[l * N_PROJ + p] = -1;
+            if (!tA) continue;
+            if ((int)tA->dtype >= 0 && (int)tA->dtype < 16) dtypes_seen[tA->dtype] = 1;
+            if ((int)tB->dtype >= 0 && (int)tB->dtype < 16) dtypes_seen[tB->dtype] = 1;
+            const int64_t in = tA->shape[1], out_rows = tB->shape[0];
+            real *A = paft_malloc((size_t)(r * in) * sizeof(real));
+            real *B = paft_malloc((size_t)(out_rows * r) * sizeof(real));
+            checkpoint_read(&a.ckpt, tA, A);
+            checkpoint_read(&a.ckpt, tB, B);
+            require_finite(a.weights_path, tA->name, A, r * in);
+            require_finite(a.weights_path, tB->name, B, out_rows * r);
+            /* delta = s B A a block of rows at a time (out x in is quadratic in the file size) */
+            const int64_t block = PAFT_MAX((int64_t)1, ((int64_t)1 << 20) / in);
+            real *delta = paft_malloc((size_t)(PAFT_MIN(block, out_rows) * in) * sizeof(real));
+            size_t below = 0;
+            for (int64_t row = 0; row < out_rows; row += block) {
+                const int64_t rows = PAFT_MIN(block, out_rows - row);
+                lora_delta(delta, A, B + row * r, (int)rows, (int)in, (int)r, (real)ps->scale);
+                below += delta_count_below(delta, (size_t)(rows * in), PAFT_SPARSITY_THRESHOLD);
+            }
+            const double n = (double)out_rows * (double)in;
+            sparsity[l * N_PROJ + p] = (double)below / n;
+            below_total += (double)below;
+            count_total += n;
+            free(A);
+            free(B);
+            free(delta);
+        }
+    char dtypes[128] = "";
+    for (int d = 0; d < 16; d++)
+        if (dtypes_seen[d])
+            snprintf(dtypes + strlen(dtypes), sizeof dtypes - strlen(dtypes), "%s%s",
+                     dtypes[0] ? ", " : "", dtype_name((Dtype)d));
+    const char *fp = checkpoint_metadata(&a.ckpt, PEFT_FINGERPRINT_KEY);
+    fprintf(out, "%s: PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)\n",
+            adapter_dir);
+    fprintf(out, "  LoRA r=%d alpha=%g%s (scale %g) on %s\n", ps->r, ps->alpha,
+            ps->rslora ? " rslora" : "", ps->scale, ps->targets);
+    fprintf(out, "  base model %s", ps->base[0] ? ps->base : "(not recorded)");
+    if (fp)
+        fprintf(out, " (fingerprint %s, written by paft)\n", fp);
+    else
+        fprintf(out, " (no fingerprint: folding it checks the shapes against the base)\n");
+    fprintf(out, "  %d tensors (%s)\n", a.ckpt.n_tensors, dtypes);
+    fprintf(out, "\n  sparsity of delta = s B A (fraction of |delta| < %g) per layer and module:\n",
+            PAFT_SPARSITY_THRESHOLD);
+    adapter_print_sparsity_table(out, sparsity, a.n_layers);
+    fprintf(out, "\n  %d adapted modules, %.0f delta elements, overall sparsity %.4f\n", a.n_modules,
+            count_total, count_total > 0 ? below_total / count_total : 0.0);
+    free(sparsity);
+    peft_close(&a);
 }
 
 void peft_load_adapter(Model *m, const char *adapter_dir) {
@@ -144,7 +425,15 @@ void peft_write_adapter(const char *adapter_h5, const char *adapter_dir) {
                 n++;
             }
     path = paft_path_join(adapter_dir, "adapter_model.safetensors");
-    safetensors_write(path, tensors, n, "{\"format\": \"pt\"}");
+    /* the metadata carries the base's fingerprint, which adapter_config.json has no key for (an
+     * unknown key there would break older PEFT versions): folding this copy checks it */
+    char *fp = h5_get_attr_string(&f, "base_fingerprint");
+    char metadata[128] = "{\"format\": \"pt\"}";
+    if (strlen(fp) == 16 && strspn(fp, "0123456789abcdef") == 16) /* model.c's digest, nothing to escape */
+        snprintf(metadata, sizeof metadata, "{\"format\": \"pt\", \"%s\": \"%s\"}",
+                 PEFT_FINGERPRINT_KEY, fp);
+    free(fp);
+    safetensors_write(path, tensors, n, metadata);
     free(path);
     for (int i = 0; i < n; i++) {
         free(names[i]);

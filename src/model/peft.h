@@ -3,21 +3,43 @@
  * adapter_model.safetensors, tensors named
  *   base_model.model.<HF module path>.lora_A.weight  [r][in]
  *   base_model.model.<HF module path>.lora_B.weight  [out][r]
- * paft reads them (to start from, or to compare with, adapters trained by PEFT) and writes them
- * (so peft.PeftModel.from_pretrained loads what paft trained).
+ * paft reads them (model.adapter folds one into the base, as it does an adapter.h5; `paft
+ * inspect` describes one; the reference tests load PEFT's own) and writes them (so
+ * peft.PeftModel.from_pretrained loads what paft trained).
  */
 #ifndef PAFT_PEFT_H
 #define PAFT_PEFT_H
 
+#include <stdio.h>
+
 #include "model/model.h"
 
-/* LoRA settings of a PEFT adapter directory (r, lora_alpha, use_rslora, target_modules). */
+/* The adapter_model.safetensors "__metadata__" key where paft's copies record the base model's
+ * fingerprint (an adapter.h5's base_fingerprint); PEFT ignores it. */
+#define PEFT_FINGERPRINT_KEY "paft_base_fingerprint"
+
+/* Is PATH a PEFT adapter directory: adapter_config.json and no model weights (model.safetensors
+ * or its index)? Used to name one where a model or a paft adapter file is expected. */
+int peft_is_adapter_dir(const char *path);
+
+/* LoRA settings of a PEFT adapter directory (r, lora_alpha, use_rslora, target_modules). LoRA
+ * variants paft cannot apply as s B A (DoRA, rank_pattern / alpha_pattern, fan_in_fan_out, another
+ * peft_type) are refused naming the key. */
 void peft_read_config(LoraConfig *lora, const char *adapter_dir);
 /* Load the adapter's A and B into the model, whose LoRA configuration must match. */
 void peft_load_adapter(Model *model, const char *adapter_dir);
+/* Fold a PEFT adapter (any r/alpha/targets) into the base weights, W += s B A, each rank its own
+ * block of W: what adapter_fold_into_base does with a directory. Every tensor of the file must be
+ * a lora_A/lora_B factor of a decoder-layer projection of this model at its shape, both factors
+ * present and finite; a fingerprint in the metadata (paft's copies) must be the model's. */
+void peft_fold_into_base(const char *adapter_dir, Model *model);
+/* What `paft inspect <peft dir>` prints: the LoRA settings, the base model it names, the tensors,
+ * and the sparsity of every module's delta s B A (as for an adapter.h5). Validates first. */
+void peft_describe(const char *adapter_dir, FILE *out);
 
 /* Convert a paft adapter file (adapter.h5, global shapes) into a PEFT adapter directory (created if
- * needed): adapter_config.json and adapter_model.safetensors (F32). Call on one rank. */
+ * needed): adapter_config.json and adapter_model.safetensors (F32, the base fingerprint in its
+ * metadata). Call on one rank. */
 void peft_write_adapter(const char *adapter_h5, const char *adapter_dir);
 
 #endif

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# model.adapter takes a PEFT adapter directory as it takes an adapter.h5: a DPO stage trained on
+# the base with the SFT stage's PEFT copy (<stage>/peft/) folded in is the one trained with its
+# adapter.h5 folded in, to the bit (same eval metrics; paft eval folds the PEFT directory again,
+# from the adapter's folded_adapter attribute).
+#   usage: test_peft_fold.sh PAFT RUN (the cli_make_run fixture: RUN/t/task.ini, RUN/out/sft/)
+set -euo pipefail
+paft=$1 run=$2
+cfg="$run/t/task.ini"
+rm -rf "$run/fold_h5" "$run/fold_peft"
+"$paft" train "$cfg" stage=dpo pref.steps=2 model.adapter="$run/out/sft/adapter.h5" \
+  output.dir="$run/fold_h5" > /dev/null
+"$paft" train "$cfg" stage=dpo pref.steps=2 model.adapter="$run/out/sft/peft" \
+  output.dir="$run/fold_peft" > /dev/null
+ev() { "$paft" eval "$cfg" model="$1" eval.sft_data="$run/t/sft_train.bin" \
+         eval.pref_data="$run/t/pref_train.bin" | sed -n 's/^eval: {"model": "[^"]*", //p'; }
+a=$(ev "$run/fold_h5/pref/adapter.h5")
+b=$(ev "$run/fold_peft/pref/adapter.h5")
+base=$(ev "$run/t/model")
+echo "folded adapter.h5: $a"; echo "folded peft/:      $b"; echo "base:              $base"
+[ -n "$a" ] && [ "$a" = "$b" ] || { echo "the two folds give different models"; exit 1; }
+[ "$a" != "$base" ] || { echo "the fold did not change the model"; exit 1; }
+echo "model.adapter = <stage>/peft gives the same model as <stage>/adapter.h5"
