@@ -11,10 +11,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "data/token_data.h"
 #include "io/adapter.h"
 #include "io/h5file.h"
 #include "io/merged_h5.h"
 #include "io/safetensors.h"
+#include "model/peft.h"
 #include "ops/ops.h"
 #include "parallel/collectives.h"
 #include "util/rng.h"
@@ -286,10 +288,37 @@ static void layout_scratch(const Model *m, int B, int T, GradScratch *s, Carver 
 
 /* ---- loading ---------------------------------------------------------------------------------*/
 
-/* Where a model's config.json is. An HDF5 file that is not a merged model (an adapter or a
- * training checkpoint given as model.path) has none beside it to look for: say what it is. */
+/* Where a model's config.json is. What else users give as model.path has none to look for, and
+ * would fail as "<dir>/config.json: cannot open" or as a nonsense safetensors header length: an
+ * HDF5 file that is not a merged model (an adapter or a checkpoint), a PEFT adapter directory, a
+ * token data file or a JSON file (the model's config.json itself) are named as what they are. */
 static char *config_json_path(const char *path) {
-    if (paft_is_directory(path)) return paft_path_join(path, "config.json");
+    if (paft_is_directory(path)) {
+        if (peft_is_adapter_dir(path))
+            PAFT_FATAL("%s: a PEFT adapter directory (adapter_config.json), not a model; "
+                       "model.path takes the base model, and model.adapter the adapter to fold "
+                       "into it before training", path);
+        return paft_path_join(path, "config.json");
+    }
+    /* the first bytes say what else a file given as a model may be */
+    unsigned char magic[16] = {0};
+    size_t n = 0;
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        n = fread(magic, 1, sizeof magic, f);
+        fclose(f);
+    }
+    if (n >= 8 && memcmp(magic, TOKEN_DATA_MAGIC, 8) == 0)
+        PAFT_FATAL("%s: a paft token data file (" TOKEN_DATA_MAGIC "), not a model; model.path "
+                   "takes a Hugging Face model directory, a .safetensors file or a merged .h5, "
+                   "and data files go to sft.data, pref.data, eval.sft_data or eval.pref_data",
+                   path);
+    size_t i = 0;
+    while (i < n && (magic[i] == ' ' || magic[i] == '\t' || magic[i] == '\n' || magic[i] == '\r')) i++;
+    if (i < n && (magic[i] == '{' || magic[i] == '['))
+        PAFT_FATAL("%s: a JSON file, not a model; model.path takes the model's directory (the one "
+                   "holding config.json and the safetensors), or a .safetensors file beside its "
+                   "config.json", path);
     if (adapter_path_is_hdf5(path))
         PAFT_FATAL("%s: an HDF5 file that is not a paft merged model (an adapter or checkpoint?); "
                    "model.path takes a Hugging Face model directory, a .safetensors file or a "
