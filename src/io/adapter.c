@@ -251,6 +251,16 @@ void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *m) {
         peft_fold_into_base(path, m);
         return;
     }
+    if (paft_path_exists(path) && !adapter_path_is_hdf5(path)) {
+        /* a file of a PEFT directory (adapter_model.safetensors): the directory is the adapter */
+        char *dir = paft_strdup(path);
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = '\0';
+        if (peft_is_adapter_dir(slash ? dir : "."))
+            PAFT_FATAL("%s: a file of the PEFT adapter directory %s; model.adapter takes the "
+                       "directory itself", path, slash ? dir : ".");
+        free(dir);
+    }
     H5File f;
     h5_open_read(&f, path, comm);
     require_adapter_format(&f);
