@@ -13,8 +13,12 @@
  *      and prints a table shaped like the paper's Table 1, with the sparsity of each delta;
  *      OUTDIR/results.md and OUTDIR/results.json keep it.
  * Every step is also a command (paft train / run / merge / eval with OUTDIR/demo.ini), printed as
- * it goes, so each can be rerun by hand. Stages already complete in OUTDIR are not retrained.
+ * it goes, so each can be rerun by hand. Stages already complete in OUTDIR are not retrained (their
+ * adapters are checked against the configuration); the merges are always redone. OUTDIR must be
+ * new, empty, or an earlier demo's (its .paft-demo marker): a directory of the user's is refused
+ * rather than written over.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <mpi.h>
 #include <stdlib.h>
@@ -46,9 +50,59 @@ typedef struct {
     EvalResult sft, pref;
 } DemoRow;
 
-static void write_demo_files(const char *outdir) {
-    if (mkdir(outdir, 0777) != 0 && errno != EEXIST)
+/* OUTDIR/.paft-demo marks a directory the demo made its own: the demo (re)writes demo.ini,
+ * results.md, results.json, base-model/, the data files, runs/ and merged/ in it. */
+#define DEMO_MARKER ".paft-demo"
+#define DEMO_INI_FIRST_LINE "; written by paft demo:"
+
+static int directory_is_empty(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) PAFT_FATAL("%s: cannot read directory: %s", path, strerror(errno));
+    int empty = 1;
+    for (struct dirent *e; empty && (e = readdir(d));)
+        empty = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
+    closedir(d);
+    return empty;
+}
+
+/* A demo directory of a paft from before the marker: its demo.ini begins with the demo's line. */
+static int has_demo_ini(const char *outdir) {
+    char path[1024], line[64] = "";
+    snprintf(path, sizeof path, "%s/demo.ini", outdir);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    const int ok = fgets(line, sizeof line, f) &&
+                   strncmp(line, DEMO_INI_FIRST_LINE, strlen(DEMO_INI_FIRST_LINE)) == 0;
+    fclose(f);
+    return ok;
+}
+
+/* The demo writes files of fixed names into OUTDIR: only into a new or empty directory, or one an
+ * earlier demo wrote (its marker), so that a directory of the user's (their own demo.ini or
+ * results.md, say) is never written over. */
+static void claim_outdir(const char *outdir) {
+    char marker[1024];
+    snprintf(marker, sizeof marker, "%s/" DEMO_MARKER, outdir);
+    if (paft_path_exists(outdir)) {
+        if (!paft_is_directory(outdir))
+            PAFT_FATAL("%s: exists and is not a directory; paft demo OUTDIR takes a new or empty "
+                       "directory, or one an earlier paft demo wrote", outdir);
+        if (!paft_path_exists(marker) && !directory_is_empty(outdir) && !has_demo_ini(outdir))
+            PAFT_FATAL("%s: not empty and not a paft demo directory (no %s in it); the demo writes "
+                       "demo.ini, results.md, results.json, runs/ and merged/ there and would "
+                       "overwrite yours: give a new or empty directory", outdir, DEMO_MARKER);
+    } else if (mkdir(outdir, 0777) != 0 && errno != EEXIST) {
         PAFT_FATAL("%s: cannot create directory: %s", outdir, strerror(errno));
+    }
+    FILE *f = fopen(marker, "w");
+    if (!f) PAFT_FATAL("%s: cannot create: %s", marker, strerror(errno));
+    fprintf(f, "a directory written by `paft demo` (which reruns into it, and only into such a "
+               "directory or an empty one)\n");
+    if (fclose(f) != 0) PAFT_FATAL("%s: write failed", marker);
+}
+
+static void write_demo_files(const char *outdir) {
+    claim_outdir(outdir);
     char path[1024];
     TinyModelSpec spec = tiny_model_default();
     snprintf(path, sizeof path, "%s/base-model", outdir);
@@ -70,7 +124,7 @@ static void write_demo_files(const char *outdir) {
     FILE *f = fopen(path, "w");
     if (!f) PAFT_FATAL("%s: cannot create: %s", path, strerror(errno));
     fprintf(f,
-            "; written by paft demo: the tiny model, generated data and settings of the demo\n"
+            DEMO_INI_FIRST_LINE " the tiny model, generated data and settings of the demo\n"
             "[model]\npath = %s/base-model\n"
             "[lora]\nr = 8\nalpha = 16\n"
             "[sft]\ndata = %s/sft_train.bin\nsteps = 300\nbatch = 16\nmicro_batch = 4\n"
@@ -233,7 +287,10 @@ int cmd_demo(int argc, char **argv) {
             if (m == 0 && variant == 0)
                 paft_log("\n== merges: paft merge %s/demo.ini merge.method=M merge.sft_adapter=... "
                          "merge.pref_adapter=... merge.out=%s/...\n", outdir, merged_dir);
-            if (!paft_path_exists(r->path)) merge_stage_run(&mcfg, MPI_COMM_WORLD);
+            /* always merged again (milliseconds at this size): a merged file left by an earlier
+             * run may come from other adapters (retrained since, or from an older paft), and
+             * nothing would tell its metrics from those of these adapters */
+            merge_stage_run(&mcfg, MPI_COMM_WORLD);
             CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD));
             r->sparsity_sft = adapter_delta_sparsity(s);
             r->sparsity_pref = adapter_delta_sparsity(p);
