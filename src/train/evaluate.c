@@ -152,10 +152,11 @@ void evaluate_model_path(const Config *cfg, const char *path, const TokenData *s
     lora_config_init(&lora, cfg->lora.r, cfg->lora.alpha, cfg->lora.rslora, cfg->lora.targets,
                      "configuration [lora]");
     const int adapter = is_adapter_file(path);
-    if (!adapter && !paft_is_directory(path) && merged_is_merged_file(path))
-        require_merged_base(path, cfg->model.path, comm);
     Model policy;
     model_load(&policy, adapter ? cfg->model.path : path, &lora, 0, MPI_COMM_SELF);
+    /* after the load, which validates the merged file first (a broken one gets its own error) */
+    if (!adapter && !paft_is_directory(path) && merged_is_merged_file(path))
+        require_merged_base(path, cfg->model.path, comm);
     if (adapter) {
         char folded[CONFIG_PATH_MAX];
         folded_adapter_of(path, folded, sizeof folded);
