@@ -318,15 +318,17 @@ static void check_layout(const char *path, TensorInfo *tensors, int n, uint64_t 
  * adapter_config.json) reads as a nonsense header length: its first 8 bytes are text. */
 static int starts_like_json(const unsigned char *bytes, size_t n) {
     size_t i = 0;
-    while (i < n && (bytes[i] == ' ' || bytes[i] == '\t' || bytes[i] == '\n' || bytes[i] == '\r')) i++;
+    while (i < n && (bytes[i] == ' ' || bytes[i] == '\t' || bytes[i] == '\n' || bytes[i] == '\r'))
+        i++;
     return i < n && (bytes[i] == '{' || bytes[i] == '[');
 }
 
 /* Keep the entries of a "__metadata__" object (already checked: strings only). */
 static void keep_metadata(Checkpoint *ckpt, const cJSON *object) {
     const size_t n = (size_t)ckpt->n_metadata + (size_t)cJSON_GetArraySize(object);
-    ckpt->metadata_keys = paft_realloc(ckpt->metadata_keys, PAFT_MAX(n, (size_t)1) * sizeof(char *));
-    ckpt->metadata_values = paft_realloc(ckpt->metadata_values, PAFT_MAX(n, (size_t)1) * sizeof(char *));
+    const size_t bytes = PAFT_MAX(n, (size_t)1) * sizeof(char *);
+    ckpt->metadata_keys = paft_realloc(ckpt->metadata_keys, bytes);
+    ckpt->metadata_values = paft_realloc(ckpt->metadata_values, bytes);
     for (const cJSON *m = object->child; m; m = m->next) {
         ckpt->metadata_keys[ckpt->n_metadata] = paft_strdup(m->string);
         ckpt->metadata_values[ckpt->n_metadata] = paft_strdup(m->valuestring);

@@ -20,7 +20,8 @@ int peft_is_adapter_dir(const char *path) {
     char *index = paft_path_join(path, "model.safetensors.index.json");
     /* a model directory may carry an adapter_config.json too (transformers saves one beside a
      * model with an adapter attached): it is a model when it has a model's weights */
-    const int peft = paft_path_exists(config) && !paft_path_exists(single) && !paft_path_exists(index);
+    const int peft =
+        paft_path_exists(config) && !paft_path_exists(single) && !paft_path_exists(index);
     free(config);
     free(single);
     free(index);
@@ -307,7 +308,8 @@ void peft_describe(const char *adapter_dir, FILE *out) {
             snprintf(dtypes + strlen(dtypes), sizeof dtypes - strlen(dtypes), "%s%s",
                      dtypes[0] ? ", " : "", dtype_name((Dtype)d));
     const char *fp = checkpoint_metadata(&a.ckpt, PEFT_FINGERPRINT_KEY);
-    fprintf(out, "%s: PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)\n",
+    fprintf(out,
+            "%s: PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors)\n",
             adapter_dir);
     fprintf(out, "  LoRA r=%d alpha=%g%s (scale %g) on %s\n", ps->r, ps->alpha,
             ps->rslora ? " rslora" : "", ps->scale, ps->targets);
@@ -320,8 +322,8 @@ void peft_describe(const char *adapter_dir, FILE *out) {
     fprintf(out, "\n  sparsity of delta = s B A (fraction of |delta| < %g) per layer and module:\n",
             PAFT_SPARSITY_THRESHOLD);
     adapter_print_sparsity_table(out, sparsity, a.n_layers);
-    fprintf(out, "\n  %d adapted modules, %.0f delta elements, overall sparsity %.4f\n", a.n_modules,
-            count_total, count_total > 0 ? below_total / count_total : 0.0);
+    fprintf(out, "\n  %d adapted modules, %.0f delta elements, overall sparsity %.4f\n",
+            a.n_modules, count_total, count_total > 0 ? below_total / count_total : 0.0);
     free(sparsity);
     peft_close(&a);
 }
