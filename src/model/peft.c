@@ -431,7 +431,8 @@ void peft_write_adapter(const char *adapter_h5, const char *adapter_dir) {
      * unknown key there would break older PEFT versions): folding this copy checks it */
     char *fp = h5_get_attr_string(&f, "base_fingerprint");
     char metadata[128] = "{\"format\": \"pt\"}";
-    if (strlen(fp) == 16 && strspn(fp, "0123456789abcdef") == 16) /* model.c's digest, nothing to escape */
+    /* model.c's digest: 16 hex digits, nothing to escape in the JSON */
+    if (strlen(fp) == 16 && strspn(fp, "0123456789abcdef") == 16)
         snprintf(metadata, sizeof metadata, "{\"format\": \"pt\", \"%s\": \"%s\"}",
                  PEFT_FINGERPRINT_KEY, fp);
     free(fp);

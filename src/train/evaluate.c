@@ -128,10 +128,11 @@ static void require_merged_base(const char *path, const char *base_path, MPI_Com
     int rank;
     CHECK_MPI(MPI_Comm_rank(comm, &rank));
     if (strcmp(recorded, fingerprint) != 0) /* every rank of comm reads the same files */
-        PAFT_FATAL_SHARED(rank == 0, "%s: merged model was made from another base model (base_fingerprint %s, base "
-                   "%s), but model.path %s has fingerprint %s; set model.path to the base it was "
-                   "merged from",
-                   path, recorded, recorded_base, base_path, fingerprint);
+        PAFT_FATAL_SHARED(rank == 0,
+                          "%s: merged model was made from another base model (base_fingerprint "
+                          "%s, base %s), but model.path %s has fingerprint %s; set model.path to "
+                          "the base it was merged from",
+                          path, recorded, recorded_base, base_path, fingerprint);
     free(recorded);
     free(recorded_base);
 }

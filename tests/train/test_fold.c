@@ -72,7 +72,8 @@ int main(int argc, char **argv) {
            folded.n_weights);
     CHECK(differ == 0, "folding the PEFT copy gives other weights (%zu differ)", differ);
 
-    /* an adapter written by PEFT: folded == enabled (paft's forward matches PEFT's, test_model_reference) */
+    /* an adapter written by PEFT: folded == enabled (paft's enabled forward is PEFT's:
+     * test_model_reference) */
     if (argc > 1) {
         char dir[1024], adapter[1100];
         snprintf(dir, sizeof dir, "%s", argv[1]);
