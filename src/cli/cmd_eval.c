@@ -2,8 +2,9 @@
  * cmd_eval.c - `paft eval CONFIG model=PATH [eval.sft_data=... eval.pref_data=...]`: held-out
  * metrics of a model, over all ranks (records split between them).
  *
- * PATH is a Hugging Face model, a paft merged file (merged.h5), or an adapter (adapter.h5, applied
- * to model.path). The SFT metric is the mean NLL over the loss-mask tokens of eval.sft_data; the
+ * PATH is a Hugging Face model, a paft merged file (merged.h5), or an adapter applied to
+ * model.path: paft's adapter.h5, or a PEFT adapter directory (<stage>/peft/ or one trained with
+ * PEFT, folded into the base). The SFT metric is the mean NLL over the loss-mask tokens of eval.sft_data; the
  * preference metrics are the implicit-reward accuracy and margin on eval.pref_data against the
  * base model (model.path) as the reference, beta = pref.beta. Prints a line for people and one
  * JSON object ("eval: {...}") for scripts.
@@ -31,23 +32,11 @@ int cmd_eval(int argc, char **argv) {
             ARGUMENT_FATAL("command line: unknown argument '%s' for 'paft eval' (model=PATH)",
                            extra[i]);
     }
-    if (!path) ARGUMENT_FATAL("command line: 'paft eval' needs model=PATH (model, merged.h5 or "
-                              "adapter.h5)");
+    if (!path) ARGUMENT_FATAL("command line: 'paft eval' needs model=PATH (model, merged.h5, "
+                              "adapter.h5 or a PEFT adapter directory)");
     if (!cfg.eval.sft_data[0] && !cfg.eval.pref_data[0])
         ARGUMENT_FATAL("configuration: set eval.sft_data and/or eval.pref_data");
     if (!cfg.model.path[0]) ARGUMENT_FATAL("configuration: model.path (the base model) is not set");
-    if (paft_is_directory(path)) {
-        /* a PEFT copy (<stage>/peft/) would otherwise fail as "config.json: cannot open" */
-        char *peft_config = paft_path_join(path, "adapter_config.json");
-        char *hf_config = paft_path_join(path, "config.json");
-        const int peft = paft_path_exists(peft_config) && !paft_path_exists(hf_config);
-        free(peft_config);
-        free(hf_config);
-        if (peft)
-            PAFT_FATAL("%s: a PEFT adapter directory; paft eval reads paft's own adapter file: "
-                       "give model=<stage>/adapter.h5 (beside the peft/ folder)", path);
-    }
-
     /* rank 0 opens the inputs first while the others wait: a bad file gets one message (its
      * MPI_Abort ends the others), not one per rank */
     int rank;

@@ -54,8 +54,8 @@ static const Command commands[] = {
      "Then: paft inspect MERGED.h5 (sparsity tables), paft export MERGED.h5 OUTDIR.\n"},
     {"eval", cmd_eval, "held-out SFT loss and preference accuracy of a model",
      "usage: paft eval CONFIG model=PATH [eval.sft_data=... eval.pref_data=...]\n\n"
-     "PATH: a Hugging Face model, a merged file (merged.h5) or an adapter (adapter.h5 on\n"
-     "model.path). Prints the mean NLL over the loss-mask tokens of eval.sft_data and the\n"
+     "PATH: a Hugging Face model, a merged file (merged.h5) or an adapter on model.path\n"
+     "(adapter.h5, or a PEFT adapter directory such as <stage>/peft/). Prints the mean NLL over the loss-mask tokens of eval.sft_data and the\n"
      "implicit-reward accuracy and margin on eval.pref_data against the base model.path\n"
      "(beta = pref.beta), then the same as one JSON line ('eval: {...}').\n"},
     {"export", cmd_export, "merged HDF5 file -> Hugging Face safetensors directory",

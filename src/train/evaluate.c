@@ -8,6 +8,7 @@
 #include "io/h5file.h"
 #include "io/merged_h5.h"
 #include "loss/sft_loss.h"
+#include "model/peft.h"
 #include "parallel/collectives.h"
 #include "train/batch.h"
 #include "train/train.h"
@@ -153,10 +154,14 @@ void evaluate_model_path(const Config *cfg, const char *path, const TokenData *s
     lora_config_init(&lora, cfg->lora.r, cfg->lora.alpha, cfg->lora.rslora, cfg->lora.targets,
                      "configuration [lora]");
     const int adapter = is_adapter_file(path);
+    /* a PEFT adapter directory (paft's <stage>/peft/ or one trained with PEFT) is folded into the
+     * base, which is then the reference as for a merged model */
+    const int peft = peft_is_adapter_dir(path);
     Model policy;
-    model_load(&policy, adapter ? cfg->model.path : path, &lora, 0, MPI_COMM_SELF);
+    model_load(&policy, adapter || peft ? cfg->model.path : path, &lora, 0, MPI_COMM_SELF);
+    if (peft) adapter_fold_into_base(path, comm, &policy);
     /* after the load, which validates the merged file first (a broken one gets its own error) */
-    if (!adapter && !paft_is_directory(path) && merged_is_merged_file(path))
+    if (!adapter && !peft && !paft_is_directory(path) && merged_is_merged_file(path))
         require_merged_base(path, cfg->model.path, comm);
     if (adapter) {
         char folded[CONFIG_PATH_MAX];

@@ -21,3 +21,18 @@ echo "folded adapter.h5: $a"; echo "folded peft/:      $b"; echo "base:         
 [ -n "$a" ] && [ "$a" = "$b" ] || { echo "the two folds give different models"; exit 1; }
 [ "$a" != "$base" ] || { echo "the fold did not change the model"; exit 1; }
 echo "model.adapter = <stage>/peft gives the same model as <stage>/adapter.h5"
+
+# paft eval takes a PEFT directory too (folded into model.path, the base as the reference): the
+# SFT stage's peft/ evaluates as its adapter.h5 does, to rounding (the fold adds s B A into the
+# weights; adapter.h5 is applied as LoRA)
+h5=$(ev "$run/out/sft/adapter.h5")
+peft=$(ev "$run/out/sft/peft")
+echo "sft adapter.h5: $h5"; echo "sft peft/:      $peft"
+python3 - "$h5" "$peft" <<'PY'
+import json, math, sys
+a, b = (json.loads("{" + s) for s in sys.argv[1:3])
+bad = [k for k in a if not math.isclose(a[k], b[k], rel_tol=1e-4, abs_tol=1e-6)]
+if bad or a.keys() != b.keys():
+    sys.exit(f"paft eval of the PEFT directory differs from its adapter.h5 in {bad or 'the keys'}")
+PY
+echo "paft eval model=<stage>/peft matches model=<stage>/adapter.h5"
