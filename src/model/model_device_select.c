@@ -48,7 +48,7 @@ static void require_devices(const char *origin, const char *name, int count) {
     char host[MPI_MAX_PROCESSOR_NAME] = "";
     int len = 0;
     CHECK_MPI(MPI_Get_processor_name(host, &len));
-    PAFT_FATAL("%s = %s, but no GPU is visible on %s (check the job's GPU request and "
+    PAFT_FATAL("%s = %s, but no CUDA device is visible on %s (check the job's GPU request and "
                "CUDA_VISIBLE_DEVICES)", origin, name, host);
 }
 
