@@ -240,7 +240,29 @@ void adapter_read(const char *path, MPI_Comm comm, Model *m, AdapterInfo *info, 
     h5_close(&f);
 }
 
+/* Fold one adapter (not its chain) and say which adapter it was trained on top of ("" none). */
+static void fold_one(const char *path, MPI_Comm comm, Model *m, char *folded, size_t folded_size);
+
+/* An adapter trained with model.adapter = X is a delta relative to base + X (its folded_adapter):
+ * folding it alone into the base gives a model nobody trained. So the chain is folded, X first
+ * (W += delta_X + delta: the order does not matter), as deep as it goes. */
 void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *m) {
+    enum { MAX_CHAIN = 16 };
+    char current[sizeof ((AdapterInfo *)0)->folded_adapter], next[sizeof current];
+    snprintf(current, sizeof current, "%s", path);
+    for (int depth = 0; current[0]; depth++) {
+        if (depth == MAX_CHAIN)
+            PAFT_FATAL("%s: more than %d adapters each trained on top of the next (folded_adapter "
+                       "attributes): a cycle?", path, MAX_CHAIN);
+        fold_one(current, comm, m, next, sizeof next);
+        if (next[0] && depth == 0)
+            paft_log("paft: %s was trained on top of %s: folding that too\n", path, next);
+        snprintf(current, sizeof current, "%s", next);
+    }
+}
+
+static void fold_one(const char *path, MPI_Comm comm, Model *m, char *folded, size_t folded_size) {
+    folded[0] = '\0';
     /* a PEFT adapter directory (paft's <stage>/peft/, or one trained by another tool) folds the
      * same way; any other directory would fail below as "not an HDF5 file" */
     if (paft_is_directory(path)) {
@@ -248,7 +270,7 @@ void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *m) {
             PAFT_FATAL("%s: a directory without adapter_config.json: model.adapter takes a paft "
                        "adapter file (adapter.h5) or a PEFT adapter directory (adapter_config.json "
                        "+ adapter_model.safetensors)", path);
-        peft_fold_into_base(path, m);
+        peft_fold_into_base(path, m, folded, folded_size);
         return;
     }
     if (paft_path_exists(path) && !adapter_path_is_hdf5(path)) {
@@ -269,6 +291,9 @@ void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *m) {
         PAFT_FATAL("%s: adapter was trained on another base model (fingerprint %s, base %s has %s)",
                    path, fp, m->path, m->fingerprint);
     free(fp);
+    char *under = h5_get_attr_string(&f, "folded_adapter");
+    snprintf(folded, folded_size, "%s", under);
+    free(under);
     LoraConfig lora;
     char *targets = h5_get_attr_string(&f, "targets");
     lora_config_init(&lora, (int)h5_get_attr_int(&f, "r"), h5_get_attr_double(&f, "alpha"),

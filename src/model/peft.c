@@ -34,6 +34,7 @@ typedef struct {
     double alpha, scale;
     int rslora;
     char targets[512]; /* target_modules: the names joined by commas, or PEFT's one string */
+    int targets_listed; /* target_modules was a list: PEFT adapts only the modules it names */
     char base[1024];   /* base_model_name_or_path, "" when absent */
 } PeftSettings;
 
@@ -64,6 +65,15 @@ static void read_settings(const char *adapter_dir, PeftSettings *ps) {
     if (is_set(member(root, "rank_pattern")) || is_set(member(root, "alpha_pattern")))
         PAFT_FATAL("%s: rank_pattern or alpha_pattern is set: per-module ranks or alphas are not "
                    "supported (paft reads one r and one lora_alpha for every module)", path);
+    /* variants that apply the delta to some tokens or layers only: folding would apply it to all */
+    if (is_set(member(root, "alora_invocation_tokens")))
+        PAFT_FATAL("%s: alora_invocation_tokens is set: an activated LoRA acts only after its "
+                   "invocation tokens, which a delta folded into the weights cannot do", path);
+    if (is_set(member(root, "layer_replication")))
+        PAFT_FATAL("%s: layer_replication is set: its layer indices are those of a model with "
+                   "replicated layers, not of the base", path);
+    if (is_set(member(root, "use_bdlora")))
+        PAFT_FATAL("%s: use_bdlora is set: not a plain LoRA delta s B A", path);
     if (is_set(member(root, "fan_in_fan_out")))
         PAFT_FATAL("%s: fan_in_fan_out is set (GPT-2 style Conv1D weights): not a layout of the "
                    "Llama-family models paft reads", path);
@@ -83,6 +93,7 @@ static void read_settings(const char *adapter_dir, PeftSettings *ps) {
     if (cJSON_IsString(targets)) {
         snprintf(ps->targets, sizeof ps->targets, "%s", targets->valuestring);
     } else if (cJSON_IsArray(targets)) {
+        ps->targets_listed = 1;
         const cJSON *t;
         cJSON_ArrayForEach(t, targets) {
             if (!cJSON_IsString(t)) PAFT_FATAL("%s: target_modules holds a non-string", path);
@@ -132,6 +143,24 @@ static const TensorInfo **factor_slot(PeftAdapter *a, int layer, int p, int part
     return &a->factors[((size_t)layer * N_PROJ + (size_t)p) * 2 + (size_t)part];
 }
 
+/* PEFT's rule for a list of target_modules: a module is adapted when its full name
+ * (model.layers.<l>.self_attn.q_proj) is one of the names or ends with "." + one of them. */
+static int module_is_targeted(const char *listed, int layer, int p) {
+    char full[160];
+    snprintf(full, sizeof full, "model.layers.%d.%s", layer, proj_module_name(p));
+    const size_t full_len = strlen(full);
+    for (const char *t = listed; *t;) {
+        const char *end = strchr(t, ',');
+        const size_t len = end ? (size_t)(end - t) : strlen(t);
+        if (len == full_len && strncmp(full, t, len) == 0) return 1;
+        if (len < full_len && full[full_len - len - 1] == '.' &&
+            strncmp(full + full_len - len, t, len) == 0)
+            return 1;
+        t += len + (end ? 1 : 0);
+    }
+    return 0;
+}
+
 static void peft_open(PeftAdapter *a, const char *dir) {
     memset(a, 0, sizeof *a);
     read_settings(dir, &a->settings);
@@ -160,6 +189,10 @@ static void peft_open(PeftAdapter *a, const char *dir) {
                        ".lora_B.weight): paft folds only those, not embedding, lm_head, bias or "
                        "DoRA tensors",
                        path, name);
+        if (a->settings.targets_listed && !module_is_targeted(a->settings.targets, layer, p))
+            PAFT_FATAL("%s: tensor '%s' adapts a module that target_modules (%s) does not name: "
+                       "PEFT would not apply it, so folding it would give another model",
+                       path, name, a->settings.targets);
         layer_of[i] = layer;
         proj_of[i] = p;
         part_of[i] = part;
@@ -208,10 +241,12 @@ static void require_finite(const char *path, const char *name, const real *x, in
                        (double)x[k], (long long)k);
 }
 
-void peft_fold_into_base(const char *adapter_dir, Model *m) {
+void peft_fold_into_base(const char *adapter_dir, Model *m, char *folded, size_t folded_size) {
     PeftAdapter a;
     peft_open(&a, adapter_dir);
     const char *path = a.weights_path;
+    const char *under = checkpoint_metadata(&a.ckpt, PEFT_FOLDED_KEY);
+    snprintf(folded, folded_size, "%s", under ? under : "");
     /* paft's own PEFT copies record the base's fingerprint (peft_write_adapter); others cannot,
      * and only their shapes are checked against the base */
     const char *fp = checkpoint_metadata(&a.ckpt, PEFT_FINGERPRINT_KEY);
@@ -430,13 +465,25 @@ void peft_write_adapter(const char *adapter_h5, const char *adapter_dir) {
     /* the metadata carries the base's fingerprint, which adapter_config.json has no key for (an
      * unknown key there would break older PEFT versions): folding this copy checks it */
     char *fp = h5_get_attr_string(&f, "base_fingerprint");
-    char metadata[128] = "{\"format\": \"pt\"}";
-    /* model.c's digest: 16 hex digits, nothing to escape in the JSON */
-    if (strlen(fp) == 16 && strspn(fp, "0123456789abcdef") == 16)
-        snprintf(metadata, sizeof metadata, "{\"format\": \"pt\", \"%s\": \"%s\"}",
-                 PEFT_FINGERPRINT_KEY, fp);
+    char *under = h5_get_attr_string(&f, "folded_adapter");
+    cJSON *meta = cJSON_CreateObject();
+    cJSON_AddStringToObject(meta, "format", "pt");
+    cJSON_AddStringToObject(meta, PEFT_FINGERPRINT_KEY, fp);
+    /* a stage trained on top of another adapter: this copy is a delta on base + that adapter,
+     * which folding it here follows, and which PEFT users must load first */
+    if (under[0]) {
+        cJSON_AddStringToObject(meta, PEFT_FOLDED_KEY, under);
+        printf("note: %s is a delta on top of %s (model.adapter): with PEFT, load it on the base "
+               "with that adapter merged in\n", adapter_dir, under);
+        fflush(stdout);
+    }
+    char *metadata = cJSON_PrintUnformatted(meta);
+    if (!metadata) PAFT_FATAL("%s: out of memory", path);
+    cJSON_Delete(meta);
     free(fp);
+    free(under);
     safetensors_write(path, tensors, n, metadata);
+    free(metadata);
     free(path);
     for (int i = 0; i < n; i++) {
         free(names[i]);

@@ -17,6 +17,8 @@
 /* The adapter_model.safetensors "__metadata__" key where paft's copies record the base model's
  * fingerprint (an adapter.h5's base_fingerprint); PEFT ignores it. */
 #define PEFT_FINGERPRINT_KEY "paft_base_fingerprint"
+/* ... and, for a stage trained with model.adapter = X, X: the copy is a delta on base + X. */
+#define PEFT_FOLDED_KEY "paft_folded_adapter"
 
 /* Is PATH a PEFT adapter directory: adapter_config.json and no model weights (model.safetensors
  * or its index)? Used to name one where a model or a paft adapter file is expected. */
@@ -31,8 +33,10 @@ void peft_load_adapter(Model *model, const char *adapter_dir);
 /* Fold a PEFT adapter (any r/alpha/targets) into the base weights, W += s B A, each rank its own
  * block of W: what adapter_fold_into_base does with a directory. Every tensor of the file must be
  * a lora_A/lora_B factor of a decoder-layer projection of this model at its shape, both factors
- * present and finite; a fingerprint in the metadata (paft's copies) must be the model's. */
-void peft_fold_into_base(const char *adapter_dir, Model *model);
+ * present and finite; a fingerprint in the metadata (paft's copies) must be the model's. `folded`
+ * receives the adapter it was trained on top of (PEFT_FOLDED_KEY; "" when none): the caller folds
+ * that too (adapter_fold_into_base). */
+void peft_fold_into_base(const char *adapter_dir, Model *model, char *folded, size_t folded_size);
 /* What `paft inspect <peft dir>` prints: the LoRA settings, the base model it names, the tensors,
  * and the sparsity of every module's delta s B A (as for an adapter.h5). Validates first. */
 void peft_describe(const char *adapter_dir, FILE *out);

@@ -7,7 +7,7 @@
 set -euo pipefail
 paft=$1 run=$2
 cfg="$run/t/task.ini"
-rm -rf "$run/fold_h5" "$run/fold_peft"
+rm -rf "$run/fold_h5" "$run/fold_peft" "$run/fold_chain"
 "$paft" train "$cfg" stage=dpo pref.steps=2 model.adapter="$run/out/sft/adapter.h5" \
   output.dir="$run/fold_h5" > /dev/null
 "$paft" train "$cfg" stage=dpo pref.steps=2 model.adapter="$run/out/sft/peft" \
@@ -36,3 +36,23 @@ if bad or a.keys() != b.keys():
     sys.exit(f"paft eval of the PEFT directory differs from its adapter.h5 in {bad or 'the keys'}")
 PY
 echo "paft eval model=<stage>/peft matches model=<stage>/adapter.h5"
+
+# A stage trained on top of another adapter is a delta on base + that adapter: its PEFT copy
+# records it (paft_folded_adapter) and folding follows the chain, as deep as it goes. Two levels:
+# DPO on top of sft/peft (above), then SFT on top of that DPO adapter.h5; each stage's peft/
+# evaluates as its adapter.h5 does (folding only the top delta gave another model).
+"$paft" train "$cfg" stage=sft sft.steps=2 model.adapter="$run/fold_peft/pref/adapter.h5" \
+  output.dir="$run/fold_chain" > /dev/null
+for stage in "$run/fold_peft/pref" "$run/fold_chain/sft"; do
+  h5=$(ev "$stage/adapter.h5")
+  peft=$(ev "$stage/peft")
+  echo "$stage adapter.h5: $h5"; echo "$stage peft/:      $peft"
+  python3 - "$h5" "$peft" <<'PY'
+import json, math, sys
+a, b = (json.loads("{" + s) for s in sys.argv[1:3])
+bad = [k for k in a if not math.isclose(a[k], b[k], rel_tol=1e-4, abs_tol=1e-6)]
+if bad or a.keys() != b.keys():
+    sys.exit(f"a stage trained on top of an adapter: its peft/ differs from its adapter.h5 in {bad or 'the keys'}")
+PY
+done
+echo "chains of adapters fold whole, from adapter.h5 and from peft/ alike"
