@@ -2,7 +2,7 @@
 # tests/fuzz/run.sh [SECONDS] [HARNESS...] - build the libFuzzer harnesses of paft's readers with
 # clang (build-fuzz/, -DPAFT_FUZZ=ON) and run each for SECONDS (default 60) on 2 processes.
 #
-#   HARNESS: safetensors index model_config token_data config hdf5 (default: all of them)
+#   HARNESS: safetensors index model_config token_data config hdf5 peft (default: all of them)
 #   PAFT_FUZZ_JOBS=N       processes per harness (default 2)
 #   PAFT_FUZZ_BUILD=DIR    build directory (default build-fuzz)
 #
@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-60}
 [ $# -gt 0 ] && shift
-harnesses=${*:-safetensors index model_config token_data config hdf5}
+harnesses=${*:-safetensors index model_config token_data config hdf5 peft}
 jobs=${PAFT_FUZZ_JOBS:-2}
 build=${PAFT_FUZZ_BUILD:-build-fuzz}
 
