@@ -82,13 +82,18 @@ static void read_settings(const char *adapter_dir, PeftSettings *ps) {
     const cJSON *rslora = member(root, "use_rslora");
     const cJSON *targets = member(root, "target_modules");
     const cJSON *base = member(root, "base_model_name_or_path");
-    if (!cJSON_IsNumber(r) || r->valuedouble != (int)r->valuedouble)
-        PAFT_FATAL("%s: 'r' missing or not an integer", path);
-    if (r->valuedouble < 1 || r->valuedouble > 65536)
+    /* the range before the integer test: converting 1e10 or 1e999 (cJSON's inf) to int is
+     * undefined behaviour */
+    if (!cJSON_IsNumber(r)) PAFT_FATAL("%s: 'r' missing or not a number", path);
+    if (!(r->valuedouble >= 1 && r->valuedouble <= 65536))
         PAFT_FATAL("%s: 'r' = %g is not a LoRA rank (1 to 65536)", path, r->valuedouble);
+    if (r->valuedouble != (int)r->valuedouble)
+        PAFT_FATAL("%s: 'r' = %g is not an integer", path, r->valuedouble);
     if (!cJSON_IsNumber(alpha)) PAFT_FATAL("%s: 'lora_alpha' missing or not a number", path);
-    if (!(alpha->valuedouble > 0))
-        PAFT_FATAL("%s: 'lora_alpha' = %g must be positive", path, alpha->valuedouble);
+    /* 1e999 reads as inf: a scale of inf would fold NaN and inf into every adapted weight */
+    if (!(alpha->valuedouble > 0) || !isfinite(alpha->valuedouble))
+        PAFT_FATAL("%s: 'lora_alpha' = %g must be a positive finite number", path,
+                   alpha->valuedouble);
     /* target_modules is a list of names, or one string (a regex in PEFT; only plain names here) */
     if (cJSON_IsString(targets)) {
         snprintf(ps->targets, sizeof ps->targets, "%s", targets->valuestring);
