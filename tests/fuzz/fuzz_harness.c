@@ -23,6 +23,7 @@ static struct {
     int armed;           /* an input is running: a fatal error jumps back */
     const char *subject; /* what a fatal message must name */
     int check_message;
+    int print_messages; /* PAFT_FUZZ_PRINT=1: every fatal message to stderr (what a corpus reaches) */
     int base_fds[MAX_BASE_FDS]; /* descriptors open after initialisation, kept across inputs */
     int n_base_fds;
     struct {
@@ -75,6 +76,8 @@ const char *fuzz_init(void) {
     }
     const char *any = getenv("PAFT_FUZZ_ANY_MESSAGE");
     fz.check_message = !(any && strcmp(any, "1") == 0);
+    const char *print = getenv("PAFT_FUZZ_PRINT");
+    fz.print_messages = print && strcmp(print, "1") == 0;
     fz.n_base_fds = list_fds(fz.base_fds, MAX_BASE_FDS);
     return fz.dir;
 }
@@ -115,6 +118,7 @@ static void fatal_error(const char *message, const char *file, int line) {
         fprintf(stderr, "paft: error: %s (%s:%d)\n", message, file, line);
         __real_exit(1);
     }
+    if (fz.print_messages) fprintf(stderr, "fuzz: paft: error: %s (%s:%d)\n", message, file, line);
     if (fz.check_message && fz.subject && !strstr(message, fz.subject)) {
         fprintf(stderr,
                 "fuzz: a fatal error that does not name the input '%s':\n  paft: error: %s "

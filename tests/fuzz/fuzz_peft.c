@@ -11,8 +11,8 @@
  *   bit 0 clear: they are a recipe, and the harness writes a well-formed safetensors file whose
  *                every tensor consumes bytes that keep it as paft writes it or bend it: the
  *                modules present (both factors, one, none), near-miss names (layer 2, 99999,
- *                100000, -1, 00, lm_head, embeddings, DoRA magnitudes, PEFT's ".default"
- *                names, no prefix), dtypes (F32 .. BOOL), shapes (right, r + 1, another module's,
+ *                100000, -1, 00, alone or with both factors; lm_head, embeddings, DoRA
+ *                magnitudes, PEFT's ".default" names, no prefix; or none of the expected ones), dtypes (F32 .. BOOL), shapes (right, r + 1, another module's,
  *                1-D, 3-D, fuzzed up to 2^15 per dimension, an empty one), NaN or inf, and the
  *                metadata (the base fingerprint, another one, none). All zeros is the adapter
  *                paft writes for the tiny model, so the fold's checks are reached.
@@ -193,8 +193,15 @@ static void gen_extra(Gen *g, int r) {
     Proj p = (Proj)(fuzz_u8(&g->in) % N_PROJ);
     int part = fuzz_u8(&g->in) & 1;
     if (pick & 1) {
-        snprintf(name, sizeof name, "base_model.model.model.layers.%s.%s.lora_%c.weight",
-                 layers[(pick >> 1) % 8], proj_module_name(p), part ? 'B' : 'A');
+        const char *layer = layers[(pick >> 1) % 8];
+        if (pick & 0x80) { /* both factors: the module is complete, and the fold judges it */
+            snprintf(name, sizeof name, "base_model.model.model.layers.%s.%s.lora_A.weight",
+                     layer, proj_module_name(p));
+            gen_tensor(g, name, r, proj_in(c, p), r);
+            part = 1;
+        }
+        snprintf(name, sizeof name, "base_model.model.model.layers.%s.%s.lora_%c.weight", layer,
+                 proj_module_name(p), part ? 'B' : 'A');
     } else {
         snprintf(name, sizeof name, "%s", other[(pick >> 1) % 10]);
         p = PROJ_Q;
@@ -209,7 +216,7 @@ static size_t gen_safetensors(FuzzBytes in, const char *config, uint8_t **out) {
     Gen g = {.in = in};
     const ModelConfig *c = &model.config;
     int r = config_r(config);
-    uint8_t r_mode = fuzz_u8(&g.in) % 8;
+    uint8_t r_mode = fuzz_u8(&g.in) % 16; /* 15: none of the tiny model's factors */
     if (r_mode == 6) r = r + 1;
     if (r_mode == 7) r = 1 + fuzz_u8(&g.in) % 5;
     header_printf(&g, "{");
@@ -222,7 +229,7 @@ static size_t gen_safetensors(FuzzBytes in, const char *config, uint8_t **out) {
                                           PEFT_FINGERPRINT_KEY);
     else if (metadata == 6) header_printf(&g, "\"__metadata__\": {\"format\": \"pt\"}");
     if (metadata <= 6) g.n_tensors = 1; /* a comma before the first tensor */
-    for (int l = 0; l < N_LAYERS; l++)
+    for (int l = 0; l < (r_mode == 15 ? 0 : N_LAYERS); l++)
         for (int p = 0; p < N_PROJ; p++) {
             uint8_t which = fuzz_u8(&g.in) % 10; /* 0-6 both factors, 7 A only, 8 B only */
             char name[256];
