@@ -255,6 +255,10 @@ void adapter_fold_into_base(const char *path, MPI_Comm comm, Model *m) {
             PAFT_FATAL("%s: more than %d adapters each trained on top of the next (folded_adapter "
                        "attributes): a cycle?", path, MAX_CHAIN);
         fold_one(current, comm, m, next, sizeof next);
+        if (next[0] && !paft_path_exists(next))
+            PAFT_FATAL("%s: trained on top of %s (the model.adapter of its run), which is not there: "
+                       "its delta is relative to that adapter, and folding it alone would give "
+                       "another model", current, next);
         if (next[0] && depth == 0)
             paft_log("paft: %s was trained on top of %s: folding that too\n", path, next);
         snprintf(current, sizeof current, "%s", next);

@@ -56,3 +56,17 @@ if bad or a.keys() != b.keys():
 PY
 done
 echo "chains of adapters fold whole, from adapter.h5 and from peft/ alike"
+
+# ... and a chain whose lower adapter is gone is refused naming both, not folded halfway
+cp "$run/out/sft/adapter.h5" "$run/fold_chain/gone.h5"
+"$paft" train "$cfg" stage=dpo pref.steps=1 model.adapter="$run/fold_chain/gone.h5" \
+  output.dir="$run/fold_chain/on_gone" > /dev/null
+rm "$run/fold_chain/gone.h5"
+if out=$(ev "$run/fold_chain/on_gone/pref/peft" 2>&1); then
+  echo "FAIL: a PEFT copy whose lower adapter is gone was evaluated: $out"; exit 1
+fi
+out=$("$paft" eval "$cfg" model="$run/fold_chain/on_gone/pref/peft" \
+        eval.sft_data="$run/t/sft_train.bin" 2>&1 || true)
+grep -q "on_gone/pref/peft: trained on top of [^ ]*gone.h5 (the model.adapter of its run), which is not there" <<< "$out" ||
+  { echo "FAIL: the missing lower adapter is not named: $out"; exit 1; }
+echo "a chain with a missing lower adapter is refused, naming both"
