@@ -25,16 +25,21 @@ echo "model.adapter = <stage>/peft gives the same model as <stage>/adapter.h5"
 # paft eval takes a PEFT directory too (folded into model.path, the base as the reference): the
 # SFT stage's peft/ evaluates as its adapter.h5 does, to rounding (the fold adds s B A into the
 # weights; adapter.h5 is applied as LoRA)
-h5=$(ev "$run/out/sft/adapter.h5")
-peft=$(ev "$run/out/sft/peft")
-echo "sft adapter.h5: $h5"; echo "sft peft/:      $peft"
-python3 - "$h5" "$peft" <<'PY'
+# same_eval STAGE_DIR: paft eval of its peft/ and of its adapter.h5 agree to rounding
+same_eval() {
+  local h5 peft
+  h5=$(ev "$1/adapter.h5")
+  peft=$(ev "$1/peft")
+  echo "$1 adapter.h5: $h5"; echo "$1 peft/:      $peft"
+  python3 - "$h5" "$peft" "$1" <<'PY'
 import json, math, sys
 a, b = (json.loads("{" + s) for s in sys.argv[1:3])
 bad = [k for k in a if not math.isclose(a[k], b[k], rel_tol=1e-4, abs_tol=1e-6)]
 if bad or a.keys() != b.keys():
-    sys.exit(f"paft eval of the PEFT directory differs from its adapter.h5 in {bad or 'the keys'}")
+    sys.exit(f"{sys.argv[3]}: paft eval of peft/ differs from adapter.h5's in {bad or 'the keys'}")
 PY
+}
+same_eval "$run/out/sft"
 echo "paft eval model=<stage>/peft matches model=<stage>/adapter.h5"
 
 # A stage trained on top of another adapter is a delta on base + that adapter: its PEFT copy
@@ -43,18 +48,8 @@ echo "paft eval model=<stage>/peft matches model=<stage>/adapter.h5"
 # evaluates as its adapter.h5 does (folding only the top delta gave another model).
 "$paft" train "$cfg" stage=sft sft.steps=2 model.adapter="$run/fold_peft/pref/adapter.h5" \
   output.dir="$run/fold_chain" > /dev/null
-for stage in "$run/fold_peft/pref" "$run/fold_chain/sft"; do
-  h5=$(ev "$stage/adapter.h5")
-  peft=$(ev "$stage/peft")
-  echo "$stage adapter.h5: $h5"; echo "$stage peft/:      $peft"
-  python3 - "$h5" "$peft" <<'PY'
-import json, math, sys
-a, b = (json.loads("{" + s) for s in sys.argv[1:3])
-bad = [k for k in a if not math.isclose(a[k], b[k], rel_tol=1e-4, abs_tol=1e-6)]
-if bad or a.keys() != b.keys():
-    sys.exit(f"a stage trained on top of an adapter: its peft/ differs from its adapter.h5 in {bad or 'the keys'}")
-PY
-done
+same_eval "$run/fold_peft/pref"
+same_eval "$run/fold_chain/sft"
 echo "chains of adapters fold whole, from adapter.h5 and from peft/ alike"
 
 # ... and a chain whose lower adapter is gone is refused naming both, not folded halfway
