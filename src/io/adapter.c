@@ -39,14 +39,6 @@ static void write_views(H5File *f, const char *prefix, const Model *m, const rea
     }
 }
 
-/* A diverged or corrupt adapter would only give NaN losses later, far from the cause. */
-static void require_finite(const char *path, const char *name, const real *x, int64_t n) {
-    for (int64_t k = 0; k < n; k++)
-        if (!isfinite(x[k]))
-            PAFT_FATAL("%s: %s holds a non-finite value (%g at element %lld)", path, name,
-                       (double)x[k], (long long)k);
-}
-
 /* check_finite: the LoRA factors (a checkpoint's AdamW moments have their own checks, train.c) */
 static void read_views(H5File *f, const char *prefix, const Model *m, real *memory,
                        int check_finite) {
@@ -56,7 +48,8 @@ static void read_views(H5File *f, const char *prefix, const Model *m, real *memo
         snprintf(name, sizeof name, "%s/%s", prefix, v->name);
         H5Block block = view_block(v, 1);
         h5_read_real(f, name, &block, memory + v->offset);
-        if (check_finite) require_finite(f->path, name, memory + v->offset, v->rows * v->cols);
+        if (check_finite)
+            paft_require_finite(memory + v->offset, v->rows * v->cols, f->path, name, "");
     }
 }
 
@@ -311,27 +304,21 @@ static void fold_one(const char *path, MPI_Comm comm, Model *m, char *folded, si
     for (int l = 0; l < c->num_layers; l++)
         for (int p = 0; p < N_PROJ; p++) {
             if (!lora.targets[p]) continue;
-            const TensorView *w = NULL;
-            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, proj_module_name(p));
-            for (int i = 0; i < m->n_weight_views && !w; i++)
-                if (strcmp(m->weight_views[i].name, name) == 0) w = &m->weight_views[i];
+            const TensorView *w = model_projection_view(m, l, (Proj)p); /* check_modules: there */
             real *A = paft_malloc((size_t)(lora.r * w->cols) * sizeof(real));
             real *B = paft_malloc((size_t)(w->rows * lora.r) * sizeof(real));
-            real *delta = paft_malloc((size_t)(w->rows * w->cols) * sizeof(real));
             H5Block ba = {lora.r, w->global_cols, 0, w->col0, lora.r, w->cols};
             H5Block bb = {w->global_rows, lora.r, w->row0, 0, w->rows, lora.r};
             snprintf(name, sizeof name, "/lora/model.layers.%d.%s/A", l, proj_module_name(p));
             h5_read_real(&f, name, &ba, A);
-            require_finite(path, name, A, lora.r * w->cols);
+            paft_require_finite(A, lora.r * w->cols, path, name, "");
             snprintf(name, sizeof name, "/lora/model.layers.%d.%s/B", l, proj_module_name(p));
             h5_read_real(&f, name, &bb, B);
-            require_finite(path, name, B, w->rows * lora.r);
-            lora_delta(delta, A, B, (int)w->rows, (int)w->cols, lora.r, (real)lora.scale);
-            real *W = m->weights_memory + w->offset;
-            for (int64_t i = 0; i < w->rows * w->cols; i++) W[i] += delta[i];
+            paft_require_finite(B, w->rows * lora.r, path, name, "");
+            lora_delta_add(m->weights_memory + w->offset, A, B, (int)w->rows, (int)w->cols, lora.r,
+                           (real)lora.scale);
             free(A);
             free(B);
-            free(delta);
         }
     h5_close(&f);
 }
@@ -408,24 +395,15 @@ static void delta_sparsity_of(H5File *f, const char *path, int64_t r, double sca
         H5Block ba = h5_whole(da[0], da[1], 1), bb = h5_whole(db[0], db[1], 1);
         h5_read_real(f, name_a, &ba, A);
         h5_read_real(f, name_b, &bb, B);
-        /* delta = s B A a block of rows at a time: out x in is the product of two stored sizes,
-         * quadratic in the file's size, and only its count of small values is needed */
         const int64_t out_rows = db[0], in = da[1];
-        const int64_t block = PAFT_MAX((int64_t)1, ((int64_t)1 << 20) / in);
-        real *delta = paft_malloc((size_t)(PAFT_MIN(block, out_rows) * in) * sizeof(real));
-        size_t below = 0;
-        for (int64_t row = 0; row < out_rows; row += block) {
-            const int64_t rows = PAFT_MIN(block, out_rows - row);
-            lora_delta(delta, A, B + row * r, (int)rows, (int)in, (int)r, (real)scale);
-            below += delta_count_below(delta, (size_t)(rows * in), PAFT_SPARSITY_THRESHOLD);
-        }
+        const size_t below = lora_delta_count_below(A, B, out_rows, in, (int)r, (real)scale,
+                                                    PAFT_SPARSITY_THRESHOLD);
         const double n = (double)out_rows * (double)in;
         sparsity[layer * N_PROJ + p] = (double)below / n;
         below_total += (double)below;
         count_total += n;
         free(A);
         free(B);
-        free(delta);
         free(modules.names[i]);
     }
     free(modules.names);

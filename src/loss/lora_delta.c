@@ -6,6 +6,7 @@
 #include "loss/lora_delta.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 void lora_delta(real *delta, const real *A, const real *B, int out_features, int in_features,
                 int r, real scale) {
@@ -97,4 +98,28 @@ size_t delta_count_below(const real *delta, size_t n, double threshold) {
 double delta_sparsity(const real *delta, size_t n, double threshold) {
     if (n == 0) return 0;
     return (double)delta_count_below(delta, n, threshold) / (double)n;
+}
+
+void lora_delta_add(real *W, const real *A, const real *B, int out_features, int in_features, int r,
+                    real scale) {
+    const size_t n = (size_t)out_features * (size_t)in_features;
+    real *delta = paft_malloc(n * sizeof(real));
+    lora_delta(delta, A, B, out_features, in_features, r, scale);
+    for (size_t i = 0; i < n; i++) W[i] += delta[i];
+    free(delta);
+}
+
+size_t lora_delta_count_below(const real *A, const real *B, int64_t out_features,
+                              int64_t in_features, int r, real scale, double threshold) {
+    const int64_t block = PAFT_MAX((int64_t)1, ((int64_t)1 << 20) / in_features);
+    real *delta =
+        paft_malloc((size_t)(PAFT_MIN(block, out_features) * in_features) * sizeof(real));
+    size_t below = 0;
+    for (int64_t row = 0; row < out_features; row += block) {
+        const int64_t rows = PAFT_MIN(block, out_features - row);
+        lora_delta(delta, A, B + row * r, (int)rows, (int)in_features, r, scale);
+        below += delta_count_below(delta, (size_t)(rows * in_features), threshold);
+    }
+    free(delta);
+    return below;
 }

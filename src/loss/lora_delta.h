@@ -17,6 +17,7 @@
 #define PAFT_LORA_DELTA_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "util/common.h"
 
@@ -37,6 +38,16 @@ void lora_delta(real *delta, const real *A, const real *B, int out_features, int
  * accumulated in double; the return value is the penalty (lambda times the sum). */
 double l1_penalty(real *dA, real *dB, const real *A, const real *B, int out_features,
                   int in_features, int r, real scale, real lambda, real *delta_scratch);
+
+/* W += scale * B A for W [out][in] (a weight, or a rank's block of one): folding an adapter. */
+void lora_delta_add(real *W, const real *A, const real *B, int out_features, int in_features, int r,
+                    real scale);
+
+/* How many elements of delta = scale * B A (B [out][r], A [r][in]) have |delta| < threshold,
+ * formed a block of rows at a time: out x in is quadratic in a file's size, and only the count is
+ * needed (`paft inspect` of an adapter). */
+size_t lora_delta_count_below(const real *A, const real *B, int64_t out_features,
+                              int64_t in_features, int r, real scale, double threshold);
 
 /* How many of the n values have |delta| < threshold: the distributed form of delta_sparsity
  * (all-reduce the counts and the sizes, then divide). */

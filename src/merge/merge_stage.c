@@ -95,13 +95,6 @@ static void absolute_path(const char *path, char *out, size_t n) {
     else snprintf(out, n, "%s", path);
 }
 
-static void check_finite(const real *x, int64_t n, const char *path, const char *dataset) {
-    for (int64_t i = 0; i < n; i++)
-        if (!isfinite((double)x[i]))
-            PAFT_FATAL("%s: %s holds a non-finite value (%g at element %lld): a diverged adapter "
-                       "is not merged", path, dataset, (double)x[i], (long long)i);
-}
-
 /* Rank 0: everything about one adapter file that could stop the merge, checked before the output
  * file exists. Fills a->lora, a->stage, a->step. */
 static void validate_adapter(StageAdapter *a, const Stage *s) {
@@ -190,7 +183,8 @@ static void validate_adapter(StageAdapter *a, const Stage *s) {
                 real *values = paft_malloc((size_t)(dims[0] * dims[1]) * sizeof(real));
                 H5Block whole = h5_whole(dims[0], dims[1], 1);
                 h5_read_real(&f, name, &whole, values);
-                check_finite(values, dims[0] * dims[1], path, name);
+                paft_require_finite(values, dims[0] * dims[1], path, name,
+                                    ": a diverged adapter is not merged");
                 free(values);
             }
         }

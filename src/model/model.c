@@ -718,6 +718,14 @@ void model_use_device(Model *m, const char *name, const DeviceOptions *options,
     m->weights.layers = layers;
 }
 
+const TensorView *model_projection_view(const Model *m, int layer, Proj p) {
+    char name[256];
+    snprintf(name, sizeof name, "model.layers.%d.%s.weight", layer, proj_module_name(p));
+    for (int i = 0; i < m->n_weight_views; i++)
+        if (strcmp(m->weight_views[i].name, name) == 0) return &m->weight_views[i];
+    return NULL;
+}
+
 int model_weight_views(const ModelConfig *c, TensorView **views) {
     Weights w = {0};
     w.layers = paft_calloc((size_t)c->num_layers, sizeof(LayerWeights));

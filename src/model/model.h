@@ -261,6 +261,10 @@ void model_fingerprint_of_path(const char *path, char out[17]);
  * base use it). Returns the count; *views is malloc'ed. */
 int model_weight_views(const ModelConfig *config, TensorView **views);
 
+/* This rank's view of the weight of projection p of layer `layer` (model.layers.L.MODULE.weight),
+ * or NULL when the model has no such tensor: where folding an adapter adds its delta. */
+const TensorView *model_projection_view(const Model *m, int layer, Proj p);
+
 /* A Hugging Face checkpoint holds exactly the tensors config says, at their shapes (besides
  * RoPE's inv_freq buffers and a tied model's lm_head.weight, which are ignored): a fatal error
  * naming the file and the tensor otherwise. model_load calls it before allocating anything. */

@@ -240,10 +240,9 @@ static void peft_close(PeftAdapter *a) {
 
 /* A factor with NaN or inf would only give NaN losses later, far from the cause. */
 static void require_finite(const char *path, const char *name, const real *x, int64_t n) {
-    for (int64_t k = 0; k < n; k++)
-        if (!isfinite(x[k]))
-            PAFT_FATAL("%s: tensor '%s' holds a non-finite value (%g at element %lld)", path, name,
-                       (double)x[k], (long long)k);
+    char what[320];
+    snprintf(what, sizeof what, "tensor '%s'", name);
+    paft_require_finite(x, n, path, what, "");
 }
 
 void peft_fold_into_base(const char *adapter_dir, Model *m, char *folded, size_t folded_size) {
@@ -269,10 +268,8 @@ void peft_fold_into_base(const char *adapter_dir, Model *m, char *folded, size_t
             if (l >= c->num_layers)
                 PAFT_FATAL("%s: tensor '%s' adapts layer %d, but the base %s has %d layers", path,
                            tA->name, l, m->path, c->num_layers);
-            const TensorView *w = NULL;
+            const TensorView *w = model_projection_view(m, l, (Proj)p);
             snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, proj_module_name(p));
-            for (int i = 0; i < m->n_weight_views && !w; i++)
-                if (strcmp(m->weight_views[i].name, name) == 0) w = &m->weight_views[i];
             if (!w) PAFT_FATAL("%s: the base %s has no %s", path, m->path, name);
             if (tA->shape[1] != w->global_cols || tB->shape[0] != w->global_rows)
                 PAFT_FATAL("%s: model.layers.%d.%s: lora_A is [%lld, %lld] and lora_B [%lld, "
@@ -286,17 +283,14 @@ void peft_fold_into_base(const char *adapter_dir, Model *m, char *folded, size_t
              * needs B's rows and A's columns of that block */
             real *A = paft_malloc((size_t)((int64_t)r * w->cols) * sizeof(real));
             real *B = paft_malloc((size_t)(w->rows * r) * sizeof(real));
-            real *delta = paft_malloc((size_t)(w->rows * w->cols) * sizeof(real));
             checkpoint_read_block(&a.ckpt, tA, 0, r, w->col0, w->cols, A);
             require_finite(path, tA->name, A, (int64_t)r * w->cols);
             checkpoint_read_block(&a.ckpt, tB, w->row0, w->rows, 0, r, B);
             require_finite(path, tB->name, B, w->rows * r);
-            lora_delta(delta, A, B, (int)w->rows, (int)w->cols, r, (real)a.settings.scale);
-            real *W = m->weights_memory + w->offset;
-            for (int64_t i = 0; i < w->rows * w->cols; i++) W[i] += delta[i];
+            lora_delta_add(m->weights_memory + w->offset, A, B, (int)w->rows, (int)w->cols, r,
+                           (real)a.settings.scale);
             free(A);
             free(B);
-            free(delta);
         }
     peft_close(&a);
 }
@@ -325,22 +319,14 @@ void peft_describe(const char *adapter_dir, FILE *out) {
             checkpoint_read(&a.ckpt, tB, B);
             require_finite(a.weights_path, tA->name, A, r * in);
             require_finite(a.weights_path, tB->name, B, out_rows * r);
-            /* delta = s B A a block of rows at a time (out x in is quadratic in the file size) */
-            const int64_t block = PAFT_MAX((int64_t)1, ((int64_t)1 << 20) / in);
-            real *delta = paft_malloc((size_t)(PAFT_MIN(block, out_rows) * in) * sizeof(real));
-            size_t below = 0;
-            for (int64_t row = 0; row < out_rows; row += block) {
-                const int64_t rows = PAFT_MIN(block, out_rows - row);
-                lora_delta(delta, A, B + row * r, (int)rows, (int)in, (int)r, (real)ps->scale);
-                below += delta_count_below(delta, (size_t)(rows * in), PAFT_SPARSITY_THRESHOLD);
-            }
+            const size_t below = lora_delta_count_below(A, B, out_rows, in, (int)r,
+                                                        (real)ps->scale, PAFT_SPARSITY_THRESHOLD);
             const double n = (double)out_rows * (double)in;
             sparsity[l * N_PROJ + p] = (double)below / n;
             below_total += (double)below;
             count_total += n;
             free(A);
             free(B);
-            free(delta);
         }
     char dtypes[128] = "";
     for (int d = 0; d < 16; d++)

@@ -103,6 +103,14 @@ char *paft_strdup_at(const char *s, const char *file, int line) {
     return p;
 }
 
+void paft_require_finite(const real *x, int64_t n, const char *path, const char *what,
+                         const char *why) {
+    for (int64_t k = 0; k < n; k++)
+        if (!isfinite(x[k]))
+            PAFT_FATAL("%s: %s holds a non-finite value (%g at element %lld)%s", path, what,
+                       (double)x[k], (long long)k, why);
+}
+
 char *paft_read_file(const char *path, size_t max_bytes, size_t *out_len) {
     FILE *f = fopen(path, "rb");
     if (!f) PAFT_FATAL("%s: cannot open: %s", path, strerror(errno));

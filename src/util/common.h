@@ -89,6 +89,12 @@ PAFT_NORETURN void paft_check_mpi_failed(int rc, const char *call, const char *f
         if ((long long)(call) < 0) paft_fatal(__FILE__, __LINE__, "HDF5 call failed: %s", #call);  \
     } while (0)
 
+/* Every one of the n values is finite, else a fatal error "PATH: WHAT holds a non-finite value (x
+ * at element k)WHY": a NaN in an adapter's factor would only give NaN losses later, far from the
+ * cause. */
+void paft_require_finite(const real *x, int64_t n, const char *path, const char *what,
+                         const char *why);
+
 /* Read a whole (small) file into a NUL-terminated buffer; fatal error naming the file on failure
  * (and when it holds more than max_bytes). */
 char *paft_read_file(const char *path, size_t max_bytes, size_t *out_len);
