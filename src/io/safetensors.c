@@ -313,16 +313,6 @@ static void check_layout(const char *path, TensorInfo *tensors, int n, uint64_t 
     free(order);
 }
 
-/* Read and validate the header of one .safetensors file, appending its tensors to list. */
-/* A JSON file handed over as a safetensors file (a model's config.json, an index, an
- * adapter_config.json) reads as a nonsense header length: its first 8 bytes are text. */
-static int starts_like_json(const unsigned char *bytes, size_t n) {
-    size_t i = 0;
-    while (i < n && (bytes[i] == ' ' || bytes[i] == '\t' || bytes[i] == '\n' || bytes[i] == '\r'))
-        i++;
-    return i < n && (bytes[i] == '{' || bytes[i] == '[');
-}
-
 /* Keep the entries of a "__metadata__" object (already checked: strings only). */
 static void keep_metadata(Checkpoint *ckpt, const cJSON *object) {
     const size_t n = (size_t)ckpt->n_metadata + (size_t)cJSON_GetArraySize(object);
@@ -336,6 +326,8 @@ static void keep_metadata(Checkpoint *ckpt, const cJSON *object) {
     }
 }
 
+/* Read and validate the header of one .safetensors file, appending its tensors to list (and its
+ * metadata to ckpt). */
 static void parse_safetensors_header(const char *path, int fd, int shard, TensorList *list,
                                      Checkpoint *ckpt) {
     struct stat st;
@@ -349,7 +341,9 @@ static void parse_safetensors_header(const char *path, int fd, int shard, Tensor
     unsigned char length_bytes[8];
     pread_full(fd, length_bytes, 8, 0, path);
     uint64_t header_len = read_le64(length_bytes);
-    if (header_len > SAFETENSORS_MAX_HEADER_BYTES && starts_like_json(length_bytes, 8))
+    /* a JSON file handed over as a safetensors file (a model's config.json, an index, an
+     * adapter_config.json) reads as a nonsense header length: its first 8 bytes are text */
+    if (header_len > SAFETENSORS_MAX_HEADER_BYTES && paft_starts_like_json(length_bytes, 8))
         PAFT_FATAL("%s: a JSON file, not a safetensors file (which starts with an 8-byte header "
                    "length, not with text)", path);
     if (header_len > SAFETENSORS_MAX_HEADER_BYTES)

@@ -313,10 +313,7 @@ static char *config_json_path(const char *path) {
                    "takes a Hugging Face model directory, a .safetensors file or a merged .h5, "
                    "and data files go to sft.data, pref.data, eval.sft_data or eval.pref_data",
                    path);
-    size_t i = 0;
-    while (i < n && (magic[i] == ' ' || magic[i] == '\t' || magic[i] == '\n' || magic[i] == '\r'))
-        i++;
-    if (i < n && (magic[i] == '{' || magic[i] == '['))
+    if (paft_starts_like_json(magic, n))
         PAFT_FATAL("%s: a JSON file, not a model; model.path takes the model's directory (the one "
                    "holding config.json and the safetensors), or a .safetensors file beside its "
                    "config.json", path);

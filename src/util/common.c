@@ -111,6 +111,13 @@ void paft_require_finite(const real *x, int64_t n, const char *path, const char 
                        (double)x[k], (long long)k, why);
 }
 
+int paft_starts_like_json(const unsigned char *bytes, size_t n) {
+    size_t i = 0;
+    while (i < n && (bytes[i] == ' ' || bytes[i] == '\t' || bytes[i] == '\n' || bytes[i] == '\r'))
+        i++;
+    return i < n && (bytes[i] == '{' || bytes[i] == '[');
+}
+
 char *paft_read_file(const char *path, size_t max_bytes, size_t *out_len) {
     FILE *f = fopen(path, "rb");
     if (!f) PAFT_FATAL("%s: cannot open: %s", path, strerror(errno));

@@ -95,6 +95,10 @@ PAFT_NORETURN void paft_check_mpi_failed(int rc, const char *call, const char *f
 void paft_require_finite(const real *x, int64_t n, const char *path, const char *what,
                          const char *why);
 
+/* Do these first bytes of a file look like JSON (blanks, then '{' or '[')? For naming a JSON file
+ * given where a binary one is expected. */
+int paft_starts_like_json(const unsigned char *bytes, size_t n);
+
 /* Read a whole (small) file into a NUL-terminated buffer; fatal error naming the file on failure
  * (and when it holds more than max_bytes). */
 char *paft_read_file(const char *path, size_t max_bytes, size_t *out_len);
