@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "parallel/collectives.h"
 #include "util/common.h"
@@ -379,8 +380,10 @@ void config_write(const Config *cfg, FILE *out) {
 }
 
 void config_save(const Config *cfg, const char *path, const char *what) {
+    /* PATH.tmp.<pid>, as every writer names its temporary: two jobs writing the same stage
+     * directory must not rename each other's file away */
     char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp)
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
         PAFT_FATAL("%s: path too long", path);
     FILE *f = fopen(tmp, "w");
     if (!f) PAFT_FATAL("%s: cannot write: %s", tmp, strerror(errno));
