@@ -24,6 +24,7 @@
 #include "merge/merge.h"
 #include "merge/merge_kernels.h"
 #include "model/model_device.h"
+#include "model/peft.h"
 #include "parallel/collectives.h"
 
 #define ADAPTER_FORMAT "paft-adapter-1"
@@ -63,14 +64,18 @@ static int compare_tensors(const void *a, const void *b) {
 
 /* ---- the inputs --------------------------------------------------------------------------------- */
 
+/* One of the merge's two adapters: a paft adapter.h5, or a PEFT adapter directory (one trained
+ * with Hugging Face PEFT, or paft's <stage>/peft/ copy). */
 typedef struct {
     const char *role; /* "sft" or "pref" */
     const char *key;  /* the configuration key naming it */
     char path[CONFIG_PATH_MAX];
-    LoraConfig lora;
-    char stage[16];
-    int64_t step;
-    H5File file; /* open on every rank during the merge */
+    int is_peft;      /* a PEFT adapter directory */
+    LoraConfig lora;  /* targets: the projections it adapts (a PEFT adapter may skip layers) */
+    char stage[16];   /* the stage that trained it; "" when unknown (a PEFT adapter from PEFT) */
+    int64_t step;     /* optimizer steps; -1 when unknown */
+    H5File file;      /* adapter.h5: open on every rank during the merge */
+    PeftAdapter peft; /* PEFT directory: likewise */
 } StageAdapter;
 
 typedef struct {
@@ -95,14 +100,75 @@ static void absolute_path(const char *path, char *out, size_t n) {
     else snprintf(out, n, "%s", path);
 }
 
-/* Rank 0: everything about one adapter file that could stop the merge, checked before the output
- * file exists. Fills a->lora, a->stage, a->step. */
-static void validate_adapter(StageAdapter *a, const Stage *s) {
+/* 1 when both paths exist and name the same file or directory (device and inode: links and other
+ * spellings of a path count). */
+static int same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* ---- an adapter's factors, either kind ---------------------------------------------------------- */
+
+/* Open an adapter for reading on the ranks of comm: an adapter.h5 collectively, a PEFT directory
+ * by each rank alone (its safetensors header). */
+static void adapter_open(StageAdapter *a, MPI_Comm comm) {
+    if (a->is_peft) peft_adapter_open(&a->peft, a->path);
+    else h5_open_read(&a->file, a->path, comm);
+}
+
+static void adapter_close(StageAdapter *a) {
+    if (a->is_peft) peft_adapter_close(&a->peft);
+    else h5_close(&a->file);
+}
+
+/* Does the adapter adapt projection p of this layer? An adapter.h5 adapts its targets in every
+ * layer (read_h5_settings checks that); a PEFT adapter the modules it has factors for, which may
+ * skip layers (PEFT's layers_to_transform). */
+static int adapter_adapts(const StageAdapter *a, int layer, int p) {
+    if (p < 0 || !a->lora.targets[p]) return 0;
+    return !a->is_peft || peft_adapter_factor(&a->peft, layer, (Proj)p, 0) != NULL;
+}
+
+/* The name of factor `part` (0: A, 1: B) of a module in the adapter's file, for messages. */
+static void factor_name(const StageAdapter *a, int layer, int p, int part, char *name, size_t n) {
+    if (a->is_peft)
+        snprintf(name, n, "tensor '%s'", peft_adapter_factor(&a->peft, layer, (Proj)p, part)->name);
+    else
+        snprintf(name, n, "/lora/model.layers.%d.%s/%c", layer, proj_module_name((Proj)p),
+                 part ? 'B' : 'A');
+}
+
+/* Rows [row0, row0 + n) of B [out][r] and all of A [r][in] of one module (host memory); 0, and
+ * nothing read, when the adapter does not adapt it (its delta is zero). Collective over the
+ * adapter.h5's communicator: every rank calls it for the same modules. */
+static int read_factors(StageAdapter *a, int layer, int p, int64_t out, int64_t in, int64_t row0,
+                        int64_t n, real *A, real *B) {
+    const int r = a->lora.r;
+    if (!adapter_adapts(a, layer, p)) return 0;
+    if (a->is_peft) {
+        checkpoint_read_block(&a->peft.ckpt, peft_adapter_factor(&a->peft, layer, (Proj)p, 0), 0,
+                              r, 0, in, A);
+        checkpoint_read_block(&a->peft.ckpt, peft_adapter_factor(&a->peft, layer, (Proj)p, 1),
+                              row0, n, 0, r, B);
+        return 1;
+    }
+    char name[256];
+    factor_name(a, layer, p, 0, name, sizeof name);
+    H5Block whole_A = h5_whole(r, in, 1); /* every rank needs all of A */
+    h5_read_real(&a->file, name, &whole_A, A);
+    factor_name(a, layer, p, 1, name, sizeof name);
+    H5Block rows_B = {out, r, row0, 0, n, r};
+    h5_read_real(&a->file, name, &rows_B, B);
+    return 1;
+}
+
+/* ---- checking the adapters (rank 0) --------------------------------------------------------------
+ * Everything that could stop the merge is checked before the output file exists. */
+
+/* An adapter.h5: its attributes, and every module under /lora an adapted projection of this model
+ * with A [r][in] and B [out][r]. */
+static void read_h5_settings(StageAdapter *a, const Stage *s, char *folded, size_t folded_size) {
     const char *path = a->path;
-    if (!paft_path_exists(path))
-        PAFT_FATAL("%s: no such file (%s; train the %s stage first, or set %s)", path, a->key,
-                   a->role, a->key);
-    if (paft_is_directory(path)) PAFT_FATAL("%s: is a directory, expected a paft adapter file (%s)", path, a->key);
     H5File f;
     h5_open_read(&f, path, MPI_COMM_SELF); /* fatal when not HDF5 or truncated */
     if (H5Aexists(f.file, "format") <= 0)
@@ -118,25 +184,9 @@ static void validate_adapter(StageAdapter *a, const Stage *s) {
         PAFT_FATAL("%s: adapter was trained on another base model (fingerprint %s; the base %s "
                    "has %s)", path, fingerprint, s->base, s->fingerprint);
     free(fingerprint);
-    /* An adapter trained on base + another adapter (the sequential baseline's DPO) is a delta
-     * relative to that model. It composes only with the very adapter it was trained on: merging
-     * it as the preference delta with that SFT adapter (task_arithmetic, weights 1,1) gives
-     * exactly the sequential model. Anything else would add a delta to the wrong model. */
-    char *folded = h5_get_attr_string(&f, "folded_adapter");
-    if (folded[0]) {
-        const StageAdapter *other = &s->adapter[0];
-        char a_real[PATH_MAX], b_real[PATH_MAX];
-        int same = a != other && realpath(folded, a_real) && realpath(other->path, b_real) &&
-                   strcmp(a_real, b_real) == 0;
-        if (!same)
-            PAFT_FATAL("%s: adapter was trained on the base with %s folded in (a sequential run): "
-                       "its delta is relative to that model, not to %s; it can only be merged as "
-                       "the preference delta together with that SFT adapter",
-                       path, folded, s->base);
-        paft_log("merge: %s was trained on top of %s (sequential): the deltas compose\n", path,
-                 other->path);
-    }
-    free(folded);
+    char *under = h5_get_attr_string(&f, "folded_adapter");
+    snprintf(folded, folded_size, "%s", under);
+    free(under);
     int64_t r = h5_get_attr_int(&f, "r");
     double alpha = h5_get_attr_double(&f, "alpha");
     int64_t rslora = h5_get_attr_int(&f, "rslora");
@@ -161,7 +211,7 @@ static void validate_adapter(StageAdapter *a, const Stage *s) {
         free(modules[i]);
     }
     free(modules);
-    /* ... and every adapted projection has A [r][in] and B [out][r] with finite values */
+    /* ... and every adapted projection has A [r][in] and B [out][r] */
     char name[256];
     for (int l = 0; l < s->config.num_layers; l++)
         for (int p = 0; p < N_PROJ; p++) {
@@ -169,8 +219,7 @@ static void validate_adapter(StageAdapter *a, const Stage *s) {
             const int64_t in = proj_in(&s->config, (Proj)p), out = proj_out(&s->config, (Proj)p);
             const int64_t want[2][2] = {{r, in}, {out, r}};
             for (int k = 0; k < 2; k++) {
-                snprintf(name, sizeof name, "/lora/model.layers.%d.%s/%c", l,
-                         proj_module_name((Proj)p), k == 0 ? 'A' : 'B');
+                factor_name(a, l, p, k, name, sizeof name);
                 if (!h5_exists(&f, name))
                     PAFT_FATAL("%s: missing dataset %s (targets %s)", path, name, targets);
                 int64_t dims[2];
@@ -180,16 +229,140 @@ static void validate_adapter(StageAdapter *a, const Stage *s) {
                                "the attributes)", path, name, (long long)dims[0],
                                (long long)dims[1], (long long)want[k][0], (long long)want[k][1],
                                (long long)r);
-                real *values = paft_malloc((size_t)(dims[0] * dims[1]) * sizeof(real));
-                H5Block whole = h5_whole(dims[0], dims[1], 1);
-                h5_read_real(&f, name, &whole, values);
-                paft_require_finite(values, dims[0] * dims[1], path, name,
-                                    ": a diverged adapter is not merged");
-                free(values);
             }
         }
     free(targets);
     h5_close(&f);
+}
+
+/* A PEFT adapter directory: adapter_config.json, its tensors (peft_adapter_open), and that it is
+ * an adapter of this base (the fingerprint paft's copies record; the shapes for all). */
+static void read_peft_settings(StageAdapter *a, const Stage *s, char *folded, size_t folded_size) {
+    a->is_peft = 1;
+    peft_adapter_open(&a->peft, a->path);
+    peft_adapter_check_base(&a->peft, &s->config, s->fingerprint, s->base);
+    const PeftSettings *ps = &a->peft.settings;
+    memset(&a->lora, 0, sizeof a->lora);
+    a->lora.r = ps->r;
+    a->lora.alpha = ps->alpha;
+    a->lora.rslora = ps->rslora;
+    a->lora.scale = ps->scale;
+    for (int l = 0; l < a->peft.n_layers; l++)
+        for (int p = 0; p < N_PROJ; p++)
+            if (peft_adapter_factor(&a->peft, l, (Proj)p, 0)) a->lora.targets[p] = 1;
+    const char *stage = checkpoint_metadata(&a->peft.ckpt, PEFT_STAGE_KEY);
+    snprintf(a->stage, sizeof a->stage, "%s", stage ? stage : "");
+    a->step = -1;
+    const char *under = checkpoint_metadata(&a->peft.ckpt, PEFT_FOLDED_KEY);
+    snprintf(folded, folded_size, "%s", under ? under : "");
+    if (!checkpoint_metadata(&a->peft.ckpt, PEFT_FINGERPRINT_KEY))
+        paft_log("merge: note: %s records no base model fingerprint (not written by paft): its "
+                 "shapes match %s, which is all that can be checked\n", a->path, s->base);
+    peft_adapter_close(&a->peft);
+}
+
+/* Rank 0: what kind of adapter a->path is, and its settings (above). */
+static void read_adapter_settings(StageAdapter *a, const Stage *s, char *folded,
+                                  size_t folded_size) {
+    const char *path = a->path;
+    if (!paft_path_exists(path))
+        PAFT_FATAL("%s: no such file (%s; train the %s stage first, or set %s)", path, a->key,
+                   a->role, a->key);
+    a->is_peft = 0;
+    if (!paft_is_directory(path)) {
+        read_h5_settings(a, s, folded, folded_size);
+        return;
+    }
+    if (!peft_is_adapter_dir(path))
+        PAFT_FATAL("%s: is a directory but not a PEFT adapter (adapter_config.json and "
+                   "adapter_model.safetensors, no model weights); %s takes a paft adapter file or "
+                   "a PEFT adapter directory",
+                   path, a->key);
+    read_peft_settings(a, s, folded, folded_size);
+}
+
+/* Rank 0: every factor finite (a diverged adapter is not merged), and every value readable (a
+ * PEFT adapter's tensors could be integers). */
+static void check_values(StageAdapter *a, const ModelConfig *c) {
+    adapter_open(a, MPI_COMM_SELF);
+    const char *file = a->is_peft ? a->peft.weights_path : a->path;
+    char name[320];
+    for (int l = 0; l < c->num_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            if (!adapter_adapts(a, l, p)) continue;
+            const int64_t in = proj_in(c, (Proj)p), out = proj_out(c, (Proj)p);
+            real *A = paft_malloc((size_t)(a->lora.r * in) * sizeof(real));
+            real *B = paft_malloc((size_t)(out * a->lora.r) * sizeof(real));
+            read_factors(a, l, p, out, in, 0, out, A, B);
+            factor_name(a, l, p, 0, name, sizeof name);
+            paft_require_finite(A, a->lora.r * in, file, name,
+                                ": a diverged adapter is not merged");
+            factor_name(a, l, p, 1, name, sizeof name);
+            paft_require_finite(B, out * a->lora.r, file, name,
+                                ": a diverged adapter is not merged");
+            free(A);
+            free(B);
+        }
+    adapter_close(a);
+}
+
+/* Do two checked adapters hold the same delta: the same scale, the same modules, the same factors
+ * bit for bit? (An adapter.h5 and paft's PEFT copy of it do.) */
+static int same_factors(StageAdapter *x, StageAdapter *y, const ModelConfig *c) {
+    if (x->lora.scale != y->lora.scale || x->lora.r != y->lora.r) return 0;
+    adapter_open(x, MPI_COMM_SELF);
+    adapter_open(y, MPI_COMM_SELF);
+    int same = 1;
+    const int64_t r = x->lora.r;
+    for (int l = 0; l < c->num_layers && same; l++)
+        for (int p = 0; p < N_PROJ && same; p++) {
+            const int adapted = adapter_adapts(x, l, p);
+            if (adapted != adapter_adapts(y, l, p)) same = 0;
+            if (!adapted || !same) continue;
+            const int64_t in = proj_in(c, (Proj)p), out = proj_out(c, (Proj)p);
+            const size_t n = (size_t)(r * in + out * r);
+            real *fx = paft_malloc(n * sizeof(real)), *fy = paft_malloc(n * sizeof(real));
+            read_factors(x, l, p, out, in, 0, out, fx, fx + r * in);
+            read_factors(y, l, p, out, in, 0, out, fy, fy + r * in);
+            same = memcmp(fx, fy, n * sizeof(real)) == 0;
+            free(fx);
+            free(fy);
+        }
+    adapter_close(x);
+    adapter_close(y);
+    return same;
+}
+
+/* An adapter trained on base + another adapter (the sequential baseline's DPO) is a delta
+ * relative to that model. It composes only with the very adapter it was trained on: merging it as
+ * the preference delta with that SFT adapter (task_arithmetic, weights 1,1) gives exactly the
+ * sequential model. Anything else would add a delta to the wrong model. "The very adapter": the
+ * same file, or the same factors in the other format (adapter.h5 and its <stage>/peft/ copy). */
+static void check_sequential(const StageAdapter *a, Stage *s, const char *folded) {
+    StageAdapter *sft = &s->adapter[0];
+    int same = a != sft && same_file(folded, sft->path);
+    if (a != sft && !same && paft_path_exists(folded)) {
+        StageAdapter under = {.role = "folded", .key = "folded_adapter"};
+        snprintf(under.path, sizeof under.path, "%s", folded);
+        char deeper[CONFIG_PATH_MAX];
+        read_adapter_settings(&under, s, deeper, sizeof deeper);
+        same = !deeper[0] && same_factors(&under, sft, &s->config);
+    }
+    if (!same)
+        PAFT_FATAL("%s: adapter was trained on the base with %s folded in (a sequential run): "
+                   "its delta is relative to that model, not to %s; it can only be merged as "
+                   "the preference delta together with that SFT adapter",
+                   a->path, folded, s->base);
+    paft_log("merge: %s was trained on top of %s (sequential): the deltas compose\n", a->path,
+             sft->path);
+}
+
+/* Rank 0: one adapter, all of the above. Fills a->is_peft, lora, stage, step. */
+static void validate_adapter(StageAdapter *a, Stage *s) {
+    char folded[CONFIG_PATH_MAX];
+    read_adapter_settings(a, s, folded, sizeof folded);
+    if (folded[0]) check_sequential(a, s, folded);
+    check_values(a, &s->config);
 }
 
 /* The merge parameters of [merge], resolved (fatal on invalid values). */
@@ -220,13 +393,6 @@ static H5FloatType dtype_from_config(const Config *cfg) {
     if (strcmp(cfg->merge.dtype, "bf16") == 0) return H5_BFLOAT16;
     if (strcmp(cfg->merge.dtype, "fp32") == 0) return H5_FLOAT32;
     PAFT_FATAL("merge.dtype: '%s' (expected bf16 or fp32)", cfg->merge.dtype);
-}
-
-/* 1 when both paths exist and name the same file (device and inode: links and other spellings of
- * a path count). */
-static int same_file(const char *a, const char *b) {
-    struct stat sa, sb;
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
 }
 
 /* Do two spellings name the same directory, trailing slashes aside? (For directories that do not
@@ -297,6 +463,7 @@ static char *sources_json(const Stage *s) {
         cJSON *o = cJSON_AddObjectToObject(root, i == 0 ? "sft_adapter" : "pref_adapter");
         absolute_path(a->path, path, sizeof path);
         cJSON_AddStringToObject(o, "path", path);
+        cJSON_AddStringToObject(o, "format", a->is_peft ? "peft" : ADAPTER_FORMAT);
         cJSON_AddStringToObject(o, "stage", a->stage);
         cJSON_AddNumberToObject(o, "step", (double)a->step);
         cJSON_AddNumberToObject(o, "r", a->lora.r);
@@ -398,27 +565,10 @@ static void copy_tensor(Stage *s, H5File *out, const char *dataset, const StageT
     }
 }
 
-/* This rank's rows of B and all of A of one adapter's module for tensor t (host memory); 0 when
- * the adapter does not adapt the module (its delta is zero). */
-static int read_factors(StageAdapter *a, const StageTensor *t, int64_t row0, int64_t n, real *A,
-                        real *B) {
-    const int64_t in = t->view->cols, out = t->view->rows;
-    const int r = a->lora.r;
-    if (!a->lora.targets[t->proj]) return 0;
-    char name[256];
-    snprintf(name, sizeof name, "/lora/model.layers.%d.%s/A", t->layer, proj_module_name((Proj)t->proj));
-    H5Block whole_A = h5_whole(r, in, 1); /* every rank needs all of A */
-    h5_read_real(&a->file, name, &whole_A, A);
-    snprintf(name, sizeof name, "/lora/model.layers.%d.%s/B", t->layer, proj_module_name((Proj)t->proj));
-    H5Block rows_B = {out, r, row0, 0, n, r};
-    h5_read_real(&a->file, name, &rows_B, B);
-    return 1;
-}
-
 /* This rank's rows of delta = s B A of one adapter, in host memory. */
 static void form_delta(StageAdapter *a, const StageTensor *t, int64_t row0, int64_t n,
                        real *A, real *B, real *delta) {
-    if (read_factors(a, t, row0, n, A, B))
+    if (read_factors(a, t->layer, t->proj, t->view->rows, t->view->cols, row0, n, A, B))
         lora_delta(delta, A, B, (int)n, (int)t->view->cols, a->lora.r, (real)a->lora.scale);
     else
         memset(delta, 0, (size_t)(n * t->view->cols) * sizeof(real));
@@ -429,7 +579,7 @@ static void form_delta_on(MergeBackend be, StageAdapter *a, const StageTensor *t
                           int64_t n, Scratch *sc, float *delta) {
     const int64_t cols = t->view->cols;
     const int r = a->lora.r;
-    if (!read_factors(a, t, row0, n, sc->A, sc->B)) {
+    if (!read_factors(a, t->layer, t->proj, t->view->rows, cols, row0, n, sc->A, sc->B)) {
         be.k->zero(be.s, delta, (size_t)(n * cols));
         return;
     }
@@ -574,8 +724,9 @@ static void check_density_keeps_some(const Stage *s, const int *const targets[2]
  * someone may mean: noted. */
 static void check_roles(const Stage *s) {
     const StageAdapter *sft = &s->adapter[0], *pref = &s->adapter[1];
-    const int sft_slot_ok = strcmp(sft->stage, "sft") == 0;
-    const int pref_slot_ok = strcmp(pref->stage, "sft") != 0;
+    /* a PEFT adapter not written by paft does not say which stage trained it: no check */
+    const int sft_slot_ok = !sft->stage[0] || strcmp(sft->stage, "sft") == 0;
+    const int pref_slot_ok = !pref->stage[0] || strcmp(pref->stage, "sft") != 0;
     if (!sft_slot_ok && !pref_slot_ok)
         PAFT_FATAL("%s: merge.sft_adapter holds an adapter of the %s stage and merge.pref_adapter "
                    "(%s) one of the sft stage: the two are swapped (weights, densities and "
@@ -647,14 +798,20 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
         CHECK_MPI(MPI_Bcast(&s.adapter[a].lora, (int)sizeof(LoraConfig), MPI_BYTE, 0, world));
         CHECK_MPI(MPI_Bcast(s.adapter[a].stage, (int)sizeof s.adapter[a].stage, MPI_CHAR, 0, world));
         CHECK_MPI(MPI_Bcast(&s.adapter[a].step, 1, MPI_INT64_T, 0, world));
+        CHECK_MPI(MPI_Bcast(&s.adapter[a].is_peft, 1, MPI_INT, 0, world));
     }
     parameters = broadcast_string(parameters, world);
     sources = broadcast_string(sources, world);
+    for (int a = 0; a < 2; a++) adapter_open(&s.adapter[a], world);
 
+    /* a tensor is merged where either adapter adapts it, else copied */
+    int *merged = paft_calloc((size_t)s.n_views, sizeof(int));
     int n_merged = 0;
     for (int i = 0; i < s.n_views; i++) {
         const StageTensor *t = &s.tensors[i];
-        n_merged += t->proj >= 0 && (s.adapter[0].lora.targets[t->proj] || s.adapter[1].lora.targets[t->proj]);
+        merged[i] = adapter_adapts(&s.adapter[0], t->layer, t->proj) ||
+                    adapter_adapts(&s.adapter[1], t->layer, t->proj);
+        n_merged += merged[i];
     }
     paft_log("merge: %s of %s (sft) and %s (pref) into %s: %d tensors, %d merged, %s, %d rank%s\n",
              merge_method_name(s.params.method), s.adapter[0].path, s.adapter[1].path, s.base,
@@ -665,7 +822,6 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
     be.s = be.k->create();
 
     /* 2. the output file: attributes, then every tensor in sorted order */
-    for (int a = 0; a < 2; a++) h5_open_read(&s.adapter[a].file, s.adapter[a].path, world);
     H5File out;
     h5_create(&out, s.out, world);
     h5_set_attr_string(&out, "format", MERGED_FORMAT);
@@ -694,9 +850,7 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
         snprintf(dataset, sizeof dataset, "/weights/%s", t->view->name);
         h5_create_float_dataset(&out, dataset, t->view->rows, t->info->ndim == 1 ? 0 : t->view->cols,
                                 s.dtype);
-        int merged = t->proj >= 0 && (s.adapter[0].lora.targets[t->proj] ||
-                                      s.adapter[1].lora.targets[t->proj]);
-        if (!merged) {
+        if (!merged[i]) {
             copy_tensor(&s, &out, dataset, t, rank, size, &sc, &tm);
             continue;
         }
@@ -712,8 +866,8 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
             .small_merged = stats.small_merged,
             .kept_sft = stats.kept[0],
             .kept_pref = stats.kept[1],
-            .in_sft = s.adapter[0].lora.targets[t->proj],
-            .in_pref = s.adapter[1].lora.targets[t->proj],
+            .in_sft = adapter_adapts(&s.adapter[0], t->layer, t->proj),
+            .in_pref = adapter_adapts(&s.adapter[1], t->layer, t->proj),
             .slerp_cos = s.params.method == MERGE_SLERP ? stats.slerp_cos : 0.0,
             .dare_scale_sft = stats.dare_scale[0],
             .dare_scale_pref = stats.dare_scale[1],
@@ -727,7 +881,8 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
     double t_close = MPI_Wtime();
     h5_finish(&out);
     tm.write += MPI_Wtime() - t_close;
-    for (int a = 0; a < 2; a++) h5_close(&s.adapter[a].file);
+    for (int a = 0; a < 2; a++) adapter_close(&s.adapter[a]);
+    free(merged);
 
     paft_log("merge: wrote %s in %.2f s (rank 0: read %.2f s, merge %.2f s on %s, write %.2f s)\n",
              s.out, MPI_Wtime() - t_start, tm.read, tm.compute, be.k->name, tm.write);

@@ -28,16 +28,6 @@ int peft_is_adapter_dir(const char *path) {
     return peft;
 }
 
-/* What paft takes from adapter_config.json. */
-typedef struct {
-    int r;
-    double alpha, scale;
-    int rslora;
-    char targets[512]; /* target_modules: the names joined by commas, or PEFT's one string */
-    int targets_listed; /* target_modules was a list: PEFT adapts only the modules it names */
-    char base[1024];   /* base_model_name_or_path, "" when absent */
-} PeftSettings;
-
 static const cJSON *member(const cJSON *root, const char *key) {
     return cJSON_GetObjectItemCaseSensitive(root, key);
 }
@@ -133,19 +123,15 @@ void peft_read_config(LoraConfig *lora, const char *adapter_dir) {
  * and .lora_B.weight [out, r] for every adapted projection; anything else (an embedding's or
  * lm_head's factors, biases, DoRA magnitudes, modules_to_save copies) is refused by name: folding
  * only some of what PEFT would apply gives another model without a word. */
-typedef struct {
-    PeftSettings settings;
-    char *weights_path;
-    Checkpoint ckpt;
-    int n_layers;               /* 1 + the highest adapted layer */
-    const TensorInfo **factors; /* [n_layers][N_PROJ][2] A, B; NULL: not adapted */
-    int n_modules;
-} PeftAdapter;
-
 #define PEFT_PREFIX "base_model.model."
 
-static const TensorInfo **factor_slot(PeftAdapter *a, int layer, int p, int part) {
+static const TensorInfo **factor_slot(const PeftAdapter *a, int layer, int p, int part) {
     return &a->factors[((size_t)layer * N_PROJ + (size_t)p) * 2 + (size_t)part];
+}
+
+const TensorInfo *peft_adapter_factor(const PeftAdapter *a, int layer, Proj p, int part) {
+    if (layer < 0 || layer >= a->n_layers) return NULL;
+    return *factor_slot(a, layer, p, part);
 }
 
 /* PEFT's rule for a list of target_modules: a module is adapted when its full name
@@ -166,7 +152,7 @@ static int module_is_targeted(const char *listed, int layer, int p) {
     return 0;
 }
 
-static void peft_open(PeftAdapter *a, const char *dir) {
+void peft_adapter_open(PeftAdapter *a, const char *dir) {
     memset(a, 0, sizeof *a);
     read_settings(dir, &a->settings);
     a->weights_path = paft_path_join(dir, "adapter_model.safetensors");
@@ -232,7 +218,7 @@ static void peft_open(PeftAdapter *a, const char *dir) {
         }
 }
 
-static void peft_close(PeftAdapter *a) {
+void peft_adapter_close(PeftAdapter *a) {
     checkpoint_close(&a->ckpt);
     free(a->factors);
     free(a->weights_path);
@@ -245,40 +231,51 @@ static void require_finite(const char *path, const char *name, const real *x, in
     paft_require_finite(x, n, path, what, "");
 }
 
+void peft_adapter_check_base(const PeftAdapter *a, const ModelConfig *c, const char *fingerprint,
+                             const char *base) {
+    const char *path = a->weights_path;
+    /* paft's own PEFT copies record the base's fingerprint (peft_write_adapter); others cannot,
+     * and only their shapes are checked against the base */
+    const char *fp = checkpoint_metadata(&a->ckpt, PEFT_FINGERPRINT_KEY);
+    if (fp && strcmp(fp, fingerprint) != 0)
+        PAFT_FATAL("%s: adapter was trained on another base model (fingerprint %s in its "
+                   "metadata, base %s has %s)",
+                   path, fp, base, fingerprint);
+    for (int l = 0; l < a->n_layers; l++)
+        for (int p = 0; p < N_PROJ; p++) {
+            const TensorInfo *tA = *factor_slot(a, l, p, 0), *tB = *factor_slot(a, l, p, 1);
+            if (!tA) continue;
+            if (l >= c->num_layers)
+                PAFT_FATAL("%s: tensor '%s' adapts layer %d, but the base %s has %d layers", path,
+                           tA->name, l, base, c->num_layers);
+            const int64_t in = proj_in(c, (Proj)p), out = proj_out(c, (Proj)p);
+            if (tA->shape[1] != in || tB->shape[0] != out)
+                PAFT_FATAL("%s: model.layers.%d.%s: lora_A is [%lld, %lld] and lora_B [%lld, "
+                           "%lld], but model.layers.%d.%s.weight of the base %s is [%lld, %lld]: "
+                           "an adapter of another model",
+                           path, l, proj_module_name(p), (long long)tA->shape[0],
+                           (long long)tA->shape[1], (long long)tB->shape[0],
+                           (long long)tB->shape[1], l, proj_module_name(p), base, (long long)out,
+                           (long long)in);
+        }
+}
+
 void peft_fold_into_base(const char *adapter_dir, Model *m, char *folded, size_t folded_size) {
     PeftAdapter a;
-    peft_open(&a, adapter_dir);
+    peft_adapter_open(&a, adapter_dir);
     const char *path = a.weights_path;
     const char *under = checkpoint_metadata(&a.ckpt, PEFT_FOLDED_KEY);
     snprintf(folded, folded_size, "%s", under ? under : "");
-    /* paft's own PEFT copies record the base's fingerprint (peft_write_adapter); others cannot,
-     * and only their shapes are checked against the base */
-    const char *fp = checkpoint_metadata(&a.ckpt, PEFT_FINGERPRINT_KEY);
-    if (fp && strcmp(fp, m->fingerprint) != 0)
-        PAFT_FATAL("%s: adapter was trained on another base model (fingerprint %s in its "
-                   "metadata, base %s has %s)",
-                   path, fp, m->path, m->fingerprint);
-    const ModelConfig *c = &m->config;
+    peft_adapter_check_base(&a, &m->config, m->fingerprint, m->path);
     const int r = a.settings.r;
-    char name[256];
     for (int l = 0; l < a.n_layers; l++)
         for (int p = 0; p < N_PROJ; p++) {
             const TensorInfo *tA = *factor_slot(&a, l, p, 0), *tB = *factor_slot(&a, l, p, 1);
             if (!tA) continue;
-            if (l >= c->num_layers)
-                PAFT_FATAL("%s: tensor '%s' adapts layer %d, but the base %s has %d layers", path,
-                           tA->name, l, m->path, c->num_layers);
             const TensorView *w = model_projection_view(m, l, (Proj)p);
-            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, proj_module_name(p));
-            if (!w) PAFT_FATAL("%s: the base %s has no %s", path, m->path, name);
-            if (tA->shape[1] != w->global_cols || tB->shape[0] != w->global_rows)
-                PAFT_FATAL("%s: model.layers.%d.%s: lora_A is [%lld, %lld] and lora_B [%lld, "
-                           "%lld], but %s of the base %s is [%lld, %lld]: an adapter of another "
-                           "model",
-                           path, l, proj_module_name(p), (long long)tA->shape[0],
-                           (long long)tA->shape[1], (long long)tB->shape[0],
-                           (long long)tB->shape[1], name, m->path, (long long)w->global_rows,
-                           (long long)w->global_cols);
+            if (!w)
+                PAFT_FATAL("%s: the base %s has no model.layers.%d.%s.weight", path, m->path, l,
+                           proj_module_name(p));
             /* W += s B A on this rank's block of W: rows [row0, +rows) x columns [col0, +cols)
              * needs B's rows and A's columns of that block */
             real *A = paft_malloc((size_t)((int64_t)r * w->cols) * sizeof(real));
@@ -292,12 +289,12 @@ void peft_fold_into_base(const char *adapter_dir, Model *m, char *folded, size_t
             free(A);
             free(B);
         }
-    peft_close(&a);
+    peft_adapter_close(&a);
 }
 
 void peft_describe(const char *adapter_dir, FILE *out) {
     PeftAdapter a;
-    peft_open(&a, adapter_dir);
+    peft_adapter_open(&a, adapter_dir);
     const PeftSettings *ps = &a.settings;
     const int64_t r = ps->r;
     /* everything is read and measured before the first line, so a broken adapter gets its error
@@ -351,7 +348,7 @@ void peft_describe(const char *adapter_dir, FILE *out) {
     fprintf(out, "\n  %d adapted modules, %.0f delta elements, overall sparsity %.4f\n",
             a.n_modules, count_total, count_total > 0 ? below_total / count_total : 0.0);
     free(sparsity);
-    peft_close(&a);
+    peft_adapter_close(&a);
 }
 
 void peft_load_adapter(Model *m, const char *adapter_dir) {
@@ -460,6 +457,9 @@ void peft_write_adapter(const char *adapter_h5, const char *adapter_dir) {
     cJSON *meta = cJSON_CreateObject();
     cJSON_AddStringToObject(meta, "format", "pt");
     cJSON_AddStringToObject(meta, PEFT_FINGERPRINT_KEY, fp);
+    char *stage = h5_get_attr_string(&f, "stage");
+    if (stage[0]) cJSON_AddStringToObject(meta, PEFT_STAGE_KEY, stage);
+    free(stage);
     /* a stage trained on top of another adapter: this copy is a delta on base + that adapter,
      * which folding it here follows, and which PEFT users must load first */
     if (under[0]) {

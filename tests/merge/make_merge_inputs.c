@@ -17,7 +17,9 @@
  * bad_rank_attr.h5 (attribute r disagrees with the datasets), bad_shape.h5 (one B of the wrong
  * shape), bad_folded.h5 (folded_adapter set), bad_nan.h5 (a NaN in an A), bad_format.h5 (an HDF5
  * file that is not an adapter), bad_format_array.h5, bad_step_array.h5, bad_alpha_array.h5 (the
- * attribute holds several values), bad_r_null.h5 (attribute r holds none), not_hdf5.h5 (text).
+ * attribute holds several values), bad_r_null.h5 (attribute r holds none), not_hdf5.h5 (text);
+ * and PEFT adapter directories written from four of them: sft_peft/, pref_peft/, bad_nan_peft/,
+ * bad_other_base_peft/.
  */
 #include <hdf5.h>
 #include <math.h>
@@ -27,6 +29,7 @@
 
 #include "io/adapter.h"
 #include "model/model.h"
+#include "model/peft.h"
 #include "model/tiny_model.h"
 #include "util/common.h"
 #include "util/rng.h"
@@ -295,6 +298,19 @@ int main(int argc, char **argv) {
     FILE *txt = fopen(path, "w");
     if (!txt || fputs("not an HDF5 file\n", txt) < 0 || fclose(txt) != 0) PAFT_FATAL("%s: cannot write", path);
     free(path);
+
+    /* PEFT adapter directories (merge.*_adapter takes them too): paft's copies of the two good
+     * llama adapters, and of two bad ones (a NaN; another base's fingerprint in the metadata) */
+    const char *peft_copies[4][2] = {{"sft.h5", "sft_peft"},
+                                     {"pref.h5", "pref_peft"},
+                                     {"bad_nan.h5", "bad_nan_peft"},
+                                     {"bad_other_base.h5", "bad_other_base_peft"}};
+    for (int i = 0; i < 4; i++) {
+        char *from = join(llama, peft_copies[i][0]), *to = join(llama, peft_copies[i][1]);
+        peft_write_adapter(from, to);
+        free(from);
+        free(to);
+    }
 
     free(other_model);
     free(llama);

@@ -57,6 +57,18 @@ def attr(f, name):
 
 
 def read_adapter(path):
+    """(scale, {module: (A, B)}) of an adapter.h5 or a PEFT adapter directory."""
+    if os.path.isdir(path):
+        with open(os.path.join(path, "adapter_config.json")) as f:
+            config = json.load(f)
+        r, alpha = config["r"], config["lora_alpha"]
+        scale = alpha / np.sqrt(r) if config.get("use_rslora") else alpha / r
+        _, values, _ = stage_files.read_safetensors(os.path.join(path, "adapter_model.safetensors"))
+        modules = {}
+        for name, value in values.items():
+            m = re.fullmatch(r"base_model\.model\.(.+)\.lora_([AB])\.weight", name)
+            modules.setdefault(m.group(1), {})[m.group(2)] = value.astype(F32)
+        return F32(scale), {k: (v["A"], v["B"]) for k, v in modules.items()}
     with h5py.File(path, "r") as f:
         r = int(f.attrs["r"])
         alpha = float(f.attrs["alpha"])
@@ -72,6 +84,38 @@ def lora_delta(A, B, scale):
     for k in range(A.shape[0]):
         acc += B[:, k:k + 1] * A[k:k + 1, :]
     return acc * scale
+
+
+def write_foreign_peft(adapter_h5, out_dir, layers, bf16):
+    """A PEFT adapter directory as PEFT itself writes one, from an adapter.h5: no paft metadata
+    (so no fingerprint), only the decoder layers in `layers` (PEFT's layers_to_transform), the
+    factors in BF16 (rounded to nearest even) or F32."""
+    os.makedirs(out_dir, exist_ok=True)
+    with h5py.File(adapter_h5, "r") as f:
+        r, alpha, rslora = int(f.attrs["r"]), float(f.attrs["alpha"]), bool(f.attrs["rslora"])
+        targets = attr(f, "targets").split(",")
+        modules = {name: (f["lora"][name]["A"][()], f["lora"][name]["B"][()]) for name in f["lora"]}
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha,
+              "use_rslora": rslora, "target_modules": targets, "layers_to_transform": layers,
+              "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_dora": False}
+    with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
+        json.dump(config, f)
+    header, blobs, offset = {}, [], 0
+    for module in sorted(modules):
+        if int(module.split(".")[2]) not in layers:
+            continue
+        for part, value in zip("AB", modules[module]):
+            raw = (stage_files.f32_to_bf16(value) if bf16 else value.astype("<f4")).tobytes()
+            header[f"base_model.model.{module}.lora_{part}.weight"] = {
+                "dtype": "BF16" if bf16 else "F32", "shape": list(value.shape),
+                "data_offsets": [offset, offset + len(raw)]}
+            blobs.append(raw)
+            offset += len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(os.path.join(out_dir, "adapter_model.safetensors"), "wb") as f:
+        f.write(len(text).to_bytes(8, "little") + text + b"".join(blobs))
+    return out_dir
 
 
 def module_of(name):
@@ -96,8 +140,13 @@ def case_of(params, tensor_id):
             "tensor_id": tensor_id, "dare_rescale_l1": params["rescale"] == "l1"}
 
 
-def check_merge(paft, inputs, model_set, label, overrides, workdir, also_bf16, h5dump):
+def check_merge(paft, inputs, model_set, label, overrides, workdir, also_bf16, h5dump,
+                adapters=None):
+    """adapters: {"sft": path, "pref": path} in place of the set's sft.h5 / pref.h5."""
     ini = os.path.join(inputs, model_set, "merge.ini")
+    paths = {k: os.path.join(inputs, model_set, f"{k}.h5") for k in ("sft", "pref")}
+    paths.update(adapters or {})
+    overrides = overrides + [f"merge.{k}_adapter={v}" for k, v in (adapters or {}).items()]
     model_dir = os.path.join(inputs, model_set, "model")
     out32 = os.path.join(workdir, f"{model_set}-{label}-fp32.h5")
     out16 = os.path.join(workdir, f"{model_set}-{label}-bf16.h5")
@@ -108,8 +157,8 @@ def check_merge(paft, inputs, model_set, label, overrides, workdir, also_bf16, h
         out16 = None
 
     base, _, _ = stage_files.read_model_dir(model_dir)
-    sft = read_adapter(os.path.join(inputs, model_set, "sft.h5"))
-    pref = read_adapter(os.path.join(inputs, model_set, "pref.h5"))
+    sft = read_adapter(paths["sft"])
+    pref = read_adapter(paths["pref"])
     names = sorted(base)
     worst = 0.0
     n_merged = 0
@@ -121,8 +170,11 @@ def check_merge(paft, inputs, model_set, label, overrides, workdir, also_bf16, h
             check(attr(f32, "config") == cf.read(), f"{label}: config attribute is not config.json")
         sources = json.loads(attr(f32, "sources"))
         check(sources["base"] == os.path.realpath(model_dir), f"{label}: sources.base")
-        check(sources["sft_adapter"]["path"] == os.path.realpath(os.path.join(inputs, model_set, "sft.h5")),
-              f"{label}: sources.sft_adapter")
+        for k in ("sft", "pref"):
+            source = sources[f"{k}_adapter"]
+            check(source["path"] == os.path.realpath(paths[k]), f"{label}: sources.{k}_adapter")
+            check(source["format"] == ("peft" if os.path.isdir(paths[k]) else "paft-adapter-1"),
+                  f"{label}: sources.{k}_adapter.format {source['format']}")
         check(attr(f32, "base_fingerprint") == sources["base_fingerprint"], f"{label}: fingerprint")
         check(attr(f32, "dtype") == "fp32" and (not out16 or attr(f16, "dtype") == "bf16"),
               f"{label}: dtype attrs")
@@ -230,6 +282,27 @@ def main():
         out = check_merge(args.paft, args.inputs, model_set, label, overrides, args.workdir,
                           also_bf16, h5dump)
         merged = merged or out
+    # PEFT adapter directories in either slot: paft's own copies (written by make_merge_inputs),
+    # and ones as PEFT writes them (BF16 factors, some layers only, no fingerprint), whose
+    # skipped layers are untouched where the other adapter does not adapt them
+    if args.set in (None, "llama"):
+        llama = os.path.join(args.inputs, "llama")
+        foreign_sft = write_foreign_peft(os.path.join(llama, "sft.h5"),
+                                         os.path.join(args.workdir, "foreign_sft"), [1], True)
+        foreign_pref = write_foreign_peft(os.path.join(llama, "pref.h5"),
+                                          os.path.join(args.workdir, "foreign_pref"), [0], False)
+        peft_cases = [
+            ("ties-peft", ["merge.method=ties", "merge.density=0.5,0.7"],
+             {"sft": os.path.join(llama, "sft_peft"), "pref": os.path.join(llama, "pref_peft")}),
+            ("dare_ties-foreign", ["merge.method=dare_ties", "merge.density=0.6,0.4",
+                                   "merge.seed=7"], {"sft": foreign_sft, "pref": foreign_pref}),
+            ("task_arith-mixed", ["merge.method=task_arithmetic", "merge.weights=1,0.5"],
+             {"sft": foreign_sft}),
+        ]
+        for label, overrides, adapters in peft_cases:
+            check_merge(args.paft, args.inputs, "llama", label, overrides, args.workdir, False,
+                        None, adapters)
+        cases += peft_cases
     # paft inspect of a merged file: the three tables and the summary
     text = run_paft(args.paft, ["inspect", merged])
     for want in ("paft merged model (paft-merged-1)", "delta_sft (before sparsification):",
