@@ -93,20 +93,6 @@ typedef struct {
     const char *made_by_training; /* paft run's check: output.dir, which training will create */
 } Stage;
 
-/* Absolute form of an existing path (for the file's record); the path itself if that fails. */
-static void absolute_path(const char *path, char *out, size_t n) {
-    char buf[PATH_MAX];
-    if (realpath(path, buf)) snprintf(out, n, "%s", buf);
-    else snprintf(out, n, "%s", path);
-}
-
-/* 1 when both paths exist and name the same file or directory (device and inode: links and other
- * spellings of a path count). */
-static int same_file(const char *a, const char *b) {
-    struct stat sa, sb;
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
-}
-
 /* ---- an adapter's factors, either kind ---------------------------------------------------------- */
 
 /* Open an adapter for reading on the ranks of comm: an adapter.h5 collectively, a PEFT directory
@@ -340,7 +326,7 @@ static int same_factors(StageAdapter *x, StageAdapter *y, const ModelConfig *c) 
  * same file, or the same factors in the other format (adapter.h5 and its <stage>/peft/ copy). */
 static void check_sequential(const StageAdapter *a, Stage *s, const char *folded) {
     StageAdapter *sft = &s->adapter[0];
-    int same = a != sft && same_file(folded, sft->path);
+    int same = a != sft && paft_same_file(folded, sft->path);
     if (a != sft && !same && paft_path_exists(folded)) {
         StageAdapter under = {.role = "folded", .key = "folded_adapter"};
         snprintf(under.path, sizeof under.path, "%s", folded);
@@ -423,9 +409,9 @@ static void validate_output(const Stage *s) {
     }
     if (paft_path_exists(out)) {
         for (int i = 0; i < 2; i++)
-            if (same_file(out, s->adapter[i].path))
+            if (paft_same_file(out, s->adapter[i].path))
                 PAFT_FATAL("%s: merge.out is the %s adapter itself", out, s->adapter[i].role);
-        if (same_file(out, s->base) || (paft_is_directory(s->base) && same_file(dir, s->base)))
+        if (paft_same_file(out, s->base) || (paft_is_directory(s->base) && paft_same_file(dir, s->base)))
             PAFT_FATAL("%s: merge.out would overwrite a file of the base model (model.path = %s); "
                        "write the merged model elsewhere", out, s->base);
     }
@@ -455,13 +441,13 @@ static char *parameters_json(const Stage *s, const Config *cfg) {
 static char *sources_json(const Stage *s) {
     char path[PATH_MAX];
     cJSON *root = cJSON_CreateObject();
-    absolute_path(s->base, path, sizeof path);
+    paft_absolute_path(s->base, path, sizeof path);
     cJSON_AddStringToObject(root, "base", path);
     cJSON_AddStringToObject(root, "base_fingerprint", s->fingerprint);
     for (int i = 0; i < 2; i++) {
         const StageAdapter *a = &s->adapter[i];
         cJSON *o = cJSON_AddObjectToObject(root, i == 0 ? "sft_adapter" : "pref_adapter");
-        absolute_path(a->path, path, sizeof path);
+        paft_absolute_path(a->path, path, sizeof path);
         cJSON_AddStringToObject(o, "path", path);
         cJSON_AddStringToObject(o, "format", a->is_peft ? "peft" : ADAPTER_FORMAT);
         cJSON_AddStringToObject(o, "stage", a->stage);
@@ -765,7 +751,7 @@ static void validate(Stage *s, const Config *cfg) {
     validate_base_and_settings(s, cfg);
     model_fingerprint(&s->ckpt, s->views, s->n_views, s->fingerprint);
     for (int a = 0; a < 2; a++) validate_adapter(&s->adapter[a], s);
-    if (same_file(s->adapter[0].path, s->adapter[1].path))
+    if (paft_same_file(s->adapter[0].path, s->adapter[1].path))
         PAFT_FATAL("%s: %s and %s name the same adapter; the merge combines two different ones",
                    s->adapter[1].path, s->adapter[0].key, s->adapter[1].key);
     check_roles(s);
@@ -831,7 +817,7 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
     h5_set_attr_string(&out, "parameters", parameters);
     h5_set_attr_string(&out, "sources", sources);
     char base_abs[PATH_MAX];
-    absolute_path(s.base, base_abs, sizeof base_abs);
+    paft_absolute_path(s.base, base_abs, sizeof base_abs);
     char *base_attr = broadcast_string(rank == 0 ? paft_strdup(base_abs) : NULL, world);
     h5_set_attr_string(&out, "base_model", base_attr);
     free(base_attr);

@@ -342,7 +342,11 @@ static void run_info(const Trainer *tr, AdapterInfo *info) {
     memset(info, 0, sizeof *info);
     info->step = tr->step;
     snprintf(info->stage, sizeof info->stage, "%s", tr->name);
-    snprintf(info->folded_adapter, sizeof info->folded_adapter, "%s", tr->cfg->model.adapter);
+    /* absolute: folding this adapter later follows the chain to model.adapter, from whatever
+     * working directory paft eval or paft merge runs in */
+    if (tr->cfg->model.adapter[0])
+        paft_absolute_path(tr->cfg->model.adapter, info->folded_adapter,
+                           sizeof info->folded_adapter);
     info->data_records = (int64_t)tr->data->num_records;
     info->data_crc32 = tr->data->payload_crc32;
 }

@@ -2,6 +2,7 @@
 #include "util/common.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdarg.h>
@@ -156,6 +157,17 @@ int paft_path_exists(const char *path) {
 int paft_is_directory(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+int paft_same_file(const char *a, const char *b) {
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+void paft_absolute_path(const char *path, char *out, size_t n) {
+    char buf[PATH_MAX];
+    if (realpath(path, buf)) snprintf(out, n, "%s", buf);
+    else snprintf(out, n, "%s", path);
 }
 
 void paft_make_dirs(const char *path) {

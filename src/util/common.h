@@ -107,6 +107,11 @@ char *paft_read_text_file(const char *path, size_t max_bytes, size_t *out_len);
 /* Does the path exist, and is it a directory? */
 int paft_path_exists(const char *path);
 int paft_is_directory(const char *path);
+/* Do both paths exist and name the same file or directory (device and inode: links and other
+ * spellings of a path count)? */
+int paft_same_file(const char *a, const char *b);
+/* The absolute form of an existing path (realpath) into out[n]; the path itself if that fails. */
+void paft_absolute_path(const char *path, char *out, size_t n);
 /* mkdir -p: create PATH and its missing parents (fatal error naming the path on failure). */
 void paft_make_dirs(const char *path);
 /* Join a directory and a file name into a new string. */

@@ -7,7 +7,7 @@
 set -euo pipefail
 paft=$1 run=$2
 cfg="$run/t/task.ini"
-rm -rf "$run/fold_h5" "$run/fold_peft" "$run/fold_chain"
+rm -rf "$run/fold_h5" "$run/fold_peft" "$run/fold_chain" "$run/fold_relative"
 "$paft" train "$cfg" stage=dpo pref.steps=2 model.adapter="$run/out/sft/adapter.h5" \
   output.dir="$run/fold_h5" > /dev/null
 "$paft" train "$cfg" stage=dpo pref.steps=2 model.adapter="$run/out/sft/peft" \
@@ -51,6 +51,14 @@ echo "paft eval model=<stage>/peft matches model=<stage>/adapter.h5"
 same_eval "$run/fold_peft/pref"
 same_eval "$run/fold_chain/sft"
 echo "chains of adapters fold whole, from adapter.h5 and from peft/ alike"
+
+# a relative model.adapter is recorded as an absolute path: the chain folds from another working
+# directory too (it was looked up relative to wherever paft eval ran)
+(cd "$run" && "$paft" train "$cfg" stage=dpo pref.steps=2 model.adapter=out/sft/peft \
+   output.dir="$run/fold_relative" > /dev/null)
+rel=$(cd / && ev "$run/fold_relative/pref/adapter.h5")
+[ "$rel" = "$b" ] || { echo "FAIL: trained with a relative model.adapter, evaluated from /: $rel"; exit 1; }
+echo "a relative model.adapter folds from any working directory"
 
 # ... and a chain whose lower adapter is gone is refused naming both, not folded halfway
 cp "$run/out/sft/adapter.h5" "$run/fold_chain/gone.h5"
