@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check that a PEFT adapter written by `paft train` (<stage>/peft/) loads in peft + transformers
 with every LoRA weight equal to paft's adapter.h5, and that it changes the model's output.
-Needs torch, transformers, peft, h5py (not part of CI; run by hand, see README.md):
+Needs torch, transformers, peft, h5py (not part of CI; run by hand, see tests/reference/README.md):
 
     python tests/reference/check_peft_load.py BASE_MODEL_DIR RUN_DIR/sft
 """
