@@ -55,8 +55,9 @@ static const Command commands[] = {
     {"eval", cmd_eval, "held-out SFT loss and preference accuracy of a model",
      "usage: paft eval CONFIG model=PATH [eval.sft_data=... eval.pref_data=...]\n\n"
      "PATH: a Hugging Face model, a merged file (merged.h5) or an adapter on model.path\n"
-     "(adapter.h5, or a PEFT adapter directory such as <stage>/peft/). Prints the mean NLL over the loss-mask tokens of eval.sft_data and the\n"
-     "implicit-reward accuracy and margin on eval.pref_data against the base model.path\n"
+     "(adapter.h5, or a PEFT adapter directory such as <stage>/peft/), applied with its own\n"
+     "r, alpha and targets. Prints the mean NLL over the loss-mask tokens of eval.sft_data and\n"
+     "the implicit-reward accuracy and margin on eval.pref_data against the base model.path\n"
      "(beta = pref.beta), then the same as one JSON line ('eval: {...}').\n"},
     {"export", cmd_export, "merged HDF5 file -> Hugging Face safetensors directory",
      "usage: paft export MERGED.h5 OUTDIR [max_shard_size=5GB]\n\n"

@@ -136,6 +136,20 @@ static void check_compatible(H5File *f, const Model *m) {
     free(targets);
 }
 
+void adapter_read_lora_config(const char *path, LoraConfig *lora) {
+    H5File f;
+    h5_open_read(&f, path, MPI_COMM_SELF);
+    require_adapter_format(&f);
+    const int64_t r = h5_get_attr_int(&f, "r");
+    if (r < 1 || r > 1 << 20)
+        PAFT_FATAL("%s: attribute r = %lld is not a valid LoRA rank", path, (long long)r);
+    char *targets = h5_get_attr_string(&f, "targets");
+    lora_config_init(lora, (int)r, h5_get_attr_double(&f, "alpha"),
+                     h5_get_attr_int(&f, "rslora") != 0, targets, path);
+    free(targets);
+    h5_close(&f);
+}
+
 static void origin_mismatch(const char *path, const char *key, const char *file_value,
                             const char *run_value, const char *advice) {
     PAFT_FATAL("%s: written with %s = %s, but this run has %s = %s; %s", path, key, file_value, key,

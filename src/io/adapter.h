@@ -53,6 +53,10 @@ void adapter_write(const char *path, MPI_Comm comm, const Model *model, const Ad
  * moments/pos != NULL the file must be a checkpoint and they are filled too. */
 void adapter_read(const char *path, MPI_Comm comm, Model *model, AdapterInfo *info,
                   real *moment_m, real *moment_v, TrainPosition *pos);
+/* The LoRA settings (r, alpha, rslora, targets) an adapter or checkpoint file records: what it is
+ * applied with when evaluated, whatever the configuration's [lora] says. Reads on the calling
+ * rank; fatal error naming the file when it is not a paft adapter. */
+void adapter_read_lora_config(const char *path, LoraConfig *lora);
 /* Check that the adapter or checkpoint PATH comes from the run described by `expect` (stage,
  * folded_adapter, and data_records/data_crc32 where both the file and `expect` have them) and
  * `model` (base fingerprint, r, alpha, rslora, targets). A mismatch is a fatal error naming PATH

@@ -150,10 +150,15 @@ void evaluate_model_path(const Config *cfg, const char *path, const TokenData *s
                          EvalResult *pref) {
     memset(sft, 0, sizeof *sft);
     memset(pref, 0, sizeof *pref);
-    LoraConfig lora;
-    lora_config_init(&lora, cfg->lora.r, cfg->lora.alpha, cfg->lora.rslora, cfg->lora.targets,
-                     "configuration [lora]");
     const int adapter = is_adapter_file(path);
+    /* an adapter is applied with the r, alpha and targets it was trained with, not [lora]'s
+     * (evaluating a stage trained with other LoRA settings needs no overrides) */
+    LoraConfig lora;
+    if (adapter)
+        adapter_read_lora_config(path, &lora);
+    else
+        lora_config_init(&lora, cfg->lora.r, cfg->lora.alpha, cfg->lora.rslora,
+                         cfg->lora.targets, "configuration [lora]");
     /* a PEFT adapter directory (paft's <stage>/peft/ or one trained with PEFT) is folded into the
      * base, which is then the reference as for a merged model */
     const int peft = peft_is_adapter_dir(path);

@@ -21,6 +21,19 @@ cfg="$work/task/task.ini"
   merge.out="$work/seq/sequential.h5" > /dev/null
 ev() { "$paft" eval "$cfg" model="$1" eval.sft_data="$work/task/sft_train.bin" \
          eval.pref_data="$work/task/pref_train.bin" | sed -n 's/^eval: //p'; }
+# an adapter trained with other LoRA settings is evaluated with its own (r, alpha, targets from
+# the file), not the configuration's [lora]: the same metrics with or without the overrides
+lora="lora.r=2 lora.alpha=3 lora.rslora=true lora.targets=q_proj,down_proj"
+# shellcheck disable=SC2086
+"$paft" train "$cfg" stage=sft sft.steps=5 $lora output.dir="$work/other_lora" > /dev/null
+own=$(ev "$work/other_lora/sft/adapter.h5")
+# shellcheck disable=SC2086
+given=$("$paft" eval "$cfg" model="$work/other_lora/sft/adapter.h5" $lora \
+          eval.sft_data="$work/task/sft_train.bin" eval.pref_data="$work/task/pref_train.bin" |
+        sed -n 's/^eval: //p')
+echo "adapter with other LoRA settings: $own"
+[ -n "$own" ] && [ "$own" = "$given" ] ||
+  { echo "FAIL: its own settings give $own, the overrides $given"; exit 1; }
 a=$(ev "$work/run/sft/adapter.h5")
 b=$(ev "$work/run/sft_only.h5")
 base=$(ev "$work/task/model")
