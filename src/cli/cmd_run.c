@@ -38,7 +38,7 @@ int cmd_run(int argc, char **argv) {
     if (rank == 0) {
         train_check_stage(&cfg, STAGE_SFT, n_sft);
         train_check_stage(&cfg, STAGE_PREF, world - n_sft);
-        merge_stage_check_settings(&cfg);
+        merge_stage_check_settings(&cfg, 1);
     }
     CHECK_MPI(MPI_Barrier(MPI_COMM_WORLD));
     train_install_signal_handlers();

@@ -25,17 +25,7 @@ int cmd_train(int argc, char **argv) {
     }
     if (!stage) ARGUMENT_FATAL("command line: 'paft train' needs "
                                "stage=sft|dpo|ipo|hinge|orpo|pref");
-    StageKind kind = STAGE_PREF;
-    if (strcmp(stage, "sft") == 0) {
-        kind = STAGE_SFT;
-    } else if (strcmp(stage, "dpo") == 0 || strcmp(stage, "ipo") == 0 ||
-               strcmp(stage, "hinge") == 0 || strcmp(stage, "orpo") == 0) {
-        /* the stage names the preference loss; pref.loss=... on the command line agrees or loses */
-        snprintf(cfg.pref.loss, sizeof cfg.pref.loss, "%s", stage);
-    } else if (strcmp(stage, "pref") != 0) {
-        ARGUMENT_FATAL("command line: stage=%s is not one of sft, dpo, ipo, hinge, orpo, pref",
-                       stage);
-    }
+    const StageKind kind = cli_stage_kind(&cfg, stage);
     /* the inputs, on rank 0 while the others wait: one message for a bad file, not one per rank */
     int rank, size;
     CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));

@@ -1,6 +1,7 @@
 /* commands.c - the table of subcommands with their help texts. */
 #include "cli/commands.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "util/common.h"
@@ -9,6 +10,20 @@ int cli_wants_help(int argc, char **argv) {
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) return 1;
     return 0;
+}
+
+StageKind cli_stage_kind(Config *cfg, const char *stage) {
+    if (strcmp(stage, "sft") == 0) return STAGE_SFT;
+    if (strcmp(stage, "dpo") == 0 || strcmp(stage, "ipo") == 0 || strcmp(stage, "hinge") == 0 ||
+        strcmp(stage, "orpo") == 0) {
+        /* the stage names the preference loss; pref.loss=... on the command line agrees or loses */
+        snprintf(cfg->pref.loss, sizeof cfg->pref.loss, "%s", stage);
+        return STAGE_PREF;
+    }
+    if (strcmp(stage, "pref") != 0)
+        ARGUMENT_FATAL("command line: stage=%s is not one of sft, dpo, ipo, hinge, orpo, pref",
+                       stage);
+    return STAGE_PREF;
 }
 
 int cmd_not_yet(int argc, char **argv) {
@@ -35,6 +50,16 @@ static const Command commands[] = {
      "Sequential baseline: train stage=sft, then train stage=dpo\n"
      "model.adapter=<output.dir>/sft/adapter.h5 (DPO from base + SFT delta, which is also\n"
      "DPO's reference model).\n"},
+    {"check", cmd_check, "check a configuration for a job of N ranks before submitting it",
+     "usage: paft check CONFIG [ranks=N] [stage=STAGE] [section.key=value ...]\n\n"
+     "Makes, on this one process, the checks a job of N ranks makes before it loads a model, and\n"
+     "prints its plan: without stage=, those of paft run (the SFT / preference split, both stages'\n"
+     "data, batch split and tensor-parallel layout, the merge's settings); with stage=sft|dpo|...,\n"
+     "those of paft train. Each stage's plan: ranks, tp x dp, steps, micro-batches accumulated,\n"
+     "epochs of its data, and what its directory already holds (a checkpoint to resume from).\n"
+     "N: ranks=, else SLURM_NTASKS, else this process's MPI world. model.device and merge.device\n"
+     "are checked by name and build only (a login node has no GPU: a note). Creates nothing;\n"
+     "exits non-zero with the first problem's message.\n"},
     {"merge", cmd_merge, "merge saved SFT and preference adapters into the base model",
      "usage: paft merge CONFIG [merge.method=ties merge.density=0.5,0.5 ...]\n\n"
      "Every rank merges delta_sft and delta_pref (the LoRA adapters merge.sft_adapter and\n"

@@ -5,6 +5,9 @@
 #ifndef PAFT_COMMANDS_H
 #define PAFT_COMMANDS_H
 
+#include "config/config.h"
+#include "train/step.h"
+
 typedef struct {
     const char *name;
     int (*run)(int argc, char **argv);
@@ -23,8 +26,13 @@ int cmd_eval(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_check(int argc, char **argv);
 /* The commands that later stages of the pipeline fill in report that plainly. */
 int cmd_not_yet(int argc, char **argv);
+
+/* stage=NAME of paft train and paft check: sft, or a preference stage (dpo, ipo, hinge and orpo
+ * also set pref.loss; pref keeps the configuration's). Fatal error for anything else. */
+StageKind cli_stage_kind(Config *cfg, const char *stage);
 
 /* True when argv holds -h or --help. */
 int cli_wants_help(int argc, char **argv);

@@ -895,12 +895,13 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
     stage_close_base(&s);
 }
 
-void merge_stage_check_settings(const Config *cfg) {
+void merge_stage_check_settings(const Config *cfg, int device_here) {
     Stage s;
     stage_init(&s, cfg);
     s.made_by_training = cfg->output.dir;
     validate_base_and_settings(&s, cfg);
-    merge_kernels_check_usable(cfg->merge.device, "merge.device");
+    if (device_here) merge_kernels_check_usable(cfg->merge.device, "merge.device");
+    else (void)merge_kernels_check_built(cfg->merge.device, "merge.device");
     /* the adapters do not exist yet: training will give both the targets of [lora] */
     LoraConfig lora;
     lora_config_init(&lora, cfg->lora.r, cfg->lora.alpha, cfg->lora.rslora, cfg->lora.targets,

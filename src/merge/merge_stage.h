@@ -36,8 +36,9 @@ void merge_stage_run(const Config *cfg, MPI_Comm world);
 /* What paft run checks before either group trains, on one rank (fatal on the first problem):
  * everything the merge stage's validation covers that does not need the adapters (model.adapter
  * unset, the base model, the [merge] parameters, merge.out), with both adapters' targets taken
- * from [lora]. A mistake in [merge] then costs seconds, not a whole training run. */
-void merge_stage_check_settings(const Config *cfg);
+ * from [lora]. A mistake in [merge] then costs seconds, not a whole training run. device_here = 0
+ * (paft check, on a login node): merge.device = cuda needs CUDA built in, not a GPU here. */
+void merge_stage_check_settings(const Config *cfg, int device_here);
 
 /* The paths a configuration merges (the defaults above filled in); each buffer CONFIG_PATH_MAX. */
 void merge_stage_paths(const Config *cfg, char *sft_adapter, char *pref_adapter, char *out);

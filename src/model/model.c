@@ -471,11 +471,7 @@ void model_fingerprint(const Checkpoint *ckpt, const TensorView *views, int n_vi
     fingerprint_of(&src, views, n_views, out);
 }
 
-/* Shard sizes for a tensor-parallel group of tp ranks, or a fatal error naming what does not
- * divide. */
-static void set_shard_sizes(Model *m, const char *path) {
-    const ModelConfig *c = &m->config;
-    const int tp = m->tp_size;
+void model_config_check_tp(const ModelConfig *c, int tp, const char *path, int report) {
     const struct { const char *what; int n; } sizes[] = {
         {"num_attention_heads", c->num_heads},
         {"num_key_value_heads", c->num_kv_heads},
@@ -484,12 +480,20 @@ static void set_shard_sizes(Model *m, const char *path) {
     };
     for (int i = 0; i < 4; i++)
         if (sizes[i].n % tp != 0)
-            PAFT_FATAL_SHARED(paft_world_rank() == 0, /* every rank loads with this tp */
+            PAFT_FATAL_SHARED(report,
                               "%s: %s = %d does not divide by parallel.tp = %d (replicating KV heads is "
                        "not supported: choose tp dividing every one of heads %d, KV heads %d, "
                        "ffn %d and vocab %d)",
                        path, sizes[i].what, sizes[i].n, tp, c->num_heads, c->num_kv_heads,
                        c->intermediate_size, c->vocab_size);
+}
+
+/* Shard sizes for a tensor-parallel group of tp ranks, or a fatal error naming what does not
+ * divide. */
+static void set_shard_sizes(Model *m, const char *path) {
+    const ModelConfig *c = &m->config;
+    const int tp = m->tp_size;
+    model_config_check_tp(c, tp, path, paft_world_rank() == 0); /* every rank loads with this tp */
     m->local_heads = c->num_heads / tp;
     m->local_kv_heads = c->num_kv_heads / tp;
     m->local_ffn = c->intermediate_size / tp;

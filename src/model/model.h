@@ -209,6 +209,9 @@ void model_free(Model *model);
 /* The architecture of the model at PATH (config.json, or a merged file's config) without its
  * weights. */
 void model_config_of_path(const char *path, ModelConfig *config);
+/* Can a tensor-parallel group of tp ranks split this architecture (heads, KV heads, ffn, vocab)?
+ * Fatal error naming PATH and what does not divide, printed where `report` is true. */
+void model_config_check_tp(const ModelConfig *config, int tp, const char *path, int report);
 /* A model of this architecture with random weights ~ N(0, std^2) (norm weights 1 + that), without
  * tensor parallelism: what `paft bench` measures. The config's json_text is not kept. */
 void model_init_random(Model *model, const ModelConfig *config, const LoraConfig *lora,

@@ -114,5 +114,9 @@ const DeviceBackend *device_backend_by_name(const char *name, const char *origin
 /* Ends the job (naming `origin`) unless this process can run backend NAME: compiled in, and a
  * device visible. "cpu" always can. For the checks made on one rank before a job starts. */
 void device_backend_check_usable(const char *name, const char *origin);
+/* The same without the device: NAME is a backend this build has (else the job ends, naming
+ * `origin`). Returns how many devices this process sees (0 for cpu), which paft check on a login
+ * node without GPUs only notes. */
+int device_backend_check_built(const char *name, const char *origin);
 
 #endif /* PAFT_MODEL_DEVICE_H */

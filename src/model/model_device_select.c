@@ -52,15 +52,25 @@ static void require_devices(const char *origin, const char *name, int count) {
                "CUDA_VISIBLE_DEVICES)", origin, name, host);
 }
 
-void device_backend_check_usable(const char *name, const char *origin) {
+int device_backend_check_built(const char *name, const char *origin) {
     const DeviceBackend *b = device_backend_by_name(name, origin);
-    if (!b) return;
+    if (!b) return 0;
     if (!b->available) b->create(NULL, NULL); /* the stand-in ends the job saying how to build it */
-    require_devices(origin, name, b->device_count());
+    return b->device_count();
+}
+
+void device_backend_check_usable(const char *name, const char *origin) {
+    if (device_backend_by_name(name, origin))
+        require_devices(origin, name, device_backend_check_built(name, origin));
+}
+
+int merge_kernels_check_built(const char *name, const char *origin) {
+    if (strcmp(name, "cuda") != 0) return 0; /* cpu; auto falls back to the CPU by itself */
+    (void)origin;
+    if (!merge_kernels_cuda.available) merge_kernels_cuda.create(); /* ends the job, saying why */
+    return merge_kernels_cuda.device_count();
 }
 
 void merge_kernels_check_usable(const char *name, const char *origin) {
-    if (strcmp(name, "cuda") != 0) return; /* cpu; auto falls back to the CPU by itself */
-    if (!merge_kernels_cuda.available) merge_kernels_cuda.create(); /* ends the job, saying why */
-    require_devices(origin, name, merge_kernels_cuda.device_count());
+    if (strcmp(name, "cuda") == 0) require_devices(origin, name, merge_kernels_check_built(name, origin));
 }

@@ -35,25 +35,31 @@ void layout_free(Layout *l) {
     memset(l, 0, sizeof *l);
 }
 
+int layout_sft_group_size(int world, int sft_ranks, int tp, int report) {
+    const int s = sft_ranks > 0 ? sft_ranks : world / 2;
+    if (world < 2)
+        PAFT_FATAL_SHARED(report, "paft run needs at least 2 ranks (one SFT, one preference); got "
+                                  "%d. Use paft train for one stage on one rank.", world);
+    if (s < 1 || s >= world)
+        PAFT_FATAL_SHARED(report, "configuration: parallel.sft_ranks = %d leaves no rank for one "
+                                  "of the groups (world of %d ranks)", s, world);
+    const int sizes[2] = {s, world - s};
+    const char *names[2] = {"SFT", "preference"};
+    for (int g = 0; g < 2; g++)
+        if (tp < 1 || sizes[g] % tp != 0)
+            PAFT_FATAL_SHARED(report,
+                              "configuration: parallel.tp = %d does not divide the %d ranks of the "
+                              "%s group (world of %d ranks = %d SFT + %d preference; "
+                              "parallel.sft_ranks sets the split)",
+                              tp, sizes[g], names[g], world, sizes[0], sizes[1]);
+    return s;
+}
+
 MPI_Comm layout_split_world(int sft_ranks, int tp, int *is_sft, int *n_sft) {
     int rank, size;
     CHECK_MPI(MPI_Comm_rank(MPI_COMM_WORLD, &rank));
     CHECK_MPI(MPI_Comm_size(MPI_COMM_WORLD, &size));
-    int s = sft_ranks > 0 ? sft_ranks : size / 2;
-    if (size < 2)
-        PAFT_FATAL_SHARED(rank == 0, "paft run needs at least 2 ranks (one SFT, one preference); got %d. Use "
-                   "paft train for one stage on one rank.", size);
-    if (s < 1 || s >= size)
-        PAFT_FATAL_SHARED(rank == 0, "configuration: parallel.sft_ranks = %d leaves no rank for one of the groups "
-                   "(world of %d ranks)", s, size);
-    const int sizes[2] = {s, size - s};
-    const char *names[2] = {"SFT", "preference"};
-    for (int g = 0; g < 2; g++)
-        if (tp < 1 || sizes[g] % tp != 0)
-            PAFT_FATAL_SHARED(rank == 0,
-                              "configuration: parallel.tp = %d does not divide the %d ranks of the %s group "
-                       "(world of %d ranks = %d SFT + %d preference; parallel.sft_ranks sets the split)",
-                       tp, sizes[g], names[g], size, sizes[0], sizes[1]);
+    const int s = layout_sft_group_size(size, sft_ranks, tp, rank == 0);
     *is_sft = rank < s;
     *n_sft = s;
     MPI_Comm group;

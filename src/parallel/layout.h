@@ -31,5 +31,10 @@ void layout_free(Layout *layout);
  * checks that tp divides both groups first, so that a layout one group cannot use ends the job
  * before the other group starts training. */
 MPI_Comm layout_split_world(int sft_ranks, int tp, int *is_sft, int *n_sft);
+/* The size of the SFT group of a world of `world` ranks (the rest is the preference group), or a
+ * fatal error, printed where `report` is true, when the layout cannot be: fewer than 2 ranks, a
+ * group left empty, tp not dividing a group. What layout_split_world checks, without MPI (paft
+ * check computes it for a job that has not started). */
+int layout_sft_group_size(int world, int sft_ranks, int tp, int report);
 
 #endif

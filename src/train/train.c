@@ -146,6 +146,11 @@ static TokenData *open_stage_data(const StageConfig *sc, StageKind kind, int voc
     return data;
 }
 
+/* The stage's optimizer steps: [stage].steps, or one epoch (whole batches) when it is 0. */
+static int64_t total_steps(const StageConfig *sc, uint64_t records) {
+    return sc->steps > 0 ? sc->steps : (int64_t)(records / (uint64_t)sc->batch);
+}
+
 /* DIR exists as a directory, or can be made: its nearest existing ancestor is a writable
  * directory. Nothing is created (a job that fails its checks leaves nothing behind). */
 static void require_creatable(const char *dir, const char *key) {
@@ -178,13 +183,21 @@ static void check_micro_batch_tokens(const StageConfig *sc, StageKind kind) {
 }
 
 void train_check_stage(const Config *cfg, StageKind kind, int group_size) {
+    StagePlan plan;
+    train_plan_stage(cfg, kind, group_size, 1, &plan);
+}
+
+void train_plan_stage(const Config *cfg, StageKind kind, int group_size, int device_here,
+                      StagePlan *plan) {
     const StageConfig *sc = kind == STAGE_SFT ? &cfg->sft : &cfg->pref;
     const char *section = kind == STAGE_SFT ? "sft" : "pref";
+    memset(plan, 0, sizeof *plan);
     if (!cfg->model.path[0]) PAFT_FATAL("configuration: model.path is not set");
     if (cfg->model.adapter[0] && !paft_path_exists(cfg->model.adapter))
         PAFT_FATAL("%s: model.adapter does not exist", cfg->model.adapter);
     check_device_dtype(cfg);
-    device_backend_check_usable(cfg->model.device, "model.device");
+    if (device_here) device_backend_check_usable(cfg->model.device, "model.device");
+    else (void)device_backend_check_built(cfg->model.device, "model.device");
     check_micro_batch_tokens(sc, kind);
     if (strcmp(cfg->model.device, "cuda") == 0) (void)peak_tflops_per_gpu(); /* a valid value */
     if (cfg->parallel.tp < 1 || group_size % cfg->parallel.tp != 0)
@@ -194,12 +207,21 @@ void train_check_stage(const Config *cfg, StageKind kind, int group_size) {
         PAFT_FATAL("configuration: pref.loss = '%s' is not dpo, ipo, hinge or orpo", sc->loss);
     ModelConfig model_config;
     model_config_of_path(cfg->model.path, &model_config); /* its kind, its config.json */
-    token_data_close(open_stage_data(sc, kind, model_config.vocab_size));
+    model_config_check_tp(&model_config, cfg->parallel.tp, cfg->model.path, 1);
+    TokenData *data = open_stage_data(sc, kind, model_config.vocab_size);
+    plan->records = data->num_records;
+    token_data_close(data);
     model_config_free(&model_config);
     const int dp = group_size / cfg->parallel.tp;
     if (sc->batch % (sc->micro_batch * dp) != 0)
         PAFT_FATAL("configuration: %s.batch = %d must be a multiple of %s.micro_batch (%d) x "
                    "data-parallel ranks (%d)", section, sc->batch, section, sc->micro_batch, dp);
+    plan->steps = total_steps(sc, plan->records);
+    plan->warmup_steps = warmup_steps_from_fraction(sc->warmup, (int)plan->steps);
+    plan->tp = cfg->parallel.tp;
+    plan->dp = dp;
+    plan->accumulation = sc->batch / (sc->micro_batch * dp);
+    plan->epochs = (double)plan->steps * sc->batch / (double)plan->records;
     char *dir = train_stage_dir(cfg, kind);
     require_creatable(dir, "output.dir");
     free(dir);
@@ -232,8 +254,7 @@ static void setup(Trainer *tr, const Config *cfg, StageKind kind, MPI_Comm comm)
 
     /* data */
     tr->data = open_stage_data(sc, kind, tr->model.config.vocab_size);
-    int64_t steps_per_epoch = (int64_t)(tr->data->num_records / (uint64_t)sc->batch);
-    tr->total_steps = sc->steps > 0 ? sc->steps : steps_per_epoch;
+    tr->total_steps = total_steps(sc, tr->data->num_records);
     tr->warmup_steps = warmup_steps_from_fraction(sc->warmup, (int)tr->total_steps);
     tr->schedule = lr_schedule_from_name(sc->schedule);
     tr->order = paft_malloc(tr->data->num_records * sizeof(uint64_t));

@@ -40,6 +40,22 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm);
  * after the SFT group has trained for hours. */
 void train_check_stage(const Config *cfg, StageKind kind, int group_size);
 
+/* What a stage will do, from its configuration and data file. */
+typedef struct {
+    uint64_t records;     /* in the data file */
+    int64_t steps;        /* optimizer steps: [stage].steps, or one epoch when 0 */
+    int64_t warmup_steps; /* of them, the linear warm-up (the first has learning rate 0) */
+    int tp, dp;           /* tensor-parallel ranks per replica, data-parallel replicas */
+    int accumulation;     /* micro-batches per rank per step: batch / (micro_batch x dp) */
+    double epochs;        /* passes over the data: steps x batch / records */
+} StagePlan;
+
+/* train_check_stage for a job that is not running yet (paft check): the same checks, plus that
+ * parallel.tp can split the model, with model.device checked by name and build only (device_here
+ * = 0: a login node has no GPU), and the stage's plan. */
+void train_plan_stage(const Config *cfg, StageKind kind, int group_size, int device_here,
+                      StagePlan *plan);
+
 /* The stage directory: <output.dir>/sft or <output.dir>/pref (malloc'ed). */
 char *train_stage_dir(const Config *cfg, StageKind kind);
 /* Put a loaded model on the configured device (model.device, model.recompute, model.dtype,
