@@ -517,6 +517,12 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
                tr.name, (long long)tr.total_steps, tr.sc->batch,
                kind == STAGE_SFT ? "sequences" : "pairs", tr.size, tr.size > 1 ? "s" : "",
                tr.sc->micro_batch, (unsigned long long)tr.data->num_records, tr.sc->data);
+    /* warm-up's first step has learning rate 0 (transformers' schedule): a one-step stage with
+     * warm-up writes the adapter it started from, which nobody means */
+    if (tr.rank == 0 && tr.total_steps == 1 && tr.warmup_steps >= 1)
+        printf("[%s] note: the only step is warm-up's first, at learning rate 0: the adapter will "
+               "not change (set %s.warmup = 0 or train more steps)\n",
+               tr.name, kind == STAGE_SFT ? "sft" : "pref");
 
     /* PAFT_FAULT_INJECT=WORLD_RANK:STEP makes that rank fail with a fatal error after that step:
      * how the tests prove that an error on one rank ends the whole job instead of hanging it. */
