@@ -131,6 +131,15 @@ int cmd_check(int argc, char **argv) {
             ARGUMENT_FATAL("command line: unknown argument '%s' for 'paft check' (ranks=N, "
                            "stage=...)", extra[i]);
     }
+    if (stage && strcmp(stage, "merge") == 0) {
+        /* any rank count merges the same file: ranks= does not matter */
+        if (paft_world_rank() != 0) return 0;
+        char verdict[CONFIG_PATH_MAX + 64];
+        snprintf(verdict, sizeof verdict, "paft check: %s for paft merge: no problem found",
+                 argc > 1 && !strchr(argv[1], '=') ? argv[1] : "the configuration");
+        merge_stage_check(&cfg, 0, verdict);
+        return 0;
+    }
     const StageKind kind = stage ? cli_stage_kind(&cfg, stage) : STAGE_SFT;
     const int ranks = job_ranks(ranks_text, !stage);
     if (paft_world_rank() != 0) return 0; /* one process does it all */

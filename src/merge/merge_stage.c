@@ -895,6 +895,39 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
     stage_close_base(&s);
 }
 
+void merge_stage_check(const Config *cfg, int device_here, const char *verdict) {
+    Stage s;
+    stage_init(&s, cfg);
+    validate(&s, cfg);
+    if (device_here) merge_kernels_check_usable(cfg->merge.device, "merge.device");
+    else (void)merge_kernels_check_built(cfg->merge.device, "merge.device");
+    int n_merged = 0;
+    for (int a = 0; a < 2; a++) adapter_open(&s.adapter[a], MPI_COMM_SELF);
+    for (int i = 0; i < s.n_views; i++) {
+        const StageTensor *t = &s.tensors[i];
+        n_merged += adapter_adapts(&s.adapter[0], t->layer, t->proj) ||
+                    adapter_adapts(&s.adapter[1], t->layer, t->proj);
+    }
+    for (int a = 0; a < 2; a++) adapter_close(&s.adapter[a]);
+    printf("%s\n", verdict);
+    for (int a = 0; a < 2; a++) {
+        const StageAdapter *ad = &s.adapter[a];
+        char targets[128] = "";
+        for (int p = 0; p < N_PROJ; p++)
+            if (ad->lora.targets[p])
+                snprintf(targets + strlen(targets), sizeof targets - strlen(targets), "%s%s",
+                         targets[0] ? "," : "", proj_short_name((Proj)p));
+        printf("  %-9s %s (%s, stage %s, r=%d alpha=%g%s on %s)\n",
+               a == 0 ? "sft" : "pref", ad->path, ad->is_peft ? "PEFT" : "adapter.h5",
+               ad->stage[0] ? ad->stage : "not recorded", ad->lora.r, ad->lora.alpha,
+               ad->lora.rslora ? " rslora" : "", targets);
+    }
+    printf("  merge     %s of %d of the %d tensors -> %s (%s%s)\n",
+           merge_method_name(s.params.method), n_merged, s.n_views, s.out,
+           h5_float_type_name(s.dtype), paft_path_exists(s.out) ? "; it exists and is replaced" : "");
+    stage_close_base(&s);
+}
+
 void merge_stage_check_settings(const Config *cfg, int device_here) {
     Stage s;
     stage_init(&s, cfg);

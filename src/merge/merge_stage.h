@@ -40,6 +40,12 @@ void merge_stage_run(const Config *cfg, MPI_Comm world);
  * (paft check, on a login node): merge.device = cuda needs CUDA built in, not a GPU here. */
 void merge_stage_check_settings(const Config *cfg, int device_here);
 
+/* paft check stage=merge: everything the merge stage validates before it writes (the base, both
+ * adapters, the parameters, merge.out), on this one process; then `verdict` and what it would
+ * merge are printed.
+ * device_here = 0: merge.device = cuda needs CUDA built in, not a GPU here. */
+void merge_stage_check(const Config *cfg, int device_here, const char *verdict);
+
 /* The paths a configuration merges (the defaults above filled in); each buffer CONFIG_PATH_MAX. */
 void merge_stage_paths(const Config *cfg, char *sft_adapter, char *pref_adapter, char *out);
 

@@ -42,6 +42,20 @@ expect "$out" "found .*out/sft/adapter.h5 \(step 3 of 32\): trained again if it 
 out=$("$paft" check "$cfg" ranks=2 output.dir="$run/out" sft.steps=3)
 expect "$out" "found .*out/sft/adapter.h5 \(step 3 of 3\): the stage is complete if it comes from this configuration"
 
+# stage=merge: all that paft merge validates, the adapters included; then what it would merge
+out=$("$paft" check "$cfg" stage=merge output.dir="$run/out" merge.sft_adapter="$run/out/sft/peft" \
+        merge.out="$dir.h5")
+expect "$out" "for paft merge: no problem found"
+expect "$out" "^  sft +.*out/sft/peft \(PEFT, stage sft, r=4 alpha=8 on q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj\)$"
+expect "$out" "^  pref +.*out/pref/adapter.h5 \(adapter.h5, stage dpo, r=4 alpha=8"
+expect "$out" "^  merge +ties of 14 of the 21 tensors -> .*check_out.h5 \(bf16\)$"
+[ ! -e "$dir.h5" ] || fail "paft check stage=merge wrote $dir.h5"
+if out=$("$paft" check "$cfg" stage=merge output.dir="$run/out" \
+           merge.pref_adapter="$run/out/sft/adapter.h5" 2>&1); then
+  fail "stage=merge accepted the same adapter twice"
+fi
+expect "$out" "name the same adapter; the merge combines two different ones"
+
 # a GPU configuration on a host without one: a note, not an error (the job runs elsewhere);
 # a build without CUDA says so instead
 if out=$("$paft" check "$cfg" ranks=2 model.device=cuda output.dir="$dir" 2>&1); then
