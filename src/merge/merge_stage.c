@@ -391,7 +391,8 @@ static int same_directory_name(const char *a, const char *b) {
 }
 
 /* Rank 0: the output can be created, and it overwrites none of the inputs: not an adapter, not the
- * base model's file, nor a file in the base model's directory (its weights, shards, index, config). */
+ * base model's file, nor a file in the base model's directory (its weights, shards, index, config),
+ * nor any existing file but an earlier merged model. */
 static void validate_output(const Stage *s) {
     const char *out = s->out;
     if (paft_is_directory(out)) PAFT_FATAL("%s: merge.out is a directory, expected a file name", out);
@@ -414,6 +415,14 @@ static void validate_output(const Stage *s) {
         if (paft_same_file(out, s->base) || (paft_is_directory(s->base) && paft_same_file(dir, s->base)))
             PAFT_FATAL("%s: merge.out would overwrite a file of the base model (model.path = %s); "
                        "write the merged model elsewhere", out, s->base);
+        /* any other existing file is replaced only if an earlier merge wrote it: a training or
+         * evaluation data file, a configuration or a PEFT adapter's weights given as merge.out
+         * were overwritten with HDF5 */
+        if (!merged_is_merged_file(out))
+            PAFT_FATAL("%s: merge.out exists and is not a paft merged model (only an earlier "
+                       "merge's output is overwritten; this may be one of your inputs: data, a "
+                       "configuration, an adapter's weights); delete it, or write the merged model "
+                       "elsewhere", out);
     }
     free(dir);
 }
