@@ -181,6 +181,13 @@ void config_set(Config *cfg, const char *section, const char *key, const char *v
         if (n >= 2 && value[0] == '"' && value[n - 1] == '"') {
             value++;
             n -= 2;
+        } else if (n >= 1 && value[0] == '"') {
+            /* inih cuts a value at " ;" (an inline comment) even inside quotes: config.ini's
+             * dir = "/x ;y" came back as "/x, and the job wrote into a directory named '"' */
+            CONFIG_FATAL("%s: %s.%s = '%s' opens a quote that is not closed (in an INI file ' ;' "
+                         "starts a comment, even inside quotes: give a value holding ' ;' on the "
+                         "command line)",
+                         origin, section, key, value);
         }
         if (n >= k->size)
             CONFIG_FATAL("%s: %s.%s is %zu characters long, at most %zu are supported", origin,
