@@ -465,14 +465,15 @@ static void check_resume_position(const Trainer *tr, const char *path, int64_t s
     if (p->epoch < 0 || p->epoch > step)
         PAFT_FATAL("%s: epoch %lld outside 0..%lld (the step; corrupt checkpoint)", path,
                    (long long)p->epoch, (long long)step);
-    /* the next batch is records order[cursor .. cursor + batch) of this epoch */
-    uint64_t last = tr->data->num_records - (uint64_t)tr->sc->batch; /* >= 0: checked in setup */
-    if (p->cursor < 0 || (uint64_t)p->cursor > last)
-        PAFT_FATAL("%s: cursor %lld outside the data order (%s.data %s has %llu records, batch "
-                   "%d: expected 0..%llu); corrupt checkpoint, or one written for other data",
+    /* the next batch is records order[cursor .. cursor + batch) of this epoch; a batch raised
+     * since the checkpoint that no longer fits in the rest of the epoch starts the next one
+     * (train_stage, after this check) */
+    if (p->cursor < 0 || (uint64_t)p->cursor > tr->data->num_records)
+        PAFT_FATAL("%s: cursor %lld outside the data order (%s.data %s has %llu records: expected "
+                   "0..%llu); corrupt checkpoint, or one written for other data",
                    path, (long long)p->cursor, section, tr->sc->data,
-                   (unsigned long long)tr->data->num_records, tr->sc->batch,
-                   (unsigned long long)last);
+                   (unsigned long long)tr->data->num_records,
+                   (unsigned long long)tr->data->num_records);
     /* AdamW moments: finite, second moments not negative (sqrt(v) divides); the LoRA values
      * themselves were checked by adapter_read */
     for (size_t i = 0; i < tr->model.n_lora; i++) {
@@ -503,6 +504,13 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
         adapter_check_origin(checkpoint_path, comm, &tr.model, &expect, CHECKPOINT_ADVICE);
         adapter_read(checkpoint_path, comm, &tr.model, &info, tr.opt.m, tr.opt.v, &tr.pos);
         check_resume_position(&tr, checkpoint_path, info.step);
+        /* The batch may differ from the checkpoint's: when the rest of the epoch holds fewer
+         * records than a batch, go on with the next epoch, as next_batch_position does at the
+         * end of every epoch (a raised batch used to be refused as a corrupt cursor). */
+        if ((uint64_t)(tr.pos.cursor + tr.sc->batch) > tr.data->num_records) {
+            tr.pos.epoch++;
+            tr.pos.cursor = 0;
+        }
         model_lora_from_host(&tr.model, tr.opt.m, tr.opt.v);
         tr.step = info.step;
         tr.opt.step = tr.pos.optim_step;

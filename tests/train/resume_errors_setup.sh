@@ -4,6 +4,7 @@
 #   WORK/small.bin        SFT data of 16 records
 #   WORK/ck               a run stopped at step 5 of 20 (sft): ck/sft/checkpoint.h5
 #   WORK/<case>/sft       a copy of that checkpoint with one attribute or value broken
+#   WORK/late/sft         the same checkpoint at cursor 248, the epoch's last batch of 8
 #   WORK/fin              finished sft and dpo stages (2 steps each)
 #   WORK/layer_<L>.h5     fin's sft adapter with layer 0's q_proj renamed to layer L
 #   WORK/lora_{nan,extra,int}.h5  fin's sft adapter with a NaN, a module of layer 7, an int dataset
@@ -28,7 +29,8 @@ broken() { # NAME FIXTURE-ARGS...: WORK/NAME/sft/checkpoint.h5, a copy edited by
 }
 broken cursor_neg attr-int cursor -1000000
 broken cursor_huge attr-int cursor 1000000000000000
-broken cursor_end attr-int cursor 249            # 256 records, batch 8: the last start is 248
+broken cursor_end attr-int cursor 257            # past the 256 records
+broken late attr-int cursor 248                 # the last batch of 8 in the epoch (test_resume_checks.sh)
 broken step_neg attr-int step -5
 broken epoch_neg attr-int epoch -1
 broken optim_ahead attr-int optim_step 6         # more AdamW steps than optimizer steps
