@@ -493,6 +493,16 @@ TrainOutcome train_stage(const Config *cfg, StageKind kind, MPI_Comm comm) {
         if (tr.rank == 0)
             printf("[%s] %s already holds step %lld/%lld: stage complete (delete it to retrain)\n",
                    tr.name, adapter_path, (long long)tr.total_steps, (long long)tr.total_steps);
+        /* a job ended between writing adapter.h5 and its PEFT copy (or the copy was deleted):
+         * write the copy now, or it would never appear (adapter_model.safetensors is written
+         * last, by rename, so its presence means the copy is whole) */
+        if (tr.rank == 0) {
+            char *peft_dir = paft_path_join(tr.dir, "peft");
+            char *peft_weights = paft_path_join(peft_dir, "adapter_model.safetensors");
+            if (!paft_path_exists(peft_weights)) peft_write_adapter(adapter_path, peft_dir);
+            free(peft_weights);
+            free(peft_dir);
+        }
         free(adapter_path);
         free(checkpoint_path);
         teardown(&tr);
