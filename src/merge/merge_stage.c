@@ -583,6 +583,24 @@ static void form_delta_on(MergeBackend be, StageAdapter *a, const StageTensor *t
     be.k->lora_delta(be.s, delta, sc->dev_A, sc->dev_B, n, cols, r, (float)a->lora.scale);
 }
 
+/* Finite inputs merge to finite values unless merge.weights or merge.lambda push them past the
+ * float range (1e300, say): refused here, before the rows are written, rather than a model of inf
+ * that paft eval scores as NaN. The temporary file goes too: nothing of the merge is left. */
+static void require_finite_merged(const StageTensor *t, int64_t row0, const float *values,
+                                  size_t count, const MergeParams *p, const H5File *file) {
+    const char *out = file->path;
+    for (size_t i = 0; i < count; i++)
+        if (!isfinite(values[i])) {
+            remove(file->tmp_path); /* POSIX: the other ranks' open handles do not stop it */
+            PAFT_FATAL("%s: merging %s gives %g at row %lld: merge.weights = %g,%g with "
+                       "merge.lambda = %g scale the deltas beyond the float range; %s was not "
+                       "written",
+                       t->view->name, merge_method_name(p->method), (double)values[i],
+                       (long long)(row0 + (int64_t)(i / (size_t)t->view->cols)), p->weight[0],
+                       p->weight[1], p->lambda, out);
+        }
+}
+
 static void merge_tensor(Stage *s, H5File *out, const char *dataset, const StageTensor *t,
                          uint64_t tensor_id, int rank, int size, MPI_Comm comm, MergeBackend be,
                          Scratch *sc, StageTimes *tm, MergeStats *stats) {
@@ -625,6 +643,7 @@ static void merge_tensor(Stage *s, H5File *out, const char *dataset, const Stage
         be.k->to_host(be.s, base, sc->dev_base, count * sizeof(float));
     }
     t2 = MPI_Wtime();
+    require_finite_merged(t, row0, base, count, &s->params, out);
     write_rows(out, dataset, t, row0, n, base, s->dtype, sc);
     tm->read += t1 - t0; /* includes forming delta: it is a few % of reading W */
     tm->compute += t2 - t1;
