@@ -227,34 +227,65 @@ void config_defaults(Config *cfg) {
                    "built-in default");
 }
 
-typedef struct {
-    Config *cfg;
-    const char *path;
-    unsigned char set[N_CONFIG_KEYS]; /* keys the file has set, to refuse a second setting */
-} IniContext;
+/* Lines longer than inih's buffer. inih reads a line into a buffer of INI_MAX_LINE bytes (200 in
+ * the distributions' builds, fixed when the library was compiled) and takes the rest of a longer
+ * line for a line of its own: a long comment could end in "r = 64" and set it, and a path of 200
+ * characters (a deep scratch directory; paft's own config.ini repeats what the command line gave)
+ * could not be read at all. So such lines never reach inih whole: a long comment is passed on as an
+ * empty one, and a long "key = value" line as "key = <LONG_VALUE_MARK><i>", the value kept here
+ * and put back in on_ini_entry, cut as inih cuts a value. */
+static const int ini_longest_line = INI_MAX_LINE - 3; /* room for "\r\n" and the terminator */
+#define LONG_VALUE_MARK '\x01' /* refused anywhere else in the file */
 
-static int on_ini_entry(void *user, const char *section, const char *name, const char *value) {
-    IniContext *ctx = user;
-    if (!name) return 1; /* a section header alone */
-    config_set(ctx->cfg, section, name, value, ctx->path); /* an unknown key ends the job here */
-    /* inih hands over a repeated key, or an indented line that continues a value, as a second
-     * setting; the last would silently win. (On the command line the last one does win, so that
-     * a job script can override its own defaults.) */
-    const int i = (int)(find_key(section, name) - config_keys);
-    if (ctx->set[i])
-        CONFIG_FATAL("%s: %s.%s is set more than once (a repeated key, or an indented line read as "
-                   "the continuation of its value)", ctx->path, section, name);
-    ctx->set[i] = 1;
-    return 1;
+typedef struct {
+    char **values; /* the raw text after '=' of each long line */
+    int n;
+} LongValues;
+
+/* inih's reading of a value: leading blanks skipped, cut at an inline comment (';' after a
+ * blank), trailing blanks stripped. */
+static char *ini_value_of(const char *raw) {
+    while (*raw == ' ' || *raw == '\t') raw++;
+    size_t end = 0;
+    int after_blank = 0;
+    while (raw[end] && !(after_blank && raw[end] == ';')) {
+        after_blank = raw[end] == ' ' || raw[end] == '\t';
+        end++;
+    }
+    while (end > 0 && (raw[end - 1] == ' ' || raw[end - 1] == '\t')) end--;
+    char *value = paft_malloc(end + 1);
+    memcpy(value, raw, end);
+    value[end] = '\0';
+    return value;
 }
 
-/* inih reads a line into a buffer of INI_MAX_LINE bytes (200 in the distributions' builds, fixed
- * when the library was compiled) and takes the rest of a longer line for a line of its own: a long
- * comment could end in "r = 64" and set it. So lines that do not fit are refused here, first. */
-static const int ini_longest_line = INI_MAX_LINE - 3; /* room for "\r\n" and the terminator */
+/* One line longer than inih's buffer (without its line ending), as it goes on to inih. */
+static void pass_long_line(FILE *out, const char *line, ssize_t n, const char *path, int number,
+                           LongValues *longs) {
+    ssize_t start = 0;
+    while (start < n && (line[start] == ' ' || line[start] == '\t')) start++;
+    if (start == n || line[start] == ';' || line[start] == '#') { /* a comment: all of it */
+        fputs(";\n", out);
+        return;
+    }
+    const char *eq = memchr(line, '=', (size_t)n);
+    const char *colon = memchr(line, ':', (size_t)n); /* inih splits at the first of '=' ':' */
+    if (!eq || (colon && colon < eq)) eq = colon;
+    if (line[start] == '[' || !eq || eq - line > ini_longest_line - 16)
+        CONFIG_FATAL("%s: line %d is %zd characters long; the INI reader takes at most %d for "
+                     "anything but a value: shorten it",
+                     path, number, n, ini_longest_line);
+    longs->values = paft_realloc(longs->values, (size_t)(longs->n + 1) * sizeof(char *));
+    char *raw = paft_malloc((size_t)(n - (eq + 1 - line)) + 1);
+    memcpy(raw, eq + 1, (size_t)(n - (eq + 1 - line)));
+    raw[n - (eq + 1 - line)] = '\0';
+    longs->values[longs->n] = raw;
+    fprintf(out, "%.*s= %c%d\n", (int)(eq - line), line, LONG_VALUE_MARK, longs->n);
+    longs->n++;
+}
 
-/* The file's text, every line checked to fit inih's buffer. */
-static char *read_config_text(const char *path) {
+/* The file's text as inih gets it: every line fits its buffer (long ones above). */
+static char *read_config_text(const char *path, LongValues *longs) {
     FILE *f = fopen(path, "rb");
     if (!f) CONFIG_FATAL("%s: cannot open the configuration file", path);
     char *text = NULL, *line = NULL;
@@ -266,12 +297,15 @@ static char *read_config_text(const char *path) {
         /* inih reads a string: text past a NUL byte would be dropped without a word */
         if (memchr(line, '\0', (size_t)n))
             CONFIG_FATAL("%s: line %d holds a NUL byte: not a text file", path, number);
-        fwrite(line, 1, (size_t)n, out);
-        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) n--;
-        if (n > ini_longest_line)
-            CONFIG_FATAL("%s: line %d is %zd characters long; the INI reader takes at most %d: shorten "
-                       "it, or give that value on the command line (section.key=value)",
-                       path, number, n, ini_longest_line);
+        if (memchr(line, LONG_VALUE_MARK, (size_t)n))
+            CONFIG_FATAL("%s: line %d holds a control character (0x01): not a text file", path,
+                         number);
+        ssize_t len = n;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) len--;
+        if (len > ini_longest_line)
+            pass_long_line(out, line, len, path, number, longs);
+        else
+            fwrite(line, 1, (size_t)n, out);
     }
     free(line);
     fclose(f);
@@ -279,12 +313,44 @@ static char *read_config_text(const char *path) {
     return text;
 }
 
+typedef struct {
+    Config *cfg;
+    const char *path;
+    unsigned char set[N_CONFIG_KEYS]; /* keys the file has set, to refuse a second setting */
+    const LongValues *longs;
+} IniContext;
+
+static int on_ini_entry(void *user, const char *section, const char *name, const char *value) {
+    IniContext *ctx = user;
+    if (!name) return 1; /* a section header alone */
+    char *long_value = NULL;
+    if (value[0] == LONG_VALUE_MARK) { /* read_config_text kept it: inih cuts it the same way */
+        const int i = atoi(value + 1);
+        if (i < 0 || i >= ctx->longs->n) PAFT_FATAL("%s: internal: long value %d", ctx->path, i);
+        value = long_value = ini_value_of(ctx->longs->values[i]);
+    }
+    config_set(ctx->cfg, section, name, value, ctx->path); /* an unknown key ends the job here */
+    free(long_value);
+    /* inih hands over a repeated key, or an indented line that continues a value, as a second
+     * setting; the last would silently win. (On the command line the last one does win, so that
+     * a job script can override its own defaults.) */
+    const int i = (int)(find_key(section, name) - config_keys);
+    if (ctx->set[i])
+        CONFIG_FATAL("%s: %s.%s is set more than once (a repeated key, or an indented line read as "
+                   "the continuation of its value)", ctx->path, section, name);
+    ctx->set[i] = 1;
+    return 1;
+}
+
 void config_load_file(Config *cfg, const char *path) {
     if (paft_is_directory(path)) CONFIG_FATAL("%s: is a directory, expected an INI file", path);
-    char *text = read_config_text(path);
-    IniContext ctx = {cfg, path, {0}};
+    LongValues longs = {NULL, 0};
+    char *text = read_config_text(path, &longs);
+    IniContext ctx = {cfg, path, {0}, &longs};
     int rc = ini_parse_string(text, on_ini_entry, &ctx);
     free(text);
+    for (int i = 0; i < longs.n; i++) free(longs.values[i]);
+    free(longs.values);
     if (rc == -2) PAFT_FATAL("%s: out of memory while parsing", path);
     if (rc > 0) CONFIG_FATAL("%s: line %d: not an INI line ([section] or key = value)", path, rc);
 }

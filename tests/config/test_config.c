@@ -58,6 +58,32 @@ int main(int argc, char **argv) {
     config_load_file(&saved, "test_config_saved.ini");
     CHECK(memcmp(&cfg, &saved, sizeof cfg) == 0, "config_save round trip");
     CHECK(fopen("test_config_saved.ini.tmp", "r") == NULL, "config_save left its .tmp");
+    /* lines longer than inih's buffer: a value of a path of 1000 characters (a deep scratch
+     * directory) reads whole, cut as inih cuts a value (blanks, an inline comment); a long comment
+     * ending in what looks like a setting sets nothing; paft's own config.ini of such paths reads
+     * back the same */
+    char long_dir[1001];
+    for (int i = 0; i < 1000; i++) long_dir[i] = i % 50 == 0 ? '/' : 'd';
+    long_dir[1000] = '\0';
+    f = fopen("test_config_long.ini", "w");
+    fprintf(f, "[lora]\nr = 4\n;");
+    for (int i = 0; i < 300; i++) fputc('x', f);
+    fprintf(f, " r = 64\n[output]\ndir =   %s ; where it goes   \n[model]\npath = \"%s/m\"\n",
+            long_dir, long_dir);
+    fclose(f);
+    Config long_cfg;
+    config_defaults(&long_cfg);
+    config_load_file(&long_cfg, "test_config_long.ini");
+    CHECK(long_cfg.lora.r == 4, "the long comment's tail set r = %d", long_cfg.lora.r);
+    CHECK(strcmp(long_cfg.output.dir, long_dir) == 0, "long output.dir read as '%.60s...' (%zu)",
+          long_cfg.output.dir, strlen(long_cfg.output.dir));
+    CHECK(strlen(long_cfg.model.path) == 1002 && strncmp(long_cfg.model.path, long_dir, 1000) == 0,
+          "long quoted model.path (%zu)", strlen(long_cfg.model.path));
+    config_save(&long_cfg, "test_config_long_saved.ini", "test_config");
+    Config long_again;
+    config_defaults(&long_again);
+    config_load_file(&long_again, "test_config_long_saved.ini");
+    CHECK(memcmp(&long_cfg, &long_again, sizeof long_cfg) == 0, "config_save of long paths");
     (void)argc;
     (void)argv;
     return test_finish("test_config");
