@@ -34,8 +34,21 @@ void h5_create(H5File *f, const char *path, MPI_Comm comm) {
     f->tmp_path = paft_malloc(n);
     snprintf(f->tmp_path, n, "%s.tmp.%ld", path, pid);
     hid_t fapl = parallel_fapl(comm);
-    f->file = H5Fcreate(f->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
-    if (f->file < 0) PAFT_FATAL("%s: cannot create the HDF5 file (is the directory writable?)", f->tmp_path);
+    H5E_BEGIN_TRY { f->file = H5Fcreate(f->tmp_path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl); }
+    H5E_END_TRY;
+    if (f->file < 0) {
+        /* say which: the directory was checked before the job started, so it went away or
+         * changed since (a scratch purge, another job) */
+        char *dir = paft_strdup(path);
+        char *slash = strrchr(dir, '/');
+        if (slash == dir) dir[1] = '\0';
+        else if (slash) *slash = '\0';
+        else snprintf(dir, 2, ".");
+        const char *why = !paft_is_directory(dir)     ? "its directory does not exist (any more)"
+                          : access(dir, W_OK | X_OK) != 0 ? "its directory is not writable"
+                                                          : "the file system refused (quota? full?)";
+        PAFT_FATAL("%s: cannot create the HDF5 file: %s", f->tmp_path, why);
+    }
     CHECK_H5(H5Pclose(fapl));
 }
 
