@@ -94,10 +94,9 @@ static void print_existing(const Config *cfg, StageKind kind, int64_t steps) {
     free(dir);
 }
 
-static void print_stage(const Config *cfg, StageKind kind, int first_rank, int group_size) {
+static void print_stage(const Config *cfg, StageKind kind, int first_rank, int group_size,
+                        StagePlan plan) {
     const StageConfig *sc = kind == STAGE_SFT ? &cfg->sft : &cfg->pref;
-    StagePlan plan;
-    train_plan_stage(cfg, kind, group_size, 0, &plan);
     const char *unit = kind == STAGE_SFT ? "sequences" : "pairs";
     printf("  %-9s ranks %d-%d: tp %d x dp %d; %lld step%s of %d %s (micro-batch %d x dp %d x %d "
            "accumulated), seq_len %d\n",
@@ -146,15 +145,14 @@ int cmd_check(int argc, char **argv) {
 
     /* the checks, in the job's order: fatal on the first problem */
     int n_sft = 0;
+    StagePlan plan[2]; /* sft, pref; or the one stage= names */
     if (!stage) {
         n_sft = layout_sft_group_size(ranks, cfg.parallel.sft_ranks, cfg.parallel.tp, 1);
-        StagePlan plan;
-        train_plan_stage(&cfg, STAGE_SFT, n_sft, 0, &plan);
-        train_plan_stage(&cfg, STAGE_PREF, ranks - n_sft, 0, &plan);
+        train_plan_stage(&cfg, STAGE_SFT, n_sft, 0, &plan[0]);
+        train_plan_stage(&cfg, STAGE_PREF, ranks - n_sft, 0, &plan[1]);
         merge_stage_check_settings(&cfg, 0);
     } else {
-        StagePlan plan;
-        train_plan_stage(&cfg, kind, ranks, 0, &plan);
+        train_plan_stage(&cfg, kind, ranks, 0, &plan[0]);
     }
 
     /* the plan */
@@ -173,15 +171,15 @@ int cmd_check(int argc, char **argv) {
            cfg.lora.alpha, cfg.lora.rslora ? " rslora" : "", cfg.lora.targets, trainable);
     model_config_free(&c);
     if (!stage) {
-        print_stage(&cfg, STAGE_SFT, 0, n_sft);
-        print_stage(&cfg, STAGE_PREF, n_sft, ranks - n_sft);
+        print_stage(&cfg, STAGE_SFT, 0, n_sft, plan[0]);
+        print_stage(&cfg, STAGE_PREF, n_sft, ranks - n_sft, plan[1]);
         char sft_adapter[CONFIG_PATH_MAX], pref_adapter[CONFIG_PATH_MAX], out[CONFIG_PATH_MAX];
         merge_stage_paths(&cfg, sft_adapter, pref_adapter, out);
         printf("  merge     %s, weights %g,%g, density %g,%g -> %s (%s)\n", cfg.merge.method,
                cfg.merge.weights[0], cfg.merge.weights[1], cfg.merge.density[0],
                cfg.merge.density[1], out, cfg.merge.dtype);
     } else {
-        print_stage(&cfg, kind, 0, ranks);
+        print_stage(&cfg, kind, 0, ranks, plan[0]);
     }
     /* a login node has no GPU: what the job's nodes need is a note, not an error */
     if (device_backend_by_name(cfg.model.device, "model.device") &&
