@@ -6,6 +6,7 @@
  */
 #include "config/config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <ini.h>
 #include <math.h>
@@ -242,17 +243,18 @@ typedef struct {
     int n;
 } LongValues;
 
-/* inih's reading of a value: leading blanks skipped, cut at an inline comment (';' after a
- * blank), trailing blanks stripped. */
+/* inih's reading of a value, in its order: cut at an inline comment (';' after white space, the
+ * blank after '=' included, so "key = ; note" is empty), then white space (isspace, as inih)
+ * stripped from both ends. */
 static char *ini_value_of(const char *raw) {
-    while (*raw == ' ' || *raw == '\t') raw++;
     size_t end = 0;
-    int after_blank = 0;
-    while (raw[end] && !(after_blank && raw[end] == ';')) {
-        after_blank = raw[end] == ' ' || raw[end] == '\t';
+    int after_space = 0;
+    while (raw[end] && !(after_space && raw[end] == ';')) {
+        after_space = isspace((unsigned char)raw[end]);
         end++;
     }
-    while (end > 0 && (raw[end - 1] == ' ' || raw[end - 1] == '\t')) end--;
+    while (end > 0 && isspace((unsigned char)raw[end - 1])) end--;
+    while (end > 0 && isspace((unsigned char)*raw)) raw++, end--;
     char *value = paft_malloc(end + 1);
     memcpy(value, raw, end);
     value[end] = '\0';
@@ -263,7 +265,8 @@ static char *ini_value_of(const char *raw) {
 static void pass_long_line(FILE *out, const char *line, ssize_t n, const char *path, int number,
                            LongValues *longs) {
     ssize_t start = 0;
-    while (start < n && (line[start] == ' ' || line[start] == '\t')) start++;
+    if (number == 1 && n >= 3 && memcmp(line, "\xEF\xBB\xBF", 3) == 0) start = 3; /* inih skips a BOM */
+    while (start < n && isspace((unsigned char)line[start])) start++;
     if (start == n || line[start] == ';' || line[start] == '#') { /* a comment: all of it */
         fputs(";\n", out);
         return;

@@ -84,6 +84,23 @@ int main(int argc, char **argv) {
     config_defaults(&long_again);
     config_load_file(&long_again, "test_config_long_saved.ini");
     CHECK(memcmp(&long_cfg, &long_again, sizeof long_cfg) == 0, "config_save of long paths");
+    /* cut as inih cuts, in its order: "key = ; note" is an empty value (the blank after '=' makes
+     * ';' a comment), white space is isspace's (a trailing form feed goes); a long first line after
+     * a byte order mark is a comment like any other */
+    f = fopen("test_config_long_cut.ini", "w");
+    fprintf(f, "\xEF\xBB\xBF; a comment without an equals sign");
+    for (int i = 0; i < 300; i++) fputc('x', f);
+    fprintf(f, "\n[output]\ndir = ; to be set: the scratch directory");
+    for (int i = 0; i < 300; i++) fputc('y', f);
+    fprintf(f, "\n[model]\npath = %s\f\n", long_dir);
+    fclose(f);
+    Config cut_cfg;
+    config_defaults(&cut_cfg);
+    config_load_file(&cut_cfg, "test_config_long_cut.ini");
+    CHECK(cut_cfg.output.dir[0] == '\0', "long 'dir = ; note' read as '%.60s...'",
+          cut_cfg.output.dir);
+    CHECK(strcmp(cut_cfg.model.path, long_dir) == 0, "long path with a trailing form feed (%zu)",
+          strlen(cut_cfg.model.path));
     (void)argc;
     (void)argv;
     return test_finish("test_config");
