@@ -221,7 +221,9 @@ void train_plan_stage(const Config *cfg, StageKind kind, int group_size, int dev
     plan->tp = cfg->parallel.tp;
     plan->dp = dp;
     plan->accumulation = sc->batch / (sc->micro_batch * dp);
-    plan->epochs = (double)plan->steps * sc->batch / (double)plan->records;
+    /* an epoch is whole batches, its last records < batch left out (next_batch_position): 20
+     * steps of 24 over 256 records are 2 epochs, not 20 x 24 / 256 = 1.88 */
+    plan->epochs = (double)plan->steps / (double)(plan->records / (uint64_t)sc->batch);
     char *dir = train_stage_dir(cfg, kind);
     require_creatable(dir, "output.dir");
     free(dir);

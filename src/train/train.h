@@ -47,7 +47,7 @@ typedef struct {
     int64_t warmup_steps; /* of them, the linear warm-up (the first has learning rate 0) */
     int tp, dp;           /* tensor-parallel ranks per replica, data-parallel replicas */
     int accumulation;     /* micro-batches per rank per step: batch / (micro_batch x dp) */
-    double epochs;        /* passes over the data: steps x batch / records */
+    double epochs;        /* passes over the data: steps / (records / batch), whole batches */
 } StagePlan;
 
 /* train_check_stage for a job that is not running yet (paft check): the same checks, plus that

@@ -29,6 +29,14 @@ expect "$out" "^  sft +ranks 0-1: tp 1 x dp 2; 10 steps of 8 sequences \(micro-b
 expect "$out" "^ +0.31 epochs of 256 records"
 expect "$out" "^  dpo +ranks 2-5: tp 1 x dp 4; 32 steps of 8 pairs \(micro-batch 2 x dp 4 x 1 accumulated\)"
 
+# an epoch is whole batches (the last 256 mod 24 = 16 records of each are left out): 20 steps of
+# 24 are 2 epochs, as the checkpoint's epoch counter says, and steps = 0 is one epoch
+out=$("$paft" check "$cfg" stage=sft ranks=1 sft.batch=24 sft.steps=20 output.dir="$dir")
+expect "$out" "^ +2.00 epochs of 256 records"
+out=$("$paft" check "$cfg" stage=sft ranks=1 sft.batch=24 output.dir="$dir")
+expect "$out" "^  sft +ranks 0-0: tp 1 x dp 1; 10 steps of 24 sequences"
+expect "$out" "^ +1.00 epochs of 256 records"
+
 # paft train stage=...: that stage only; a one-step stage at warm-up's learning rate 0 is named
 out=$("$paft" check "$cfg" stage=orpo ranks=1 pref.steps=1 output.dir="$dir")
 expect "$out" "for paft train on 1 rank: no problem found"
