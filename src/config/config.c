@@ -327,10 +327,24 @@ static int on_ini_entry(void *user, const char *section, const char *name, const
     IniContext *ctx = user;
     if (!name) return 1; /* a section header alone */
     char *long_value = NULL;
-    if (value[0] == LONG_VALUE_MARK) { /* read_config_text kept it: inih cuts it the same way */
-        const int i = atoi(value + 1);
+    const char *mark = strchr(value, LONG_VALUE_MARK);
+    if (mark) { /* read_config_text kept it */
+        const int i = atoi(mark + 1);
         if (i < 0 || i >= ctx->longs->n) PAFT_FATAL("%s: internal: long value %d", ctx->path, i);
-        value = long_value = ini_value_of(ctx->longs->values[i]);
+        const char *raw = ctx->longs->values[i];
+        if (mark == value) { /* "key = <long value>": inih cuts it the same way */
+            value = long_value = ini_value_of(raw);
+        } else {
+            /* an indented long line, which inih takes whole as the continuation of the previous
+             * value: "<text>= <mark>i" back to "<text>=<raw>", so that a message shows the line */
+            const size_t head = (size_t)(mark - 1 - value), n = strlen(raw);
+            long_value = paft_malloc(head + n + 1);
+            memcpy(long_value, value, head);
+            memcpy(long_value + head, raw, n + 1);
+            for (size_t end = head + n; end > 0 && isspace((unsigned char)long_value[end - 1]);)
+                long_value[--end] = '\0';
+            value = long_value;
+        }
     }
     config_set(ctx->cfg, section, name, value, ctx->path); /* an unknown key ends the job here */
     free(long_value);
