@@ -334,6 +334,14 @@ static void check_sequential(const StageAdapter *a, Stage *s, const char *folded
         read_adapter_settings(&under, s, deeper, sizeof deeper);
         same = !deeper[0] && same_factors(&under, sft, &s->config);
     }
+    /* a run directory moved or copied elsewhere (scratch to project space): the file recorded
+     * is gone and the SFT adapter given cannot be compared with it; say so, and how to go on */
+    if (!same && a != sft && !paft_path_exists(folded))
+        PAFT_FATAL("%s: adapter was trained on the base with %s folded in (a sequential run), "
+                   "and that file no longer exists (moved or deleted?), so it cannot be compared "
+                   "with merge.sft_adapter %s: the delta composes only with that very adapter; if "
+                   "%s is it, moved, make %s a symbolic link to it",
+                   a->path, folded, sft->path, sft->path, folded);
     if (!same)
         PAFT_FATAL("%s: adapter was trained on the base with %s folded in (a sequential run): "
                    "its delta is relative to that model, not to %s; it can only be merged as "

@@ -58,3 +58,17 @@ for sft in "$work/other/sft/adapter.h5" "$work/other/sft/peft"; do
   [ ! -e "$work/wrong.h5" ] || { echo "FAIL: $work/wrong.h5 was left"; exit 1; }
 done
 echo "... and is refused with another SFT adapter"
+
+# ... and when the run directory was moved, the SFT adapter recorded is gone: said so, with the way
+# on (a link at the old path), not that the adapter given is another one
+cp -r "$out/sft" "$work/sft_moved"
+"$paft" train "$cfg" stage=dpo pref.steps=1 model.adapter="$work/sft_moved/adapter.h5" \
+  output.dir="$work/seq_moved2" > /dev/null
+rm -rf "$work/sft_moved"
+if log=$("$paft" merge "$cfg" merge.method=task_arithmetic merge.sft_adapter="$out/sft/adapter.h5" \
+           merge.pref_adapter="$work/seq_moved2/pref/adapter.h5" merge.out="$work/moved.h5" 2>&1); then
+  echo "FAIL: merged a sequential adapter whose SFT adapter is gone"; exit 1
+fi
+grep -q "folded in (a sequential run), and that file no longer exists (moved or deleted?)" <<< "$log" ||
+  { echo "FAIL: unexpected message: $log"; exit 1; }
+echo "... and says so when the SFT adapter it was trained on is gone"
