@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "cli/commands.h"
+#include "io/h5file.h"
 #include "util/common.h"
 
 static void print_usage(FILE *out) {
@@ -30,6 +31,7 @@ int main(int argc, char **argv) {
      * writing, and closing it from the exit handler after a failed write (a full disk) crashes
      * inside HDF5; the .tmp file it leaves is not used anyway. Normal runs close every file. */
     CHECK_H5(H5dont_atexit());
+    h5_prepare_mpi_io(); /* before MPI_Init: long file paths under Open MPI */
     CHECK_MPI(MPI_Init(&argc, &argv));
     int status = 0;
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||

@@ -21,6 +21,11 @@ static hid_t parallel_fapl(MPI_Comm comm) {
     return fapl;
 }
 
+void h5_prepare_mpi_io(void) {
+    if (setenv("OMPI_MCA_sharedfp", "^lockedfile", 0) != 0)
+        PAFT_FATAL("setenv OMPI_MCA_sharedfp: %s", strerror(errno));
+}
+
 void h5_create(H5File *f, const char *path, MPI_Comm comm) {
     memset(f, 0, sizeof *f);
     f->comm = comm;

@@ -34,6 +34,13 @@ typedef struct {
 /* A block that is the whole dataset (written by one rank; the others pass an empty block). */
 H5Block h5_whole(int64_t rows, int64_t cols, int this_rank_writes);
 
+/* Call before MPI_Init. Open MPI's MPI-IO (ompio) opens every file with a shared-file-pointer
+ * component; its "lockedfile" one overflows a buffer and aborts the job for a file path longer
+ * than about 240 characters (Open MPI 4.1.4, a deep scratch directory). paft never uses shared
+ * file pointers, so that component is left out (OMPI_MCA_sharedfp=^lockedfile) unless the user set
+ * OMPI_MCA_sharedfp. Other MPI libraries ignore the variable. */
+void h5_prepare_mpi_io(void);
+
 /* Collective: create PATH's temporary file on all ranks of comm. */
 void h5_create(H5File *f, const char *path, MPI_Comm comm);
 /* Collective: close and rename into place. */

@@ -12,6 +12,7 @@
 #include "util/common.h"
 
 int main(int argc, char **argv) {
+    h5_prepare_mpi_io(); /* as paft's main() */
     CHECK_MPI(MPI_Init(&argc, &argv));
     if (argc != 2) PAFT_FATAL("usage: h5_create_at PATH");
     H5File f;
