@@ -35,7 +35,8 @@ SFT loss mask: 1 exactly on the tokens of assistant turns: each turn's content a
 end-of-turn text the template writes after it (e.g. "</s>", so the model learns to stop), without
 trailing whitespace; 0 on system/user turns and on the role headers ("<|assistant|>\\n"). The turn
 boundaries come from rendering the conversation prefix by prefix and mapping the character spans
-to tokens through the tokenizer's offsets (a token belongs to the span its first character is in).
+to tokens through the tokenizer's offsets (a token belongs to the span its first character is in);
+templates that are not prefix-stable are located by rendering with a marker for the reply.
 
 Truncation: SFT keeps the first --max-len tokens (records left with no loss token are dropped).
 Preference pairs are cut as TRL's DPO trainer does (truncation_mode keep_end): when prompt +
@@ -322,13 +323,43 @@ def with_system(messages, system_prompt):
 
 # ---- SFT records ------------------------------------------------------------------------------
 
+# Stands in for an assistant turn's content when a template is not prefix-stable (see
+# assistant_spans): private-use characters that no template trims or escapes.
+TURN_MARKER = "\ue000paft-assistant-turn\ue001"
+
+
+def marked_turn(tok, messages, i, text):
+    """(start, end) of assistant turn i's rendered content in text, or None.
+
+    The conversation is rendered again with that turn's content replaced by TURN_MARKER: the text
+    before the marker is what the template writes before the content and the text after it what
+    follows, so the content is what lies between the two in the real text (as the template
+    wrote it: trimmed, for instance). None when the template renders the marker other than once
+    or the real text does not start and end like the marked one."""
+    if TURN_MARKER in text:
+        return None
+    marked = list(messages)
+    marked[i] = {**messages[i], "content": TURN_MARKER}
+    rendered = tok.render_or_none(marked, add_generation_prompt=False)
+    if rendered is None or rendered.count(TURN_MARKER) != 1:
+        return None
+    head, tail = rendered.split(TURN_MARKER)
+    if len(head) + len(tail) > len(text) or not text.startswith(head) or not text.endswith(tail):
+        return None
+    return len(head), len(text) - len(tail)
+
+
 def assistant_spans(tok, messages, text):
     """Character spans [start, end) of text that hold the assistant turns (content + end of turn).
 
     Render the conversation prefix by prefix: the text of messages[:i] plus the generation
     prompt ends where assistant turn i's content begins, and the text of messages[:i+1] ends
     where the turn ends. Templates that render a turn differently when more follow (so a prefix
-    is not a prefix of the full text) fall back to finding the content itself."""
+    is not a prefix of the full text, e.g. Mistral's, which moves the system message) fall back to
+    rendering the whole conversation with the turn's content replaced by a marker (marked_turn),
+    plus the end-of-turn token when the template writes it right after the content. Searching
+    the text for the content instead would find it wherever it first occurs: an answer "yes" to
+    "Answer yes or no." would mask the user's word."""
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
@@ -339,13 +370,16 @@ def assistant_spans(tok, messages, text):
                 and len(before) < len(after) and (not spans or spans[-1][1] <= len(before)):
             start, end = len(before), len(after)
         else:
-            if not m["content"]:
-                continue
-            start = text.find(m["content"], spans[-1][1] if spans else 0)
-            if start < 0:
+            found = marked_turn(tok, messages, i, text)
+            if found is None or (spans and found[0] < spans[-1][1]):
                 raise DataError(f"the chat template does not render assistant turn {i} "
                                 "where it can be found (template not prefix-stable)")
-            end = start + len(m["content"])
+            start, end = found
+            # The spaces the template writes right before the content belong to the reply's first
+            # token in tokenizers that mark word starts ("[/INST] yes" -> "▁yes" starts at the
+            # space), as they do in the prefix-by-prefix spans.
+            while start > (spans[-1][1] if spans else 0) and text[start - 1] == " ":
+                start -= 1
             eos = tok.special.get("eos_token")
             if eos and text.startswith(eos, end):
                 end += len(eos)

@@ -249,6 +249,61 @@ def test_sft_chatml_hand_ids():
     assert mask == [0] * 9 + [1] * 4, mask  # no BOS: the config has none, no post-processor
 
 
+# Mistral-7B-Instruct-v0.3's template (abridged to its turns): the system message goes into the
+# last user turn only, so a conversation prefix is not a prefix of the whole conversation, and each
+# reply is written as ' ' + content|trim + eos.
+MISTRAL_V3 = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}"
+    "{%- endif %}{{- bos_token }}{%- for message in loop_messages %}"
+    "{%- if message['role'] == 'user' %}{%- if loop.last and system_message is defined %}"
+    "{{- '[INST] ' + system_message + '\\n\\n' + message['content'] + '[/INST]' }}"
+    "{%- else %}{{- '[INST] ' + message['content'] + '[/INST]' }}{%- endif %}"
+    "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content']|trim + eos_token }}"
+    "{%- endif %}{%- endfor %}")
+
+
+def make_metaspace_tokenizer(directory):
+    """A Llama / Mistral style tokenizer: BPE over Metaspace, so a word's token starts at the
+    space before it ("[/INST] yes" -> "▁yes")."""
+    os.makedirs(directory, exist_ok=True)
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"],
+                                  show_progress=False)
+    tok.train_from_iterator([f"[INST] {s}[/INST] {s}" for s in SENTENCES + ["yes no Why?"]] * 3,
+                            trainer)
+    tok.save(os.path.join(directory, "tokenizer.json"))
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>", "chat_template": MISTRAL_V3}, f)
+    return tok
+
+
+def test_sft_template_not_prefix_stable():
+    """A template that renders earlier turns differently once more follow: the mask still covers
+    exactly the replies (with the word-start space and </s>), never the same words in a user
+    turn, and a reply the template trims is found."""
+    tok = make_metaspace_tokenizer(work("sp"))
+    system = {"role": "system", "content": "You are a helpful assistant."}
+    rows = [{"messages": [system,
+                          {"role": "user", "content": "Is Paris the capital? Answer yes or no."},
+                          {"role": "assistant", "content": "yes"},
+                          {"role": "user", "content": "Why?"},
+                          {"role": "assistant", "content": " The capital of France is Paris. \n"}]}]
+    write_jsonl(work("mistral.jsonl"), rows)
+    prepare("--kind", "sft", "--input", work("mistral.jsonl"), "--tokenizer", work("sp"),
+            "--out-prefix", work("out", "mistral"), "--max-len", 512)
+    [(ids, mask)] = read_both(work("out", "mistral_train.bin"), "sft")
+    text = tok.decode(ids, skip_special_tokens=False)
+    assert "Answer yes or no.[/INST] yes</s>[INST] Why?[/INST] The capital" in text, text
+    runs = [tok.decode(run, skip_special_tokens=False) for run in mask_runs(ids, mask)]
+    assert runs == ["yes</s>", "The capital of France is Paris.</s>"], runs
+    reply = tok.encode(" yes", add_special_tokens=False).ids
+    first = mask.index(1)
+    assert ids[first:first + len(reply)] == reply, "the reply's own '▁yes', not the user's 'yes'"
+
+
 def test_sft_truncation_and_drop():
     tok = Tokenizer.from_file(work("bpe", "tokenizer.json"))
     write_jsonl(work("uc_long.jsonl"), ULTRACHAT + [LONG_USER])
@@ -599,7 +654,8 @@ def main():
     make_bpe_tokenizer(work("bpe"))
     make_word_tokenizer(work("word"))
 
-    tests = [test_sft_zephyr_masks, test_sft_chatml_hand_ids, test_sft_truncation_and_drop,
+    tests = [test_sft_zephyr_masks, test_sft_chatml_hand_ids, test_sft_template_not_prefix_stable,
+             test_sft_truncation_and_drop,
              test_split_parquet_and_determinism, test_pref_ultrafeedback, test_pref_truncation,
              test_pref_answer_only_schema_and_chatml, test_shuffle_order_matches_c,
              test_python_writer_and_corruption, test_bad_input_rows,
