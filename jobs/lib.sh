@@ -23,7 +23,8 @@
 # exits 0; the job then requeues itself (`scontrol requeue`), and the rerun resumes from the
 # checkpoint (stages already complete are skipped). Other commands (merge, export, lm_eval) are
 # stopped and run again from their start by the rerun: the scripts write their outputs under
-# temporary names and skip the outputs that exist. Outside Slurm: run the same command again.
+# temporary names and skip the outputs that exist. Outside Slurm (or with PAFT_REQUEUE=0) the
+# script ends with status 75 (not finished): run the same command again.
 
 if [ -n "${BASH_VERSION:-}" ] && [ "${BASH_SOURCE[0]}" = "$0" ]; then
   echo "jobs/lib.sh is sourced by the job scripts, not run" >&2
@@ -155,14 +156,20 @@ paft_launch() {
 # stopped and rerun from its start after the requeue.
 run_step() { _paft_run restart "$@"; }
 
-# After an interruption: requeue the job (inside Slurm) and end this run of the script.
+# After an interruption: requeue the job (inside Slurm) and end this run of the script. Requeued,
+# the job runs again, so this run ends with status 0. Not requeued (outside Slurm, PAFT_REQUEUE=0)
+# the work is unfinished: status PAFT_EXIT_INTERRUPTED (75, EX_TEMPFAIL: "try again"), so that
+# `a.sbatch && b.sbatch` and `sbatch --dependency=afterok:` do not start the next step on outputs
+# that do not exist yet.
+PAFT_EXIT_INTERRUPTED=75
 paft_requeue_if_interrupted() {
   [ "$PAFT_INTERRUPTED" = 1 ] || return 0
   if [ -n "${SLURM_JOB_ID:-}" ] && [ "${PAFT_REQUEUE:-1}" = 1 ]; then
     echo "jobs: interrupted: requeueing job $SLURM_JOB_ID; the next run continues where this one stopped"
     scontrol requeue "$SLURM_JOB_ID"
-  else
-    echo "jobs: interrupted: run the same command again to continue where this one stopped"
+    exit 0
   fi
-  exit 0
+  echo "jobs: interrupted: run the same command again to continue where this one stopped" \
+       "(exit status $PAFT_EXIT_INTERRUPTED: not finished)" >&2
+  exit "$PAFT_EXIT_INTERRUPTED"
 }
