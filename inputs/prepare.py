@@ -42,7 +42,8 @@ Truncation: SFT keeps the first --max-len tokens (records left with no loss toke
 Preference pairs are cut as TRL's DPO trainer does (truncation_mode keep_end): when prompt +
 longer completion exceeds --max-len, the prompt keeps its last --max-prompt-len tokens; if still
 too long, both completions keep their first --max-len - --max-prompt-len tokens. Unlike TRL, a BOS
-at the start of the prompt is kept when the prompt is cut from the left.
+at the start of the prompt (added by --bos or written by the template) is kept when the prompt is
+cut from the left.
 
 Split: --val-fraction of the rows (round(f * rows), at least one when f > 0), drawn with
 random.Random(--seed), go to PREFIX_val.bin; the rest, in input order, to PREFIX_train.bin.
@@ -149,9 +150,13 @@ class ChatTokenizer:
         except Exception as e:  # jinja2 TemplateSyntaxError and friends
             fail(f"{self.template_name}: the chat template does not compile ({e})")
 
+        # The model's BOS, whoever writes it: prepare.py (self.bos_id, as --bos asks) or the
+        # template itself (Llama-3's starts with {{ bos_token }}); a prompt cut from the left keeps
+        # it either way.
+        self.model_bos_id = self._find_bos()
         self.bos_id = None
         if bos_policy != "never":
-            self.bos_id = self._find_bos()
+            self.bos_id = self.model_bos_id
             if bos_policy == "always" and self.bos_id is None:
                 sys.exit(f"prepare.py: error: --bos always, but {directory} defines no BOS token "
                          "(no bos_token in tokenizer_config.json, none added by the tokenizer)")
@@ -527,7 +532,7 @@ def pref_batch(tok, rows, args, stats):
                 # first token that starts at or after the boundary.
                 stats["boundary tokens merged"] += 1
                 completions.append([t for t, (b, _) in zip(ids, enc.offsets) if b >= boundary])
-        prompt, added = tok.add_bos(prompt)
+        prompt, _ = tok.add_bos(prompt)
         chosen, rejected = completions
         if not prompt or not chosen or not rejected:
             stats["dropped: empty prompt or completion"] += 1
@@ -535,7 +540,9 @@ def pref_batch(tok, rows, args, stats):
             continue
         before = (len(prompt), len(chosen), len(rejected))
         prompt, chosen, rejected = truncate_pair(prompt, chosen, rejected, args.max_len,
-                                                 args.max_prompt_len, bos_kept=added == 1)
+                                                 args.max_prompt_len,
+                                                 bos_kept=tok.model_bos_id is not None
+                                                 and prompt[:1] == [tok.model_bos_id])
         if (len(prompt), len(chosen), len(rejected)) != before:
             stats["truncated"] += 1
         out.append((prompt, chosen, rejected))

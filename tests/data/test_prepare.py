@@ -115,6 +115,10 @@ def make_bpe_tokenizer(directory):
     return tok
 
 
+# The Zephyr template as a model's own chat_template would spell it.
+ZEPHYR_LIKE = ("{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + eos_token + "
+               "'\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}")
+
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + "
           "'<|im_end|>' + '\\n' }}{% endfor %}"
           "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
@@ -436,6 +440,21 @@ def test_pref_truncation():
     for q, d, s in cut:
         assert len(q) + max(len(d), len(s)) <= L
     check_data(work("out", "uf_cut_train.bin"), "pref", 0, L)
+
+    # A template that writes the BOS itself (as Llama-3's does: "{{ bos_token }}..."): prepare.py
+    # adds none, and the cut prompt still keeps it, with --bos auto and --bos never.
+    os.makedirs(work("bos_tpl"), exist_ok=True)
+    shutil.copy(work("bpe", "tokenizer.json"), work("bos_tpl", "tokenizer.json"))
+    with open(work("bos_tpl", "tokenizer_config.json"), "w") as f:
+        json.dump({"bos_token": "<s>", "eos_token": "</s>",
+                   "chat_template": "{{ bos_token }}" + ZEPHYR_LIKE}, f)
+    for policy in ("auto", "never"):
+        prepare("--kind", "pref", "--input", work("uf_trunc.jsonl"), "--tokenizer",
+                work("bos_tpl"), "--out-prefix", work("out", f"uf_tplbos_{policy}"),
+                "--max-len", L, "--max-prompt-len", P, "--bos", policy)
+        tpl = read_both(work("out", f"uf_tplbos_{policy}_train.bin"), "pref")
+        assert tpl == cut, f"--bos {policy}: a BOS written by the template is lost in the cut:\n" \
+            f"{[t[0][:3] for t in tpl]} vs {[c[0][:3] for c in cut]}"
 
 
 def test_pref_answer_only_schema_and_chatml():
