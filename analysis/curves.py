@@ -5,7 +5,8 @@
 
 Every <run>/<stage>/metrics.jsonl under the given directories is read (paft train / run / demo
 write one per stage; see docs/FILE_FORMATS.md). One line per run, labelled by the run's folder
-name (runs/paft/sft/metrics.jsonl -> "paft"). The figure has one row per kind of stage found:
+name (runs/paft/sft/metrics.jsonl -> "paft"; exp1/paft and exp2/paft when two runs share a name).
+The figure has one row per kind of stage found:
 
     SFT          loss | nll (cross-entropy) | l1 (lambda * sum |delta|) | grad_norm
     preference   loss | rewards/accuracies | rewards/margins | rewards/chosen (solid) and

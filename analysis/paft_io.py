@@ -154,7 +154,8 @@ def find_metrics(run_dirs):
 
     The layout is <run>/<stage>/metrics.jsonl, so the label is the name of the folder that holds
     the stage folder: runs/paft/sft/metrics.jsonl is labelled "paft". A directory given directly
-    as a stage folder (one holding metrics.jsonl) still gets its run folder's name."""
+    as a stage folder (one holding metrics.jsonl) still gets its run folder's name. Two run folders
+    of the same name are labelled with their parents too (run_labels)."""
     found = []
     for top in run_dirs:
         if not os.path.isdir(top):
@@ -163,9 +164,23 @@ def find_metrics(run_dirs):
             dirnames.sort()
             if "metrics.jsonl" in filenames:
                 path = os.path.join(dirpath, "metrics.jsonl")
-                run = os.path.basename(os.path.dirname(os.path.abspath(dirpath)))
-                found.append((run, path))
-    return sorted(found)
+                found.append((os.path.dirname(os.path.abspath(dirpath)), path))
+    labels = run_labels({run_dir for run_dir, _ in found})
+    return sorted((labels[run_dir], path) for run_dir, path in found)
+
+
+def run_labels(run_dirs):
+    """{run folder: label}: the folder's name, or, where two different folders have the same
+    name (a/paft and b/paft), as many of its last path components as tell them apart ("a/paft",
+    "b/paft"): one label must not stand for two runs (one colour, one legend entry)."""
+    parts = {d: d.strip(os.sep).split(os.sep) for d in run_dirs}
+    labels = {}
+    for d, p in parts.items():
+        n = 1
+        while n < len(p) and any(q != p and q[-n:] == p[-n:] for q in parts.values()):
+            n += 1
+        labels[d] = "/".join(p[-n:])
+    return labels
 
 
 # --- adapter.h5 ----------------------------------------------------------------------------------

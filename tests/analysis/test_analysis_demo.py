@@ -149,6 +149,7 @@ def test_curves(paft, analysis, demo, work):
             want = f"{last[name]:.4f}" if name in last else "-"
             check(value == want, f"curves.py: {key} {name} is {value}, the last line of metrics.jsonl says {want}")
     test_curves_damaged(analysis, demo, work)
+    test_curves_same_run_names(analysis, demo, work)
 
 
 def test_curves_damaged(analysis, demo, work):
@@ -198,6 +199,22 @@ def test_curves_damaged(analysis, demo, work):
     expect_error("unwritable --out", [sys.executable, script, runs, "--out",
                                       os.path.join(work, "no_such_dir", "c.png")],
                  "no_such_dir/c.png: cannot write")
+
+
+def test_curves_same_run_names(analysis, demo, work):
+    """Regression: two runs in folders of the same name (exp1/paft and exp2/paft, comparing two
+    studies) were both labelled "paft": one colour, two legend entries and summary rows nobody
+    could tell apart. Now such labels carry the parent folders that tell them apart."""
+    for exp, source in (("exp1", "paft"), ("exp2", "sft")):
+        shutil.copytree(os.path.join(demo, "runs", source), os.path.join(work, "same", exp, "paft"))
+    png = os.path.join(work, "curves_same.png")
+    out = run([sys.executable, os.path.join(analysis, "curves.py"),
+               os.path.join(work, "same", "exp1", "paft"), os.path.join(work, "same", "exp2", "paft"),
+               "--out", png], "curves.py")
+    rows = sorted(tuple(l.split()[:2]) for l in out.splitlines()[1:] if "/" in l.split()[0])
+    check(rows == [("exp1/paft", "dpo"), ("exp1/paft", "sft"), ("exp2/paft", "sft")],
+          f"runs of the same folder name get the labels exp1/paft and exp2/paft:\n{out}")
+    check_png(png)
 
 
 # --- sparsity ------------------------------------------------------------------------------------
