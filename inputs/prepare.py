@@ -8,8 +8,8 @@
         --max-len 1024 --max-prompt-len 512
 
 writes PREFIX_train.bin and (with --val-fraction > 0) PREFIX_val.bin, both or neither: each is
-built under a temporary name and renamed into place only when both are complete and the training
-file has at least one record, so a failed run leaves the files of an earlier run untouched. A run
+built under a temporary name and renamed into place only when both are complete and each has at
+least one record, so a failed run leaves the files of an earlier run untouched. A run
 that writes no PREFIX_val.bin removes one left by an earlier run (it would not match the new
 training file). Errors are one line naming the file and the problem, exit status 1.
 
@@ -673,6 +673,13 @@ def main(argv=None):
                 + (f", {written['val']} to validation" if "val" in written else "")
                 + (f"; {dropped}" if dropped else "") + "); nothing was written and existing "
                 "files were left as they were")
+        if "val" in written and written["val"] == 0:
+            # An empty validation file would be scored as NLL 0 over 0 tokens: a perfect model.
+            raise DataError(
+                f"{paths['val']}: no usable record for the validation file (none of the {n_val} "
+                "rows drawn for it yields one: they have nothing to train on); use a larger "
+                "--val-fraction or another --seed; nothing was written and existing files were "
+                "left as they were")
         for split, w in writers.items():
             where = w.path
             w.seal()

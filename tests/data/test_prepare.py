@@ -16,6 +16,7 @@ Prints "N passed, N failed" last; exit status 1 on any failure.
 import argparse
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -575,6 +576,17 @@ def test_no_usable_record_keeps_old_files():
     expect_error("a bad row after the first batch",
                  [*common, "--input", work("late_bad.jsonl"), "--out-prefix", prefix,
                   "--val-fraction", 0.25], "late_bad.jsonl:321: an SFT row needs")
+    for split in ("train", "val"):
+        assert open(f"{prefix}_{split}.bin", "rb").read() == old[split], split
+    no_temporaries(work("out"))
+    # Regression: when every row drawn for validation has nothing to train on, a 0-record val file
+    # was written, which paft eval scores as NLL 0 over 0 tokens (a perfect model). Now an error.
+    write_jsonl(work("val_noreply.jsonl"), ULTRACHAT[:3] + no_reply[:1])
+    seed = next(s for s in range(1000) if random.Random(s).sample(range(4), 1) == [3])
+    expect_error("no usable validation record",
+                 [*common, "--input", work("val_noreply.jsonl"), "--out-prefix", prefix,
+                  "--val-fraction", 0.25, "--seed", seed],
+                 "keep_val.bin: no usable record for the validation file")
     for split in ("train", "val"):
         assert open(f"{prefix}_{split}.bin", "rb").read() == old[split], split
     no_temporaries(work("out"))
