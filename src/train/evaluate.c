@@ -40,7 +40,14 @@ void evaluate_sft(Model *m, const TokenData *data, int micro_batch, MPI_Comm com
         sums[1] += (double)count;
     }
     allreduce_sum_double(sums, 2, comm);
-    out->nll = sums[1] > 0 ? sums[0] / sums[1] : 0;
+    /* a mean over nothing is no score: 0 would rank as the best model there is */
+    int rank;
+    CHECK_MPI(MPI_Comm_rank(comm, &rank));
+    if (sums[1] == 0)
+        PAFT_FATAL_SHARED(rank == 0,
+                          "%s: %llu records and not one loss-mask (answer) token: no SFT NLL to "
+                          "report", data->path, (unsigned long long)data->num_records);
+    out->nll = sums[0] / sums[1];
     out->tokens = (int64_t)sums[1];
     free(ids);
     batch_free(&batch);
@@ -86,6 +93,11 @@ void evaluate_pref(Model *policy, Model *reference, const TokenData *data, int m
         }
     }
     allreduce_sum_double(sums, 5, comm);
+    int rank;
+    CHECK_MPI(MPI_Comm_rank(comm, &rank));
+    if (sums[4] == 0)
+        PAFT_FATAL_SHARED(rank == 0, "%s: holds no preference pair: no accuracy to report",
+                          data->path);
     out->pairs = (int64_t)sums[4];
     if (sums[4] > 0) {
         out->accuracy = sums[0] / sums[4];

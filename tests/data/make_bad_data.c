@@ -11,6 +11,8 @@
  *               [49 0 7 8] mask [0 1 0 1].  16 tokens.
  * good_pref.bin: vocab 50, 2 records: prompt [1 2] chosen [3 4 5] rejected [6];
  *               prompt [7 8 9] chosen [10] rejected [11 12 13 14].
+ * no_answer_sft.bin (2 records, every mask 0) and no_pairs.bin (0 records): valid, nothing to
+ * score (tests/cli: paft eval refuses them).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -109,6 +111,20 @@ int main(int argc, char **argv) {
     token_data_writer_add_pref(w, p0, 2, c0, 3, r0, 1);
     token_data_writer_add_pref(w, p1, 3, c1, 1, r1, 4);
     token_data_writer_finish(w);
+
+    /* valid files with nothing to score: SFT records without a loss-mask token, no pairs (paft
+     * eval refuses them rather than report a mean over nothing) */
+    char *path = join(dir, "no_answer_sft.bin");
+    w = token_data_writer_create(path, TOKEN_DATA_SFT, 50);
+    const uint8_t none[] = {0, 0, 0};
+    token_data_writer_add_sft(w, t0, none, 3);
+    token_data_writer_add_sft(w, t0, none, 3);
+    token_data_writer_finish(w);
+    free(path);
+    path = join(dir, "no_pairs.bin");
+    w = token_data_writer_create(path, TOKEN_DATA_PREF, 50);
+    token_data_writer_finish(w);
+    free(path);
 
     Blob sft = load(sft_path), pref = load(pref_path);
     /* good_sft: offsets u64[4] at 64, tokens u32[16] at 96, mask u8[16] at 160, size 176. */
