@@ -32,7 +32,13 @@ if [ -n "${BASH_VERSION:-}" ] && [ "${BASH_SOURCE[0]}" = "$0" ]; then
 fi
 set -euo pipefail
 
-PAFT_ROOT=${PAFT_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+# Absolute before the cd below: a relative PAFT_ROOT or PAFT (a path, not a name looked up in
+# PATH) names a place from where the job was started.
+PAFT_ROOT=$(cd "${PAFT_ROOT:-$(dirname "${BASH_SOURCE[0]}")/..}" && pwd)
+case "${PAFT:-}" in
+  /* | "") ;;
+  */*) PAFT=$(pwd)/$PAFT ;;
+esac
 # Relative paths in the shipped configurations (inputs/..., runs/...) are relative to this folder.
 cd "${PAFT_WORKDIR:-$PAFT_ROOT}"
 
