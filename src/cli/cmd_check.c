@@ -98,10 +98,12 @@ static void print_stage(const Config *cfg, StageKind kind, int first_rank, int g
                         StagePlan plan) {
     const StageConfig *sc = kind == STAGE_SFT ? &cfg->sft : &cfg->pref;
     const char *unit = kind == STAGE_SFT ? "sequences" : "pairs";
-    printf("  %-9s ranks %d-%d: tp %d x dp %d; %lld step%s of %d %s (micro-batch %d x dp %d x %d "
+    char ranks[48];
+    if (group_size == 1) snprintf(ranks, sizeof ranks, "rank %d", first_rank);
+    else snprintf(ranks, sizeof ranks, "ranks %d-%d", first_rank, first_rank + group_size - 1);
+    printf("  %-9s %s: tp %d x dp %d; %lld step%s of %d %s (micro-batch %d x dp %d x %d "
            "accumulated), seq_len %d\n",
-           kind == STAGE_SFT ? "sft" : sc->loss, first_rank, first_rank + group_size - 1, plan.tp,
-           plan.dp, (long long)plan.steps, plan.steps == 1 ? "" : "s", sc->batch, unit,
+           kind == STAGE_SFT ? "sft" : sc->loss, ranks, plan.tp, plan.dp, (long long)plan.steps, plan.steps == 1 ? "" : "s", sc->batch, unit,
            sc->micro_batch, plan.dp, plan.accumulation, sc->seq_len);
     printf("            %.2f epochs of %llu records in %s; lr %g (%s, %lld warm-up steps)%s\n",
            plan.epochs, (unsigned long long)plan.records, sc->data, sc->lr, sc->schedule,
@@ -186,7 +188,7 @@ int cmd_check(int argc, char **argv) {
         device_backend_check_built(cfg.model.device, "model.device") == 0)
         printf("  note: model.device = %s, and no device is visible here: the job's nodes need "
                "one GPU per rank\n", cfg.model.device);
-    if (!stage && merge_kernels_check_built(cfg.merge.device, "merge.device") == 0 &&
+    if (!stage && merge_kernels_check_built(cfg.merge.device) == 0 &&
         strcmp(cfg.merge.device, "cuda") == 0)
         printf("  note: merge.device = cuda, and no GPU is visible here: the job's nodes need "
                "one per rank\n");

@@ -90,8 +90,9 @@ extern const MergeKernels merge_kernels_cuda;
 /* Ends the job (naming `origin`) when merge.device NAME cannot run in this process: "cuda" not
  * compiled in, or no GPU visible; cpu and auto always can (model_device_select.c). */
 void merge_kernels_check_usable(const char *name, const char *origin);
-/* The same without the device (paft check): "cuda" is compiled in. Returns the GPUs visible here. */
-int merge_kernels_check_built(const char *name, const char *origin);
+/* The same without the device (paft check): "cuda" is compiled in (else the job ends, saying how
+ * to build it). Returns the GPUs visible here. */
+int merge_kernels_check_built(const char *name);
 
 /* A table bound to its state: what merge_tensor_rows_on takes. */
 typedef struct {

@@ -936,7 +936,7 @@ void merge_stage_check(const Config *cfg, int device_here, const char *verdict) 
     stage_init(&s, cfg);
     validate(&s, cfg);
     if (device_here) merge_kernels_check_usable(cfg->merge.device, "merge.device");
-    else (void)merge_kernels_check_built(cfg->merge.device, "merge.device");
+    else (void)merge_kernels_check_built(cfg->merge.device);
     int n_merged = 0;
     for (int a = 0; a < 2; a++) adapter_open(&s.adapter[a], MPI_COMM_SELF);
     for (int i = 0; i < s.n_views; i++) {
@@ -970,7 +970,7 @@ void merge_stage_check_settings(const Config *cfg, int device_here) {
     s.made_by_training = cfg->output.dir;
     validate_base_and_settings(&s, cfg);
     if (device_here) merge_kernels_check_usable(cfg->merge.device, "merge.device");
-    else (void)merge_kernels_check_built(cfg->merge.device, "merge.device");
+    else (void)merge_kernels_check_built(cfg->merge.device);
     /* the adapters do not exist yet: training will give both the targets of [lora] */
     LoraConfig lora;
     lora_config_init(&lora, cfg->lora.r, cfg->lora.alpha, cfg->lora.rslora, cfg->lora.targets,

@@ -64,13 +64,12 @@ void device_backend_check_usable(const char *name, const char *origin) {
         require_devices(origin, name, device_backend_check_built(name, origin));
 }
 
-int merge_kernels_check_built(const char *name, const char *origin) {
+int merge_kernels_check_built(const char *name) {
     if (strcmp(name, "cuda") != 0) return 0; /* cpu; auto falls back to the CPU by itself */
-    (void)origin;
     if (!merge_kernels_cuda.available) merge_kernels_cuda.create(); /* ends the job, saying why */
     return merge_kernels_cuda.device_count();
 }
 
 void merge_kernels_check_usable(const char *name, const char *origin) {
-    if (strcmp(name, "cuda") == 0) require_devices(origin, name, merge_kernels_check_built(name, origin));
+    if (strcmp(name, "cuda") == 0) require_devices(origin, name, merge_kernels_check_built(name));
 }

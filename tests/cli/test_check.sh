@@ -34,13 +34,13 @@ expect "$out" "^  dpo +ranks 2-5: tp 1 x dp 4; 32 steps of 8 pairs \(micro-batch
 out=$("$paft" check "$cfg" stage=sft ranks=1 sft.batch=24 sft.steps=20 output.dir="$dir")
 expect "$out" "^ +2.00 epochs of 256 records"
 out=$("$paft" check "$cfg" stage=sft ranks=1 sft.batch=24 output.dir="$dir")
-expect "$out" "^  sft +ranks 0-0: tp 1 x dp 1; 10 steps of 24 sequences"
+expect "$out" "^  sft +rank 0: tp 1 x dp 1; 10 steps of 24 sequences"
 expect "$out" "^ +1.00 epochs of 256 records"
 
 # paft train stage=...: that stage only; a one-step stage at warm-up's learning rate 0 is named
 out=$("$paft" check "$cfg" stage=orpo ranks=1 pref.steps=1 output.dir="$dir")
 expect "$out" "for paft train on 1 rank: no problem found"
-expect "$out" "^  orpo +ranks 0-0: tp 1 x dp 1; 1 step of 8 pairs"
+expect "$out" "^  orpo +rank 0: tp 1 x dp 1; 1 step of 8 pairs"
 expect "$out" "note: pref trains 1 step and it is the warm-up's first, at learning rate 0"
 if grep -q "^  sft " <<< "$out"; then fail "stage=orpo printed the sft stage"; fi
 
