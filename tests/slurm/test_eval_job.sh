@@ -48,5 +48,12 @@ refused() { # EXPECTED-MESSAGE, with MODELS/TASKS set by the caller
 }
 MODELS="$work/x/run1/m.h5 $work/y/run1/m.h5" refused "are both named 'run1/m'; write NAME=PATH"
 MODELS="../x.h5" refused "gives the name '../x', not a folder under EVAL_DIR"
+# a folder with and without its trailing slash is one model (both wrote to one folder)
+MODELS="runs/a/m runs/a/m/" refused "are both named 'a/m'; write NAME=PATH"
+# a model whose export fails leaves no lm_eval/ folder behind (the table showed it as a row of -)
+if MODELS="broken=$work/none.h5" bash "$root/jobs/eval-leaderboard.sbatch" > "$work/broken.log" 2>&1; then
+  fail "a model without a file was evaluated"
+fi
+[ ! -e "$EVAL_DIR/broken/lm_eval" ] || fail "the failed export left $EVAL_DIR/broken/lm_eval"
 TASKS="arc mmlux" refused "unknown task 'mmlux'"
 echo "1 passed, 0 failed"
