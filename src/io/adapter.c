@@ -136,17 +136,21 @@ static void check_compatible(H5File *f, const Model *m) {
     free(targets);
 }
 
+void adapter_lora_config_of(H5File *f, LoraConfig *lora) {
+    const int64_t r = h5_get_attr_int(f, "r");
+    if (r < 1 || r > 1 << 20)
+        PAFT_FATAL("%s: attribute r = %lld is not a valid LoRA rank", f->path, (long long)r);
+    char *targets = h5_get_attr_string(f, "targets");
+    lora_config_init(lora, (int)r, h5_get_attr_double(f, "alpha"),
+                     h5_get_attr_int(f, "rslora") != 0, targets, f->path);
+    free(targets);
+}
+
 void adapter_read_lora_config(const char *path, LoraConfig *lora) {
     H5File f;
     h5_open_read(&f, path, MPI_COMM_SELF);
     require_adapter_format(&f);
-    const int64_t r = h5_get_attr_int(&f, "r");
-    if (r < 1 || r > 1 << 20)
-        PAFT_FATAL("%s: attribute r = %lld is not a valid LoRA rank", path, (long long)r);
-    char *targets = h5_get_attr_string(&f, "targets");
-    lora_config_init(lora, (int)r, h5_get_attr_double(&f, "alpha"),
-                     h5_get_attr_int(&f, "rslora") != 0, targets, path);
-    free(targets);
+    adapter_lora_config_of(&f, lora);
     h5_close(&f);
 }
 
@@ -311,10 +315,7 @@ static void fold_one(const char *path, MPI_Comm comm, Model *m, char *folded, si
     snprintf(folded, folded_size, "%s", under);
     free(under);
     LoraConfig lora;
-    char *targets = h5_get_attr_string(&f, "targets");
-    lora_config_init(&lora, (int)h5_get_attr_int(&f, "r"), h5_get_attr_double(&f, "alpha"),
-                     (int)h5_get_attr_int(&f, "rslora"), targets, path);
-    free(targets);
+    adapter_lora_config_of(&f, &lora);
     check_modules(&f, m, &lora);
     /* W += s B A on this rank's block of W: rows [row0, +rows) x columns [col0, +cols) needs
      * B's rows and A's columns of that block */

@@ -19,6 +19,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "io/h5file.h"
 #include "model/model.h"
 
 typedef struct {
@@ -57,6 +58,8 @@ void adapter_read(const char *path, MPI_Comm comm, Model *model, AdapterInfo *in
  * applied with when evaluated, whatever the configuration's [lora] says. Reads on the calling
  * rank; fatal error naming the file when it is not a paft adapter. */
 void adapter_read_lora_config(const char *path, LoraConfig *lora);
+/* The same from an adapter file open for reading (its r, alpha, rslora and targets attributes). */
+void adapter_lora_config_of(H5File *file, LoraConfig *lora);
 /* Check that the adapter or checkpoint PATH comes from the run described by `expect` (stage,
  * folded_adapter, and data_records/data_crc32 where both the file and `expect` have them) and
  * `model` (base fingerprint, r, alpha, rslora, targets). A mismatch is a fatal error naming PATH

@@ -173,12 +173,9 @@ static void read_h5_settings(StageAdapter *a, const Stage *s, char *folded, size
     char *under = h5_get_attr_string(&f, "folded_adapter");
     snprintf(folded, folded_size, "%s", under);
     free(under);
-    int64_t r = h5_get_attr_int(&f, "r");
-    double alpha = h5_get_attr_double(&f, "alpha");
-    int64_t rslora = h5_get_attr_int(&f, "rslora");
-    if (r < 1 || r > 1 << 20) PAFT_FATAL("%s: attribute r = %lld is not a valid LoRA rank", path, (long long)r);
-    char *targets = h5_get_attr_string(&f, "targets");
-    lora_config_init(&a->lora, (int)r, alpha, rslora != 0, targets, path);
+    adapter_lora_config_of(&f, &a->lora);
+    const int64_t r = a->lora.r;
+    char *targets = h5_get_attr_string(&f, "targets"); /* as written, for the messages below */
     char *stage = h5_get_attr_string(&f, "stage");
     snprintf(a->stage, sizeof a->stage, "%s", stage);
     free(stage);
@@ -326,22 +323,26 @@ static int same_factors(StageAdapter *x, StageAdapter *y, const ModelConfig *c) 
  * same file, or the same factors in the other format (adapter.h5 and its <stage>/peft/ copy). */
 static void check_sequential(const StageAdapter *a, Stage *s, const char *folded) {
     StageAdapter *sft = &s->adapter[0];
-    int same = a != sft && paft_same_file(folded, sft->path);
-    if (a != sft && !same && paft_path_exists(folded)) {
-        StageAdapter under = {.role = "folded", .key = "folded_adapter"};
-        snprintf(under.path, sizeof under.path, "%s", folded);
-        char deeper[CONFIG_PATH_MAX];
-        read_adapter_settings(&under, s, deeper, sizeof deeper);
-        same = !deeper[0] && same_factors(&under, sft, &s->config);
-    }
-    /* a run directory moved or copied elsewhere (scratch to project space): the file recorded
-     * is gone and the SFT adapter given cannot be compared with it; say so, and how to go on */
-    if (!same && a != sft && !paft_path_exists(folded))
+    int same = 0; /* the SFT slot itself can never be a sequential stage's lower adapter */
+    if (a != sft && paft_path_exists(folded)) {
+        same = paft_same_file(folded, sft->path);
+        if (!same) {
+            StageAdapter under = {.role = "folded", .key = "folded_adapter"};
+            snprintf(under.path, sizeof under.path, "%s", folded);
+            char deeper[CONFIG_PATH_MAX];
+            read_adapter_settings(&under, s, deeper, sizeof deeper);
+            same = !deeper[0] && same_factors(&under, sft, &s->config);
+        }
+    } else if (a != sft) {
+        /* a run directory moved or copied elsewhere (scratch to project space): the file
+         * recorded is gone and the SFT adapter given cannot be compared with it; say so, and
+         * how to go on */
         PAFT_FATAL("%s: adapter was trained on the base with %s folded in (a sequential run), "
                    "and that file no longer exists (moved or deleted?), so it cannot be compared "
                    "with merge.sft_adapter %s: the delta composes only with that very adapter; if "
                    "%s is it, moved, make %s a symbolic link to it",
                    a->path, folded, sft->path, sft->path, folded);
+    }
     if (!same)
         PAFT_FATAL("%s: adapter was trained on the base with %s folded in (a sequential run): "
                    "its delta is relative to that model, not to %s; it can only be merged as "
@@ -658,6 +659,18 @@ static void merge_tensor(Stage *s, H5File *out, const char *dataset, const Stage
     tm->write += MPI_Wtime() - t2;
 }
 
+/* A tensor is merged where either adapter adapts it, else copied (the adapters open). */
+static int tensor_merged(const Stage *s, const StageTensor *t) {
+    return adapter_adapts(&s->adapter[0], t->layer, t->proj) ||
+           adapter_adapts(&s->adapter[1], t->layer, t->proj);
+}
+
+static int count_merged(const Stage *s) {
+    int n = 0;
+    for (int i = 0; i < s->n_views; i++) n += tensor_merged(s, &s->tensors[i]);
+    return n;
+}
+
 /* ---- the stage -------------------------------------------------------------------------------- */
 
 /* merge.device: where this rank merges its rows. The file is the same bits on the CPU and on a GPU
@@ -826,15 +839,7 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
     sources = broadcast_string(sources, world);
     for (int a = 0; a < 2; a++) adapter_open(&s.adapter[a], world);
 
-    /* a tensor is merged where either adapter adapts it, else copied */
-    int *merged = paft_calloc((size_t)s.n_views, sizeof(int));
-    int n_merged = 0;
-    for (int i = 0; i < s.n_views; i++) {
-        const StageTensor *t = &s.tensors[i];
-        merged[i] = adapter_adapts(&s.adapter[0], t->layer, t->proj) ||
-                    adapter_adapts(&s.adapter[1], t->layer, t->proj);
-        n_merged += merged[i];
-    }
+    const int n_merged = count_merged(&s);
     paft_log("merge: %s of %s (sft) and %s (pref) into %s: %d tensors, %d merged, %s, %d rank%s\n",
              merge_method_name(s.params.method), s.adapter[0].path, s.adapter[1].path, s.base,
              s.n_views, n_merged, h5_float_type_name(s.dtype), size, size == 1 ? "" : "s");
@@ -872,7 +877,7 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
         snprintf(dataset, sizeof dataset, "/weights/%s", t->view->name);
         h5_create_float_dataset(&out, dataset, t->view->rows, t->info->ndim == 1 ? 0 : t->view->cols,
                                 s.dtype);
-        if (!merged[i]) {
+        if (!tensor_merged(&s, t)) {
             copy_tensor(&s, &out, dataset, t, rank, size, &sc, &tm);
             continue;
         }
@@ -904,7 +909,6 @@ void merge_stage_run(const Config *cfg, MPI_Comm world) {
     h5_finish(&out);
     tm.write += MPI_Wtime() - t_close;
     for (int a = 0; a < 2; a++) adapter_close(&s.adapter[a]);
-    free(merged);
 
     paft_log("merge: wrote %s in %.2f s (rank 0: read %.2f s, merge %.2f s on %s, write %.2f s)\n",
              s.out, MPI_Wtime() - t_start, tm.read, tm.compute, be.k->name, tm.write);
@@ -937,13 +941,8 @@ void merge_stage_check(const Config *cfg, int device_here, const char *verdict) 
     validate(&s, cfg);
     if (device_here) merge_kernels_check_usable(cfg->merge.device, "merge.device");
     else (void)merge_kernels_check_built(cfg->merge.device);
-    int n_merged = 0;
     for (int a = 0; a < 2; a++) adapter_open(&s.adapter[a], MPI_COMM_SELF);
-    for (int i = 0; i < s.n_views; i++) {
-        const StageTensor *t = &s.tensors[i];
-        n_merged += adapter_adapts(&s.adapter[0], t->layer, t->proj) ||
-                    adapter_adapts(&s.adapter[1], t->layer, t->proj);
-    }
+    const int n_merged = count_merged(&s);
     for (int a = 0; a < 2; a++) adapter_close(&s.adapter[a]);
     printf("%s\n", verdict);
     for (int a = 0; a < 2; a++) {

@@ -383,10 +383,8 @@ void peft_write_adapter(const char *adapter_h5, const char *adapter_dir) {
     H5File f;
     h5_open_read(&f, adapter_h5, MPI_COMM_SELF);
     char *base = h5_get_attr_string(&f, "base_model");
-    char *targets_text = h5_get_attr_string(&f, "targets");
     LoraConfig lora;
-    lora_config_init(&lora, (int)h5_get_attr_int(&f, "r"), h5_get_attr_double(&f, "alpha"),
-                     (int)h5_get_attr_int(&f, "rslora"), targets_text, adapter_h5);
+    adapter_lora_config_of(&f, &lora);
 
     /* adapter_config.json: the keys peft.LoraConfig needs to rebuild the same adapter */
     cJSON *root = cJSON_CreateObject();
@@ -484,6 +482,5 @@ void peft_write_adapter(const char *adapter_h5, const char *adapter_dir) {
     free(data);
     free(tensors);
     free(base);
-    free(targets_text);
     h5_close(&f);
 }

@@ -99,12 +99,10 @@ void evaluate_pref(Model *policy, Model *reference, const TokenData *data, int m
         PAFT_FATAL_SHARED(rank == 0, "%s: holds no preference pair: no accuracy to report",
                           data->path);
     out->pairs = (int64_t)sums[4];
-    if (sums[4] > 0) {
-        out->accuracy = sums[0] / sums[4];
-        out->margin = sums[1] / sums[4];
-        out->reward_chosen = sums[2] / sums[4];
-        out->reward_rejected = sums[3] / sums[4];
-    }
+    out->accuracy = sums[0] / sums[4];
+    out->margin = sums[1] / sums[4];
+    out->reward_chosen = sums[2] / sums[4];
+    out->reward_rejected = sums[3] / sums[4];
     free(ids);
     free(pol);
     free(ref);
